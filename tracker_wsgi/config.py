@@ -1,0 +1,133 @@
+"""The tracker's configuration: one TOML file, read once per process into a frozen Config.
+
+Where the file is: the WSGI environ value `tracker_wsgi.config` (Apache: `SetEnv
+tracker_wsgi.config /etc/tracker-wsgi/tracker.toml`), else the process environment
+variable TRACKER_WSGI_CONFIG (cron, the command line, tests). With neither, the defaults
+below apply. Every key is optional; an unknown key is an error, because a typo would
+otherwise be silently ignored.
+
+A bad file raises ConfigError with one line naming the file, the key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .netaddr import Network, parse_networks
+
+ENVIRON_KEY = "tracker_wsgi.config"
+ENV_VAR = "TRACKER_WSGI_CONFIG"
+WHITELIST_MODES = ("directory", "open")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    # Where swarms and peers live: sqlite:///ABSOLUTE/PATH or mysql://user:pass@host:port/db
+    database: str = "sqlite:///var/lib/tracker-wsgi/tracker.sqlite"
+    # The .torrent files this tracker serves (whitelist mode `directory`).
+    torrent_dir: str = "/srv/torrents"
+    # Public URL of the torrent directory; a bare /tracker redirects here.
+    base_url: str = "http://www.example.com"
+    # Seconds a client should wait between announces (sent with +-10% jitter).
+    interval: int = 1800
+    # Seconds a client must wait at least between announces.
+    min_interval: int = 300
+    # Peers sent when the client does not say `numwant`, and the most ever sent.
+    numwant_default: int = 50
+    numwant_max: int = 200
+    # Seconds after its last announce that a peer is dropped (1.5 x interval, as the original).
+    peer_timeout: int = 2700
+    # Answer a scrape that names no info_hash with every torrent.
+    full_scrape: bool = False
+    # Networks whose X-Forwarded-For is believed and whose clients may set `ip=`.
+    trusted_proxies: tuple[Network, ...] = ()
+    # `directory`: only torrents registered from .torrent files; `open`: any info hash.
+    whitelist: str = "directory"
+
+
+# Allowed ranges: (minimum, maximum) for each integer key.
+_RANGES = {
+    "interval": (60, 86400),
+    "min_interval": (0, 86400),
+    "numwant_default": (0, 1000),
+    "numwant_max": (1, 1000),
+    "peer_timeout": (60, 7 * 86400),
+}
+
+
+def config_path(environ: dict[str, Any] | None = None) -> str | None:
+    """The config file named by the WSGI environ or the process environment, if any."""
+    return (environ or {}).get(ENVIRON_KEY) or os.environ.get(ENV_VAR) or None
+
+
+def load(path: str | None) -> Config:
+    """Read and validate a config file; None gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, path)
+
+
+def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
+    known = {f.name: f for f in fields(Config)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(known)}")
+        values[key] = _check(path, key, value, getattr(Config, key))
+    config = Config(**values)
+    if config.numwant_default > config.numwant_max:
+        raise ConfigError(
+            f"{path}: numwant_default = {config.numwant_default} is above numwant_max = "
+            f"{config.numwant_max}; lower it or raise numwant_max"
+        )
+    if config.min_interval > config.interval:
+        raise ConfigError(
+            f"{path}: min_interval = {config.min_interval} is above interval = {config.interval}"
+        )
+    return config
+
+
+def _check(path: str, key: str, value: Any, default: Any) -> Any:
+    def bad(allowed: str) -> ConfigError:
+        return ConfigError(f"{path}: {key} = {value!r} is not allowed; {key} must be {allowed}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        low, high = _RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(f"a whole number from {low} to {high}")
+        return value
+    if key == "trusted_proxies":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad('a list of networks, like ["127.0.0.1/32", "10.0.0.0/8"]')
+        try:
+            return parse_networks(value)
+        except ValueError as exc:
+            raise bad(f'a list of networks, like ["127.0.0.1/32", "10.0.0.0/8"] ({exc})') from None
+    if not isinstance(value, str):
+        raise bad("a string")
+    if key == "whitelist" and value not in WHITELIST_MODES:
+        raise bad(" or ".join(repr(m) for m in WHITELIST_MODES))
+    if key == "database" and not value.startswith(("sqlite:///", "mysql://")):
+        raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE")
+    if key == "torrent_dir" and not os.path.isabs(value):
+        raise bad("an absolute path")
+    return value

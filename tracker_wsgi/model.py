@@ -1,0 +1,106 @@
+"""The tracker's domain values: what a request asks and what an answer says.
+
+Every value here is frozen and already valid: `protocol.parse_*` builds them from a query
+and refuses anything else with a `ClientError`. Binary fields (info hashes, peer ids, keys,
+packed addresses) are always `bytes`, never `str`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ClientError(Exception):
+    """A failure the client caused; its text is sent as the bencoded `failure reason`.
+
+    Messages are fixed strings (module constants at the raise sites), never request data,
+    so nothing a client sends is ever echoed back or logged as an error.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Event(enum.Enum):
+    NONE = ""
+    STARTED = "started"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    PAUSED = "paused"  # BEP 21: sent on every announce while the peer is a partial seed
+
+
+class PeerState(enum.IntEnum):
+    """What a peer is in its swarm; stored as a small integer."""
+
+    LEECHER = 0
+    SEED = 1
+    PARTIAL_SEED = 2  # BEP 21: incomplete, but wants nothing more
+
+    @property
+    def wants_seeds(self) -> bool:
+        # A seed or a partial seed has nothing to download, so other seeds are useless to it.
+        return self is PeerState.LEECHER
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceRequest:
+    info_hash: bytes  # 20 bytes
+    peer_id: bytes  # 20 bytes
+    ip: bytes  # packed address the peer is reached at: 4 bytes (IPv4) or 16 (IPv6)
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: Event
+    numwant: int  # already capped by policy
+    compact: bool
+    no_peer_id: bool
+    key: bytes | None  # opaque; aria2 sends binary
+    tracker_id: bytes | None
+    client_ip: bytes  # packed address the request came from (BEP 24 `external ip`)
+    warning: str | None = None  # set when part of the request was ignored
+
+    @property
+    def state(self) -> PeerState:
+        if self.event is Event.PAUSED:
+            return PeerState.PARTIAL_SEED
+        return PeerState.SEED if self.left == 0 else PeerState.LEECHER
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    ip: bytes  # packed, 4 or 16 bytes
+    port: int
+    peer_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmStats:
+    complete: int  # seeds
+    incomplete: int  # leechers and partial seeds
+    downloaded: int  # completions ever counted
+    downloaders: int  # BEP 21: leechers that still download (incomplete minus partial seeds)
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceResult:
+    stats: SwarmStats
+    peers: tuple[Peer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Torrent:
+    """A registered torrent: one swarm, reachable by one or two info hashes."""
+
+    info_hash: bytes  # v1 SHA-1, or the truncated SHA-256 of a v2-only torrent
+    info_hash_v2: bytes | None  # truncated SHA-256 of a v2 or hybrid torrent (BEP 52)
+    name: str
+    size: int  # total length of the content, bytes
+    path: str = ""  # path of the .torrent file, relative to the torrent directory
+
+    @property
+    def info_hashes(self) -> tuple[bytes, ...]:
+        return tuple(h for h in (self.info_hash, self.info_hash_v2) if h)

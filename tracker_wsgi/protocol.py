@@ -1,0 +1,254 @@
+"""The HTTP tracker protocol without I/O: query bytes in, request values out; results in,
+bencoded bytes out.
+
+Rules come from BEP 3 (announce), BEP 7 (IPv6 peers), BEP 21 (partial seeds), BEP 23
+(compact peers), BEP 24 (external ip), BEP 31 (retry in) and BEP 48 (scrape).
+Nothing here reads the clock, a socket, a file or `random`: the caller passes them in.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from bencoder import bencode
+
+from .model import AnnounceRequest, AnnounceResult, ClientError, Event, Peer, SwarmStats
+from .netaddr import pack_ip, unpack_ip
+
+# Limits, each with the reason it exists.
+MAX_QUERY_BYTES = 4096  # a real announce is ~300 bytes; a scrape of MAX_SCRAPE_HASHES ~4 KiB
+MAX_SCRAPE_HASHES = 64  # bounds one scrape's database work and answer size
+MAX_KEY_BYTES = 64  # BEP 3 leaves `key` opaque; clients send 4-8 bytes (aria2: binary)
+MAX_TRACKER_ID_BYTES = 64
+MAX_COUNTER = 2**63 - 1  # stored as signed 64-bit in both stores
+HASH_BYTES = 20  # BEP 3: info_hash and peer_id are 20 bytes
+
+# Client-facing failure reasons. Fixed strings: no request data is ever echoed back.
+UNKNOWN_TORRENT = "Requested torrent not available on this tracker."
+BAD_INFO_HASH = "Invalid info_hash: it must be exactly 20 bytes, URL-encoded."
+BAD_PEER_ID = "Invalid peer_id: it must be exactly 20 bytes, URL-encoded."
+BAD_PORT = "Invalid port: it must be a number from 1 to 65535."
+BAD_EVENT = "Invalid event: use started, stopped, completed, paused or leave it out."
+BAD_IP = "Invalid ip: it must be an IPv4 or IPv6 address."
+BAD_KEY = "Invalid key: it must be at most 64 bytes."
+BAD_TRACKER_ID = "Invalid trackerid: it must be at most 64 bytes."
+TOO_MANY_HASHES = f"Too many info_hash values: at most {MAX_SCRAPE_HASHES} per scrape."
+QUERY_TOO_LONG = "Request query string is too long."
+FULL_SCRAPE_DISABLED = "Full scrape is disabled on this tracker: name an info_hash."
+PEER_CONFLICT = "Duplicated peer_id or changed IP address without the same key. Please restart BitTorrent."
+UNKNOWN_PATH = "Unknown tracker path: announce at /tracker/announce, scrape at /tracker/scrape."
+METHOD_NOT_ALLOWED = "Only GET and HEAD are accepted."
+SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
+
+
+def _missing_or_bad(name: str) -> str:
+    return f"Missing or invalid {name}: it must be a non-negative whole number."
+
+
+def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
+    """Split a raw query string into keys and lists of values, all bytes.
+
+    application/x-www-form-urlencoded: `&`-separated, `+` is a space, `%XX` in either case.
+    Keys and values are never decoded as text: info_hash and peer_id are binary.
+    A `%` not followed by two hex digits is kept literally (the value then fails validation).
+    """
+    if len(query) > MAX_QUERY_BYTES:
+        raise ClientError(QUERY_TOO_LONG)
+    params: dict[bytes, list[bytes]] = {}
+    for field in query.split(b"&"):
+        if not field:
+            continue
+        key, _, value = field.partition(b"=")
+        key = unquote_to_bytes(key.replace(b"+", b" "))
+        params.setdefault(key, []).append(unquote_to_bytes(value.replace(b"+", b" ")))
+    return params
+
+
+def _last(params: dict[bytes, list[bytes]], key: bytes) -> bytes | None:
+    # Repeated keys: the last one wins, as the original tracker did.
+    values = params.get(key)
+    return values[-1] if values else None
+
+
+def _hash(params: dict[bytes, list[bytes]], key: bytes, reason: str) -> bytes:
+    value = _last(params, key)
+    if value is None or len(value) != HASH_BYTES:
+        raise ClientError(reason)
+    return value
+
+
+def _counter(params: dict[bytes, list[bytes]], key: bytes, default: int | None = None) -> int:
+    value = _last(params, key)
+    if value is None and default is not None:
+        return default
+    # isdigit() on bytes accepts ASCII digits only: no sign, no spaces, no Unicode digits.
+    if value is None or not value.isdigit() or len(value) > 19 or int(value) > MAX_COUNTER:
+        raise ClientError(_missing_or_bad(key.decode()))
+    return int(value)
+
+
+def _flag(params: dict[bytes, list[bytes]], key: bytes, default: bool) -> bool:
+    value = _last(params, key)
+    if value is None or value == b"":
+        return default
+    return value != b"0"
+
+
+_EVENTS = {e.value.encode(): e for e in Event}
+
+
+@dataclass(frozen=True, slots=True)
+class AnnouncePolicy:
+    """The announce limits an admin configures, resolved once at start-up."""
+
+    numwant_default: int = 50
+    numwant_max: int = 200
+
+
+def parse_announce(
+    params: dict[bytes, list[bytes]],
+    client_ip: bytes,
+    policy: AnnouncePolicy,
+    ip_param_trusted: bool,
+) -> AnnounceRequest:
+    """Validate an announce (BEP 3) and resolve its defaults.
+
+    Args:
+        params: from `parse_query`.
+        client_ip: packed address the request came from (see netaddr.client_address).
+        policy: numwant default and cap.
+        ip_param_trusted: whether this client may name another address with `ip=`.
+    Raises:
+        ClientError: with the reason to send back.
+    """
+    info_hash = _hash(params, b"info_hash", BAD_INFO_HASH)
+    peer_id = _hash(params, b"peer_id", BAD_PEER_ID)
+    port_text = _last(params, b"port")
+    if port_text is None or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        raise ClientError(BAD_PORT)
+    event = _EVENTS.get(_last(params, b"event") or b"")
+    if event is None:
+        raise ClientError(BAD_EVENT)
+    # Clients must send these three, but some omit `downloaded`/`uploaded` on `stopped`;
+    # `left` has no safe default, so it is required.
+    uploaded = _counter(params, b"uploaded", 0)
+    downloaded = _counter(params, b"downloaded", 0)
+    left = _counter(params, b"left")
+    numwant = min(_counter(params, b"numwant", policy.numwant_default), policy.numwant_max)
+    key = _last(params, b"key")
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        raise ClientError(BAD_KEY)
+    tracker_id = _last(params, b"trackerid")
+    if tracker_id is not None and len(tracker_id) > MAX_TRACKER_ID_BYTES:
+        raise ClientError(BAD_TRACKER_ID)
+
+    ip, warning = client_ip, None
+    ip_param = _last(params, b"ip")
+    if ip_param:
+        try:
+            named_ip = pack_ip(ip_param.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise ClientError(BAD_IP) from None
+        if ip_param_trusted:
+            ip = named_ip
+        elif named_ip != client_ip:
+            warning = "The ip parameter is ignored; peers are given the address you connect from."
+
+    return AnnounceRequest(
+        info_hash=info_hash,
+        peer_id=peer_id,
+        ip=ip,
+        port=int(port_text),
+        uploaded=uploaded,
+        downloaded=downloaded,
+        left=left,
+        # A stopped peer leaves the swarm and needs no peers (the original did the same).
+        event=event,
+        numwant=0 if event is Event.STOPPED else numwant,
+        compact=_flag(params, b"compact", True),  # BEP 23: compact unless asked otherwise
+        no_peer_id=_flag(params, b"no_peer_id", False),
+        key=key or None,
+        tracker_id=tracker_id or None,
+        client_ip=client_ip,
+        warning=warning,
+    )
+
+
+def parse_scrape(params: dict[bytes, list[bytes]]) -> list[bytes]:
+    """The info hashes a scrape asks for (BEP 48); empty means a full scrape."""
+    hashes = params.get(b"info_hash", [])
+    if len(hashes) > MAX_SCRAPE_HASHES:
+        raise ClientError(TOO_MANY_HASHES)
+    if any(len(h) != HASH_BYTES for h in hashes):
+        raise ClientError(BAD_INFO_HASH)
+    return list(dict.fromkeys(hashes))
+
+
+def jittered_interval(interval: int, rng: random.Random) -> int:
+    """Spread re-announces so a burst of clients does not come back as a burst
+    (opentracker's OT_CLIENT_REQUEST_VARIATION, Ocelot's jitter): up to 10% either way."""
+    spread = interval // 10
+    return interval + rng.randint(-spread, spread)
+
+
+def encode_announce(
+    request: AnnounceRequest, result: AnnounceResult, interval: int, min_interval: int
+) -> bytes:
+    stats = result.stats
+    response: dict[bytes, object] = {
+        b"interval": interval,
+        b"min interval": min_interval,
+        b"complete": stats.complete,
+        b"incomplete": stats.incomplete,
+        b"downloaded": stats.downloaded,
+        b"external ip": request.client_ip,  # BEP 24
+    }
+    if request.compact:
+        # BEP 23: 4-byte address + 2-byte big-endian port; BEP 7: 16 + 2 in `peers6`.
+        response[b"peers"] = b"".join(
+            p.ip + p.port.to_bytes(2, "big") for p in result.peers if len(p.ip) == 4
+        )
+        peers6 = b"".join(p.ip + p.port.to_bytes(2, "big") for p in result.peers if len(p.ip) == 16)
+        if peers6:
+            response[b"peers6"] = peers6
+    else:
+        response[b"peers"] = [_peer_dict(p, request.no_peer_id) for p in result.peers]
+    if request.tracker_id:
+        response[b"tracker id"] = request.tracker_id
+    if request.warning:
+        response[b"warning message"] = request.warning.encode()
+    return bencode(response)
+
+
+def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[bytes, object]:
+    entry: dict[bytes, object] = {b"ip": unpack_ip(peer.ip).encode(), b"port": peer.port}
+    if not no_peer_id:
+        entry[b"peer id"] = peer.peer_id
+    return entry
+
+
+def encode_scrape(files: dict[bytes, SwarmStats]) -> bytes:
+    return bencode({b"files": {h: _scrape_entry(s) for h, s in files.items()}})
+
+
+def _scrape_entry(stats: SwarmStats) -> dict[bytes, object]:
+    entry: dict[bytes, object] = {
+        b"complete": stats.complete,
+        b"incomplete": stats.incomplete,
+        b"downloaded": stats.downloaded,
+        b"downloaders": stats.downloaders,  # BEP 21
+    }
+    if stats.name:
+        entry[b"name"] = stats.name.encode()
+    return entry
+
+
+def encode_failure(reason: str, retry_in: int | None = None) -> bytes:
+    """A bencoded failure (BEP 3); `retry in` minutes tells the client when to come back
+    after a fault of ours rather than theirs (BEP 31)."""
+    response: dict[bytes, object] = {b"failure reason": reason.encode()}
+    if retry_in is not None:
+        response[b"retry in"] = retry_in
+    return bencode(response)

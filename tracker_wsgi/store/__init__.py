@@ -1,0 +1,68 @@
+"""The store: where swarms and peers live. One small interface, two implementations.
+
+`open_store(url)` picks the implementation from the URL scheme, once, at start-up:
+  sqlite:///absolute/path.sqlite        embedded default (stdlib sqlite3, WAL)
+  mysql://user:password@host:port/db    MySQL / MariaDB (mysql-connector-python, C extension)
+  mysql://user:password@localhost/db?unix_socket=/run/mysqld/mysqld.sock
+
+The contract every implementation keeps (tests/test_store_contract.py runs it on both):
+- Connections are per thread and made on first use; a connection the server dropped is
+  replaced and the work retried once, so a database restart costs only the requests that
+  arrive while it is down.
+- `announce` is one transaction: the peer's row, the torrent's `downloaded` and the answer
+  are consistent. A `completed` is committed before the answer is sent.
+- Peers silent longer than `peer_timeout` are neither counted nor handed out, even before
+  `expire_peers` deletes them.
+- An unknown info hash is a ClientError(UNKNOWN_TORRENT), unless the store was opened with
+  `register_unknown=True` (whitelist mode `open`), when it becomes a new swarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from ..model import AnnounceRequest, AnnounceResult, SwarmStats, Torrent
+
+
+class Store(Protocol):
+    def create_tables(self) -> None:
+        """Create missing tables; safe to repeat."""
+
+    def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
+        """Apply one announce and answer it (see swarm.plan_announce for the rules)."""
+
+    def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
+        """Stats keyed by each requested hash that names a torrent; unknown ones are left out."""
+
+    def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
+        """Stats of every torrent, keyed by every hash that names it."""
+
+    def register(self, torrent: Torrent, now: int) -> bool:
+        """Register a torrent under all its hashes; False if one of them is already known."""
+
+    def unregister(self, info_hashes: Iterable[bytes]) -> int:
+        """Remove the torrents these hashes name, with all their peers; returns how many."""
+
+    def expire_peers(self, now: int) -> int:
+        """Delete peers silent longer than the peer timeout; returns how many."""
+
+    def connection_type(self) -> str:
+        """Class name of this thread's database connection (shows the MySQL C extension)."""
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+
+
+def open_store(url: str, peer_timeout: int, register_unknown: bool = False) -> Store:
+    """The store a database URL names. Raises ValueError with a one-line reason."""
+    scheme = url.partition("://")[0]
+    if scheme == "sqlite":
+        from .sqlite import SqliteStore
+
+        return SqliteStore(url, peer_timeout, register_unknown)
+    if scheme == "mysql":
+        from .mysql import MysqlStore
+
+        return MysqlStore(url, peer_timeout, register_unknown)
+    raise ValueError(f"unknown database URL scheme {scheme!r}: use sqlite:/// or mysql://")

@@ -1,0 +1,121 @@
+"""The production store: MySQL or MariaDB through mysql-connector-python's C extension.
+
+Several Apache hosts may share one database; every front end is stateless, so a peer
+announced to one host is handed out by another. One connection per daemon thread,
+persistent (the Apache::DBI equivalent), replaced when the server has dropped it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import mysql.connector
+from mysql.connector import errorcode, errors
+
+from .sql import Dialect, SqlStore
+
+CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
+READ_TIMEOUT_SECONDS = 30  # far above any announce; only a wedged server reaches it
+
+# Errors after which a fresh connection and one more try may succeed.
+_TRANSIENT_ERRNOS = {
+    errorcode.CR_SERVER_GONE_ERROR,  # 2006: the server closed the connection (restart, wait_timeout)
+    errorcode.CR_SERVER_LOST,  # 2013: lost during a query
+    errorcode.CR_SERVER_LOST_EXTENDED,  # 2055
+    errorcode.CR_CONN_HOST_ERROR,  # 2003: cannot connect (yet)
+    errorcode.ER_LOCK_DEADLOCK,  # 1213: InnoDB chose this transaction as the victim
+    errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205
+    errorcode.ER_DUP_ENTRY,  # 1062: two first announces of one swarm raced (whitelist `open`)
+}
+
+
+class MysqlDialect(Dialect):
+    # The stored peer is read FOR UPDATE so two announces of one peer_id serialise.
+    lock_peer = " FOR UPDATE"
+    upsert_peer = (
+        "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
+        "uploaded, downloaded, completed, last_seen) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE ip = VALUES(ip), port = VALUES(port), peer_key = VALUES(peer_key), "
+        "state = VALUES(state), bytes_left = VALUES(bytes_left), uploaded = VALUES(uploaded), "
+        "downloaded = VALUES(downloaded), completed = VALUES(completed), last_seen = VALUES(last_seen)"
+    )
+
+
+def _placeholders(value: Any) -> Any:
+    """`?` -> `%s` (the connector's paramstyle) in a statement or a tuple of them."""
+    if isinstance(value, str):
+        return value.replace("?", "%s")
+    return tuple(_placeholders(v) for v in value)
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """Connector arguments from mysql://user:password@host:port/database[?unix_socket=PATH]."""
+    parts = urlsplit(url)
+    database = parts.path.lstrip("/")
+    if not database:
+        raise ValueError(f"mysql URL names no database: {url!r} (mysql://user:password@host/database)")
+    args: dict[str, Any] = {
+        "user": unquote(parts.username or ""),
+        "password": unquote(parts.password or ""),
+        "host": parts.hostname or "localhost",
+        "port": parts.port or 3306,
+        "database": database,
+    }
+    for name, values in parse_qs(parts.query).items():
+        if name != "unix_socket":
+            raise ValueError(f"unknown mysql URL option {name!r}: only unix_socket is allowed")
+        args["unix_socket"] = values[-1]
+    return args
+
+
+class MysqlStore(SqlStore):
+    dialect = MysqlDialect
+
+    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False):
+        super().__init__(peer_timeout, register_unknown)
+        self.args = connect_args(url)
+
+    def _connect(self) -> Any:
+        conn = mysql.connector.connect(
+            **self.args,
+            use_pure=False,  # the C extension; ImportError (not a silent fallback) if it is missing
+            autocommit=False,
+            charset="utf8mb4",
+            connection_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+        )
+        cursor = conn.cursor()
+        # READ COMMITTED: no gap locks, so first announces of different peers into one swarm
+        # do not block each other. Set per session, so it is set again after a reconnect.
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cursor.close()
+        return conn
+
+    def _begin(self, conn: Any) -> None:
+        conn.start_transaction()
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, errors.Error) and exc.errno in _TRANSIENT_ERRNOS
+
+    def create_tables(self) -> None:
+        ddl = resources.files("tracker_wsgi").joinpath("schema.sql").read_text()
+        # Strip comments before splitting: a comment may contain a semicolon.
+        lines = [line.split("--", 1)[0] for line in ddl.splitlines()]
+        statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+        def work(cur: Any) -> None:
+            for statement in statements:
+                cur.execute(statement)
+
+        self._transaction(work)
+
+    @staticmethod
+    def _sql(statement: str) -> str:
+        return _placeholders(statement)
+
+
+# The shared statements are written with `?`; convert them once, at import.
+for _name in [n for n in vars(SqlStore) if n.isupper()]:
+    setattr(MysqlStore, _name, _placeholders(getattr(SqlStore, _name)))

@@ -1,0 +1,91 @@
+"""The embedded store: stdlib sqlite3 in WAL mode, so the tracker runs with no database
+server. Good for one host (several Apache daemon processes share the file); hosts that
+share a tracker need MySQL/MariaDB."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+from .sql import Dialect, SqlStore
+
+# Mirrors schema.sql (the MySQL schema, which documents every column).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS torrents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL DEFAULT '',
+    size INTEGER NOT NULL DEFAULT 0,
+    path TEXT NOT NULL DEFAULT '',
+    added INTEGER NOT NULL,
+    downloaded INTEGER NOT NULL DEFAULT 0,
+    transferred INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS info_hashes (
+    info_hash BLOB NOT NULL PRIMARY KEY,
+    torrent_id INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS info_hashes_by_torrent ON info_hashes (torrent_id);
+CREATE TABLE IF NOT EXISTS peers (
+    torrent_id INTEGER NOT NULL,
+    peer_id BLOB NOT NULL,
+    ip BLOB NOT NULL,
+    port INTEGER NOT NULL,
+    peer_key BLOB,
+    state INTEGER NOT NULL,
+    bytes_left INTEGER NOT NULL,
+    uploaded INTEGER NOT NULL,
+    downloaded INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (torrent_id, peer_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS peers_by_state ON peers (torrent_id, state);
+CREATE INDEX IF NOT EXISTS peers_by_last_seen ON peers (last_seen);
+"""
+
+BUSY_TIMEOUT_SECONDS = 5  # how long a writer waits for another process's transaction
+
+
+class SqliteDialect(Dialect):
+    upsert_peer = (
+        "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
+        "uploaded, downloaded, completed, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
+        "peer_key = excluded.peer_key, state = excluded.state, bytes_left = excluded.bytes_left, "
+        "uploaded = excluded.uploaded, downloaded = excluded.downloaded, "
+        "completed = excluded.completed, last_seen = excluded.last_seen"
+    )
+
+
+class SqliteStore(SqlStore):
+    dialect = SqliteDialect
+
+    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False):
+        super().__init__(peer_timeout, register_unknown)
+        path = url.removeprefix("sqlite://")
+        if not os.path.isabs(path):
+            raise ValueError(f"sqlite database path must be absolute: {url!r} (sqlite:///path/file.sqlite)")
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
+        # write lock up front, so two announces never deadlock upgrading a read lock).
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives any process being killed; only a power cut may lose
+        # the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def _begin(self, conn: Any) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) or (
+            isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+        )
+
+    def create_tables(self) -> None:
+        conn = self._connection()
+        conn.executescript(SCHEMA)

@@ -1,0 +1,61 @@
+"""Swarm rules: what one announce does to the peer it comes from. Pure; both stores call it.
+
+The store reads the peer's stored row, asks `plan_announce` what to do, and writes the
+answer. Keeping the rules here means SQLite and MySQL cannot drift apart on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import AnnounceRequest, ClientError, Event, PeerState
+from .protocol import PEER_CONFLICT
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeer:
+    ip: bytes
+    key: bytes | None
+    state: PeerState
+    left: int
+    completed: bool  # this peer's completion has already been counted
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUpdate:
+    remove: bool  # `stopped`: the peer leaves the swarm
+    counts_completion: bool  # add one to the torrent's `downloaded`
+    completed: bool  # value to store, so a repeated `completed` counts once
+    key: bytes | None  # key to store
+
+
+def plan_announce(request: AnnounceRequest, stored: StoredPeer | None) -> PeerUpdate:
+    """Decide what an announce does to its peer.
+
+    - `key` protects a peer (BEP 3 "key"): an announce for a known peer_id from another
+      address is accepted only with the key the peer registered; otherwise anyone could
+      stop or move someone else's peer (the original only had the IP check).
+    - A completion is counted once per peer: on `completed`, or when a known leecher
+      reports left=0 without the event (the original's rule), never twice.
+    """
+    if stored is not None and stored.ip != request.ip:
+        if stored.key is None or stored.key != request.key:
+            raise ClientError(PEER_CONFLICT)
+    key = request.key if request.key is not None else (stored.key if stored else None)
+    if request.event is Event.STOPPED:
+        return PeerUpdate(remove=True, counts_completion=False, completed=False, key=key)
+    already = stored is not None and stored.completed
+    finished = request.left == 0 and (
+        request.event is Event.COMPLETED or (stored is not None and stored.left > 0)
+    )
+    counts = finished and not already
+    return PeerUpdate(remove=False, counts_completion=counts, completed=already or counts, key=key)
+
+
+def count_stats(counts_by_state: dict[int, int]) -> tuple[int, int, int]:
+    """(complete, incomplete, downloaders) from peer counts per PeerState (BEP 21:
+    partial seeds are incomplete but not downloaders)."""
+    seeds = counts_by_state.get(PeerState.SEED, 0)
+    leechers = counts_by_state.get(PeerState.LEECHER, 0)
+    partial = counts_by_state.get(PeerState.PARTIAL_SEED, 0)
+    return seeds, leechers + partial, leechers

@@ -1,0 +1,187 @@
+"""The WSGI application: environ in, bencoded bytes out. Thin glue and the error boundary.
+
+Under mod_wsgi the `.wsgi` shim imports `application` when a daemon process starts. The
+config path arrives with the first request (SetEnv reaches only the WSGI environ), so the
+tracker is built then, once per process, under a lock; every later request reuses it.
+
+Every answer under /tracker is bencoded: a client's mistake is HTTP 200 with a `failure
+reason`, our own fault is logged with its traceback to Apache's error log and answered
+with a `failure reason` plus `retry in` (BEP 31). Nothing internal reaches the client.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import config as config_module
+from .config import Config, ConfigError
+from .model import ClientError
+from .netaddr import client_address, is_trusted
+from .protocol import (
+    METHOD_NOT_ALLOWED,
+    SERVER_FAULT,
+    UNKNOWN_PATH,
+    AnnouncePolicy,
+    encode_announce,
+    encode_failure,
+    encode_scrape,
+    jittered_interval,
+    parse_announce,
+    parse_query,
+    parse_scrape,
+    FULL_SCRAPE_DISABLED,
+)
+from .store import Store, open_store
+
+RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about this long
+
+Response = tuple[str, list[tuple[str, str]], bytes]
+
+# Compact answers are binary; text ones may be compressed by mod_deflate (apache/).
+BINARY = "application/octet-stream"
+TEXT = "text/plain; charset=ISO-8859-1"
+
+
+def _bencoded(body: bytes, content_type: str = TEXT, status: str = "200 OK") -> Response:
+    return status, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
+
+
+class Tracker:
+    """Everything a request needs, built once per process from the config."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ):
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
+        self.trusted = config.trusted_proxies
+        self.redirect_to = config.base_url.rstrip("/") + "/"
+        self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {
+            "": self.announce_or_redirect,
+            "/": self.announce_or_redirect,
+            "/announce": self.announce,
+            "/scrape": self.scrape if config.full_scrape else self.scrape_named,
+        }
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            status, headers, body = _bencoded(encode_failure(METHOD_NOT_ALLOWED), status="405 Method Not Allowed")
+            return status, headers + [("Allow", "GET, HEAD")], body
+        route = self.routes.get(environ.get("PATH_INFO", ""))
+        try:
+            if route is None:
+                raise ClientError(UNKNOWN_PATH)
+            return route(environ)
+        except ClientError as exc:
+            return _bencoded(encode_failure(exc.reason))
+
+    def _client(self, environ: dict[str, Any]) -> bytes:
+        return client_address(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
+
+    @staticmethod
+    def _params(environ: dict[str, Any]) -> dict[bytes, list[bytes]]:
+        # PEP 3333: environ strings are the raw bytes as latin-1; undo that, never UTF-8.
+        return parse_query(environ.get("QUERY_STRING", "").encode("latin-1"))
+
+    def announce_or_redirect(self, environ: dict[str, Any]) -> Response:
+        # A bare /tracker is the address people type: send them to the torrents, as the
+        # original did. With a query it is a client announcing at /tracker.
+        if not environ.get("QUERY_STRING"):
+            return "302 Found", [("Location", self.redirect_to), ("Content-Length", "0")], b""
+        return self.announce(environ)
+
+    def announce(self, environ: dict[str, Any]) -> Response:
+        client_ip = self._client(environ)
+        request = parse_announce(
+            self._params(environ), client_ip, self.policy, is_trusted(client_ip, self.trusted)
+        )
+        result = self.store.announce(request, int(self.clock()))
+        interval = jittered_interval(self.config.interval, self.rng)
+        body = encode_announce(request, result, interval, self.config.min_interval)
+        return _bencoded(body, BINARY if request.compact else TEXT)
+
+    def scrape_named(self, environ: dict[str, Any]) -> Response:
+        hashes = parse_scrape(self._params(environ))
+        if not hashes:
+            raise ClientError(FULL_SCRAPE_DISABLED)
+        return _bencoded(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
+
+    def scrape(self, environ: dict[str, Any]) -> Response:
+        hashes = parse_scrape(self._params(environ))
+        if hashes:
+            return _bencoded(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
+        return _bencoded(encode_scrape(self.store.scrape_all(int(self.clock()))))
+
+
+def build_tracker(config: Config) -> Tracker:
+    """Open the store the config names and make sure its tables exist."""
+    try:
+        store = open_store(config.database, config.peer_timeout, config.whitelist == "open")
+    except ValueError as exc:
+        raise ConfigError(f"database = {config.database!r}: {exc}") from None
+    store.create_tables()
+    return Tracker(config, store)
+
+
+def log(message: str) -> None:
+    # Under mod_wsgi, stderr is Apache's error log.
+    print(f"tracker_wsgi: {message}", file=sys.stderr, flush=True)
+
+
+class Application:
+    """The WSGI callable. Builds its Tracker on first use, once per process."""
+
+    def __init__(self, tracker: Tracker | None = None):
+        self._tracker = tracker
+        self._config_error: ConfigError | None = None
+        self._lock = threading.Lock()
+
+    def _build(self, environ: dict[str, Any]) -> Tracker:
+        with self._lock:
+            if self._tracker is not None:
+                return self._tracker
+            if self._config_error is not None:
+                raise self._config_error
+            path = config_module.config_path(environ)
+            try:
+                tracker = build_tracker(config_module.load(path))
+            except ConfigError as exc:
+                # Logged once; a fixed file takes effect when the daemon restarts
+                # (touch the .wsgi file). Store errors are not kept: the next request retries.
+                self._config_error = exc
+                log(f"configuration error: {exc}")
+                raise
+            log(
+                f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
+                f"over {tracker.store.connection_type()}"
+            )
+            self._tracker = tracker
+            return tracker
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        try:
+            tracker = self._tracker or self._build(environ)
+            status, headers, body = tracker.handle(environ)
+        except ConfigError:
+            status, headers, body = _bencoded(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+        except Exception:
+            traceback.print_exc(file=environ.get("wsgi.errors", sys.stderr))
+            status, headers, body = _bencoded(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+        start_response(status, headers)
+        return [body]
+
+
+application = Application()
