@@ -1,0 +1,189 @@
+"""Shared fixtures: a real MariaDB database per test, real Apache instances, helpers to
+build announces. Everything the Apache daemon (www-data) reads lives in world-readable
+temporary directories, because pytest's own tmp_path is private to root."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import mysql.connector
+import pytest
+from bencoder import bdecode
+
+from tracker_wsgi import devserver
+
+REPO = Path(__file__).resolve().parent.parent
+APACHE_DIR = REPO / "apache"
+
+# A dedicated account, as in production: the Apache daemon runs as www-data, and MariaDB's
+# root@localhost is often bound to the unix user root.
+TEST_USER, TEST_PASSWORD = "tracker_test", "tracker-test-only"
+
+
+def _admin():
+    return mysql.connector.connect(user="root", host="127.0.0.1", port=3306)
+
+
+def wait_for_mariadb(seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            _admin().close()
+            return
+        except mysql.connector.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def mysql_url():
+    """A fresh database on the real MariaDB, dropped afterwards."""
+    name = f"tracker_test_{secrets.token_hex(4)}"
+    admin = _admin()
+    cur = admin.cursor()
+    cur.execute(f"CREATE DATABASE {name}")
+    for host in ("localhost", "127.0.0.1"):
+        cur.execute(f"CREATE USER IF NOT EXISTS '{TEST_USER}'@'{host}' IDENTIFIED BY '{TEST_PASSWORD}'")
+        cur.execute(f"GRANT ALL ON `tracker_test_%`.* TO '{TEST_USER}'@'{host}'")
+    admin.close()
+    yield f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:3306/{name}"
+    wait_for_mariadb()
+    admin = _admin()
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+@pytest.fixture
+def shared_dir():
+    """A temporary directory Apache's www-data can read and write."""
+    path = Path(tempfile.mkdtemp(prefix="tracker-wsgi-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sqlite_url(shared_dir):
+    return f"sqlite:///{shared_dir}/tracker.sqlite"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Apache:
+    port: int
+    run_dir: Path
+    process: subprocess.Popen
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def error_log(self) -> str:
+        return (self.run_dir / "error.log").read_text(errors="replace")
+
+    def get(self, path: str, query: dict | str | None = None, method: str = "GET", headers=None):
+        """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
+        url = self.base + path
+        if query:
+            url += "?" + (query if isinstance(query, str) else urllib.parse.urlencode(query))
+        request = urllib.request.Request(url, method=method, headers=headers or {})
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=30) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def start_apache(run_dir: Path, config_path: Path, site_conf: str = "") -> Apache:
+    devserver.prepare_run_dir(run_dir)
+    port = free_port()
+    conf = devserver.httpd_conf(run_dir, port, config_path, APACHE_DIR, site_conf=site_conf)
+    apache = Apache(port, run_dir, devserver.start(run_dir, conf))
+    deadline = time.monotonic() + 30
+    while True:
+        if apache.process.poll() is not None:
+            raise RuntimeError(f"apache exited: {(run_dir / 'error.log').read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return apache
+        except OSError:
+            if time.monotonic() > deadline:
+                apache.stop()
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def apache_factory(shared_dir):
+    """start(config_text, name="a") -> Apache running our snippet with that config file."""
+    started: list[Apache] = []
+
+    def start(config_text: str, name: str = "apache", site_conf: str = "") -> Apache:
+        run_dir = shared_dir / name
+        run_dir.mkdir()
+        run_dir.chmod(0o777)
+        config_path = run_dir / "tracker.toml"
+        config_path.write_text(config_text)
+        config_path.chmod(0o644)
+        apache = start_apache(run_dir, config_path, site_conf)
+        started.append(apache)
+        return apache
+
+    yield start
+    for apache in started:
+        apache.stop()
+
+
+def decode(body: bytes) -> dict:
+    return bdecode(body)
+
+
+def ih(n: int) -> bytes:
+    """A 20-byte info hash with awkward bytes in it (NUL, %, &, +, space, 0xff)."""
+    return bytes([0, 0x25, 0x26, 0x2B, 0x20, 0xFF]) + n.to_bytes(14, "big")
+
+
+def pid(n: int) -> bytes:
+    return b"-TW0001-" + n.to_bytes(12, "big")
+
+
+def announce_query(info_hash: bytes, peer_id: bytes, port: int = 6881, **extra) -> str:
+    fields = {"info_hash": info_hash, "peer_id": peer_id, "port": port, "uploaded": 0,
+              "downloaded": 0, "left": 100}
+    fields.update(extra)
+    return urllib.parse.urlencode(fields)
+
+
+os.environ.setdefault("LANG", "C.UTF-8")
