@@ -1,0 +1,224 @@
+"""The store contract (tracker_wsgi/store/__init__.py), one suite run against both stores:
+the embedded SQLite and the real MariaDB. Any store must pass every test here."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import ih, pid
+from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, Torrent
+from tracker_wsgi.protocol import PEER_CONFLICT, UNKNOWN_TORRENT
+from tracker_wsgi.store import open_store
+
+NOW = 1_700_000_000
+TIMEOUT = 2700
+V4 = bytes([192, 0, 2, 1])
+V6 = bytes.fromhex("20010db8000000000000000000000001")
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def store(store_url):
+    store = open_store(store_url, TIMEOUT)
+    store.create_tables()
+    store.create_tables()  # idempotent
+    store.register(Torrent(ih(1), None, "one", 1000), NOW)
+    yield store
+    store.close()
+
+
+def ann(n: int, *, torrent: int = 1, left: int = 100, event: Event = Event.NONE, ip: bytes = V4,
+        port: int | None = None, key: bytes | None = None, numwant: int = 50, uploaded: int = 0,
+        info_hash: bytes | None = None) -> AnnounceRequest:
+    return AnnounceRequest(
+        info_hash=info_hash or ih(torrent), peer_id=pid(n), ip=ip, port=port or 6000 + n,
+        uploaded=uploaded, downloaded=0, left=left, event=event, numwant=numwant, compact=True,
+        no_peer_id=False, key=key, tracker_id=None, client_ip=ip,
+    )
+
+
+def test_unknown_torrent_is_refused(store):
+    with pytest.raises(ClientError) as err:
+        store.announce(ann(1, torrent=99), NOW)
+    assert err.value.reason == UNKNOWN_TORRENT
+
+
+def test_open_store_registers_unknown_hashes(store_url):
+    store = open_store(store_url, TIMEOUT, register_unknown=True)
+    store.create_tables()
+    result = store.announce(ann(1, torrent=42), NOW)
+    assert (result.stats.complete, result.stats.incomplete) == (0, 1)
+    assert store.scrape([ih(42)], NOW)[ih(42)].incomplete == 1
+
+
+def test_peers_find_each_other_but_never_themselves(store):
+    assert store.announce(ann(1), NOW).peers == ()
+    result = store.announce(ann(2), NOW)
+    assert [p.peer_id for p in result.peers] == [pid(1)]
+    assert (result.peers[0].ip, result.peers[0].port) == (V4, 6001)
+    assert result.stats.incomplete == 2
+
+
+def test_seeds_get_only_leechers(store):
+    store.announce(ann(1, left=0), NOW)
+    store.announce(ann(2, left=0), NOW)
+    store.announce(ann(3, left=5), NOW)
+    store.announce(ann(4, left=0, event=Event.PAUSED), NOW)
+    seed_view = store.announce(ann(1, left=0), NOW)
+    assert {p.peer_id for p in seed_view.peers} == {pid(3)}
+    leecher_view = store.announce(ann(3, left=5), NOW)
+    assert {p.peer_id for p in leecher_view.peers} == {pid(1), pid(2), pid(4)}
+
+
+def test_partial_seeds_are_incomplete_but_not_downloaders(store):
+    """BEP 21."""
+    store.announce(ann(1, left=0), NOW)
+    store.announce(ann(2, left=5), NOW)
+    store.announce(ann(3, left=5, event=Event.PAUSED), NOW)
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.incomplete, stats.downloaders) == (1, 2, 1)
+
+
+def test_numwant_limits_the_peer_list_and_zero_sends_none(store):
+    for n in range(1, 31):
+        store.announce(ann(n), NOW)
+    assert len(store.announce(ann(99, numwant=7), NOW).peers) == 7
+    assert store.announce(ann(98, numwant=0), NOW).peers == ()
+    everyone = store.announce(ann(97, numwant=200), NOW).peers
+    assert len(everyone) == 32 and pid(97) not in {p.peer_id for p in everyone}
+
+
+def test_completed_counts_once_per_peer(store):
+    store.announce(ann(1, left=10, event=Event.STARTED), NOW)
+    assert store.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
+    assert store.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
+    assert store.announce(ann(1, left=0), NOW).stats.downloaded == 1
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.incomplete, stats.downloaded) == (1, 0, 1)
+
+
+def test_stopped_removes_the_peer_and_returns_no_peers(store):
+    store.announce(ann(1), NOW)
+    store.announce(ann(2), NOW)
+    result = store.announce(ann(1, event=Event.STOPPED, numwant=0), NOW)
+    assert result.peers == () and result.stats.incomplete == 1
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
+    # Stopping an unknown peer is harmless.
+    assert store.announce(ann(9, event=Event.STOPPED, numwant=0), NOW).stats.incomplete == 1
+
+
+def test_key_protects_a_peer_from_another_address(store):
+    other = bytes([198, 51, 100, 9])
+    store.announce(ann(1, key=b"\x00\xffk1"), NOW)
+    with pytest.raises(ClientError) as err:
+        store.announce(ann(1, ip=other, key=b"wrong"), NOW)
+    assert err.value.reason == PEER_CONFLICT
+    with pytest.raises(ClientError):
+        store.announce(ann(1, ip=other, event=Event.STOPPED), NOW)
+    moved = store.announce(ann(2, ip=other), NOW)
+    assert [(p.peer_id, p.ip) for p in moved.peers] == [(pid(1), V4)]
+    store.announce(ann(1, ip=other, key=b"\x00\xffk1"), NOW)  # same key: the peer moved
+    assert [p.ip for p in store.announce(ann(3), NOW).peers if p.peer_id == pid(1)] == [other]
+
+
+def test_same_peer_id_in_two_torrents_is_two_peers(store):
+    """The original keyed peers by peer_id alone; one client seeds many torrents."""
+    store.register(Torrent(ih(2), None, "two", 5), NOW)
+    store.announce(ann(1, torrent=1), NOW)
+    store.announce(ann(1, torrent=2), NOW)
+    scrape = store.scrape([ih(1), ih(2)], NOW)
+    assert scrape[ih(1)].incomplete == 1 and scrape[ih(2)].incomplete == 1
+
+
+def test_ipv6_peers_keep_their_address(store):
+    store.announce(ann(1, ip=V6), NOW)
+    assert store.announce(ann(2), NOW).peers[0].ip == V6
+
+
+def test_silent_peers_are_not_handed_out_and_expire(store):
+    store.announce(ann(1), NOW - TIMEOUT - 1)
+    store.announce(ann(2), NOW - 10)
+    result = store.announce(ann(3), NOW)
+    assert [p.peer_id for p in result.peers] == [pid(2)]
+    assert result.stats.incomplete == 2
+    assert store.expire_peers(NOW) == 1
+    assert store.expire_peers(NOW) == 0
+
+
+def test_v2_alias_is_the_same_swarm(store):
+    """BEP 52: a hybrid torrent is announced under its v1 and truncated v2 hashes."""
+    v1, v2 = ih(10), ih(11)
+    assert store.register(Torrent(v1, v2, "hybrid", 7), NOW) is True
+    assert store.register(Torrent(v1, v2, "hybrid", 7), NOW) is False
+    store.announce(ann(1, info_hash=v1), NOW)
+    assert [p.peer_id for p in store.announce(ann(2, info_hash=v2), NOW).peers] == [pid(1)]
+    scrape = store.scrape([v1, v2], NOW)
+    assert scrape[v1].incomplete == scrape[v2].incomplete == 2
+    assert scrape[v1].name == "hybrid"
+
+
+def test_scrape_leaves_out_unknown_hashes_and_full_scrape_lists_all(store):
+    store.register(Torrent(ih(2), ih(3), "two", 5), NOW)
+    assert set(store.scrape([ih(1), ih(77)], NOW)) == {ih(1)}
+    assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(3)}
+
+
+def test_unregister_removes_the_torrent_and_its_peers(store):
+    store.announce(ann(1), NOW)
+    assert store.unregister([ih(1)]) == 1
+    with pytest.raises(ClientError):
+        store.announce(ann(2), NOW)
+    assert store.scrape([ih(1)], NOW) == {}
+    assert store.unregister([ih(1)]) == 0
+
+
+def test_binary_ids_round_trip_exactly(store):
+    """Trailing spaces and NULs survive (the original's CHAR columns stripped them)."""
+    awkward = b"\x00" * 10 + b" " * 10
+    store.register(Torrent(awkward, None, "awkward", 1), NOW)
+    peer_id = b"peer   \x00\x00" + b" " * 11
+    request = ann(1, info_hash=awkward)
+    store.announce(AnnounceRequest(**{**_fields(request), "peer_id": peer_id}), NOW)
+    peers = store.announce(ann(2, info_hash=awkward), NOW).peers
+    assert [p.peer_id for p in peers] == [peer_id]
+    assert set(store.scrape([awkward], NOW)) == {awkward}
+
+
+def _fields(request: AnnounceRequest) -> dict:
+    return {name: getattr(request, name) for name in request.__slots__}
+
+
+def test_concurrent_announces_lose_nothing(store):
+    """Each thread has its own connection; 8 threads x 25 peers all land, and the 200
+    completions are each counted exactly once."""
+    errors = []
+
+    def worker(base: int) -> None:
+        try:
+            for n in range(base, base + 25):
+                store.announce(ann(n, left=10), NOW)
+                store.announce(ann(n, left=0, event=Event.COMPLETED), NOW)
+            store.close()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i * 100,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.downloaded) == (200, 200)
+
+
+def test_connection_type_is_reported(store, store_url):
+    expected = "CMySQLConnection" if store_url.startswith("mysql") else "Connection"
+    assert store.connection_type() == expected
+    assert PeerState.SEED == 1  # stored as a small integer in both schemas
