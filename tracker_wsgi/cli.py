@@ -2,7 +2,9 @@
 
   tracker-wsgi check-config [FILE]    validate a config file (exit 1 with one line if bad)
   tracker-wsgi init-db                create the tables (the tracker also does this itself)
-  tracker-wsgi add FILE.torrent...    register .torrent files
+  tracker-wsgi add FILE.torrent...    register .torrent files by hand
+  tracker-wsgi refresh                if due: expire peers, recount, rescan, write include files
+  tracker-wsgi force-refresh          the same, now
   tracker-wsgi serve                  run the tracker in a real Apache, for development
 
 The config file is --config FILE, else $TRACKER_WSGI_CONFIG, else the built-in defaults.
@@ -22,7 +24,10 @@ from pathlib import Path
 from . import config as config_module
 from .config import ConfigError
 from .metainfo import MetainfoError, parse_torrent
+from .refresh import RefreshBusy, refresh, terminal_progress
 from .store import open_store
+
+EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
 
 
 def _load(args: argparse.Namespace) -> config_module.Config:
@@ -58,7 +63,8 @@ def cmd_add(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             data = Path(name).read_bytes()
-            torrent = parse_torrent(data, os.path.basename(name)).torrent
+            # An absolute path: the directory scan manages only the torrents it found itself.
+            torrent = parse_torrent(data, os.path.abspath(name)).torrent
         except (OSError, MetainfoError) as exc:
             print(f"{name}: skipped: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             failed += 1
@@ -67,6 +73,23 @@ def cmd_add(args: argparse.Namespace) -> int:
         status = "added" if added else "already registered"
         print(f"{name}: {status} {torrent.info_hash.hex()} {torrent.name}")
     return 1 if failed else 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """Quiet under cron (CRON set, or no terminal): only skipped files and errors print."""
+    config = _load(args)
+    store = _store(args)
+    interactive = sys.stderr.isatty() and not os.environ.get("CRON")
+    try:
+        report = refresh(config, store, force=args.force, progress=terminal_progress if interactive else None)
+    except RefreshBusy as exc:
+        print(f"tracker-wsgi: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    for warning in report.warnings:
+        print(f"tracker-wsgi: {warning}", file=sys.stderr)
+    if interactive:
+        print(report.summary())
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -82,10 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config_path.write_text(
             f'database = "sqlite:///{state}/tracker.sqlite"\n'
             f'torrent_dir = "{state}/torrents"\n'
+            f'output_dir = "{state}/output"\n'
             f'base_url = "http://127.0.0.1:{args.port}"\n'
         )
     config_module.load(str(config_path))
     (state / "torrents").mkdir(exist_ok=True)
+    (state / "output").mkdir(exist_ok=True)
     # The daemon runs as www-data and writes the SQLite file and its WAL beside it.
     www = pwd.getpwnam("www-data")
     for path in (state, *state.iterdir()):
@@ -112,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     add = commands.add_parser("add", help="register .torrent files")
     add.add_argument("files", nargs="+", metavar="FILE.torrent")
     add.set_defaults(run=cmd_add)
+    commands.add_parser("refresh", help="refresh if due").set_defaults(run=cmd_refresh, force=False)
+    commands.add_parser("force-refresh", help="refresh now").set_defaults(run=cmd_refresh, force=True)
     serve = commands.add_parser("serve", help="run the tracker in a real Apache (development)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--state-dir", default="var", help="config, SQLite file and logs (default: var)")

@@ -51,6 +51,14 @@ class Config:
     trusted_proxies: tuple[Network, ...] = ()
     # `directory`: only torrents registered from .torrent files; `open`: any info hash.
     whitelist: str = "directory"
+    # Where refresh writes bt_stats.inc and bt_rss.inc (writable by the tracker's user only).
+    output_dir: str = "/var/lib/tracker-wsgi/output"
+    # Seconds between refreshes (expiry, recount, rescan, include files).
+    refresh_interval: int = 900
+    # Secret that /tracker?refresh&secret=... must carry; empty: refresh over the web is off.
+    refresh_secret: str = ""
+    # When set, a .torrent is registered only if it announces this URL.
+    announce_url: str = ""
 
 
 # Allowed ranges: (minimum, maximum) for each integer key.
@@ -60,7 +68,9 @@ _RANGES = {
     "numwant_default": (0, 1000),
     "numwant_max": (1, 1000),
     "peer_timeout": (60, 7 * 86400),
+    "refresh_interval": (60, 86400),
 }
+MIN_SECRET_LENGTH = 16  # a refresh secret short enough to guess is no secret
 
 
 def config_path(environ: dict[str, Any] | None = None) -> str | None:
@@ -128,6 +138,8 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad(" or ".join(repr(m) for m in WHITELIST_MODES))
     if key == "database" and not value.startswith(("sqlite:///", "mysql://")):
         raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE")
-    if key == "torrent_dir" and not os.path.isabs(value):
+    if key in ("torrent_dir", "output_dir") and not os.path.isabs(value):
         raise bad("an absolute path")
+    if key == "refresh_secret" and 0 < len(value) < MIN_SECRET_LENGTH:
+        raise bad(f"empty (web refresh off) or at least {MIN_SECRET_LENGTH} characters")
     return value

@@ -99,8 +99,30 @@ class Torrent:
     info_hash_v2: bytes | None  # truncated SHA-256 of a v2 or hybrid torrent (BEP 52)
     name: str
     size: int  # total length of the content, bytes
-    path: str = ""  # path of the .torrent file, relative to the torrent directory
+    path: str = ""  # .torrent file: relative to the torrent directory, or absolute if added by hand
+    file_size: int = 0  # the .torrent file's size and mtime (ns) when it was parsed
+    file_mtime: int = 0
 
     @property
     def info_hashes(self) -> tuple[bytes, ...]:
         return tuple(h for h in (self.info_hash, self.info_hash_v2) if h)
+
+
+@dataclass(frozen=True, slots=True)
+class TorrentReport:
+    """One torrent's line in the stats table and the RSS feed, as of one refresh."""
+
+    info_hash: bytes
+    name: str
+    path: str
+    size: int
+    file_size: int
+    added: int
+    seeds: int
+    leechers: int  # still downloading
+    partial_seeds: int
+    downloaded: int
+    transferred: int  # bytes uploaded, by departed and live peers
+    bytes_left: int  # summed over peers that are not seeds
+    last_transfer: int  # `transferred` at the previous refresh
+    last_done: int  # `downloaded` at the previous refresh

@@ -19,8 +19,12 @@ CREATE TABLE IF NOT EXISTS torrents (
     size        BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes of content
     path        VARCHAR(1024)   NOT NULL DEFAULT '',  -- .torrent file, relative to the torrent directory
     added       BIGINT UNSIGNED NOT NULL,             -- unix time of registration
+    file_size   BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- the .torrent file's size and mtime (ns) when
+    file_mtime  BIGINT UNSIGNED NOT NULL DEFAULT 0,   --   last parsed: unchanged files are not re-read
     downloaded  INT UNSIGNED    NOT NULL DEFAULT 0,   -- completions counted, once per peer
-    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0    -- bytes uploaded by peers that have left
+    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes uploaded by peers that have left
+    last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total uploaded at the last refresh (for the rate)
+    last_done   INT UNSIGNED    NOT NULL DEFAULT 0    -- downloaded at the last refresh
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Every info hash that names a torrent: the v1 SHA-1 and, for v2 and hybrid torrents, the
@@ -48,3 +52,30 @@ CREATE TABLE IF NOT EXISTS peers (
     KEY by_state (torrent_id, state),
     KEY by_last_seen (last_seen)
 ) ENGINE=InnoDB;
+
+-- One row: when the last refresh finished, and who holds the refresh lock until when.
+-- A lease in the database, not a file lock, so one refresh runs at a time across every
+-- process and every host; a refresh that dies loses the lock when its lease runs out.
+CREATE TABLE IF NOT EXISTS refresh_state (
+    id           TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    last_refresh BIGINT UNSIGNED  NOT NULL DEFAULT 0,
+    lock_owner   VARCHAR(128)     NOT NULL DEFAULT '',
+    lock_until   BIGINT UNSIGNED  NOT NULL DEFAULT 0
+) ENGINE=InnoDB;
+INSERT IGNORE INTO refresh_state (id) VALUES (1);
+
+-- Swarm totals at each refresh, for the stats page's chart.
+CREATE TABLE IF NOT EXISTS history (
+    sampled_at BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    seeds      INT UNSIGNED    NOT NULL,
+    leechers   INT UNSIGNED    NOT NULL
+) ENGINE=InnoDB;
+
+-- .torrent files the scanner refused, so each is reported once, not at every refresh.
+CREATE TABLE IF NOT EXISTS skipped_files (
+    path_hash  BINARY(20)      NOT NULL PRIMARY KEY,  -- SHA-1 of the path (paths are too long to key)
+    path       VARCHAR(1024)   NOT NULL,
+    file_size  BIGINT UNSIGNED NOT NULL,
+    file_mtime BIGINT UNSIGNED NOT NULL,
+    reason     VARCHAR(255)    NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -11,6 +11,7 @@ with a `failure reason` plus `retry in` (BEP 31). Nothing internal reaches the c
 
 from __future__ import annotations
 
+import hmac
 import random
 import sys
 import threading
@@ -37,9 +38,15 @@ from .protocol import (
     parse_scrape,
     FULL_SCRAPE_DISABLED,
 )
+from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .store import Store, open_store
 
 RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about this long
+
+REFRESH_OFF = "Refresh over the web is off: set refresh_secret in the tracker's config file."
+REFRESH_REFUSED = "Wrong or missing refresh secret."
+REFRESH_BUSY = "Another refresh is running; try again in a minute."
+WEB_REFRESH_COMMANDS = {b"refresh": False, b"force-refresh": True}  # command -> force
 
 Response = tuple[str, list[tuple[str, str]], bytes]
 
@@ -48,7 +55,8 @@ BINARY = "application/octet-stream"
 TEXT = "text/plain; charset=ISO-8859-1"
 
 
-def _bencoded(body: bytes, content_type: str = TEXT, status: str = "200 OK") -> Response:
+def _answer(body: bytes, content_type: str = TEXT, status: str = "200 OK") -> Response:
+    """An answer with its length. Every body under /tracker is bencoded but a web refresh's report."""
     return status, [("Content-Type", content_type), ("Content-Length", str(len(body)))], body
 
 
@@ -78,7 +86,7 @@ class Tracker:
 
     def handle(self, environ: dict[str, Any]) -> Response:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            status, headers, body = _bencoded(encode_failure(METHOD_NOT_ALLOWED), status="405 Method Not Allowed")
+            status, headers, body = _answer(encode_failure(METHOD_NOT_ALLOWED), status="405 Method Not Allowed")
             return status, headers + [("Allow", "GET, HEAD")], body
         route = self.routes.get(environ.get("PATH_INFO", ""))
         try:
@@ -86,7 +94,7 @@ class Tracker:
                 raise ClientError(UNKNOWN_PATH)
             return route(environ)
         except ClientError as exc:
-            return _bencoded(encode_failure(exc.reason))
+            return _answer(encode_failure(exc.reason))
 
     def _client(self, environ: dict[str, Any]) -> bytes:
         return client_address(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
@@ -98,32 +106,53 @@ class Tracker:
 
     def announce_or_redirect(self, environ: dict[str, Any]) -> Response:
         # A bare /tracker is the address people type: send them to the torrents, as the
-        # original did. With a query it is a client announcing at /tracker.
+        # original did. `?refresh` / `?force-refresh` is the original's install-by-URL.
+        # Any other query is a client announcing at /tracker.
         if not environ.get("QUERY_STRING"):
             return "302 Found", [("Location", self.redirect_to), ("Content-Length", "0")], b""
-        return self.announce(environ)
+        params = self._params(environ)
+        command = next((c for c in WEB_REFRESH_COMMANDS if c in params), None)
+        if command is not None and b"info_hash" not in params:
+            return self.web_refresh(params, force=WEB_REFRESH_COMMANDS[command])
+        return self._announce(environ, params)
+
+    def web_refresh(self, params: dict[bytes, list[bytes]], force: bool) -> Response:
+        """The original ran `refresh` for anyone who asked; ours needs the configured secret."""
+        secret = self.config.refresh_secret.encode()
+        if not secret:
+            raise ClientError(REFRESH_OFF)
+        given = (params.get(b"secret") or [b""])[-1]
+        if not hmac.compare_digest(given, secret):
+            raise ClientError(REFRESH_REFUSED)
+        try:
+            report = refresh(self.config, self.store, force=force)
+        except RefreshBusy:
+            raise ClientError(REFRESH_BUSY) from None
+        text = "\n".join([report.summary(), *report.warnings, ""])
+        return _answer(text.encode("utf-8"), "text/plain; charset=utf-8")
 
     def announce(self, environ: dict[str, Any]) -> Response:
+        return self._announce(environ, self._params(environ))
+
+    def _announce(self, environ: dict[str, Any], params: dict[bytes, list[bytes]]) -> Response:
         client_ip = self._client(environ)
-        request = parse_announce(
-            self._params(environ), client_ip, self.policy, is_trusted(client_ip, self.trusted)
-        )
+        request = parse_announce(params, client_ip, self.policy, is_trusted(client_ip, self.trusted))
         result = self.store.announce(request, int(self.clock()))
         interval = jittered_interval(self.config.interval, self.rng)
         body = encode_announce(request, result, interval, self.config.min_interval)
-        return _bencoded(body, BINARY if request.compact else TEXT)
+        return _answer(body, BINARY if request.compact else TEXT)
 
     def scrape_named(self, environ: dict[str, Any]) -> Response:
         hashes = parse_scrape(self._params(environ))
         if not hashes:
             raise ClientError(FULL_SCRAPE_DISABLED)
-        return _bencoded(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
+        return _answer(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
 
     def scrape(self, environ: dict[str, Any]) -> Response:
         hashes = parse_scrape(self._params(environ))
         if hashes:
-            return _bencoded(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
-        return _bencoded(encode_scrape(self.store.scrape_all(int(self.clock()))))
+            return _answer(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
+        return _answer(encode_scrape(self.store.scrape_all(int(self.clock()))))
 
 
 def build_tracker(config: Config) -> Tracker:
@@ -144,8 +173,9 @@ def log(message: str) -> None:
 class Application:
     """The WSGI callable. Builds its Tracker on first use, once per process."""
 
-    def __init__(self, tracker: Tracker | None = None):
+    def __init__(self, tracker: Tracker | None = None, background: BackgroundRefresh | None = None):
         self._tracker = tracker
+        self._background = background
         self._config_error: ConfigError | None = None
         self._lock = threading.Lock()
 
@@ -168,6 +198,7 @@ class Application:
                 f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
                 f"over {tracker.store.connection_type()}"
             )
+            self._background = BackgroundRefresh(tracker.config, tracker.store, log)
             self._tracker = tracker
             return tracker
 
@@ -176,11 +207,13 @@ class Application:
             tracker = self._tracker or self._build(environ)
             status, headers, body = tracker.handle(environ)
         except ConfigError:
-            status, headers, body = _bencoded(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+            status, headers, body = _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
         except Exception:
             traceback.print_exc(file=environ.get("wsgi.errors", sys.stderr))
-            status, headers, body = _bencoded(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+            status, headers, body = _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
         start_response(status, headers)
+        if self._background is not None:
+            self._background.poke()  # starts an overdue refresh in a thread; never waits
         return [body]
 
 

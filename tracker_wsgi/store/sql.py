@@ -8,12 +8,22 @@ them into `%s` once, when its class is built. Every value is a bound parameter.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..model import AnnounceRequest, AnnounceResult, ClientError, Peer, PeerState, SwarmStats, Torrent
+from ..model import (
+    AnnounceRequest,
+    AnnounceResult,
+    ClientError,
+    Peer,
+    PeerState,
+    SwarmStats,
+    Torrent,
+    TorrentReport,
+)
 from ..protocol import UNKNOWN_TORRENT
 from ..swarm import StoredPeer, count_stats, plan_announce
 
@@ -56,7 +66,9 @@ class SqlStore:
         "SELECT ip, port, peer_id FROM peers "
         "WHERE torrent_id = ? AND state = 0 AND last_seen >= ? AND peer_id <> ? LIMIT ? OFFSET ?"
     )
-    INSERT_TORRENT = "INSERT INTO torrents (name, size, path, added) VALUES (?, ?, ?, ?)"
+    INSERT_TORRENT = (
+        "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
+    )
     INSERT_HASH = "INSERT INTO info_hashes (info_hash, torrent_id) VALUES (?, ?)"
     SCRAPE_TORRENTS = (
         "SELECT h.info_hash, t.id, t.name, t.downloaded FROM info_hashes h "
@@ -72,7 +84,56 @@ class SqlStore:
         "DELETE FROM info_hashes WHERE torrent_id = ?",
         "DELETE FROM torrents WHERE id = ?",
     )
-    EXPIRE = "DELETE FROM peers WHERE last_seen < ?"
+    # Expired peers' uploads join the departed total before the peers go.
+    EXPIRE = (
+        "UPDATE torrents SET transferred = transferred + (SELECT COALESCE(SUM(uploaded), 0) "
+        "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?) "
+        "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
+        "DELETE FROM peers WHERE last_seen < ?",
+    )
+    TAKE_REFRESH_LOCK = (
+        "UPDATE refresh_state SET lock_owner = ?, lock_until = ? WHERE id = 1 AND lock_until < ?"
+    )
+    LAST_REFRESH = "SELECT last_refresh FROM refresh_state WHERE id = 1"
+    RELEASE_REFRESH_LOCK = "UPDATE refresh_state SET lock_until = 0 WHERE id = 1 AND lock_owner = ?"
+    FINISH_REFRESH = (
+        "UPDATE refresh_state SET lock_until = 0, last_refresh = ? WHERE id = 1 AND lock_owner = ?"
+    )
+    TORRENT_FILES = (
+        "SELECT t.path, t.file_size, t.file_mtime, MIN(h.info_hash) FROM torrents t "
+        "JOIN info_hashes h ON h.torrent_id = t.id WHERE t.path <> '' AND t.path NOT LIKE '/%' "
+        "GROUP BY t.id, t.path, "
+        "t.file_size, t.file_mtime"
+    )
+    UPDATE_TORRENT_FILE = (
+        "UPDATE torrents SET path = ?, file_size = ?, file_mtime = ? "
+        "WHERE id = (SELECT torrent_id FROM info_hashes WHERE info_hash = ?)"
+    )
+    SKIPPED_FILES = "SELECT path, file_size, file_mtime, reason FROM skipped_files"
+    CLEAR_SKIPPED_FILES = "DELETE FROM skipped_files"
+    INSERT_SKIPPED_FILE = (
+        "INSERT INTO skipped_files (path_hash, path, file_size, file_mtime, reason) VALUES (?, ?, ?, ?, ?)"
+    )
+    REPORT_TORRENTS = (
+        "SELECT t.id, (SELECT MIN(info_hash) FROM info_hashes WHERE torrent_id = t.id), t.name, "
+        "t.path, t.size, t.file_size, t.added, t.downloaded, t.transferred, t.last_transfer, "
+        "t.last_done FROM torrents t"
+    )
+    REPORT_PEERS = (
+        "SELECT torrent_id, state, COUNT(*), SUM(bytes_left), SUM(uploaded) FROM peers "
+        "WHERE last_seen >= ? GROUP BY torrent_id, state"
+    )
+    # The rate snapshot: what the next refresh's "current average rate" is measured from.
+    SNAPSHOT_RATES = (
+        "UPDATE torrents SET last_done = downloaded, last_transfer = transferred + "
+        "(SELECT COALESCE(SUM(uploaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
+        "AND peers.last_seen >= ?)"
+    )
+    ADD_HISTORY = (
+        "DELETE FROM history WHERE sampled_at = ? OR sampled_at < ?",
+        "INSERT INTO history (sampled_at, seeds, leechers) VALUES (?, ?, ?)",
+    )
+    HISTORY = "SELECT sampled_at, seeds, leechers FROM history WHERE sampled_at >= ? ORDER BY sampled_at"
 
     def __init__(self, peer_timeout: int, register_unknown: bool):
         self.peer_timeout = peer_timeout
@@ -188,7 +249,10 @@ class SqlStore:
         return AnnounceResult(stats, peers)
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
-        cur.execute(self.INSERT_TORRENT, (torrent.name, torrent.size, torrent.path, now))
+        cur.execute(
+            self.INSERT_TORRENT,
+            (torrent.name, torrent.size, torrent.path, now, torrent.file_size, torrent.file_mtime),
+        )
         torrent_id = cur.lastrowid
         for info_hash in torrent.info_hashes:
             cur.execute(self.INSERT_HASH, (info_hash, torrent_id))
@@ -254,9 +318,108 @@ class SqlStore:
         return self._transaction(work)
 
     def expire_peers(self, now: int) -> int:
+        cutoff = now - self.peer_timeout
+
         def work(cur: Any) -> int:
-            cur.execute(self.EXPIRE, (now - self.peer_timeout,))
+            add_transferred, delete = self.EXPIRE
+            cur.execute(add_transferred, (cutoff, cutoff))
+            cur.execute(delete, (cutoff,))
             return cur.rowcount
+
+        return self._transaction(work)
+
+    # -- refresh: the lock, the directory's torrents, the report -------------------------
+
+    def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
+        def work(cur: Any) -> bool:
+            cur.execute(self.TAKE_REFRESH_LOCK, (owner, now + lease, now))
+            return cur.rowcount == 1
+
+        return self._transaction(work)
+
+    def release_refresh_lock(self, owner: str, finished_at: int | None = None) -> None:
+        def work(cur: Any) -> None:
+            if finished_at is None:
+                cur.execute(self.RELEASE_REFRESH_LOCK, (owner,))
+            else:
+                cur.execute(self.FINISH_REFRESH, (finished_at, owner))
+
+        self._transaction(work)
+
+    def last_refresh(self) -> int:
+        return self._fetchall(self.LAST_REFRESH)[0][0]
+
+    def torrent_files(self) -> dict[str, tuple[int, int, bytes]]:
+        return {path: (size, mtime, bytes(h)) for path, size, mtime, h in self._fetchall(self.TORRENT_FILES)}
+
+    def update_torrent_file(self, torrent: Torrent) -> None:
+        def work(cur: Any) -> None:
+            cur.execute(
+                self.UPDATE_TORRENT_FILE,
+                (torrent.path, torrent.file_size, torrent.file_mtime, torrent.info_hash),
+            )
+
+        self._transaction(work)
+
+    def skipped_files(self) -> dict[str, tuple[int, int, str]]:
+        return {path: (size, mtime, reason) for path, size, mtime, reason in self._fetchall(self.SKIPPED_FILES)}
+
+    def replace_skipped_files(self, skipped: dict[str, tuple[int, int, str]]) -> None:
+        rows = [
+            (hashlib.sha1(path.encode()).digest(), path, size, mtime, reason[:255])
+            for path, (size, mtime, reason) in skipped.items()
+        ]
+
+        def work(cur: Any) -> None:
+            cur.execute(self.CLEAR_SKIPPED_FILES)
+            if rows:
+                cur.executemany(self.INSERT_SKIPPED_FILE, rows)
+
+        self._transaction(work)
+
+    def report(self, now: int) -> list[TorrentReport]:
+        def work(cur: Any) -> list[TorrentReport]:
+            cur.execute(self.REPORT_PEERS, (now - self.peer_timeout,))
+            peers: dict[int, dict[int, tuple[int, int, int]]] = {}
+            for torrent_id, state, count, left, uploaded in cur.fetchall():
+                peers.setdefault(torrent_id, {})[state] = (count, int(left or 0), int(uploaded or 0))
+            cur.execute(self.REPORT_TORRENTS)
+            reports = []
+            for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
+                 last_transfer, last_done) in cur.fetchall():
+                by_state = peers.get(torrent_id, {})
+                seeds, leechers, partial = (by_state.get(s, (0, 0, 0)) for s in PeerState)
+                reports.append(TorrentReport(
+                    info_hash=bytes(info_hash or b""), name=name, path=path, size=size,
+                    file_size=file_size, added=added,
+                    seeds=seeds[0], leechers=leechers[0], partial_seeds=partial[0],
+                    downloaded=downloaded,
+                    transferred=transferred + seeds[2] + leechers[2] + partial[2],
+                    bytes_left=leechers[1] + partial[1],
+                    last_transfer=last_transfer, last_done=last_done,
+                ))
+            return reports
+
+        return self._transaction(work)
+
+    def record_refresh(self, now: int, seeds: int, leechers: int, keep_history: int) -> None:
+        """Snapshot the rates and add a history sample (older than keep_history s go)."""
+
+        def work(cur: Any) -> None:
+            cur.execute(self.SNAPSHOT_RATES, (now - self.peer_timeout,))
+            delete, insert = self.ADD_HISTORY
+            cur.execute(delete, (now, now - keep_history))
+            cur.execute(insert, (now, seeds, leechers))
+
+        self._transaction(work)
+
+    def history(self, since: int) -> list[tuple[int, int, int]]:
+        return [tuple(row) for row in self._fetchall(self.HISTORY, (since,))]
+
+    def _fetchall(self, statement: str, args: tuple = ()) -> list[tuple]:
+        def work(cur: Any) -> list[tuple]:
+            cur.execute(statement, args)
+            return cur.fetchall()
 
         return self._transaction(work)
 

@@ -18,8 +18,12 @@ CREATE TABLE IF NOT EXISTS torrents (
     size INTEGER NOT NULL DEFAULT 0,
     path TEXT NOT NULL DEFAULT '',
     added INTEGER NOT NULL,
+    file_size INTEGER NOT NULL DEFAULT 0,
+    file_mtime INTEGER NOT NULL DEFAULT 0,
     downloaded INTEGER NOT NULL DEFAULT 0,
-    transferred INTEGER NOT NULL DEFAULT 0
+    transferred INTEGER NOT NULL DEFAULT 0,
+    last_transfer INTEGER NOT NULL DEFAULT 0,
+    last_done INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS info_hashes (
     info_hash BLOB NOT NULL PRIMARY KEY,
@@ -42,6 +46,25 @@ CREATE TABLE IF NOT EXISTS peers (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS peers_by_state ON peers (torrent_id, state);
 CREATE INDEX IF NOT EXISTS peers_by_last_seen ON peers (last_seen);
+CREATE TABLE IF NOT EXISTS refresh_state (
+    id INTEGER PRIMARY KEY,
+    last_refresh INTEGER NOT NULL DEFAULT 0,
+    lock_owner TEXT NOT NULL DEFAULT '',
+    lock_until INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO refresh_state (id) VALUES (1);
+CREATE TABLE IF NOT EXISTS history (
+    sampled_at INTEGER PRIMARY KEY,
+    seeds INTEGER NOT NULL,
+    leechers INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS skipped_files (
+    path_hash BLOB PRIMARY KEY,
+    path TEXT NOT NULL,
+    file_size INTEGER NOT NULL,
+    file_mtime INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 BUSY_TIMEOUT_SECONDS = 5  # how long a writer waits for another process's transaction
