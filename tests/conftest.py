@@ -5,6 +5,7 @@ temporary directories, because pytest's own tmp_path is private to root."""
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -72,6 +73,14 @@ def shared_dir():
     path.chmod(0o777)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def give_to_www_data(directory: Path) -> None:
+    """Hand SQLite files made by the test (root) to Apache's daemon user, as an admin does
+    by running tracker-wsgi as www-data."""
+    www = pwd.getpwnam("www-data")
+    for path in [directory, *directory.glob("tracker.sqlite*")]:
+        os.chown(path, www.pw_uid, www.pw_gid)
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""The seed's whole workflow through a real Apache: .torrent files dropped into the torrent
+directory, a refresh, and the sample site's index.shtml and rss.xml showing them through
+server-side includes, with the original's MIME type, expiry times and compression."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import time
+from email.utils import parsedate_to_datetime
+
+import feedparser
+import pytest
+from bencoder import bencode
+
+from conftest import APACHE_DIR, announce_query, decode, give_to_www_data
+from tracker_wsgi import config as config_module
+from tracker_wsgi.refresh import refresh
+from tracker_wsgi.store import open_store
+
+
+def torrent_bytes(name: str, length: int) -> bytes:
+    info = {b"name": name.encode(), b"length": length, b"piece length": 16384,
+            b"pieces": hashlib.sha1(name.encode()).digest()}
+    return bencode({b"announce": b"http://127.0.0.1/tracker/announce", b"info": info})
+
+
+@pytest.fixture
+def site(shared_dir, apache_factory, sqlite_url):
+    torrents, output = shared_dir / "torrents", shared_dir / "output"
+    (torrents / "music").mkdir(parents=True)
+    output.mkdir()
+    for name in ("index.shtml", "rss.xml"):
+        shutil.copy(APACHE_DIR / "sample-site" / name, torrents / name)
+    (torrents / "music" / "album.torrent").write_bytes(torrent_bytes("Album <b>& friends</b>", 5 << 20))
+    (torrents / "music" / "album.nfo").write_text("liner notes")
+    (torrents / "film.torrent").write_bytes(torrent_bytes("Film", 700 << 20))
+    for path in shared_dir.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    site_conf = (
+        f'Define TRACKER_WSGI_SITE "{torrents}"\n'
+        f'Define TRACKER_WSGI_OUTPUT "{output}"\n'
+        f'Alias /torrents "{torrents}"\n'
+        f'Include "{APACHE_DIR}/site.conf"\n'
+    )
+    apache = apache_factory(f'database = "{sqlite_url}"\n', site_conf=site_conf)
+    # Now that the port is known, give the tracker its real base URL, then refresh.
+    config_text = (
+        f'database = "{sqlite_url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\n'
+        f'base_url = "{apache.base}/torrents"\n'
+    )
+    (apache.run_dir / "tracker.toml").write_text(config_text)
+    config = config_module.load(str(apache.run_dir / "tracker.toml"))
+    store = open_store(config.database, config.peer_timeout)
+    report = refresh(config, store, force=True)
+    assert (report.registered, report.warnings) == (2, [])
+    give_to_www_data(shared_dir)
+    return apache
+
+
+def test_index_shows_the_included_stats_table(site):
+    status, headers, body = site.get("/torrents/")
+    page = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert '<table class="bt-stats">' in page and "2 torrents" in page
+    # Names are escaped text, links point at the .torrent and the info file beside it.
+    assert "Album &lt;b&gt;&amp; friends&lt;/b&gt;" in page and "<b>&" not in page
+    assert f'href="{site.base}/torrents/music/album.torrent"' in page
+    assert f'href="{site.base}/torrents/music/album.nfo"' in page
+    assert "<!--#include" not in page
+
+
+def test_rss_is_a_valid_feed_with_enclosures(site):
+    status, headers, body = site.get("/torrents/rss.xml")
+    assert status == 200 and headers["Content-Type"].startswith("application/rss+xml")
+    feed = feedparser.parse(body)
+    assert feed.bozo == 0, feed.get("bozo_exception")
+    titles = sorted(e.title for e in feed.entries)
+    assert titles == ["Album <b>& friends</b>", "Film"]
+    album = next(e for e in feed.entries if e.title.startswith("Album"))
+    (enclosure,) = album.enclosures
+    assert enclosure.type == "application/x-bittorrent"
+    assert enclosure.href == f"{site.base}/torrents/music/album.torrent"
+    status, _, torrent = site.get("/torrents/music/album.torrent")
+    assert int(enclosure.length) == len(torrent)
+
+
+def test_torrent_files_have_their_type_and_an_hour_of_expiry(site):
+    status, headers, body = site.get("/torrents/film.torrent")
+    assert status == 200 and headers["Content-Type"] == "application/x-bittorrent"
+    expires = parsedate_to_datetime(headers["Expires"]).timestamp()
+    assert abs(expires - (time.time() + 3600)) < 60
+    _, page_headers, _ = site.get("/torrents/")
+    page_expires = parsedate_to_datetime(page_headers["Expires"]).timestamp()
+    assert abs(page_expires - (time.time() + 900)) < 60
+
+
+def test_pages_and_text_tracker_answers_are_compressed(site, shared_dir):
+    status, headers, body = site.get("/torrents/", headers={"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip"
+    assert b"bt-stats" in gzip.decompress(body)
+    _, headers, body = site.get("/torrents/rss.xml", headers={"Accept-Encoding": "gzip"})
+    assert headers.get("Content-Encoding") == "gzip"
+    # Tracker answers: a scrape (text) is compressed; no cache headers survive on it.
+    store = open_store(f"sqlite:///{shared_dir}/tracker.sqlite", 2700)
+    info_hash = next(iter(store.scrape_all(int(time.time()))))
+    status, headers, body = site.get(
+        "/tracker/scrape", {"info_hash": info_hash}, headers={"Accept-Encoding": "gzip"}
+    )
+    assert headers.get("Content-Encoding") == "gzip"
+    assert headers["Cache-Control"].startswith("no-cache") and "Expires" not in headers
+    assert decode(gzip.decompress(body))[b"files"][info_hash][b"complete"] == 0
+    # A compact announce is binary and left alone.
+    status, headers, body = site.get(
+        "/tracker/announce", announce_query(info_hash, b"-TW0001-abcdefghijkl"),
+        headers={"Accept-Encoding": "gzip"},
+    )
+    assert "Content-Encoding" not in headers
+    assert decode(body)[b"incomplete"] == 1
