@@ -1,0 +1,519 @@
+"""End to end: the shipped Apache snippet (apache/tracker.conf) in a real Apache, mod_wsgi in
+daemon mode, the tracker on a real MariaDB or SQLite. Every request here goes over HTTP to
+Apache; nothing calls the WSGI application directly."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlencode
+
+import mysql.connector
+import pytest
+
+from conftest import announce_query, decode, free_port, ih, pid
+from tracker_wsgi.model import Torrent
+from tracker_wsgi.protocol import (
+    BAD_INFO_HASH,
+    BAD_PORT,
+    FULL_SCRAPE_DISABLED,
+    METHOD_NOT_ALLOWED,
+    QUERY_TOO_LONG,
+    SERVER_FAULT,
+    UNKNOWN_PATH,
+    UNKNOWN_TORRENT,
+)
+from tracker_wsgi.store import open_store
+
+NOW = int(time.time())
+LOCALHOST = bytes([127, 0, 0, 1])
+BINARY = "application/octet-stream"
+TEXT = "text/plain; charset=ISO-8859-1"
+BENCODED_TYPES = (BINARY, TEXT)
+SERVER_FAULT_ANSWER = {b"failure reason": SERVER_FAULT.encode(), b"retry in": 1}
+BASE_URL = "http://torrents.example.org/files"
+
+
+def config_text(database: str, **extra: str) -> str:
+    """A tracker config: the database plus extra `key = <TOML value>` lines."""
+    lines = [f'database = "{database}"', f'base_url = "{BASE_URL}"', "interval = 1800",
+             "min_interval = 300"]
+    lines += [f"{key} = {value}" for key, value in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def register(url: str, *numbers: int) -> None:
+    """Register torrents ih(n) named "torrent-n", as the cron job would."""
+    store = open_store(url, 2700)
+    store.create_tables()
+    for n in numbers:
+        assert store.register(Torrent(ih(n), None, f"torrent-{n}", 1000 * n), NOW)
+    store.close()
+    if url.startswith("sqlite:///"):
+        # The Apache daemon runs as www-data and writes the file (and its WAL beside it).
+        www = pwd.getpwnam("www-data")
+        path = Path(url.removeprefix("sqlite://"))
+        for f in path.parent.glob(path.name + "*"):
+            os.chown(f, www.pw_uid, www.pw_gid)
+
+
+def compact(ip: bytes, port: int) -> bytes:
+    return ip + port.to_bytes(2, "big")
+
+
+def split_peers(peers: bytes) -> set[bytes]:
+    assert len(peers) % 6 == 0, peers
+    return {peers[i:i + 6] for i in range(0, len(peers), 6)}
+
+
+def announce(apache, torrent: int, peer: int, port: int, headers=None, **extra):
+    """Announce peer `pid(peer)` to torrent `ih(torrent)`; returns the decoded answer."""
+    status, resp_headers, body = apache.get(
+        "/tracker/announce", announce_query(ih(torrent), pid(peer), port, **extra), headers=headers
+    )
+    assert status == 200, (status, body)
+    answer = decode(body)
+    assert b"failure reason" not in answer, answer
+    assert resp_headers["Content-Type"] == BINARY
+    return answer
+
+
+def scrape(apache, *torrents: int) -> dict:
+    status, headers, body = apache.get("/tracker/scrape", urlencode([("info_hash", ih(n)) for n in torrents]))
+    assert status == 200, (status, body)
+    assert headers["Content-Type"] == TEXT
+    return decode(body)
+
+
+def stats(answer: dict) -> tuple[int, int, int]:
+    return answer[b"complete"], answer[b"incomplete"], answer[b"downloaded"]
+
+
+def scrape_entry(complete: int, incomplete: int, downloaded: int, downloaders: int, name: str) -> dict:
+    return {b"complete": complete, b"incomplete": incomplete, b"downloaded": downloaded,
+            b"downloaders": downloaders, b"name": name.encode()}
+
+
+def wait_for_log(apache, text: str, seconds: float = 5) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        log = apache.error_log()
+        if text in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
+# -- 1. announce and scrape, on both databases ------------------------------------------------
+
+
+@pytest.fixture(params=["mysql", "sqlite"])
+def database_url(request):
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+def test_announce_and_scrape(database_url, apache_factory):
+    register(database_url, 1, 2)
+    apache = apache_factory(config_text(database_url))
+    p1, p2, p3 = compact(LOCALHOST, 6881), compact(LOCALHOST, 6882), compact(LOCALHOST, 6883)
+
+    first = announce(apache, 1, 1, 6881, event="started")
+    assert 1620 <= first[b"interval"] <= 1980
+    assert first[b"min interval"] == 300
+    assert first[b"external ip"] == LOCALHOST
+    assert stats(first) == (0, 1, 0)
+    assert first[b"peers"] == b""
+
+    # The second peer is given the first one, and the first one then the second.
+    second = announce(apache, 1, 2, 6882, event="started")
+    assert stats(second) == (0, 2, 0)
+    assert second[b"peers"] == p1
+    again = announce(apache, 1, 1, 6881)
+    assert again[b"peers"] == p2
+
+    # Another torrent's swarm is separate.
+    other = announce(apache, 2, 3, 6883, event="started")
+    assert stats(other) == (0, 1, 0)
+    assert other[b"peers"] == b""
+
+    # A partial seed (BEP 21) is incomplete but no downloader.
+    partial = announce(apache, 1, 3, 6883, event="paused", left=50)
+    assert stats(partial) == (0, 3, 0)
+    assert split_peers(partial[b"peers"]) == {p1, p2}
+
+    assert scrape(apache, 1, 2) == {b"files": {
+        ih(1): scrape_entry(0, 3, 0, 2, "torrent-1"),
+        ih(2): scrape_entry(0, 1, 0, 1, "torrent-2"),
+    }}
+
+    # `completed` counts once, however often it is repeated; a seed gets only downloaders.
+    done = announce(apache, 1, 1, 6881, event="completed", left=0)
+    assert stats(done) == (1, 2, 1)
+    assert done[b"peers"] == p2
+    done_again = announce(apache, 1, 1, 6881, event="completed", left=0)
+    assert stats(done_again) == (1, 2, 1)
+    seeding = announce(apache, 1, 1, 6881, left=0)
+    assert stats(seeding) == (1, 2, 1)
+    assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(1, 2, 1, 1, "torrent-1")
+
+    leecher = announce(apache, 1, 2, 6882)
+    assert split_peers(leecher[b"peers"]) == {p1, p3}
+
+    # `stopped` removes the peer: it is neither counted nor handed out any more.
+    stopped = announce(apache, 1, 1, 6881, event="stopped", left=0)
+    assert stopped[b"peers"] == b""
+    assert stats(stopped) == (0, 2, 1)
+    leecher = announce(apache, 1, 2, 6882)
+    assert leecher[b"peers"] == p3
+    assert stats(leecher) == (0, 2, 1)
+    assert scrape(apache, 1, 2) == {b"files": {
+        ih(1): scrape_entry(0, 2, 1, 1, "torrent-1"),
+        ih(2): scrape_entry(0, 1, 0, 1, "torrent-2"),
+    }}
+
+    # A peer that starts as a seed is not a completion.
+    back = announce(apache, 1, 1, 6881, event="started", left=0)
+    assert stats(back) == (1, 2, 1)
+
+
+# -- 2. bad requests never get HTML ----------------------------------------------------------
+
+
+VALID = announce_query(ih(1), pid(1), 6881)
+MISSING_PORT = announce_query(ih(1), pid(1)).replace("port=6881&", "")
+GARBAGE = "info_hash=%zz%2%&peer_id=%%%%%GG&port=%4&left=%"
+NOT_ALLOWED = {b"failure reason": METHOD_NOT_ALLOWED.encode()}
+# Apache itself refuses some requests before any <Location> applies (a request line over
+# LimitRequestLine, a path that does not %-decode). Then its own status is fine, but the
+# body must still be a bencoded failure (an ErrorDocument), never Apache's HTML page.
+APACHE_FAILURE = object()
+
+
+def failure(reason: str) -> dict:
+    return {b"failure reason": reason.encode()}
+
+
+BAD_REQUESTS = [
+    # id, method, path, query, [(status, answer), ...] (the first is the tracker's own answer)
+    ("short-info-hash", "GET", "/tracker/announce", announce_query(b"x" * 19, pid(1)),
+     [(200, failure(BAD_INFO_HASH))]),
+    ("missing-port", "GET", "/tracker/announce", MISSING_PORT, [(200, failure(BAD_PORT))]),
+    ("unknown-torrent", "GET", "/tracker/announce", announce_query(ih(99), pid(1)),
+     [(200, failure(UNKNOWN_TORRENT))]),
+    ("post", "POST", "/tracker/announce", VALID, [(405, NOT_ALLOWED)]),
+    ("put", "PUT", "/tracker/announce", VALID, [(405, NOT_ALLOWED)]),
+    ("delete", "DELETE", "/tracker/scrape", None, [(405, NOT_ALLOWED)]),
+    ("nonsense-path", "GET", "/tracker/nonsense", VALID, [(200, failure(UNKNOWN_PATH))]),
+    ("announce-extra", "GET", "/tracker/announce/extra", VALID, [(200, failure(UNKNOWN_PATH))]),
+    ("5kb-query", "GET", "/tracker/announce", VALID + "&x=" + "a" * 5 * 1024,
+     [(200, failure(QUERY_TOO_LONG))]),
+    ("10kb-query", "GET", "/tracker/announce", VALID + "&x=" + "a" * 10 * 1024,
+     [(200, failure(QUERY_TOO_LONG)), (414, APACHE_FAILURE)]),
+    ("percent-garbage-query", "GET", "/tracker/announce", GARBAGE, [(200, failure(BAD_INFO_HASH))]),
+    ("percent-garbage-path", "GET", "/tracker/announce%zz", VALID,
+     [(200, failure(UNKNOWN_PATH)), (400, APACHE_FAILURE)]),
+    ("full-scrape-disabled", "GET", "/tracker/scrape", None, [(200, failure(FULL_SCRAPE_DISABLED))]),
+    ("scrape-short-hash", "GET", "/tracker/scrape", "info_hash=abc", [(200, failure(BAD_INFO_HASH))]),
+]
+
+
+@pytest.fixture
+def sqlite_tracker(sqlite_url, apache_factory):
+    register(sqlite_url, 1)
+    return apache_factory(config_text(sqlite_url))
+
+
+def matches(status: int, answer: dict, want_status: int, want_answer) -> bool:
+    if status != want_status:
+        return False
+    if want_answer is APACHE_FAILURE:
+        return (isinstance(answer, dict) and bool(answer.get(b"failure reason"))
+                and set(answer) <= {b"failure reason", b"retry in"})
+    return answer == want_answer
+
+
+def test_bad_requests_get_bencoded_failures(sqlite_tracker):
+    apache = sqlite_tracker
+    problems = []
+    for name, method, path, query, wanted in BAD_REQUESTS:
+        status, headers, body = apache.get(path, query, method=method)
+        try:
+            answer = decode(body)
+        except Exception:
+            problems.append(f"{name}: {status} {headers.get('Content-Type')} not bencoded: {body[:100]!r}")
+            continue
+        if not any(matches(status, answer, *want) for want in wanted):
+            problems.append(f"{name}: got {status} {answer!r}, want one of {wanted!r}")
+            continue
+        if status != wanted[0][0]:
+            continue  # Apache's own ErrorDocument: its headers are Apache's
+        if headers.get("Content-Type") != TEXT:
+            problems.append(f"{name}: Content-Type {headers.get('Content-Type')!r}")
+        if headers.get("Cache-Control") != "no-cache, no-store, max-age=0":
+            problems.append(f"{name}: Cache-Control {headers.get('Cache-Control')!r}")
+        if status == 405 and headers.get("Allow") != "GET, HEAD":
+            problems.append(f"{name}: Allow {headers.get('Allow')!r}")
+    assert problems == []
+
+
+def test_head_has_no_body_but_bencoded_headers(sqlite_tracker):
+    apache = sqlite_tracker
+    for path, query, content_type in [
+        ("/tracker/scrape", urlencode({"info_hash": ih(1)}), TEXT),
+        ("/tracker/announce", announce_query(b"short", pid(1)), TEXT),
+        ("/tracker/announce", announce_query(ih(1), pid(7), 6887), BINARY),
+    ]:
+        _, _, get_body = apache.get(path, query)
+        decode(get_body)
+        status, headers, body = apache.get(path, query, method="HEAD")
+        assert (status, body) == (200, b""), path
+        assert headers["Content-Type"] == content_type
+        assert int(headers["Content-Length"]) == len(get_body)
+
+
+def test_bare_tracker_redirects_to_the_torrents(sqlite_tracker):
+    for path in ("/tracker", "/tracker/"):
+        status, headers, body = sqlite_tracker.get(path)
+        assert (status, headers["Location"], body) == (302, BASE_URL + "/", b""), path
+    # With a query, /tracker itself is an announce.
+    status, _, body = sqlite_tracker.get("/tracker", announce_query(ih(1), pid(1), 6881))
+    assert status == 200
+    answer = decode(body)
+    assert stats(answer) == (0, 1, 0)
+
+
+# -- 3. the MySQL C extension inside the daemon --------------------------------------------
+
+
+def test_daemon_uses_the_mysql_c_extension(mysql_url, apache_factory):
+    register(mysql_url, 1)
+    apache = apache_factory(config_text(mysql_url))
+    assert "CMySQLConnection" not in apache.error_log()
+    announce(apache, 1, 1, 6881)
+    log = wait_for_log(apache, "CMySQLConnection")
+    ready = [line for line in log.splitlines() if "tracker_wsgi: ready:" in line]
+    assert len(ready) == 1, log
+    assert "store MysqlStore over CMySQLConnection" in ready[0]
+    assert "MySQLConnection" not in log.replace("CMySQLConnection", "")
+
+
+# -- 4. MariaDB restarted under a running Apache ---------------------------------------------
+
+
+class PrivateMariadb:
+    """A MariaDB server of the test's own (the system one is shared with other tests)."""
+
+    def __init__(self):
+        self.base = Path(tempfile.mkdtemp(prefix="tracker-mdb-"))
+        mysql_user = pwd.getpwnam("mysql")
+        self.base.chmod(0o755)
+        os.chown(self.base, mysql_user.pw_uid, mysql_user.pw_gid)
+        self.datadir = self.base / "data"
+        self.socket = self.base / "mysqld.sock"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.datadir}",
+             "--auth-root-authentication-method=normal"],
+            check=True, capture_output=True,
+        )
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["/usr/sbin/mariadbd", "--no-defaults", "--user=mysql", f"--datadir={self.datadir}",
+             f"--socket={self.socket}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             f"--pid-file={self.base}/mysqld.pid", f"--log-error={self.base}/error.log",
+             "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=16M"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited: {self.log()}")
+            try:
+                self.admin().close()
+                return
+            except mysql.connector.Error:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def admin(self):
+        return mysql.connector.connect(user="root", unix_socket=str(self.socket), connection_timeout=2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        path = self.base / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_mariadb():
+    server = PrivateMariadb()
+    try:
+        server.start()
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+        server.remove()
+
+
+def reachable(url_args: dict) -> bool:
+    try:
+        mysql.connector.connect(**url_args, connection_timeout=1).close()
+        return True
+    except mysql.connector.Error:
+        return False
+
+
+def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
+    server = private_mariadb
+    user, password, db = "tracker", "s3cret-Pw", "tracker"
+    admin = server.admin()
+    cur = admin.cursor()
+    cur.execute(f"CREATE DATABASE {db}")
+    cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
+    cur.execute(f"GRANT ALL ON {db}.* TO '{user}'@'127.0.0.1'")
+    admin.close()
+    url = f"mysql://{user}:{password}@127.0.0.1:{server.port}/{db}"
+    tcp = {"user": user, "password": password, "host": "127.0.0.1", "port": server.port, "database": db}
+    register(url, 1)
+    apache = apache_factory(config_text(url))
+
+    # Ten leechers, announced at once so that many daemon threads hold a connection.
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda n: announce(apache, 1, n, 7000 + n, event="started"), range(1, 11)))
+    assert all(a[b"incomplete"] >= 1 for a in answers)
+    assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 10, 0, 10, "torrent-1")
+    log_before = apache.error_log()
+    assert "CMySQLConnection" in log_before
+
+    server.stop()
+    assert server.process.returncode == 0, server.log()
+
+    # The database is down: a quick bencoded failure with `retry in`, never a hang or HTML.
+    for n in range(11, 16):
+        started = time.monotonic()
+        status, headers, body = apache.get("/tracker/announce", announce_query(ih(1), pid(n), 7000 + n))
+        elapsed = time.monotonic() - started
+        assert (status, headers["Content-Type"], decode(body)) == (200, TEXT, SERVER_FAULT_ANSWER)
+        assert elapsed < 3, elapsed
+    status, _, body = apache.get("/tracker/scrape", urlencode({"info_hash": ih(1)}))
+    assert (status, decode(body)) == (200, SERVER_FAULT_ANSWER)
+
+    # The same server back on the same datadir; Apache is not touched.
+    server.start()
+    deadline = time.monotonic() + 5
+    while not reachable(tcp):
+        assert time.monotonic() < deadline, "private MariaDB did not come back"
+        time.sleep(0.1)
+
+    # The first announce after the restart already succeeds, and the peers from before are
+    # still there (InnoDB keeps them across a restart).
+    first = announce(apache, 1, 20, 7020, numwant=200)
+    assert stats(first) == (0, 11, 0)
+    assert split_peers(first[b"peers"]) == {compact(LOCALHOST, 7000 + n) for n in range(1, 11)}
+
+    # A burst over many threads: every stale connection is replaced without a failure.
+    with ThreadPoolExecutor(20) as pool:
+        bodies = list(pool.map(
+            lambda n: apache.get("/tracker/announce", announce_query(ih(1), pid(n), 7000 + n)),
+            range(1, 11),
+        ))
+    assert [(s, b"failure reason" in decode(b)) for s, _, b in bodies] == [(200, False)] * 10
+    assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 11, 0, 11, "torrent-1")
+    assert apache.process.poll() is None
+
+
+# -- 5. two Apache hosts, one database ---------------------------------------------------------
+
+
+def test_two_apaches_on_one_database_are_one_tracker(mysql_url, apache_factory):
+    register(mysql_url, 1)
+    a = apache_factory(config_text(mysql_url), "a")
+    b = apache_factory(config_text(mysql_url), "b")
+
+    assert announce(a, 1, 1, 7001, event="started")[b"peers"] == b""
+    from_b = announce(b, 1, 2, 7002, event="started")
+    assert from_b[b"peers"] == compact(LOCALHOST, 7001)
+    assert stats(from_b) == (0, 2, 0)
+
+    done = announce(a, 1, 1, 7001, event="completed", left=0)
+    assert stats(done) == (1, 1, 1)
+    assert scrape(b, 1) == {b"files": {ih(1): scrape_entry(1, 1, 1, 1, "torrent-1")}}
+    # The completion was counted once, not once per host.
+    announce(b, 1, 1, 7001, event="completed", left=0)
+    assert scrape(a, 1) == {b"files": {ih(1): scrape_entry(1, 1, 1, 1, "torrent-1")}}
+    assert announce(b, 1, 2, 7002)[b"peers"] == compact(LOCALHOST, 7001)
+
+
+# -- 6. a bad config file ---------------------------------------------------------------------
+
+
+def test_config_error_is_a_retry_and_one_log_line(sqlite_url, apache_factory):
+    apache = apache_factory(config_text(sqlite_url, colour='"blue"'))
+    config_path = str(apache.run_dir / "tracker.toml")
+    requests = [
+        ("/tracker/announce", announce_query(ih(1), pid(1), 6881)),
+        ("/tracker/scrape", urlencode({"info_hash": ih(1)})),
+        ("/tracker", announce_query(ih(1), pid(2), 6882)),
+    ]
+    # Bursts of concurrent requests, so that every daemon process (tracker.conf starts two)
+    # meets the bad file, not just the first one to accept a connection.
+    with ThreadPoolExecutor(12) as pool:
+        for _ in range(3):
+            answers = list(pool.map(lambda r: apache.get(*r), requests * 4))
+            for status, headers, body in answers:
+                assert (status, headers["Content-Type"], decode(body)) == (200, TEXT, SERVER_FAULT_ANSWER)
+    wait_for_log(apache, "unknown key")
+    time.sleep(0.3)  # anything else the daemons write
+    log = apache.error_log()
+    lines = [line for line in log.splitlines() if config_path in line and "'colour'" in line]
+    assert lines, log
+    assert all("tracker_wsgi: configuration error:" in line for line in lines), lines
+    assert "Traceback" not in log
+    # Never once per request: once per daemon process (the snippet starts two), each
+    # process keeping its verdict until it is restarted.
+    pids = [re.search(r"\[pid (\d+)", line).group(1) for line in lines]
+    assert len(pids) == len(set(pids)) <= 2, lines
+
+
+# -- 7. X-Forwarded-For -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_x_forwarded_for(trusted, sqlite_url, apache_factory):
+    register(sqlite_url, 1)
+    extra = {"trusted_proxies": '["127.0.0.1/32"]'} if trusted else {}
+    apache = apache_factory(config_text(sqlite_url, **extra))
+    proxied = bytes([203, 0, 113, 7])
+    seen_as = proxied if trusted else LOCALHOST
+
+    behind = announce(apache, 1, 1, 7001, headers={"X-Forwarded-For": "203.0.113.7"})
+    assert behind[b"external ip"] == seen_as
+    other = announce(apache, 1, 2, 7002)
+    assert other[b"external ip"] == LOCALHOST
+    assert other[b"peers"] == compact(seen_as, 7001)
+    assert announce(apache, 1, 1, 7001, headers={"X-Forwarded-For": "203.0.113.7"})[b"peers"] == (
+        compact(LOCALHOST, 7002)
+    )
