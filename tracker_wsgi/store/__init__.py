@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from ..model import AnnounceRequest, AnnounceResult, SwarmStats, Torrent
+from ..model import AnnounceRequest, AnnounceResult, SwarmStats, Torrent, TorrentReport
 
 
 class Store(Protocol):
@@ -46,6 +46,38 @@ class Store(Protocol):
 
     def expire_peers(self, now: int) -> int:
         """Delete peers silent longer than the peer timeout; returns how many."""
+
+    # -- refresh (tracker_wsgi/refresh.py); not on the announce path -----------------------
+
+    def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
+        """Take the one refresh lock for `lease` seconds; False if someone else holds it."""
+
+    def release_refresh_lock(self, owner: str, finished_at: int | None = None) -> None:
+        """Give the lock back; `finished_at` records a completed refresh."""
+
+    def last_refresh(self) -> int:
+        """Unix time the last completed refresh started (0: never)."""
+
+    def torrent_files(self) -> dict[str, tuple[int, int, bytes]]:
+        """Torrents found in the directory: relative path -> (file size, mtime ns, a hash)."""
+
+    def update_torrent_file(self, torrent: Torrent) -> None:
+        """A known torrent's file moved or was touched: record its path, size and mtime."""
+
+    def skipped_files(self) -> dict[str, tuple[int, int, str]]:
+        """Files the last scan refused and reported: path -> (size, mtime ns, reason)."""
+
+    def replace_skipped_files(self, skipped: dict[str, tuple[int, int, str]]) -> None:
+        """Replace that list with this scan's."""
+
+    def report(self, now: int) -> list[TorrentReport]:
+        """Every torrent with its live counts, for the stats table and the feed."""
+
+    def record_refresh(self, now: int, seeds: int, leechers: int, keep_history: int) -> None:
+        """Snapshot the per-torrent rate baselines and add a history sample."""
+
+    def history(self, since: int) -> list[tuple[int, int, int]]:
+        """History samples (time, seeds, leechers) since a time, oldest first."""
 
     def connection_type(self) -> str:
         """Class name of this thread's database connection (shows the MySQL C extension)."""
