@@ -85,15 +85,22 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
 
 
+def _length(value: object) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise MetainfoError("a file length is not a non-negative integer")
+    return value
+
+
 def _v1_size(info: dict) -> int | None:
-    if isinstance(info.get(b"length"), int):
-        return info[b"length"]
+    """Content size from BEP 3's `length` or `files`; None when the torrent has neither."""
+    if b"length" in info:
+        return _length(info[b"length"])
     files = info.get(b"files")
-    if isinstance(files, list):
-        sizes = [f.get(b"length") for f in files if isinstance(f, dict)]
-        if len(sizes) == len(files) and all(isinstance(s, int) and s >= 0 for s in sizes):
-            return sum(sizes)
-    return None
+    if files is None:
+        return None
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise MetainfoError("files is not a list of dictionaries")
+    return sum(_length(f.get(b"length")) for f in files)
 
 
 def _v2_size(tree: object) -> int:
@@ -107,8 +114,8 @@ def _v2_size(tree: object) -> int:
         for name, child in node.items():
             if not isinstance(child, dict):
                 continue
-            if name == b"" and isinstance(child.get(b"length"), int):
-                total += child[b"length"]
+            if name == b"":
+                total += _length(child.get(b"length"))
             else:
                 stack.append(child)
     return total
@@ -138,7 +145,9 @@ def parse_torrent(data: bytes, path: str = "") -> Metainfo:
 
     is_v2 = info.get(b"meta version") == 2 and isinstance(info.get(b"file tree"), dict)
     v1_size = _v1_size(info)
-    has_v1 = v1_size is not None and isinstance(info.get(b"pieces"), bytes)
+    has_v1 = v1_size is not None
+    if has_v1 and not isinstance(info.get(b"pieces"), bytes):
+        raise MetainfoError("info has file lengths but no pieces")
     if not has_v1 and not is_v2:
         raise MetainfoError("info has neither v1 pieces and lengths nor a v2 file tree")
     if not isinstance(info.get(b"piece length"), int):

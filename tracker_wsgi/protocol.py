@@ -18,7 +18,9 @@ from .model import AnnounceRequest, AnnounceResult, ClientError, Event, Peer, Sw
 from .netaddr import pack_ip, unpack_ip
 
 # Limits, each with the reason it exists.
-MAX_QUERY_BYTES = 4096  # a real announce is ~300 bytes; a scrape of MAX_SCRAPE_HASHES ~4 KiB
+# A real announce is ~300 bytes; a scrape of MAX_SCRAPE_HASHES fully %-escaped hashes is
+# ~4.5 KiB. Apache's own request line limit (8190) comes first anyway.
+MAX_QUERY_BYTES = 8192
 MAX_SCRAPE_HASHES = 64  # bounds one scrape's database work and answer size
 MAX_KEY_BYTES = 64  # BEP 3 leaves `key` opaque; clients send 4-8 bytes (aria2: binary)
 MAX_TRACKER_ID_BYTES = 64

@@ -109,7 +109,7 @@ class Tracker:
         # original did. `?refresh` / `?force-refresh` is the original's install-by-URL.
         # Any other query is a client announcing at /tracker.
         if not environ.get("QUERY_STRING"):
-            return "302 Found", [("Location", self.redirect_to), ("Content-Length", "0")], b""
+            return "302 Found", [("Location", self.redirect_to), ("Content-Type", TEXT), ("Content-Length", "0")], b""
         params = self._params(environ)
         command = next((c for c in WEB_REFRESH_COMMANDS if c in params), None)
         if command is not None and b"info_hash" not in params:

@@ -1,0 +1,177 @@
+"""tracker_wsgi.swarm: what one announce does to its peer, and how peers are counted.
+
+Both stores apply these rules, so they are specified here once, without a database.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from conftest import ih, pid
+from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState
+from tracker_wsgi.protocol import PEER_CONFLICT
+from tracker_wsgi.swarm import PeerUpdate, StoredPeer, count_stats, plan_announce
+
+HOME = ipaddress.ip_address("198.51.100.7").packed
+ELSEWHERE = ipaddress.ip_address("203.0.113.9").packed
+HOME6 = ipaddress.ip_address("2001:db8::7").packed
+
+
+def request(*, left: int = 100, event: Event = Event.NONE, ip: bytes = HOME, key: bytes | None = None) -> AnnounceRequest:
+    return AnnounceRequest(
+        info_hash=ih(1), peer_id=pid(1), ip=ip, port=6881, uploaded=0, downloaded=0, left=left,
+        event=event, numwant=0 if event is Event.STOPPED else 50, compact=True, no_peer_id=False,
+        key=key, tracker_id=None, client_ip=ip,
+    )
+
+
+def stored(*, left: int = 100, ip: bytes = HOME, key: bytes | None = None, completed: bool = False,
+           state: PeerState | None = None) -> StoredPeer:
+    if state is None:
+        state = PeerState.SEED if left == 0 else PeerState.LEECHER
+    return StoredPeer(ip=ip, key=key, state=state, left=left, completed=completed)
+
+
+def update(*, remove=False, counts=False, completed=False, key=None) -> PeerUpdate:
+    return PeerUpdate(remove=remove, counts_completion=counts, completed=completed, key=key)
+
+
+# --------------------------------------------------------------------------------------
+# key protection (BEP 3 `key`)
+# --------------------------------------------------------------------------------------
+
+CONFLICT_CASES = [
+    # (id, announce, stored peer): all refused with PEER_CONFLICT
+    ("another IP, different key", request(ip=ELSEWHERE, key=b"other"), stored(key=b"secret")),
+    ("another IP, no key", request(ip=ELSEWHERE), stored(key=b"secret")),
+    ("another IP, peer registered no key", request(ip=ELSEWHERE, key=b"guess"), stored()),
+    ("another IP, neither has a key", request(ip=ELSEWHERE), stored()),
+    ("another IP family, no key", request(ip=HOME6), stored(key=b"secret")),
+    ("key differs only in case", request(ip=ELSEWHERE, key=b"SECRET"), stored(key=b"secret")),
+    ("stopped from another IP without the key", request(ip=ELSEWHERE, event=Event.STOPPED), stored(key=b"secret")),
+]
+
+
+@pytest.mark.parametrize(("announce", "peer"), [c[1:] for c in CONFLICT_CASES], ids=[c[0] for c in CONFLICT_CASES])
+def test_announce_from_another_ip_without_the_peers_key_is_refused(announce, peer):
+    """BEP 3 `key`: only the registered key lets a known peer_id move to another address,
+    so nobody can stop or move someone else's peer."""
+    with pytest.raises(ClientError) as exc:
+        plan_announce(announce, peer)
+    assert exc.value.reason == PEER_CONFLICT
+
+
+ACCEPTED_CASES = [
+    # (id, announce, stored peer or None, the update)
+    ("new peer, no key", request(), None, update()),
+    ("new peer registers its key", request(key=b"secret"), None, update(key=b"secret")),
+    ("new seed", request(left=0), None, update()),
+    ("another IP with the same key", request(ip=ELSEWHERE, key=b"secret"), stored(key=b"secret"),
+     update(key=b"secret")),
+    ("same binary key from IPv6", request(ip=HOME6, key=b"\x00\xff"), stored(key=b"\x00\xff"),
+     update(key=b"\x00\xff")),
+    ("same IP without key: stored key kept", request(), stored(key=b"secret"), update(key=b"secret")),
+    ("same IP with a new key: new key stored", request(key=b"new"), stored(key=b"old"), update(key=b"new")),
+    ("same IP, no key anywhere", request(), stored(), update()),
+]
+
+
+@pytest.mark.parametrize(("announce", "peer", "expected"), [c[1:] for c in ACCEPTED_CASES],
+                         ids=[c[0] for c in ACCEPTED_CASES])
+def test_accepted_announces(announce, peer, expected):
+    assert plan_announce(announce, peer) == expected
+
+
+# --------------------------------------------------------------------------------------
+# stopped, and counting completions once
+# --------------------------------------------------------------------------------------
+
+STOPPED_CASES = [
+    ("known leecher", stored()),
+    ("known seed whose completion was counted", stored(left=0, completed=True)),
+    ("unknown peer", None),
+]
+
+
+@pytest.mark.parametrize("peer", [c[1] for c in STOPPED_CASES], ids=[c[0] for c in STOPPED_CASES])
+def test_stopped_removes_the_peer_and_counts_nothing(peer):
+    """BEP 3 `stopped`: the peer leaves the swarm."""
+    assert plan_announce(request(event=Event.STOPPED, left=0), peer) == update(remove=True)
+
+
+def test_stopped_keeps_the_key_for_the_record():
+    assert plan_announce(request(event=Event.STOPPED), stored(key=b"k")) == update(remove=True, key=b"k")
+
+
+COMPLETION_CASES = [
+    # (id, announce, stored peer, counts this completion, completed flag to store)
+    ("completed with left=0 counts", request(event=Event.COMPLETED, left=0), stored(left=100), True, True),
+    ("completed from a peer the tracker never saw counts", request(event=Event.COMPLETED, left=0), None, True, True),
+    ("repeated completed does not count again", request(event=Event.COMPLETED, left=0),
+     stored(left=0, completed=True), False, True),
+    ("known leecher reaching left=0 without the event counts", request(left=0), stored(left=100), True, True),
+    ("known partial seed reaching left=0 counts", request(left=0),
+     stored(left=5, state=PeerState.PARTIAL_SEED), True, True),
+    ("left=0 transition after a counted completion does not count", request(left=0),
+     stored(left=100, completed=True), False, True),
+    ("seed starting with left=0 does not count", request(event=Event.STARTED, left=0), None, False, False),
+    ("seed re-announcing left=0 does not count", request(left=0), stored(left=0), False, False),
+    ("completed with left>0 does not count", request(event=Event.COMPLETED, left=1), stored(left=100), False, False),
+    ("completed with left>0 from an unknown peer does not count", request(event=Event.COMPLETED, left=50), None,
+     False, False),
+    ("leecher still downloading", request(left=40), stored(left=100), False, False),
+    ("counted flag survives a later leecher announce", request(left=10), stored(left=0, completed=True), False, True),
+    ("paused (BEP 21) does not count", request(event=Event.PAUSED, left=5), stored(left=100), False, False),
+]
+
+
+@pytest.mark.parametrize(("announce", "peer", "counts", "completed"), [c[1:] for c in COMPLETION_CASES],
+                         ids=[c[0] for c in COMPLETION_CASES])
+def test_completion_is_counted_once_per_peer(announce, peer, counts, completed):
+    """`downloaded` counts finished downloads (BEP 48): on `completed` with left=0, or when
+    a known leecher reports left=0; never twice for one peer, never for a peer that started
+    as a seed."""
+    assert plan_announce(announce, peer) == update(counts=counts, completed=completed)
+
+
+# --------------------------------------------------------------------------------------
+# count_stats (BEP 21)
+# --------------------------------------------------------------------------------------
+
+STATS_CASES = [
+    # (id, counts by stored state (plain ints, as the database returns them), (complete, incomplete, downloaders))
+    ("empty swarm", {}, (0, 0, 0)),
+    ("seeds only", {1: 4}, (4, 0, 0)),
+    ("leechers only", {0: 3}, (0, 3, 3)),
+    ("partial seeds are incomplete but not downloaders", {2: 2}, (0, 2, 0)),
+    ("all three", {0: 5, 1: 7, 2: 3}, (7, 8, 5)),
+    ("enum keys work too", {PeerState.LEECHER: 1, PeerState.SEED: 2, PeerState.PARTIAL_SEED: 4}, (2, 5, 1)),
+]
+
+
+@pytest.mark.parametrize(("counts", "expected"), [c[1:] for c in STATS_CASES], ids=[c[0] for c in STATS_CASES])
+def test_count_stats(counts, expected):
+    """BEP 21: partial seeds count in `incomplete`, and `downloaders` leaves them out."""
+    assert count_stats(counts) == expected
+
+
+STATE_CASES = [
+    ("left > 0 is a leecher", request(left=1), PeerState.LEECHER),
+    ("left = 0 is a seed", request(left=0), PeerState.SEED),
+    ("paused is a partial seed (BEP 21)", request(left=10, event=Event.PAUSED), PeerState.PARTIAL_SEED),
+    ("completed with left = 0 is a seed", request(left=0, event=Event.COMPLETED), PeerState.SEED),
+]
+
+
+@pytest.mark.parametrize(("announce", "state"), [c[1:] for c in STATE_CASES], ids=[c[0] for c in STATE_CASES])
+def test_request_state(announce, state):
+    assert announce.state is state
+
+
+@pytest.mark.parametrize(("state", "wants"), [(PeerState.LEECHER, True), (PeerState.SEED, False),
+                                              (PeerState.PARTIAL_SEED, False)])
+def test_only_leechers_want_seeds(state, wants):
+    """A seed or partial seed has nothing to download, so it is sent no seeds."""
+    assert state.wants_seeds is wants
