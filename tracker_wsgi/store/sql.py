@@ -388,7 +388,9 @@ class SqlStore:
             for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
                  last_transfer, last_done) in cur.fetchall():
                 by_state = peers.get(torrent_id, {})
-                seeds, leechers, partial = (by_state.get(s, (0, 0, 0)) for s in PeerState)
+                seeds, leechers, partial = (
+                    by_state.get(s, (0, 0, 0)) for s in (PeerState.SEED, PeerState.LEECHER, PeerState.PARTIAL_SEED)
+                )
                 reports.append(TorrentReport(
                     info_hash=bytes(info_hash or b""), name=name, path=path, size=size,
                     file_size=file_size, added=added,
