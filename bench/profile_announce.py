@@ -38,11 +38,10 @@ def time_statements(bs: run.BenchStore, torrent_index: int, reps: int = 200) -> 
     cur.execute(conv("SELECT COUNT(*) FROM peers WHERE torrent_id = ?"), (tid,))
     swarm = cur.fetchone()[0]
     stmts = {
-        "TORRENT_BY_HASH": (SqlStore.TORRENT_BY_HASH, (run.info_hash(torrent_index),)),
-        "STORED_PEER": (SqlStore.STORED_PEER, (tid, b"x" * 20)),
-        "COUNT_STATES": (SqlStore.COUNT_STATES, (tid, cutoff)),
-        "SELECT_PEERS@offset0": (SqlStore.SELECT_PEERS + "", (tid, cutoff, b"x" * 20, 50, 0)),
-        "SELECT_PEERS@offset_mid": (SqlStore.SELECT_PEERS, (tid, cutoff, b"x" * 20, 50, max(0, swarm // 2 - 25))),
+        "LOOKUP": (SqlStore.LOOKUP, (b"x" * 20, run.info_hash(torrent_index))),
+        "SELECT_PEERS@rank_low": (SqlStore.SELECT_PEERS[True, "from"], (tid, cutoff, b"x" * 20, 0, 50)),
+        "SELECT_PEERS@rank_mid": (SqlStore.SELECT_PEERS[True, "from"], (tid, cutoff, b"x" * 20, 1 << 31, 50)),
+        "SELECT_LEECHERS@rank_mid": (SqlStore.SELECT_PEERS[False, "from"], (tid, cutoff, b"x" * 20, 1 << 31, 50)),
         "SCRAPE(1 hash)": (None, None),
     }
     out = {"swarm": swarm}

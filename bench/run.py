@@ -136,17 +136,20 @@ class BenchStore:
     def add_peers(self, rows: list[tuple]) -> None:
         """rows: (torrent_id, peer_id, port, left, key); bulk, multi-row inserts."""
         now = int(time.time())
-        m = ", ".join([self.mark] * 11)
+        m = ", ".join([self.mark] * 12)
         sql = (f"INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, "
-               f"downloaded, completed, last_seen) VALUES ({m})")
+               f"downloaded, completed, last_seen, peer_rank) VALUES ({m})")
+        rank = random.Random(2)
         conn = self.store._connection()
         self.store._begin(conn)
         cur = conn.cursor()
         for start in range(0, len(rows), 10000):
-            cur.executemany(sql, [(t, pid, LOCALHOST, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now)
+            cur.executemany(sql, [(t, pid, LOCALHOST, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,
+                                   rank.getrandbits(32))
                                   for t, pid, port, left, key in rows[start:start + 10000]])
         conn.commit()
         cur.close()
+        self.store.expire_peers(now)  # expires nothing; recounts the torrents' counters
 
     def slot_peers(self, torrents: int, threads: int, pool: int, zipf_s: float) -> None:
         cdf = zipf_cdf(torrents, zipf_s)

@@ -141,14 +141,32 @@ def test_ipv6_peers_keep_their_address(store):
     assert store.announce(ann(2), NOW).peers[0].ip == V6
 
 
-def test_silent_peers_are_not_handed_out_and_expire(store):
+def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store):
+    """As the original: counts are corrected when the refresh expires silent peers."""
     store.announce(ann(1), NOW - TIMEOUT - 1)
     store.announce(ann(2), NOW - 10)
     result = store.announce(ann(3), NOW)
     assert [p.peer_id for p in result.peers] == [pid(2)]
-    assert result.stats.incomplete == 2
+    assert result.stats.incomplete == 3
     assert store.expire_peers(NOW) == 1
     assert store.expire_peers(NOW) == 0
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
+    assert store.announce(ann(3), NOW).stats.incomplete == 2
+
+
+def test_a_large_swarm_hands_out_a_random_window(store):
+    """numwant peers out of many, never the asker, and not always the same ones."""
+    for n in range(1, 121):
+        store.announce(ann(n, left=0 if n % 3 == 0 else 5), NOW)
+    seen = set()
+    for _ in range(20):
+        peers = store.announce(ann(200), NOW).peers
+        assert len(peers) == 50 and pid(200) not in {p.peer_id for p in peers}
+        assert len({p.peer_id for p in peers}) == 50
+        seen |= {p.peer_id for p in peers}
+    assert len(seen) > 100
+    seed_view = store.announce(ann(3, left=0, numwant=200), NOW).peers
+    assert len(seed_view) == 80 + 1  # every leecher, the new one (200) included
 
 
 def test_v2_alias_is_the_same_swarm(store):
@@ -222,3 +240,28 @@ def test_connection_type_is_reported(store, store_url):
     expected = "CMySQLConnection" if store_url.startswith("mysql") else "Connection"
     assert store.connection_type() == expected
     assert PeerState.SEED == 1  # stored as a small integer in both schemas
+
+
+def test_racing_announces_of_one_peer_count_it_once(store):
+    """libtorrent announces a hybrid torrent's v1 and v2 hashes at the same moment with one
+    peer_id: the swarm's counts must still say one peer per peer_id."""
+    v1, v2 = ih(20), ih(21)
+    store.register(Torrent(v1, v2, "hybrid", 7), NOW)
+    rounds = 15
+    for n in range(1, rounds + 1):
+        barrier = threading.Barrier(2)
+
+        def go(info_hash: bytes) -> None:
+            barrier.wait()
+            store.announce(ann(n, info_hash=info_hash, left=0), NOW)
+
+        threads = [threading.Thread(target=go, args=(h,)) for h in (v1, v2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    stats = store.scrape([v1], NOW)[v1]
+    assert (stats.complete, stats.incomplete) == (rounds, 0)
+    for n in range(1, rounds + 1):
+        store.announce(ann(n, info_hash=v2, event=Event.STOPPED, numwant=0), NOW)
+    assert store.scrape([v1], NOW)[v1].complete == 0

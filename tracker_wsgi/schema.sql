@@ -10,7 +10,8 @@
 --  * peers are keyed by (torrent, peer_id), not by peer_id alone: peer ids are not unique
 --    across torrents, and one client seeds many torrents with one id;
 --  * everything is InnoDB: MEMORY tables lost every peer and counter on a server restart;
---  * swarm counts are read from the peers themselves, so they cannot drift or go negative.
+--  * swarm counts are kept in the same transaction as the peer rows they count, and every
+--    refresh recounts them from the peers, so they cannot drift for long or go negative.
 
 -- One row per torrent (swarm).
 CREATE TABLE IF NOT EXISTS torrents (
@@ -21,6 +22,9 @@ CREATE TABLE IF NOT EXISTS torrents (
     added       BIGINT UNSIGNED NOT NULL,             -- unix time of registration
     file_size   BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- the .torrent file's size and mtime (ns) when
     file_mtime  BIGINT UNSIGNED NOT NULL DEFAULT 0,   --   last parsed: unchanged files are not re-read
+    seeders     INT             NOT NULL DEFAULT 0,   -- peers by state, kept by each announce and
+    leechers    INT             NOT NULL DEFAULT 0,   --   recounted by refresh (signed: a race can
+    partial_seeds INT           NOT NULL DEFAULT 0,   --   only leave them off by one until then)
     downloaded  INT UNSIGNED    NOT NULL DEFAULT 0,   -- completions counted, once per peer
     transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes uploaded by peers that have left
     last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total uploaded at the last refresh (for the rate)
@@ -48,8 +52,11 @@ CREATE TABLE IF NOT EXISTS peers (
     downloaded BIGINT UNSIGNED   NOT NULL,
     completed  TINYINT UNSIGNED  NOT NULL DEFAULT 0,  -- this peer's completion was counted
     last_seen  BIGINT UNSIGNED   NOT NULL,  -- unix time of the last announce
+    peer_rank  INT UNSIGNED      NOT NULL,  -- random, fixed at insert: peer lists are a window of
+                                            -- ranks from a random start, never ORDER BY RAND()
     PRIMARY KEY (torrent_id, peer_id),
-    KEY by_state (torrent_id, state),
+    KEY by_rank (torrent_id, peer_rank),
+    KEY by_state_rank (torrent_id, state, peer_rank),
     KEY by_last_seen (last_seen)
 ) ENGINE=InnoDB;
 

@@ -52,6 +52,20 @@ def plan_announce(request: AnnounceRequest, stored: StoredPeer | None) -> PeerUp
     return PeerUpdate(remove=False, counts_completion=counts, completed=already or counts, key=key)
 
 
+def counter_deltas(
+    request: AnnounceRequest, stored: StoredPeer | None, update: PeerUpdate
+) -> dict[PeerState, int]:
+    """How the torrent's per-state peer counters change: the peer leaves its stored state
+    (if any) and enters its new one (unless it stopped). Empty when nothing changes, which
+    is the common case: a re-announce in the same state writes no counter."""
+    deltas: dict[PeerState, int] = {}
+    if stored is not None:
+        deltas[stored.state] = deltas.get(stored.state, 0) - 1
+    if not update.remove:
+        deltas[request.state] = deltas.get(request.state, 0) + 1
+    return {state: d for state, d in deltas.items() if d}
+
+
 def count_stats(counts_by_state: dict[int, int]) -> tuple[int, int, int]:
     """(complete, incomplete, downloaders) from peer counts per PeerState (BEP 21:
     partial seeds are incomplete but not downloaders)."""

@@ -11,8 +11,9 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
   arrive while it is down.
 - `announce` is one transaction: the peer's row, the torrent's `downloaded` and the answer
   are consistent. A `completed` is committed before the answer is sent.
-- Peers silent longer than `peer_timeout` are neither counted nor handed out, even before
-  `expire_peers` deletes them.
+- Peers silent longer than `peer_timeout` are never handed out. They stay in the counts
+  until `expire_peers` deletes them and recounts every torrent (the refresh does), as the
+  original's summary table did; announces keep the counts in between.
 - An unknown info hash is a ClientError(UNKNOWN_TORRENT), unless the store was opened with
   `register_unknown=True` (whitelist mode `open`), when it becomes a new swarm.
 """

@@ -32,21 +32,28 @@ _TRANSIENT_ERRNOS = {
 
 
 class MysqlDialect(Dialect):
-    # The stored peer is read FOR UPDATE so two announces of one peer_id serialise.
     lock_peer = " FOR UPDATE"
     upsert_peer = (
         "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
-        "uploaded, downloaded, completed, last_seen) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "uploaded, downloaded, last_seen, peer_rank) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON DUPLICATE KEY UPDATE ip = VALUES(ip), port = VALUES(port), peer_key = VALUES(peer_key), "
         "state = VALUES(state), bytes_left = VALUES(bytes_left), uploaded = VALUES(uploaded), "
-        "downloaded = VALUES(downloaded), completed = VALUES(completed), last_seen = VALUES(last_seen)"
+        "downloaded = VALUES(downloaded), last_seen = VALUES(last_seen)"
     )
+
+    @staticmethod
+    def upsert_inserted(rowcount: int, looked_up_new: bool) -> bool:
+        # ON DUPLICATE KEY UPDATE: 1 inserted, 2 updated, 0 unchanged (the connector does not
+        # set CLIENT_FOUND_ROWS).
+        return rowcount == 1
 
 
 def _placeholders(value: Any) -> Any:
-    """`?` -> `%s` (the connector's paramstyle) in a statement or a tuple of them."""
+    """`?` -> `%s` (the connector's paramstyle) in a statement, or a tuple or dict of them."""
     if isinstance(value, str):
         return value.replace("?", "%s")
+    if isinstance(value, dict):
+        return {k: _placeholders(v) for k, v in value.items()}
     return tuple(_placeholders(v) for v in value)
 
 
@@ -94,10 +101,16 @@ class MysqlStore(SqlStore):
         return conn
 
     def _begin(self, conn: Any) -> None:
-        conn.start_transaction()
+        # Nothing to send: with autocommit off, the first statement opens the transaction,
+        # which saves a round trip per announce.
+        pass
 
     def _is_transient(self, exc: BaseException) -> bool:
-        return isinstance(exc, errors.Error) and exc.errno in _TRANSIENT_ERRNOS
+        # The connector raises OperationalError / InterfaceError for a connection that is gone,
+        # sometimes with no errno at all ("MySQL Connection not available.").
+        return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
+            isinstance(exc, errors.Error) and exc.errno in _TRANSIENT_ERRNOS
+        )
 
     def create_tables(self) -> None:
         ddl = resources.files("tracker_wsgi").joinpath("schema.sql").read_text()

@@ -25,58 +25,80 @@ from ..model import (
     TorrentReport,
 )
 from ..protocol import UNKNOWN_TORRENT
-from ..swarm import StoredPeer, count_stats, plan_announce
+from ..swarm import StoredPeer, count_stats, counter_deltas, plan_announce
 
 T = TypeVar("T")
 
-# Peer selection: a window of `numwant` rows at a random offset. ORDER BY RAND() would sort
-# the whole swarm on every announce (the original avoided it for the same reason).
+# Random peer ranks and window starts. ORDER BY RAND() would sort the whole swarm on every
+# announce (the original avoided it for the same reason); OFFSET would read up to it.
 _rng = random.Random()
+_COUNTER_ORDER = (PeerState.SEED, PeerState.LEECHER, PeerState.PARTIAL_SEED)  # torrents' columns
 
 
 class Dialect:
     """Statements whose syntax differs between databases (subclasses override)."""
 
-    lock_peer = ""  # appended to the stored-peer SELECT, e.g. " FOR UPDATE"
     upsert_peer = ""
+    # Appended to STORED_PEER where announces run concurrently: a state change re-reads the
+    # peer's row under a lock, so two racing announces of one peer change the counters once.
+    lock_peer = ""
+
+    @staticmethod
+    def upsert_inserted(rowcount: int, looked_up_new: bool) -> bool:
+        """Whether the upsert inserted the row. Where transactions are serial (SQLite) the
+        lookup already knows; MySQL says so in the affected-row count."""
+        return looked_up_new
+
+
+def _stored_peer(row: Sequence[Any]) -> StoredPeer | None:
+    ip, key, state, left, completed = row
+    if ip is None:
+        return None
+    return StoredPeer(bytes(ip), bytes(key) if key else None, PeerState(state), left, bool(completed))
 
 
 class SqlStore:
     dialect = Dialect
 
-    TORRENT_BY_HASH = (
-        "SELECT t.id, t.downloaded FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id "
-        "WHERE h.info_hash = ?"
+    # The torrent, its counters and the announcing peer's row, in one round trip.
+    LOOKUP = (
+        "SELECT t.id, t.downloaded, t.seeders, t.leechers, t.partial_seeds, "
+        "p.ip, p.peer_key, p.state, p.bytes_left, p.completed "
+        "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id "
+        "LEFT JOIN peers p ON p.torrent_id = t.id AND p.peer_id = ? WHERE h.info_hash = ?"
     )
     STORED_PEER = (
-        "SELECT ip, peer_key, state, bytes_left, completed FROM peers "
-        "WHERE torrent_id = ? AND peer_id = ?"
+        "SELECT ip, peer_key, state, bytes_left, completed FROM peers WHERE torrent_id = ? AND peer_id = ?"
     )
     DELETE_PEER = "DELETE FROM peers WHERE torrent_id = ? AND peer_id = ?"
     ADD_TRANSFERRED = "UPDATE torrents SET transferred = transferred + ? WHERE id = ?"
+    # Conditional, so two racing `completed` announces of one peer count once.
+    MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
     COUNT_COMPLETION = "UPDATE torrents SET downloaded = downloaded + 1 WHERE id = ?"
-    COUNT_STATES = (
-        "SELECT state, COUNT(*) FROM peers WHERE torrent_id = ? AND last_seen >= ? GROUP BY state"
+    ADD_COUNTS = (
+        "UPDATE torrents SET seeders = seeders + ?, leechers = leechers + ?, "
+        "partial_seeds = partial_seeds + ? WHERE id = ?"
     )
-    SELECT_PEERS = (
-        "SELECT ip, port, peer_id FROM peers "
-        "WHERE torrent_id = ? AND last_seen >= ? AND peer_id <> ? LIMIT ? OFFSET ?"
-    )
-    SELECT_LEECHERS = (
-        "SELECT ip, port, peer_id FROM peers "
-        "WHERE torrent_id = ? AND state = 0 AND last_seen >= ? AND peer_id <> ? LIMIT ? OFFSET ?"
-    )
+    # Peer lists: a window of random ranks (index by_rank / by_state_rank), so the cost is
+    # numwant rows whatever the swarm's size; stale peers are skipped, the asker too.
+    _PEERS = "SELECT ip, port, peer_id FROM peers WHERE torrent_id = ? AND last_seen >= ? AND peer_id <> ?"
+    _LEECHERS = _PEERS + " AND state = 0"
+    SELECT_PEERS = {
+        (wants_seeds, window): query + window_sql
+        for wants_seeds, query in ((True, _PEERS), (False, _LEECHERS))
+        for window, window_sql in (
+            ("all", " LIMIT ?"),
+            ("from", " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?"),
+            ("below", " AND peer_rank < ? ORDER BY peer_rank LIMIT ?"),
+        )
+    }
     INSERT_TORRENT = (
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
     )
     INSERT_HASH = "INSERT INTO info_hashes (info_hash, torrent_id) VALUES (?, ?)"
-    SCRAPE_TORRENTS = (
-        "SELECT h.info_hash, t.id, t.name, t.downloaded FROM info_hashes h "
-        "JOIN torrents t ON t.id = h.torrent_id"
-    )
-    SCRAPE_COUNTS = (
-        "SELECT torrent_id, state, COUNT(*) FROM peers WHERE last_seen >= ? "
-        "GROUP BY torrent_id, state"
+    SCRAPE = (
+        "SELECT h.info_hash, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds "
+        "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id"
     )
     TORRENT_IDS = "SELECT DISTINCT torrent_id FROM info_hashes WHERE info_hash IN ({})"
     DELETE_TORRENT = (
@@ -90,6 +112,11 @@ class SqlStore:
         "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?) "
         "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
         "DELETE FROM peers WHERE last_seen < ?",
+        # Recount every torrent: corrects any drift the announces' counters picked up.
+        "UPDATE torrents SET "
+        "seeders = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 1), "
+        "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
+        "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)",
     )
     TAKE_REFRESH_LOCK = (
         "UPDATE refresh_state SET lock_owner = ?, lock_until = ? WHERE id = 1 AND lock_until < ?"
@@ -199,54 +226,77 @@ class SqlStore:
         return self._transaction(lambda cur: self._announce(cur, request, now))
 
     def _announce(self, cur: Any, request: AnnounceRequest, now: int) -> AnnounceResult:
-        cur.execute(self.TORRENT_BY_HASH, (request.info_hash,))
+        cur.execute(self.LOOKUP, (request.peer_id, request.info_hash))
         row = cur.fetchone()
         if row is None:
             if not self.register_unknown:
                 raise ClientError(UNKNOWN_TORRENT)
-            row = (self._insert_torrent(cur, Torrent(request.info_hash, None, "", 0), now), 0)
-        torrent_id, downloaded = row
-
-        cur.execute(self.STORED_PEER + self.dialect.lock_peer, (torrent_id, request.peer_id))
-        found = cur.fetchone()
-        stored = None
-        if found is not None:
-            ip, key, state, left, completed = found
-            stored = StoredPeer(bytes(ip), bytes(key) if key else None, PeerState(state), left, bool(completed))
+            torrent = Torrent(request.info_hash, None, "", 0)
+            row = (self._insert_torrent(cur, torrent, now), 0, 0, 0, 0, None, None, None, None, None)
+        torrent_id, downloaded, counts, stored = row[0], row[1], row[2:5], _stored_peer(row[5:])
         update = plan_announce(request, stored)
+        if self.dialect.lock_peer and stored is not None and (update.remove or stored.state != request.state):
+            # Rare (start, finish, stop), so the common re-announce stays one read.
+            cur.execute(self.STORED_PEER + self.dialect.lock_peer, (torrent_id, request.peer_id))
+            stored = _stored_peer(cur.fetchone() or (None,) * 5)
+            update = plan_announce(request, stored)
 
+        # Two announces of one peer may race (libtorrent announces a hybrid torrent's v1 and
+        # v2 hash at once, with one peer_id): the write's own row count says what really
+        # changed, and the counters follow that, not the lookup.
         if update.remove:
             if stored is not None:
                 cur.execute(self.DELETE_PEER, (torrent_id, request.peer_id))
+                if cur.rowcount == 0:
+                    stored = None  # a racing `stopped` removed it first
                 cur.execute(self.ADD_TRANSFERRED, (request.uploaded, torrent_id))
         else:
             cur.execute(
                 self.dialect.upsert_peer,
                 (torrent_id, request.peer_id, request.ip, request.port, update.key,
-                 int(request.state), request.left, request.uploaded, request.downloaded,
-                 int(update.completed), now),
+                 int(request.state), request.left, request.uploaded, request.downloaded, now,
+                 _rng.getrandbits(32)),
             )
+            if stored is None and not self.dialect.upsert_inserted(cur.rowcount, True):
+                # A racing announce inserted it first, and counted it in its state.
+                stored = StoredPeer(request.ip, update.key, request.state, request.left, False)
         if update.counts_completion:
-            cur.execute(self.COUNT_COMPLETION, (torrent_id,))
-            downloaded += 1
-
-        cutoff = now - self.peer_timeout
-        cur.execute(self.COUNT_STATES, (torrent_id, cutoff))
-        complete, incomplete, downloaders = count_stats(dict(cur.fetchall()))
+            cur.execute(self.MARK_COMPLETED, (torrent_id, request.peer_id))
+            if cur.rowcount == 1:
+                cur.execute(self.COUNT_COMPLETION, (torrent_id,))
+                downloaded += 1
+        deltas = counter_deltas(request, stored, update)
+        if deltas:
+            cur.execute(self.ADD_COUNTS, (*(deltas.get(s, 0) for s in _COUNTER_ORDER), torrent_id))
+        seeders, leechers, partial = (max(0, n + deltas.get(s, 0)) for n, s in zip(counts, _COUNTER_ORDER))
+        complete, incomplete, downloaders = count_stats(
+            {PeerState.SEED: seeders, PeerState.LEECHER: leechers, PeerState.PARTIAL_SEED: partial}
+        )
         stats = SwarmStats(complete, incomplete, downloaded, downloaders)
+        if request.numwant == 0:
+            return AnnounceResult(stats, ())
+        wants_seeds = request.state.wants_seeds
+        # BEP 3 practice (and BitTornado): a seed is sent only peers that download.
+        eligible = complete + incomplete - 1 if wants_seeds else downloaders
+        return AnnounceResult(stats, self._select_peers(cur, request, torrent_id, now, wants_seeds, eligible))
 
-        peers: tuple[Peer, ...] = ()
-        if request.numwant > 0:
-            if request.state.wants_seeds:
-                query, eligible = self.SELECT_PEERS, complete + incomplete - 1
-            else:
-                # BEP 3 practice (and BitTornado): a seed is sent only peers that download.
-                query, eligible = self.SELECT_LEECHERS, downloaders
-            if eligible > 0:
-                offset = _rng.randrange(max(1, eligible - request.numwant + 1))
-                cur.execute(query, (torrent_id, cutoff, request.peer_id, request.numwant, offset))
-                peers = tuple(Peer(bytes(ip), port, bytes(pid)) for ip, port, pid in cur.fetchall())
-        return AnnounceResult(stats, peers)
+    def _select_peers(
+        self, cur: Any, request: AnnounceRequest, torrent_id: int, now: int, wants_seeds: bool, eligible: int
+    ) -> tuple[Peer, ...]:
+        if eligible <= 0:
+            return ()
+        head = (torrent_id, now - self.peer_timeout, request.peer_id)
+        if eligible <= request.numwant:
+            cur.execute(self.SELECT_PEERS[wants_seeds, "all"], (*head, request.numwant))
+            rows = cur.fetchall()
+        else:
+            start = _rng.getrandbits(32)
+            cur.execute(self.SELECT_PEERS[wants_seeds, "from"], (*head, start, request.numwant))
+            rows = cur.fetchall()
+            if len(rows) < request.numwant:  # wrap around to the lowest ranks
+                cur.execute(self.SELECT_PEERS[wants_seeds, "below"], (*head, start, request.numwant - len(rows)))
+                rows += cur.fetchall()
+        return tuple(Peer(bytes(ip), port, bytes(pid)) for ip, port, pid in rows)
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
         cur.execute(
@@ -262,31 +312,20 @@ class SqlStore:
         if not info_hashes:
             return {}
         marks = ", ".join("?" * len(info_hashes))
-        where = f" WHERE h.info_hash IN ({marks})"
-        counts = f" AND torrent_id IN (SELECT torrent_id FROM info_hashes WHERE info_hash IN ({marks}))"
-        return self._scrape(where, counts, tuple(info_hashes), now)
+        return self._scrape(f" WHERE h.info_hash IN ({marks})", tuple(info_hashes))
 
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
-        return self._scrape("", "", (), now)
+        return self._scrape("", ())
 
-    def _scrape(self, where: str, counts_where: str, args: tuple, now: int) -> dict[bytes, SwarmStats]:
-        torrents_sql = self._sql(self.SCRAPE_TORRENTS + where)
-        counts_sql = self._sql(self.SCRAPE_COUNTS.replace(" GROUP BY", counts_where + " GROUP BY"))
-
-        def work(cur: Any) -> dict[bytes, SwarmStats]:
-            cur.execute(torrents_sql, args)
-            torrents = cur.fetchall()
-            cur.execute(counts_sql, (now - self.peer_timeout, *args))
-            by_torrent: dict[int, dict[int, int]] = {}
-            for torrent_id, state, count in cur.fetchall():
-                by_torrent.setdefault(torrent_id, {})[state] = count
-            result = {}
-            for info_hash, torrent_id, name, downloaded in torrents:
-                complete, incomplete, downloaders = count_stats(by_torrent.get(torrent_id, {}))
-                result[bytes(info_hash)] = SwarmStats(complete, incomplete, downloaded, downloaders, name)
-            return result
-
-        return self._transaction(work)
+    def _scrape(self, where: str, args: tuple) -> dict[bytes, SwarmStats]:
+        result = {}
+        for info_hash, name, downloaded, seeders, leechers, partial in self._fetchall(self._sql(self.SCRAPE + where), args):
+            complete, incomplete, downloaders = count_stats(
+                {PeerState.SEED: max(0, seeders), PeerState.LEECHER: max(0, leechers),
+                 PeerState.PARTIAL_SEED: max(0, partial)}
+            )
+            result[bytes(info_hash)] = SwarmStats(complete, incomplete, downloaded, downloaders, name)
+        return result
 
     def register(self, torrent: Torrent, now: int) -> bool:
         marks = ", ".join("?" * len(torrent.info_hashes))
@@ -321,10 +360,12 @@ class SqlStore:
         cutoff = now - self.peer_timeout
 
         def work(cur: Any) -> int:
-            add_transferred, delete = self.EXPIRE
+            add_transferred, delete, recount = self.EXPIRE
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
-            return cur.rowcount
+            expired = cur.rowcount
+            cur.execute(recount)
+            return expired
 
         return self._transaction(work)
 

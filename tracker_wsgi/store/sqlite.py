@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from typing import Any
 
 from .sql import Dialect, SqlStore
@@ -20,6 +21,9 @@ CREATE TABLE IF NOT EXISTS torrents (
     added INTEGER NOT NULL,
     file_size INTEGER NOT NULL DEFAULT 0,
     file_mtime INTEGER NOT NULL DEFAULT 0,
+    seeders INTEGER NOT NULL DEFAULT 0,
+    leechers INTEGER NOT NULL DEFAULT 0,
+    partial_seeds INTEGER NOT NULL DEFAULT 0,
     downloaded INTEGER NOT NULL DEFAULT 0,
     transferred INTEGER NOT NULL DEFAULT 0,
     last_transfer INTEGER NOT NULL DEFAULT 0,
@@ -42,9 +46,11 @@ CREATE TABLE IF NOT EXISTS peers (
     downloaded INTEGER NOT NULL,
     completed INTEGER NOT NULL DEFAULT 0,
     last_seen INTEGER NOT NULL,
+    peer_rank INTEGER NOT NULL,
     PRIMARY KEY (torrent_id, peer_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS peers_by_state ON peers (torrent_id, state);
+CREATE INDEX IF NOT EXISTS peers_by_rank ON peers (torrent_id, peer_rank);
+CREATE INDEX IF NOT EXISTS peers_by_state_rank ON peers (torrent_id, state, peer_rank);
 CREATE INDEX IF NOT EXISTS peers_by_last_seen ON peers (last_seen);
 CREATE TABLE IF NOT EXISTS refresh_state (
     id INTEGER PRIMARY KEY,
@@ -73,11 +79,11 @@ BUSY_TIMEOUT_SECONDS = 5  # how long a writer waits for another process's transa
 class SqliteDialect(Dialect):
     upsert_peer = (
         "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
-        "uploaded, downloaded, completed, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "uploaded, downloaded, last_seen, peer_rank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
         "peer_key = excluded.peer_key, state = excluded.state, bytes_left = excluded.bytes_left, "
         "uploaded = excluded.uploaded, downloaded = excluded.downloaded, "
-        "completed = excluded.completed, last_seen = excluded.last_seen"
+        "last_seen = excluded.last_seen"
     )
 
 
@@ -90,6 +96,7 @@ class SqliteStore(SqlStore):
         if not os.path.isabs(path):
             raise ValueError(f"sqlite database path must be absolute: {url!r} (sqlite:///path/file.sqlite)")
         self.path = path
+        self._writer = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
@@ -103,6 +110,12 @@ class SqliteStore(SqlStore):
 
     def _begin(self, conn: Any) -> None:
         conn.execute("BEGIN IMMEDIATE")
+
+    def _transaction(self, work):
+        # One writer at a time per file anyway: queue this process's threads on a lock
+        # instead of in SQLite's busy handler, which sleeps and wakes them out of order.
+        with self._writer:
+            return super()._transaction(work)
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) or (
