@@ -85,7 +85,7 @@ def refresh(
             report.removed = store.unregister(plan.unregister)
         for torrent in plan.update:
             store.update_torrent_file(torrent)
-        report.registered = sum(store.register(t, now) for t in plan.register)
+        report.registered = store.register_all(plan.register, now)
         report.updated = len(plan.update)
         store.replace_skipped_files(plan.skipped)
 

@@ -42,6 +42,9 @@ class Store(Protocol):
     def register(self, torrent: Torrent, now: int) -> bool:
         """Register a torrent under all its hashes; False if one of them is already known."""
 
+    def register_all(self, torrents: Sequence[Torrent], now: int) -> int:
+        """Register many torrents in one transaction; returns how many were new."""
+
     def unregister(self, info_hashes: Iterable[bytes]) -> int:
         """Remove the torrents these hashes name, with all their peers; returns how many."""
 

@@ -328,15 +328,21 @@ class SqlStore:
         return result
 
     def register(self, torrent: Torrent, now: int) -> bool:
-        marks = ", ".join("?" * len(torrent.info_hashes))
-        known_sql = self._sql(self.TORRENT_IDS.format(marks))
+        return self.register_all([torrent], now) == 1
 
-        def work(cur: Any) -> bool:
-            cur.execute(known_sql, torrent.info_hashes)
-            if cur.fetchall():
-                return False
-            self._insert_torrent(cur, torrent, now)
-            return True
+    def register_all(self, torrents: Sequence[Torrent], now: int) -> int:
+        """Register many torrents in one transaction (a first scan of a large directory);
+        returns how many were new."""
+
+        def work(cur: Any) -> int:
+            added = 0
+            for torrent in torrents:
+                marks = ", ".join("?" * len(torrent.info_hashes))
+                cur.execute(self._sql(self.TORRENT_IDS.format(marks)), torrent.info_hashes)
+                if not cur.fetchall():
+                    self._insert_torrent(cur, torrent, now)
+                    added += 1
+            return added
 
         return self._transaction(work)
 
