@@ -516,3 +516,21 @@ def test_x_forwarded_for(trusted, sqlite_url, apache_factory):
     assert announce(apache, 1, 1, 7001, headers={"X-Forwarded-For": "203.0.113.7"})[b"peers"] == (
         compact(LOCALHOST, 7002)
     )
+
+
+def test_sqlite_file_apache_cannot_write_is_one_clear_log_line(apache_factory, shared_dir):
+    """The trap of running tracker-wsgi as root: a database file www-data cannot write.
+    Clients get `retry in`; the error log names the file and the fix, once, no traceback."""
+    url = f"sqlite:///{shared_dir}/tracker.sqlite"
+    store = open_store(url, 2700)
+    store.create_tables()  # as root: the file is root's, mode 0644
+    store.register(Torrent(ih(1), None, "torrent-1", 1), int(time.time()))
+    store.close()
+    apache = apache_factory(f'database = "{url}"\n')
+    for n in range(3):
+        status, headers, body = apache.get("/tracker/announce", announce_query(ih(1), pid(n)))
+        assert (status, decode(body)) == (200, SERVER_FAULT_ANSWER)
+    log = apache.error_log()
+    lines = [line for line in log.splitlines() if "configuration error" in line]
+    assert lines and all(f"{shared_dir}/tracker.sqlite is missing or not writable" in line for line in lines), log
+    assert "www-data" in lines[0] and "Traceback" not in log

@@ -25,7 +25,7 @@ from . import config as config_module
 from .config import ConfigError
 from .metainfo import MetainfoError, parse_torrent
 from .refresh import RefreshBusy, refresh, terminal_progress
-from .store import open_store
+from .store import open_configured
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
 
@@ -35,13 +35,7 @@ def _load(args: argparse.Namespace) -> config_module.Config:
 
 
 def _store(args: argparse.Namespace):
-    config = _load(args)
-    try:
-        store = open_store(config.database, config.peer_timeout, config.whitelist == "open")
-    except ValueError as exc:
-        raise ConfigError(f"database = {config.database!r}: {exc}") from None
-    store.create_tables()
-    return store
+    return open_configured(_load(args))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from .protocol import (
     FULL_SCRAPE_DISABLED,
 )
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
-from .store import Store, open_store
+from .store import Store, open_configured
 
 RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about this long
 
@@ -157,12 +157,7 @@ class Tracker:
 
 def build_tracker(config: Config) -> Tracker:
     """Open the store the config names and make sure its tables exist."""
-    try:
-        store = open_store(config.database, config.peer_timeout, config.whitelist == "open")
-    except ValueError as exc:
-        raise ConfigError(f"database = {config.database!r}: {exc}") from None
-    store.create_tables()
-    return Tracker(config, store)
+    return Tracker(config, open_configured(config))
 
 
 def log(message: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from ..config import Config, ConfigError
 from ..model import AnnounceRequest, AnnounceResult, SwarmStats, Torrent, TorrentReport
 
 
@@ -88,6 +89,16 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Close this thread's connection."""
+
+
+def open_configured(config: Config) -> Store:
+    """The store a config names, its tables created. Raises ConfigError with one line."""
+    try:
+        store = open_store(config.database, config.peer_timeout, config.whitelist == "open")
+        store.create_tables()
+    except (ValueError, PermissionError) as exc:
+        raise ConfigError(f"database = {config.database!r}: {exc}") from None
+    return store
 
 
 def open_store(url: str, peer_timeout: int, register_unknown: bool = False) -> Store:

@@ -123,5 +123,15 @@ class SqliteStore(SqlStore):
         )
 
     def create_tables(self) -> None:
+        # SQLite writes the database, its -wal and -shm files, and new ones beside them: all
+        # must be writable by whoever runs the tracker, or every announce fails.
+        directory = os.path.dirname(self.path)
+        for path in (directory, *(p for p in (self.path, self.path + "-wal", self.path + "-shm") if os.path.exists(p))):
+            if not os.access(path, os.W_OK):
+                raise PermissionError(
+                    f"{path} is missing or not writable by uid {os.geteuid()}: create the database's directory, give it "
+                    "and files to the user the tracker runs as (Apache's www-data), and run "
+                    "tracker-wsgi as that user"
+                )
         conn = self._connection()
         conn.executescript(SCHEMA)
