@@ -33,6 +33,7 @@ _TRANSIENT_ERRNOS = {
 
 class MysqlDialect(Dialect):
     lock_peer = " FOR UPDATE"
+    lock_torrents = "SELECT id FROM torrents FOR UPDATE"
     upsert_peer = (
         "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
         "uploaded, downloaded, last_seen, peer_rank) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "

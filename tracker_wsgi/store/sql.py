@@ -42,6 +42,10 @@ class Dialect:
     # Appended to STORED_PEER where announces run concurrently: a state change re-reads the
     # peer's row under a lock, so two racing announces of one peer change the counters once.
     lock_peer = ""
+    # Run first in the expiry's transaction where announces run concurrently. Holding every
+    # torrent row means no announce can change a counter between the recount's read of the
+    # peers and its write (it would be lost); announces that change no counter go on.
+    lock_torrents = ""
 
     @staticmethod
     def upsert_inserted(rowcount: int, looked_up_new: bool) -> bool:
@@ -367,6 +371,9 @@ class SqlStore:
 
         def work(cur: Any) -> int:
             add_transferred, delete, recount = self.EXPIRE
+            if self.dialect.lock_torrents:
+                cur.execute(self.dialect.lock_torrents)
+                cur.fetchall()
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
             expired = cur.rowcount
