@@ -534,3 +534,41 @@ def test_sqlite_file_apache_cannot_write_is_one_clear_log_line(apache_factory, s
     lines = [line for line in log.splitlines() if "configuration error" in line]
     assert lines and all(f"{shared_dir}/tracker.sqlite is missing or not writable" in line for line in lines), log
     assert "www-data" in lines[0] and "Traceback" not in log
+
+
+def _daemon_pids(apache) -> list[int]:
+    """The mod_wsgi daemon processes (display-name "(wsgi:tracker_wsgi)") of this Apache."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if cmdline.startswith(b"(wsgi:") and ppid == apache.process.pid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_completed_survives_the_daemons_being_killed(mysql_url, apache_factory):
+    """No data is lost for speed: once a client has its answer to `completed`, the count is
+    in the database, even if every daemon process dies at that moment (SIGKILL)."""
+    register(mysql_url, 1)
+    apache = apache_factory(config_text(mysql_url))
+    announce(apache, 1, 1, 6881, event="started", left=100)
+    answer = announce(apache, 1, 1, 6881, event="completed", left=0)
+    assert stats(answer) == (1, 0, 1)
+    pids = _daemon_pids(apache)
+    assert len(pids) == 2, pids
+    for daemon in pids:
+        os.kill(daemon, 9)
+    deadline = time.monotonic() + 10
+    while True:  # Apache starts new daemons; until then it answers 503 (bencoded)
+        status, _, body = apache.get("/tracker/scrape", urlencode({"info_hash": ih(1)}))
+        if status == 200 and b"files" in decode(body) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert decode(body)[b"files"][ih(1)][b"downloaded"] == 1
+    assert set(_daemon_pids(apache)).isdisjoint(pids)
