@@ -264,13 +264,7 @@ class Apache:
         return daemons, others
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        devserver.stop(self.process)
 
 
 def _pids() -> list[int]:

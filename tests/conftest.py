@@ -121,13 +121,7 @@ class Apache:
             return exc.code, exc.headers, exc.read()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        devserver.stop(self.process)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

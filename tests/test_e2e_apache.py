@@ -20,6 +20,7 @@ import mysql.connector
 import pytest
 
 from conftest import announce_query, decode, free_port, ih, pid
+from tracker_wsgi import devserver
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import (
     BAD_INFO_HASH,
@@ -348,13 +349,8 @@ class PrivateMariadb:
         return mysql.connector.connect(user="root", unix_socket=str(self.socket), connection_timeout=2)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            devserver.stop(self.process, 30)
 
     def log(self) -> str:
         path = self.base / "error.log"

@@ -70,3 +70,14 @@ def start(run_dir: Path, conf: str) -> subprocess.Popen:
     path = run_dir / "httpd.conf"
     path.write_text(conf)
     return subprocess.Popen([APACHE_BIN, "-f", str(path), "-DFOREGROUND"], env={**os.environ, "LANG": "C.UTF-8"})
+
+
+def stop(process: subprocess.Popen, seconds: float = 20) -> None:
+    """Stop a server started in the foreground: SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
