@@ -300,7 +300,7 @@ class SqlStore:
             if len(rows) < request.numwant:  # wrap around to the lowest ranks
                 cur.execute(self.SELECT_PEERS[wants_seeds, "below"], (*head, start, request.numwant - len(rows)))
                 rows += cur.fetchall()
-        return tuple(Peer(bytes(ip), port, bytes(pid)) for ip, port, pid in rows)
+        return tuple(map(Peer._make, rows))  # both drivers return BLOB/BINARY as bytes
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
         cur.execute(
