@@ -4,6 +4,7 @@ share a tracker need MySQL/MariaDB."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -97,6 +98,7 @@ class SqliteStore(SqlStore):
             raise ValueError(f"sqlite database path must be absolute: {url!r} (sqlite:///path/file.sqlite)")
         self.path = path
         self._writer = threading.Lock()
+        self._writer_file = None  # opened on first use, kept for the process's life
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
@@ -112,10 +114,17 @@ class SqliteStore(SqlStore):
         conn.execute("BEGIN IMMEDIATE")
 
     def _transaction(self, work):
-        # One writer at a time per file anyway: queue this process's threads on a lock
-        # instead of in SQLite's busy handler, which sleeps and wakes them out of order.
+        # One writer at a time per file anyway: queue on locks that wake the next writer at
+        # once (a thread lock in this process, flock across Apache's daemon processes)
+        # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries.
         with self._writer:
-            return super()._transaction(work)
+            if self._writer_file is None:
+                self._writer_file = open(self.path + "-writer", "a")
+            fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+            try:
+                return super()._transaction(work)
+            finally:
+                fcntl.flock(self._writer_file, fcntl.LOCK_UN)
 
     def _is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) or (
@@ -126,7 +135,8 @@ class SqliteStore(SqlStore):
         # SQLite writes the database, its -wal and -shm files, and new ones beside them: all
         # must be writable by whoever runs the tracker, or every announce fails.
         directory = os.path.dirname(self.path)
-        for path in (directory, *(p for p in (self.path, self.path + "-wal", self.path + "-shm") if os.path.exists(p))):
+        files = (self.path, self.path + "-wal", self.path + "-shm", self.path + "-writer")
+        for path in (directory, *(p for p in files if os.path.exists(p))):
             if not os.access(path, os.W_OK):
                 raise PermissionError(
                     f"{path} is missing or not writable by uid {os.geteuid()}: create the database's directory, give it "
