@@ -187,10 +187,13 @@ class SqlStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            # One cursor for the connection's life: the MySQL connector pings the server
+            # (a round trip) every time a cursor is made.
+            self._local.cursor = conn.cursor()
         return conn
 
     def close(self) -> None:
-        conn, self._local.conn = getattr(self._local, "conn", None), None
+        conn, self._local.conn, self._local.cursor = getattr(self._local, "conn", None), None, None
         if conn is not None:
             try:
                 conn.close()
@@ -208,11 +211,7 @@ class SqlStore:
             conn = self._connection()
             try:
                 self._begin(conn)
-                cursor = conn.cursor()
-                try:
-                    result = work(cursor)
-                finally:
-                    cursor.close()
+                result = work(self._local.cursor)
                 conn.commit()
                 return result
             except ClientError:
