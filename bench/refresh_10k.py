@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tracker_wsgi import scanner  # noqa: E402
 from tracker_wsgi.config import Config  # noqa: E402
 from tracker_wsgi.refresh import refresh  # noqa: E402
-from tracker_wsgi.store import open_store  # noqa: E402
+from tracker_wsgi.store import open_configured  # noqa: E402
 
 
 def make_tree(root: Path, n: int) -> None:
@@ -68,7 +68,7 @@ def main() -> None:
             try:
                 config = Config(database=url, torrent_dir=str(root / "torrents"),
                                 output_dir=str(root / f"output-{kind}"))
-                store = open_store(url, config.peer_timeout)
+                store = open_configured(config)
                 t0 = time.perf_counter()
                 first = refresh(config, store, force=True)
                 t1 = time.perf_counter()

@@ -17,7 +17,7 @@ from bencoder import bencode
 from conftest import APACHE_DIR, announce_query, decode, give_to_www_data
 from tracker_wsgi import config as config_module
 from tracker_wsgi.refresh import refresh
-from tracker_wsgi.store import open_store
+from tracker_wsgi.store import open_configured, open_store
 
 
 def torrent_bytes(name: str, length: int) -> bytes:
@@ -52,7 +52,7 @@ def site(shared_dir, apache_factory, sqlite_url):
     )
     (apache.run_dir / "tracker.toml").write_text(config_text)
     config = config_module.load(str(apache.run_dir / "tracker.toml"))
-    store = open_store(config.database, config.peer_timeout)
+    store = open_configured(config)
     report = refresh(config, store, force=True)
     assert (report.registered, report.warnings) == (2, [])
     give_to_www_data(shared_dir)

@@ -72,7 +72,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     """Quiet under cron (CRON set, or no terminal): only skipped files and errors print."""
     config = _load(args)
-    store = _store(args)
+    store = open_configured(config)
     interactive = sys.stderr.isatty() and not os.environ.get("CRON")
     try:
         report = refresh(config, store, force=args.force, progress=terminal_progress if interactive else None)

@@ -60,11 +60,13 @@ def refresh(
     now: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RefreshReport:
-    """Run one refresh if it is due (or forced). Raises RefreshBusy if one is running."""
+    """Run one refresh if it is due (or forced). Raises RefreshBusy if one is running.
+
+    The store's tables exist already: the CLI and the daemons open it with
+    store.open_configured, which creates any that are missing."""
     started = time.monotonic()
     now = int(time.time()) if now is None else now
     owner = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-    store.create_tables()
     if not store.take_refresh_lock(owner, now, LOCK_LEASE_SECONDS):
         raise RefreshBusy("another refresh is running (the lock is held in the database)")
     finished = None

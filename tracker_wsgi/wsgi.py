@@ -81,8 +81,10 @@ class Tracker:
             "": self.announce_or_redirect,
             "/": self.announce_or_redirect,
             "/announce": self.announce,
-            "/scrape": self.scrape if config.full_scrape else self.scrape_named,
+            "/scrape": self.scrape,
         }
+        # BEP 48: a scrape naming no info_hash lists every torrent, if the admin allows it.
+        self.full_scrape = store.scrape_all if config.full_scrape else self._no_full_scrape
 
     def handle(self, environ: dict[str, Any]) -> Response:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -142,17 +144,15 @@ class Tracker:
         body = encode_announce(request, result, interval, self.config.min_interval)
         return _answer(body, BINARY if request.compact else TEXT)
 
-    def scrape_named(self, environ: dict[str, Any]) -> Response:
-        hashes = parse_scrape(self._params(environ))
-        if not hashes:
-            raise ClientError(FULL_SCRAPE_DISABLED)
-        return _answer(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
-
     def scrape(self, environ: dict[str, Any]) -> Response:
         hashes = parse_scrape(self._params(environ))
-        if hashes:
-            return _answer(encode_scrape(self.store.scrape(hashes, int(self.clock()))))
-        return _answer(encode_scrape(self.store.scrape_all(int(self.clock()))))
+        now = int(self.clock())
+        files = self.store.scrape(hashes, now) if hashes else self.full_scrape(now)
+        return _answer(encode_scrape(files))
+
+    @staticmethod
+    def _no_full_scrape(now: int) -> dict:
+        raise ClientError(FULL_SCRAPE_DISABLED)
 
 
 def build_tracker(config: Config) -> Tracker:

@@ -43,7 +43,7 @@ class MysqlDialect(Dialect):
     )
 
     @staticmethod
-    def upsert_inserted(rowcount: int, looked_up_new: bool) -> bool:
+    def upsert_inserted(rowcount: int) -> bool:
         # ON DUPLICATE KEY UPDATE: 1 inserted, 2 updated, 0 unchanged (the connector does not
         # set CLIENT_FOUND_ROWS).
         return rowcount == 1

@@ -48,10 +48,10 @@ class Dialect:
     lock_torrents = ""
 
     @staticmethod
-    def upsert_inserted(rowcount: int, looked_up_new: bool) -> bool:
-        """Whether the upsert inserted the row. Where transactions are serial (SQLite) the
-        lookup already knows; MySQL says so in the affected-row count."""
-        return looked_up_new
+    def upsert_inserted(rowcount: int) -> bool:
+        """Whether the upsert of a peer the lookup did not find inserted it. Where
+        transactions are serial (SQLite) it always did; MySQL says so in the row count."""
+        return True
 
 
 def _stored_peer(row: Sequence[Any]) -> StoredPeer | None:
@@ -260,7 +260,7 @@ class SqlStore:
                  int(request.state), request.left, request.uploaded, request.downloaded, now,
                  _rng.getrandbits(32)),
             )
-            if stored is None and not self.dialect.upsert_inserted(cur.rowcount, True):
+            if stored is None and not self.dialect.upsert_inserted(cur.rowcount):
                 # A racing announce inserted it first, and counted it in its state.
                 stored = StoredPeer(request.ip, update.key, request.state, request.left, False)
         if update.counts_completion:
