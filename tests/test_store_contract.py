@@ -10,10 +10,12 @@ import pytest
 from conftest import ih, pid
 from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, Torrent
 from tracker_wsgi.protocol import PEER_CONFLICT, UNKNOWN_TORRENT
+from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.store import open_store
 
 NOW = 1_700_000_000
 TIMEOUT = 2700
+SYNC = 2  # sync_interval: a view this many seconds old is read again
 V4 = bytes([192, 0, 2, 1])
 V6 = bytes.fromhex("20010db8000000000000000000000001")
 
@@ -21,6 +23,12 @@ V6 = bytes.fromhex("20010db8000000000000000000000001")
 @pytest.fixture(params=["sqlite", "mysql"])
 def store_url(request):
     return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def swarms(store):
+    """One daemon process's swarms in front of the store."""
+    return LiveSwarms(store, SYNC)
 
 
 @pytest.fixture
@@ -43,176 +51,194 @@ def ann(n: int, *, torrent: int = 1, left: int = 100, event: Event = Event.NONE,
     )
 
 
-def test_unknown_torrent_is_refused(store):
+def test_unknown_torrent_is_refused(store, swarms):
     with pytest.raises(ClientError) as err:
-        store.announce(ann(1, torrent=99), NOW)
+        swarms.announce(ann(1, torrent=99), NOW)
     assert err.value.reason == UNKNOWN_TORRENT
 
 
 def test_open_store_registers_unknown_hashes(store_url):
     store = open_store(store_url, TIMEOUT, register_unknown=True)
     store.create_tables()
-    result = store.announce(ann(1, torrent=42), NOW)
+    swarms = LiveSwarms(store, SYNC)
+    result = swarms.announce(ann(1, torrent=42), NOW)
     assert (result.stats.complete, result.stats.incomplete) == (0, 1)
+    swarms.flush()
     assert store.scrape([ih(42)], NOW)[ih(42)].incomplete == 1
 
 
-def test_peers_find_each_other_but_never_themselves(store):
-    assert store.announce(ann(1), NOW).peers == ()
-    result = store.announce(ann(2), NOW)
+def test_peers_find_each_other_but_never_themselves(store, swarms):
+    assert swarms.announce(ann(1), NOW).peers == ()
+    result = swarms.announce(ann(2), NOW)
     assert [p.peer_id for p in result.peers] == [pid(1)]
     assert (result.peers[0].ip, result.peers[0].port) == (V4, 6001)
     assert result.stats.incomplete == 2
 
 
-def test_seeds_get_only_leechers(store):
-    store.announce(ann(1, left=0), NOW)
-    store.announce(ann(2, left=0), NOW)
-    store.announce(ann(3, left=5), NOW)
-    store.announce(ann(4, left=0, event=Event.PAUSED), NOW)
-    seed_view = store.announce(ann(1, left=0), NOW)
+def test_seeds_get_only_leechers(store, swarms):
+    swarms.announce(ann(1, left=0), NOW)
+    swarms.announce(ann(2, left=0), NOW)
+    swarms.announce(ann(3, left=5), NOW)
+    swarms.announce(ann(4, left=0, event=Event.PAUSED), NOW)
+    seed_view = swarms.announce(ann(1, left=0), NOW)
     assert {p.peer_id for p in seed_view.peers} == {pid(3)}
-    leecher_view = store.announce(ann(3, left=5), NOW)
+    leecher_view = swarms.announce(ann(3, left=5), NOW)
     assert {p.peer_id for p in leecher_view.peers} == {pid(1), pid(2), pid(4)}
 
 
-def test_partial_seeds_are_incomplete_but_not_downloaders(store):
+def test_partial_seeds_are_incomplete_but_not_downloaders(store, swarms):
     """BEP 21."""
-    store.announce(ann(1, left=0), NOW)
-    store.announce(ann(2, left=5), NOW)
-    store.announce(ann(3, left=5, event=Event.PAUSED), NOW)
-    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    swarms.announce(ann(1, left=0), NOW)
+    swarms.announce(ann(2, left=5), NOW)
+    swarms.announce(ann(3, left=5, event=Event.PAUSED), NOW)
+    stats = swarms.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.complete, stats.incomplete, stats.downloaders) == (1, 2, 1)
 
 
-def test_numwant_limits_the_peer_list_and_zero_sends_none(store):
+def test_numwant_limits_the_peer_list_and_zero_sends_none(store, swarms):
     for n in range(1, 31):
-        store.announce(ann(n), NOW)
-    assert len(store.announce(ann(99, numwant=7), NOW).peers) == 7
-    assert store.announce(ann(98, numwant=0), NOW).peers == ()
-    everyone = store.announce(ann(97, numwant=200), NOW).peers
+        swarms.announce(ann(n), NOW)
+    assert len(swarms.announce(ann(99, numwant=7), NOW).peers) == 7
+    assert swarms.announce(ann(98, numwant=0), NOW).peers == ()
+    everyone = swarms.announce(ann(97, numwant=200), NOW).peers
     assert len(everyone) == 32 and pid(97) not in {p.peer_id for p in everyone}
 
 
-def test_completed_counts_once_per_peer(store):
-    store.announce(ann(1, left=10, event=Event.STARTED), NOW)
-    assert store.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
-    assert store.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
-    assert store.announce(ann(1, left=0), NOW).stats.downloaded == 1
+def test_completed_counts_once_per_peer(store, swarms):
+    swarms.announce(ann(1, left=10, event=Event.STARTED), NOW)
+    assert swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
+    assert swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW).stats.downloaded == 1
+    assert swarms.announce(ann(1, left=0), NOW).stats.downloaded == 1
+    stats = swarms.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.incomplete, stats.downloaded) == (1, 0, 1)
+    swarms.flush()
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.complete, stats.incomplete, stats.downloaded) == (1, 0, 1)
 
 
-def test_stopped_removes_the_peer_and_returns_no_peers(store):
-    store.announce(ann(1), NOW)
-    store.announce(ann(2), NOW)
-    result = store.announce(ann(1, event=Event.STOPPED, numwant=0), NOW)
+def test_stopped_removes_the_peer_and_returns_no_peers(store, swarms):
+    swarms.announce(ann(1), NOW)
+    swarms.announce(ann(2), NOW)
+    result = swarms.announce(ann(1, event=Event.STOPPED, numwant=0), NOW)
     assert result.peers == () and result.stats.incomplete == 1
+    swarms.flush()
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
     # Stopping an unknown peer is harmless.
-    assert store.announce(ann(9, event=Event.STOPPED, numwant=0), NOW).stats.incomplete == 1
+    assert swarms.announce(ann(9, event=Event.STOPPED, numwant=0), NOW).stats.incomplete == 1
 
 
-def test_key_protects_a_peer_from_another_address(store):
+def test_key_protects_a_peer_from_another_address(store, swarms):
     other = bytes([198, 51, 100, 9])
-    store.announce(ann(1, key=b"\x00\xffk1"), NOW)
+    swarms.announce(ann(1, key=b"\x00\xffk1"), NOW)
     with pytest.raises(ClientError) as err:
-        store.announce(ann(1, ip=other, key=b"wrong"), NOW)
+        swarms.announce(ann(1, ip=other, key=b"wrong"), NOW)
     assert err.value.reason == PEER_CONFLICT
     with pytest.raises(ClientError):
-        store.announce(ann(1, ip=other, event=Event.STOPPED), NOW)
-    moved = store.announce(ann(2, ip=other), NOW)
+        swarms.announce(ann(1, ip=other, event=Event.STOPPED), NOW)
+    moved = swarms.announce(ann(2, ip=other), NOW)
     assert [(p.peer_id, p.ip) for p in moved.peers] == [(pid(1), V4)]
-    store.announce(ann(1, ip=other, key=b"\x00\xffk1"), NOW)  # same key: the peer moved
-    assert [p.ip for p in store.announce(ann(3), NOW).peers if p.peer_id == pid(1)] == [other]
+    swarms.announce(ann(1, ip=other, key=b"\x00\xffk1"), NOW)  # same key: the peer moved
+    assert [p.ip for p in swarms.announce(ann(3), NOW).peers if p.peer_id == pid(1)] == [other]
 
 
-def test_same_peer_id_in_two_torrents_is_two_peers(store):
+def test_same_peer_id_in_two_torrents_is_two_peers(store, swarms):
     """The original keyed peers by peer_id alone; one client seeds many torrents."""
     store.register(Torrent(ih(2), None, "two", 5), NOW)
-    store.announce(ann(1, torrent=1), NOW)
-    store.announce(ann(1, torrent=2), NOW)
+    swarms.announce(ann(1, torrent=1), NOW)
+    swarms.announce(ann(1, torrent=2), NOW)
+    scrape = swarms.scrape([ih(1), ih(2)], NOW)
+    assert scrape[ih(1)].incomplete == 1 and scrape[ih(2)].incomplete == 1
+    swarms.flush()
     scrape = store.scrape([ih(1), ih(2)], NOW)
     assert scrape[ih(1)].incomplete == 1 and scrape[ih(2)].incomplete == 1
 
 
-def test_ipv6_peers_keep_their_address(store):
-    store.announce(ann(1, ip=V6), NOW)
-    assert store.announce(ann(2), NOW).peers[0].ip == V6
+def test_ipv6_peers_keep_their_address(store, swarms):
+    swarms.announce(ann(1, ip=V6), NOW)
+    assert swarms.announce(ann(2), NOW).peers[0].ip == V6
 
 
-def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store):
+def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store, swarms):
     """As the original: counts are corrected when the refresh expires silent peers."""
-    store.announce(ann(1), NOW - TIMEOUT - 1)
-    store.announce(ann(2), NOW - 10)
-    result = store.announce(ann(3), NOW)
+    swarms.announce(ann(1), NOW - TIMEOUT - 1)
+    swarms.flush()
+    swarms.announce(ann(2), NOW - 10)
+    swarms.flush()
+    result = swarms.announce(ann(3), NOW)  # the view is read again, without peer 1
     assert [p.peer_id for p in result.peers] == [pid(2)]
     assert result.stats.incomplete == 3
+    swarms.flush()
     assert store.expire_peers(NOW) == 1
     assert store.expire_peers(NOW) == 0
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
-    assert store.announce(ann(3), NOW).stats.incomplete == 2
+    assert swarms.announce(ann(3), NOW + SYNC).stats.incomplete == 2
 
 
-def test_a_large_swarm_hands_out_a_random_window(store):
+def test_a_large_swarm_hands_out_a_random_window(store, swarms):
     """numwant peers out of many, never the asker, and not always the same ones."""
     for n in range(1, 121):
-        store.announce(ann(n, left=0 if n % 3 == 0 else 5), NOW)
+        swarms.announce(ann(n, left=0 if n % 3 == 0 else 5), NOW)
     seen = set()
     for _ in range(20):
-        peers = store.announce(ann(200), NOW).peers
+        peers = swarms.announce(ann(200), NOW).peers
         assert len(peers) == 50 and pid(200) not in {p.peer_id for p in peers}
         assert len({p.peer_id for p in peers}) == 50
         seen |= {p.peer_id for p in peers}
     assert len(seen) > 100
-    seed_view = store.announce(ann(3, left=0, numwant=200), NOW).peers
+    seed_view = swarms.announce(ann(3, left=0, numwant=200), NOW).peers
     assert len(seed_view) == 80 + 1  # every leecher, the new one (200) included
 
 
-def test_v2_alias_is_the_same_swarm(store):
+def test_v2_alias_is_the_same_swarm(store, swarms):
     """BEP 52: a hybrid torrent is announced under its v1 and truncated v2 hashes."""
     v1, v2 = ih(10), ih(11)
     assert store.register(Torrent(v1, v2, "hybrid", 7), NOW) is True
     assert store.register(Torrent(v1, v2, "hybrid", 7), NOW) is False
-    store.announce(ann(1, info_hash=v1), NOW)
-    assert [p.peer_id for p in store.announce(ann(2, info_hash=v2), NOW).peers] == [pid(1)]
-    scrape = store.scrape([v1, v2], NOW)
+    swarms.announce(ann(1, info_hash=v1), NOW)
+    assert [p.peer_id for p in swarms.announce(ann(2, info_hash=v2), NOW).peers] == [pid(1)]
+    scrape = swarms.scrape([v1, v2], NOW)
     assert scrape[v1].incomplete == scrape[v2].incomplete == 2
     assert scrape[v1].name == "hybrid"
 
 
-def test_scrape_leaves_out_unknown_hashes_and_full_scrape_lists_all(store):
+def test_scrape_leaves_out_unknown_hashes_and_full_scrape_lists_all(store, swarms):
     store.register(Torrent(ih(2), ih(3), "two", 5), NOW)
     assert set(store.scrape([ih(1), ih(77)], NOW)) == {ih(1)}
+    assert set(swarms.scrape([ih(1), ih(77)], NOW)) == {ih(1)}
     assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(3)}
 
 
-def test_unregister_removes_the_torrent_and_its_peers(store):
-    store.announce(ann(1), NOW)
+def test_unregister_removes_the_torrent_and_its_peers(store, swarms):
+    swarms.announce(ann(1), NOW)
     assert store.unregister([ih(1)]) == 1
-    with pytest.raises(ClientError):
-        store.announce(ann(2), NOW)
-    assert store.scrape([ih(1)], NOW) == {}
+    # Unwritten announces of the torrent are dropped, not written as orphan peers.
+    swarms.announce(ann(2), NOW)
+    swarms.flush()
+    with pytest.raises(ClientError) as err:
+        swarms.announce(ann(3), NOW + SYNC)  # the view is read again: the torrent is gone
+    assert err.value.reason == UNKNOWN_TORRENT
+    assert swarms.scrape([ih(1)], NOW + SYNC) == {}
     assert store.unregister([ih(1)]) == 0
+    assert store.expire_peers(NOW + 10 * TIMEOUT) == 0  # no peer rows were left behind
 
 
-def test_binary_ids_round_trip_exactly(store):
+def test_binary_ids_round_trip_exactly(store, swarms):
     """Trailing spaces and NULs survive (the original's CHAR columns stripped them)."""
     awkward = b"\x00" * 10 + b" " * 10
     store.register(Torrent(awkward, None, "awkward", 1), NOW)
     peer_id = b"peer   \x00\x00" + b" " * 11
     request = ann(1, info_hash=awkward)
-    store.announce(AnnounceRequest(**{**_fields(request), "peer_id": peer_id}), NOW)
-    peers = store.announce(ann(2, info_hash=awkward), NOW).peers
+    swarms.announce(AnnounceRequest(**{**_fields(request), "peer_id": peer_id}), NOW)
+    peers = swarms.announce(ann(2, info_hash=awkward), NOW).peers
     assert [p.peer_id for p in peers] == [peer_id]
-    assert set(store.scrape([awkward], NOW)) == {awkward}
+    assert set(swarms.scrape([awkward], NOW)) == {awkward}
 
 
 def _fields(request: AnnounceRequest) -> dict:
     return {name: getattr(request, name) for name in request.__slots__}
 
 
-def test_concurrent_announces_lose_nothing(store):
+def test_concurrent_announces_lose_nothing(store, swarms):
     """Each thread has its own connection; 8 threads x 25 peers all land, and the 200
     completions are each counted exactly once."""
     errors = []
@@ -220,8 +246,8 @@ def test_concurrent_announces_lose_nothing(store):
     def worker(base: int) -> None:
         try:
             for n in range(base, base + 25):
-                store.announce(ann(n, left=10), NOW)
-                store.announce(ann(n, left=0, event=Event.COMPLETED), NOW)
+                swarms.announce(ann(n, left=10), NOW)
+                swarms.announce(ann(n, left=0, event=Event.COMPLETED), NOW)
             store.close()
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -232,6 +258,9 @@ def test_concurrent_announces_lose_nothing(store):
     for t in threads:
         t.join()
     assert errors == []
+    stats = swarms.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.downloaded) == (200, 200)
+    swarms.flush()
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.complete, stats.downloaded) == (200, 200)
 
@@ -242,7 +271,7 @@ def test_connection_type_is_reported(store, store_url):
     assert PeerState.SEED == 1  # stored as a small integer in both schemas
 
 
-def test_racing_announces_of_one_peer_count_it_once(store):
+def test_racing_announces_of_one_peer_count_it_once(store, swarms):
     """libtorrent announces a hybrid torrent's v1 and v2 hashes at the same moment with one
     peer_id: the swarm's counts must still say one peer per peer_id."""
     v1, v2 = ih(20), ih(21)
@@ -253,15 +282,19 @@ def test_racing_announces_of_one_peer_count_it_once(store):
 
         def go(info_hash: bytes) -> None:
             barrier.wait()
-            store.announce(ann(n, info_hash=info_hash, left=0), NOW)
+            swarms.announce(ann(n, info_hash=info_hash, left=0), NOW)
 
         threads = [threading.Thread(target=go, args=(h,)) for h in (v1, v2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    stats = store.scrape([v1], NOW)[v1]
+    stats = swarms.scrape([v1], NOW)[v1]
     assert (stats.complete, stats.incomplete) == (rounds, 0)
+    swarms.flush()
+    assert (store.scrape([v1], NOW)[v1].complete, store.scrape([v1], NOW)[v1].incomplete) == (rounds, 0)
     for n in range(1, rounds + 1):
-        store.announce(ann(n, info_hash=v2, event=Event.STOPPED, numwant=0), NOW)
+        swarms.announce(ann(n, info_hash=v2, event=Event.STOPPED, numwant=0), NOW)
+    assert swarms.scrape([v1], NOW)[v1].complete == 0
+    swarms.flush()
     assert store.scrape([v1], NOW)[v1].complete == 0

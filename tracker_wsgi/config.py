@@ -45,6 +45,10 @@ class Config:
     numwant_max: int = 200
     # Seconds after its last announce that a peer is dropped (1.5 x interval, as the original).
     peer_timeout: int = 2700
+    # Seconds between each daemon process's writes of the announces it answered, and the
+    # age at which it re-reads a swarm from the database: a peer announced to one process
+    # or host is handed out by the others within about twice this (see tracker_wsgi/live.py).
+    sync_interval: int = 2
     # Answer a scrape that names no info_hash with every torrent.
     full_scrape: bool = False
     # Networks whose X-Forwarded-For is believed and whose clients may set `ip=`.
@@ -69,6 +73,7 @@ _RANGES = {
     "numwant_max": (1, 1000),
     "peer_timeout": (60, 7 * 86400),
     "refresh_interval": (60, 86400),
+    "sync_interval": (1, 60),
 }
 MIN_SECRET_LENGTH = 16  # a refresh secret short enough to guess is no secret
 

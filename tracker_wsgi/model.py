@@ -79,6 +79,32 @@ class Peer(NamedTuple):
     peer_id: bytes
 
 
+class PeerWrite(NamedTuple):
+    """What one announce writes to its peer's row; the store writes many of them at once."""
+
+    peer_id: bytes
+    ip: bytes
+    port: int
+    key: bytes | None  # the key to keep: the announce's, or the one the peer registered
+    state: PeerState
+    left: int
+    uploaded: int
+    downloaded: int
+    last_seen: int
+    stopped: bool  # the peer leaves the swarm: its row is deleted
+
+
+class SwarmSnapshot(NamedTuple):
+    """A swarm as the store holds it: its counters and up to a limit of its live peers."""
+
+    name: str
+    downloaded: int
+    seeders: int
+    leechers: int
+    partial_seeds: int
+    peers: list[tuple[bytes, bytes, int, int, bytes | None, int]]  # peer_id, ip, port, state, key, left
+
+
 @dataclass(frozen=True, slots=True)
 class SwarmStats:
     complete: int  # seeds

@@ -38,6 +38,7 @@ from .protocol import (
     parse_scrape,
     FULL_SCRAPE_DISABLED,
 )
+from .live import LiveSwarms
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .store import Store, open_configured
 
@@ -74,6 +75,7 @@ class Tracker:
         self.store = store
         self.clock = clock
         self.rng = rng or random.Random()
+        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
@@ -139,7 +141,7 @@ class Tracker:
     def _announce(self, environ: dict[str, Any], params: dict[bytes, list[bytes]]) -> Response:
         client_ip = self._client(environ)
         request = parse_announce(params, client_ip, self.policy, is_trusted(client_ip, self.trusted))
-        result = self.store.announce(request, int(self.clock()))
+        result = self.swarms.announce(request, int(self.clock()))
         interval = jittered_interval(self.config.interval, self.rng)
         body = encode_announce(request, result, interval, self.config.min_interval)
         return _answer(body, BINARY if request.compact else TEXT)
@@ -147,7 +149,7 @@ class Tracker:
     def scrape(self, environ: dict[str, Any]) -> Response:
         hashes = parse_scrape(self._params(environ))
         now = int(self.clock())
-        files = self.store.scrape(hashes, now) if hashes else self.full_scrape(now)
+        files = self.swarms.scrape(hashes, now) if hashes else self.full_scrape(now)
         return _answer(encode_scrape(files))
 
     @staticmethod

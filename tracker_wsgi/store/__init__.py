@@ -9,11 +9,17 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
 - Connections are per thread and made on first use; a connection the server dropped is
   replaced and the work retried once, so a database restart costs only the requests that
   arrive while it is down.
-- `announce` is one transaction: the peer's row, the torrent's `downloaded` and the answer
-  are consistent. A `completed` is committed before the answer is sent.
-- Peers silent longer than `peer_timeout` are never handed out. They stay in the counts
-  until `expire_peers` deletes them and recounts every torrent (the refresh does), as the
-  original's summary table did; announces keep the counts in between.
+- Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
+  store as `write_through` (one announce, committed before its answer: a `started` or a
+  completion) and `write_batch` (many, every sync_interval). Every writer locks the rows of
+  the torrents it writes, in id order, so processes and hosts sharing one database take
+  turns per swarm and never deadlock; a batch recounts the swarms it wrote.
+- A peer is only ever changed by its own address, or by another one with its key
+  (swarm.plan_announce's rule, checked again against the stored row).
+- A completion is counted once per peer, whichever process or host sees it.
+- Peers silent longer than `peer_timeout` are never read into a swarm. They stay in the
+  counts until `expire_peers` deletes them and recounts every torrent (the refresh does),
+  as the original's summary table did.
 - An unknown info hash is a ClientError(UNKNOWN_TORRENT), unless the store was opened with
   `register_unknown=True` (whitelist mode `open`), when it becomes a new swarm.
 """
@@ -24,15 +30,27 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from ..config import Config, ConfigError
-from ..model import AnnounceRequest, AnnounceResult, SwarmStats, Torrent, TorrentReport
+from ..model import PeerWrite, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
 
 
 class Store(Protocol):
     def create_tables(self) -> None:
         """Create missing tables; safe to repeat."""
 
-    def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
-        """Apply one announce and answer it (see swarm.plan_announce for the rules)."""
+    def find_torrent(self, info_hash: bytes, now: int) -> int:
+        """The id of the torrent an info hash names; raises ClientError(UNKNOWN_TORRENT)."""
+
+    def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
+        """A torrent's counters and up to `limit` of its live peers (a random sample of a
+        larger swarm); None if the torrent is no longer registered."""
+
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
+        """Write one announce now, counting its completion once per peer; returns the
+        torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""
+
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+        """Write many announces in one transaction, in order, and recount their swarms.
+        Writes that break the key rule are dropped. Returns the torrent ids no longer registered."""
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats keyed by each requested hash that names a torrent; unknown ones are left out."""

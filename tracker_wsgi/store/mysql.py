@@ -31,22 +31,34 @@ _TRANSIENT_ERRNOS = {
 }
 
 
+_PEER_COLUMNS = (
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank"
+)
+_PEER_ROW = "(" + ", ".join(["%s"] * 11) + ")"
+# An older announce never overwrites a newer one (two processes' batches may cross).
+# MySQL assigns left to right, so last_seen goes last and the guard reads its old value.
+_NEWER = "VALUES(last_seen) >= last_seen"
+_UPDATE_PEER = ", ".join(
+    [f"{column} = IF({_NEWER}, VALUES({column}), {column})"
+     for column in ("ip", "port", "state", "bytes_left", "uploaded", "downloaded")]
+    + [f"peer_key = IF({_NEWER}, COALESCE(VALUES(peer_key), peer_key), peer_key)",
+       "last_seen = GREATEST(last_seen, VALUES(last_seen))"]
+)
+
+
 class MysqlDialect(Dialect):
-    lock_peer = " FOR UPDATE"
-    lock_torrents = "SELECT id FROM torrents FOR UPDATE"
-    upsert_peer = (
-        "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
-        "uploaded, downloaded, last_seen, peer_rank) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON DUPLICATE KEY UPDATE ip = VALUES(ip), port = VALUES(port), peer_key = VALUES(peer_key), "
-        "state = VALUES(state), bytes_left = VALUES(bytes_left), uploaded = VALUES(uploaded), "
-        "downloaded = VALUES(downloaded), last_seen = VALUES(last_seen)"
-    )
+    lock_rows = " FOR UPDATE"
 
     @staticmethod
-    def upsert_inserted(rowcount: int) -> bool:
-        # ON DUPLICATE KEY UPDATE: 1 inserted, 2 updated, 0 unchanged (the connector does not
-        # set CLIENT_FOUND_ROWS).
-        return rowcount == 1
+    def pairs(n: int) -> str:
+        return ", ".join(["(?, ?)"] * n)
+
+    @staticmethod
+    def upsert_peers(n: int) -> str:
+        return (
+            f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES {', '.join([_PEER_ROW] * n)} "
+            f"ON DUPLICATE KEY UPDATE {_UPDATE_PEER}"
+        )
 
 
 def _placeholders(value: Any) -> Any:

@@ -14,88 +14,94 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..model import (
-    AnnounceRequest,
-    AnnounceResult,
-    ClientError,
-    Peer,
-    PeerState,
-    SwarmStats,
-    Torrent,
-    TorrentReport,
-)
-from ..protocol import UNKNOWN_TORRENT
-from ..swarm import StoredPeer, count_stats, counter_deltas, plan_announce
+from ..model import ClientError, PeerState, PeerWrite, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from ..protocol import PEER_CONFLICT, UNKNOWN_TORRENT
+from ..swarm import count_stats
 
 T = TypeVar("T")
 
 # Random peer ranks and window starts. ORDER BY RAND() would sort the whole swarm on every
-# announce (the original avoided it for the same reason); OFFSET would read up to it.
+# read (the original avoided it for the same reason); OFFSET would read up to it.
 _rng = random.Random()
-_COUNTER_ORDER = (PeerState.SEED, PeerState.LEECHER, PeerState.PARTIAL_SEED)  # torrents' columns
 
 
 class Dialect:
     """Statements whose syntax differs between databases (subclasses override)."""
 
-    upsert_peer = ""
-    # Appended to STORED_PEER where announces run concurrently: a state change re-reads the
-    # peer's row under a lock, so two racing announces of one peer change the counters once.
-    lock_peer = ""
-    # Run first in the expiry's transaction where announces run concurrently. Holding every
-    # torrent row means no announce can change a counter between the recount's read of the
-    # peers and its write (it would be lost); announces that change no counter go on.
-    lock_torrents = ""
+    # Appended to a SELECT of torrent rows that a transaction will write, where writers run
+    # concurrently (MySQL); SQLite's BEGIN IMMEDIATE already makes the writer the only one.
+    lock_rows = ""
 
     @staticmethod
-    def upsert_inserted(rowcount: int) -> bool:
-        """Whether the upsert of a peer the lookup did not find inserted it. Where
-        transactions are serial (SQLite) it always did; MySQL says so in the row count."""
-        return True
+    def pairs(n: int) -> str:
+        """n (torrent_id, peer_id) pairs for `(torrent_id, peer_id) IN (...)`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def upsert_peers(n: int) -> str:
+        """Insert n peers or update their rows; an older announce never overwrites a newer."""
+        raise NotImplementedError
 
 
-def _stored_peer(row: Sequence[Any]) -> StoredPeer | None:
-    ip, key, state, left, completed = row
-    if ip is None:
-        return None
-    return StoredPeer(bytes(ip), bytes(key) if key else None, PeerState(state), left, bool(completed))
+BATCH_ROWS = 500  # rows per statement in a batch write
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
+    """swarm.plan_announce's rule against a stored row: another address needs the peer's key."""
+    return bytes(stored_ip) != write.ip and (stored_key is None or bytes(stored_key) != write.key)
 
 
 class SqlStore:
     dialect = Dialect
 
-    # The torrent, its counters and the announcing peer's row, in one round trip.
-    LOOKUP = (
-        "SELECT t.id, t.downloaded, t.seeders, t.leechers, t.partial_seeds, "
-        "p.ip, p.peer_key, p.state, p.bytes_left, p.completed "
-        "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id "
-        "LEFT JOIN peers p ON p.torrent_id = t.id AND p.peer_id = ? WHERE h.info_hash = ?"
+    FIND_TORRENT = "SELECT torrent_id FROM info_hashes WHERE info_hash = ?"
+    SWARM_COUNTS = "SELECT name, downloaded, seeders, leechers, partial_seeds FROM torrents WHERE id = ?"
+    # A swarm's live peers: all of a small swarm, a window of random ranks of a large one
+    # (index by_rank), so a reload reads at most `limit` rows whatever the swarm's size.
+    _SWARM_PEERS = (
+        "SELECT peer_id, ip, port, state, peer_key, bytes_left FROM peers "
+        "WHERE torrent_id = ? AND last_seen >= ?"
     )
-    STORED_PEER = (
-        "SELECT ip, peer_key, state, bytes_left, completed FROM peers WHERE torrent_id = ? AND peer_id = ?"
-    )
-    DELETE_PEER = "DELETE FROM peers WHERE torrent_id = ? AND peer_id = ?"
-    ADD_TRANSFERRED = "UPDATE torrents SET transferred = transferred + ? WHERE id = ?"
-    # Conditional, so two racing `completed` announces of one peer count once.
-    MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
-    COUNT_COMPLETION = "UPDATE torrents SET downloaded = downloaded + 1 WHERE id = ?"
+    SWARM_PEERS = {
+        "all": _SWARM_PEERS + " LIMIT ?",
+        "from": _SWARM_PEERS + " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?",
+        "below": _SWARM_PEERS + " AND peer_rank < ? ORDER BY peer_rank LIMIT ?",
+    }
+    # Every transaction that writes peers locks their torrents' rows first, in id order:
+    # writers of one swarm take turns, and the recount at the end sees every row.
+    LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
+    LOCK_TORRENTS = "SELECT id FROM torrents WHERE id IN ({}) ORDER BY id"
+    LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
+    STORED_PEER = "SELECT ip, peer_key, state FROM peers WHERE torrent_id = ? AND peer_id = ?"
     ADD_COUNTS = (
-        "UPDATE torrents SET seeders = seeders + ?, leechers = leechers + ?, "
+        "UPDATE torrents SET leechers = leechers + ?, seeders = seeders + ?, "
         "partial_seeds = partial_seeds + ? WHERE id = ?"
     )
-    # Peer lists: a window of random ranks (index by_rank / by_state_rank), so the cost is
-    # numwant rows whatever the swarm's size; stale peers are skipped, the asker too.
-    _PEERS = "SELECT ip, port, peer_id FROM peers WHERE torrent_id = ? AND last_seen >= ? AND peer_id <> ?"
-    _LEECHERS = _PEERS + " AND state = 0"
-    SELECT_PEERS = {
-        (wants_seeds, window): query + window_sql
-        for wants_seeds, query in ((True, _PEERS), (False, _LEECHERS))
-        for window, window_sql in (
-            ("all", " LIMIT ?"),
-            ("from", " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?"),
-            ("below", " AND peer_rank < ? ORDER BY peer_rank LIMIT ?"),
-        )
-    }
+    STORED_PEERS = (
+        "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers "
+        "WHERE (torrent_id, peer_id) IN ({})"
+    )
+    DELETE_PEERS = "DELETE FROM peers WHERE (torrent_id, peer_id) IN ({})"
+    ADD_TRANSFERRED = "UPDATE torrents SET transferred = transferred + ? WHERE id = ?"
+    # Conditional, so two racing completions of one peer count once.
+    MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
+    COUNT_COMPLETION = "UPDATE torrents SET downloaded = downloaded + ? WHERE id = ?"
+    # Swarm counts are recounted from the peers of every torrent a batch wrote; an index
+    # range count (by_state_rank), once per batch, not once per announce.
+    RECOUNT = (
+        "UPDATE torrents SET "
+        "seeders = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 1), "
+        "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
+        "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)"
+    )
     INSERT_TORRENT = (
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
     )
@@ -116,11 +122,6 @@ class SqlStore:
         "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?) "
         "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
         "DELETE FROM peers WHERE last_seen < ?",
-        # Recount every torrent: corrects any drift the announces' counters picked up.
-        "UPDATE torrents SET "
-        "seeders = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 1), "
-        "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
-        "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)",
     )
     TAKE_REFRESH_LOCK = (
         "UPDATE refresh_state SET lock_owner = ?, lock_until = ? WHERE id = 1 AND lock_until < ?"
@@ -225,81 +226,127 @@ class SqlStore:
 
     # -- the store interface --------------------------------------------------------------
 
-    def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
-        return self._transaction(lambda cur: self._announce(cur, request, now))
-
-    def _announce(self, cur: Any, request: AnnounceRequest, now: int) -> AnnounceResult:
-        cur.execute(self.LOOKUP, (request.peer_id, request.info_hash))
-        row = cur.fetchone()
-        if row is None:
+    def find_torrent(self, info_hash: bytes, now: int) -> int:
+        def work(cur: Any) -> int:
+            cur.execute(self.FIND_TORRENT, (info_hash,))
+            row = cur.fetchone()
+            if row is not None:
+                return row[0]
             if not self.register_unknown:
                 raise ClientError(UNKNOWN_TORRENT)
-            torrent = Torrent(request.info_hash, None, "", 0)
-            row = (self._insert_torrent(cur, torrent, now), 0, 0, 0, 0, None, None, None, None, None)
-        torrent_id, downloaded, counts, stored = row[0], row[1], row[2:5], _stored_peer(row[5:])
-        update = plan_announce(request, stored)
-        if self.dialect.lock_peer and stored is not None and (update.remove or stored.state != request.state):
-            # Rare (start, finish, stop), so the common re-announce stays one read.
-            cur.execute(self.STORED_PEER + self.dialect.lock_peer, (torrent_id, request.peer_id))
-            stored = _stored_peer(cur.fetchone() or (None,) * 5)
-            update = plan_announce(request, stored)
+            return self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
 
-        # Two announces of one peer may race (libtorrent announces a hybrid torrent's v1 and
-        # v2 hash at once, with one peer_id): the write's own row count says what really
-        # changed, and the counters follow that, not the lookup.
-        if update.remove:
-            if stored is not None:
-                cur.execute(self.DELETE_PEER, (torrent_id, request.peer_id))
-                if cur.rowcount == 0:
-                    stored = None  # a racing `stopped` removed it first
-                cur.execute(self.ADD_TRANSFERRED, (request.uploaded, torrent_id))
-        else:
-            cur.execute(
-                self.dialect.upsert_peer,
-                (torrent_id, request.peer_id, request.ip, request.port, update.key,
-                 int(request.state), request.left, request.uploaded, request.downloaded, now,
-                 _rng.getrandbits(32)),
-            )
-            if stored is None and not self.dialect.upsert_inserted(cur.rowcount):
-                # A racing announce inserted it first, and counted it in its state.
-                stored = StoredPeer(request.ip, update.key, request.state, request.left, False)
-        if update.counts_completion:
-            cur.execute(self.MARK_COMPLETED, (torrent_id, request.peer_id))
-            if cur.rowcount == 1:
-                cur.execute(self.COUNT_COMPLETION, (torrent_id,))
-                downloaded += 1
-        deltas = counter_deltas(request, stored, update)
-        if deltas:
-            cur.execute(self.ADD_COUNTS, (*(deltas.get(s, 0) for s in _COUNTER_ORDER), torrent_id))
-        seeders, leechers, partial = (max(0, n + deltas.get(s, 0)) for n, s in zip(counts, _COUNTER_ORDER))
-        complete, incomplete, downloaders = count_stats(
-            {PeerState.SEED: seeders, PeerState.LEECHER: leechers, PeerState.PARTIAL_SEED: partial}
-        )
-        stats = SwarmStats(complete, incomplete, downloaded, downloaders)
-        if request.numwant == 0:
-            return AnnounceResult(stats, ())
-        wants_seeds = request.state.wants_seeds
-        # BEP 3 practice (and BitTornado): a seed is sent only peers that download.
-        eligible = complete + incomplete - 1 if wants_seeds else downloaders
-        return AnnounceResult(stats, self._select_peers(cur, request, torrent_id, now, wants_seeds, eligible))
+        return self._transaction(work)
 
-    def _select_peers(
-        self, cur: Any, request: AnnounceRequest, torrent_id: int, now: int, wants_seeds: bool, eligible: int
-    ) -> tuple[Peer, ...]:
-        if eligible <= 0:
-            return ()
-        head = (torrent_id, now - self.peer_timeout, request.peer_id)
-        if eligible <= request.numwant:
-            cur.execute(self.SELECT_PEERS[wants_seeds, "all"], (*head, request.numwant))
-            rows = cur.fetchall()
-        else:
-            start = _rng.getrandbits(32)
-            cur.execute(self.SELECT_PEERS[wants_seeds, "from"], (*head, start, request.numwant))
-            rows = cur.fetchall()
-            if len(rows) < request.numwant:  # wrap around to the lowest ranks
-                cur.execute(self.SELECT_PEERS[wants_seeds, "below"], (*head, start, request.numwant - len(rows)))
-                rows += cur.fetchall()
-        return tuple(map(Peer._make, rows))  # both drivers return BLOB/BINARY as bytes
+    def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
+        def work(cur: Any) -> SwarmSnapshot | None:
+            cur.execute(self.SWARM_COUNTS, (torrent_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            name, downloaded, seeders, leechers, partial = row
+            head = (torrent_id, now - self.peer_timeout)
+            if seeders + leechers + partial <= limit:
+                cur.execute(self.SWARM_PEERS["all"], (*head, limit))
+                peers = cur.fetchall()
+            else:
+                # A window of random ranks: a different sample of a large swarm each time.
+                start = _rng.getrandbits(32)
+                cur.execute(self.SWARM_PEERS["from"], (*head, start, limit))
+                peers = cur.fetchall()
+                if len(peers) < limit:  # wrap around to the lowest ranks
+                    cur.execute(self.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
+                    peers += cur.fetchall()
+            return SwarmSnapshot(name, downloaded, seeders, leechers, partial, [
+                (bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left)
+                for peer_id, ip, port, state, key, left in peers
+            ])
+
+        return self._transaction(work)
+
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
+        def work(cur: Any) -> int:
+            cur.execute(self.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise ClientError(UNKNOWN_TORRENT)
+            downloaded = row[0]
+            cur.execute(self.STORED_PEER, (torrent_id, write.peer_id))
+            stored = cur.fetchone()
+            if stored is not None and _conflicts(stored[0], stored[1], write):
+                raise ClientError(PEER_CONFLICT)
+            self._upsert(cur, [(torrent_id, write)])
+            # The counters move with the row at once, so a swarm read by another thread or
+            # process agrees with its peers; the next batch recounts anyway.
+            if stored is None or stored[2] != write.state:
+                deltas = [0, 0, 0]  # by PeerState
+                deltas[write.state] += 1
+                if stored is not None:
+                    deltas[stored[2]] -= 1
+                cur.execute(self.ADD_COUNTS, (*deltas, torrent_id))
+            if completion:
+                cur.execute(self.MARK_COMPLETED, (torrent_id, write.peer_id))
+                if cur.rowcount == 1:
+                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
+                    downloaded += 1
+            return downloaded
+
+        return self._transaction(work)
+
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+        def work(cur: Any) -> set[int]:
+            wanted = sorted({torrent_id for torrent_id, _ in batch})
+            existing: set[int] = set()
+            for chunk in _chunks(wanted, BATCH_ROWS):
+                # In id order, like every writer of several torrents, so writers never deadlock.
+                cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(chunk))) + self.dialect.lock_rows), chunk)
+                existing.update(row[0] for row in cur.fetchall())
+            writes = [(t, w) for t, w in batch if t in existing]
+            stored: dict[tuple[int, bytes], tuple] = {}
+            for chunk in _chunks(writes, BATCH_ROWS):
+                cur.execute(self._sql(self.STORED_PEERS.format(self.dialect.pairs(len(chunk)))),
+                            [v for t, w in chunk for v in (t, w.peer_id)])
+                for torrent_id, peer_id, *row in cur.fetchall():
+                    stored[torrent_id, bytes(peer_id)] = row
+            upserts, stops, completions = [], [], []
+            transferred: dict[int, int] = {}
+            for torrent_id, write in writes:
+                row = stored.get((torrent_id, write.peer_id))
+                if row is not None and _conflicts(row[0], row[1], write):
+                    continue  # someone else's peer_id: the answer was sent, the write is not
+                if write.stopped:
+                    if row is not None:
+                        stops.append((torrent_id, write))
+                        transferred[torrent_id] = transferred.get(torrent_id, 0) + write.uploaded
+                    continue
+                upserts.append((torrent_id, write))
+                # The original's rule: a known leecher reporting left=0 has completed, event or not.
+                if write.left == 0 and row is not None and row[2] > 0 and not row[3]:
+                    completions.append((torrent_id, write.peer_id))
+            for chunk in _chunks(stops, BATCH_ROWS):
+                cur.execute(self._sql(self.DELETE_PEERS.format(self.dialect.pairs(len(chunk)))),
+                            [v for t, w in chunk for v in (t, w.peer_id)])
+            for torrent_id, amount in transferred.items():
+                cur.execute(self.ADD_TRANSFERRED, (amount, torrent_id))
+            for chunk in _chunks(upserts, BATCH_ROWS):
+                self._upsert(cur, chunk)
+            for torrent_id, peer_id in completions:
+                cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
+                if cur.rowcount == 1:
+                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
+            for chunk in _chunks(sorted(existing), BATCH_ROWS):
+                cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(chunk))})"), chunk)
+            return set(wanted) - existing
+
+        return self._transaction(work)
+
+    def _upsert(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]]) -> None:
+        """Insert or update peers' rows in one statement. A new row gets a random rank."""
+        values = []
+        for torrent_id, w in writes:
+            values += (torrent_id, w.peer_id, w.ip, w.port, w.key, int(w.state), w.left, w.uploaded,
+                       w.downloaded, w.last_seen, _rng.getrandbits(32))
+        cur.execute(self.dialect.upsert_peers(len(writes)), values)
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
         cur.execute(
@@ -369,14 +416,14 @@ class SqlStore:
         cutoff = now - self.peer_timeout
 
         def work(cur: Any) -> int:
-            add_transferred, delete, recount = self.EXPIRE
-            if self.dialect.lock_torrents:
-                cur.execute(self.dialect.lock_torrents)
-                cur.fetchall()
+            add_transferred, delete = self.EXPIRE
+            # Every torrent is recounted, so every torrent row is locked first (see LOCK_TORRENTS).
+            cur.execute(self.LOCK_ALL_TORRENTS + self.dialect.lock_rows)
+            cur.fetchall()
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
             expired = cur.rowcount
-            cur.execute(recount)
+            cur.execute(self.RECOUNT)  # also corrects anything the batches' recounts missed
             return expired
 
         return self._transaction(work)

@@ -77,15 +77,27 @@ CREATE TABLE IF NOT EXISTS skipped_files (
 BUSY_TIMEOUT_SECONDS = 5  # how long a writer waits for another process's transaction
 
 
+_PEER_COLUMNS = (
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank"
+)
+_PEER_ROW = "(" + ", ".join("?" * 11) + ")"
+
+
 class SqliteDialect(Dialect):
-    upsert_peer = (
-        "INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, "
-        "uploaded, downloaded, last_seen, peer_rank) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
-        "peer_key = excluded.peer_key, state = excluded.state, bytes_left = excluded.bytes_left, "
-        "uploaded = excluded.uploaded, downloaded = excluded.downloaded, "
-        "last_seen = excluded.last_seen"
-    )
+    @staticmethod
+    def pairs(n: int) -> str:
+        return "VALUES " + ", ".join(["(?, ?)"] * n)
+
+    @staticmethod
+    def upsert_peers(n: int) -> str:
+        return (
+            f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES {', '.join([_PEER_ROW] * n)} "
+            "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
+            "peer_key = COALESCE(excluded.peer_key, peers.peer_key), state = excluded.state, "
+            "bytes_left = excluded.bytes_left, uploaded = excluded.uploaded, "
+            "downloaded = excluded.downloaded, last_seen = excluded.last_seen "
+            "WHERE excluded.last_seen >= peers.last_seen"
+        )
 
 
 class SqliteStore(SqlStore):

@@ -1,0 +1,318 @@
+"""Swarms kept in the daemon process: announces answered from memory, written in batches.
+
+Each Apache daemon process keeps a view of every swarm it serves: the swarm's counters and
+up to VIEW_PEERS of its live peers, read from the store, plus every announce this process
+has answered since. A re-announce (nearly all traffic) is answered from the view with no
+database round trip; what it changed waits until the flush thread writes every waiting
+announce in one transaction, every `sync_interval` seconds and when the process exits.
+XBT and Ocelot do the same (peer-trackers.md section 4); they run one process per host,
+we run several per host and several hosts per database, so:
+
+- A completion (`completed`, or a leecher this process knew reporting left=0) and a
+  `started` are written through and committed before the answer: a killed process never
+  loses a completion, and a new peer is in the database for every other process at once.
+- A view older than `sync_interval` is read again before it answers, so a peer another
+  process or host heard from is handed out within about 2 x sync_interval.
+- A process killed without warning loses at most its last sync_interval of re-announces
+  and `stopped`s: peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
+- The key rule (swarm.plan_announce) is checked against the view when it holds the peer,
+  and again in the store against the stored row.
+
+Counts in answers are the store's counters as of the last read, moved by every announce
+this process answered since; every batch recounts the swarms it wrote.
+"""
+
+from __future__ import annotations
+
+import atexit
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from .model import (
+    AnnounceRequest,
+    AnnounceResult,
+    ClientError,
+    Event,
+    Peer,
+    PeerState,
+    PeerWrite,
+    SwarmSnapshot,
+    SwarmStats,
+)
+from .protocol import UNKNOWN_TORRENT
+from .store import Store
+from .swarm import StoredPeer, count_stats, plan_announce
+
+VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
+IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
+
+
+class Member(NamedTuple):
+    """A peer in a view."""
+
+    peer: Peer  # what answers hand out
+    state: PeerState
+    key: bytes | None
+    left: int
+
+
+class Swarm:
+    """One torrent's view: counters and peers, in pools that sample in O(numwant)."""
+
+    __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "members", "pools",
+                 "positions", "loaded_at", "loading", "used_at", "pending", "flushing")
+
+    def __init__(self, torrent_id: int):
+        self.torrent_id = torrent_id
+        self.hashes: set[bytes] = set()
+        self.name = ""
+        self.downloaded = 0
+        self.counts = [0, 0, 0]  # peers by PeerState: leechers, seeds, partial seeds
+        self.members: dict[bytes, Member] = {}
+        # pools[0]: leechers (what a seed is sent); pools[1]: seeds and partial seeds.
+        self.pools: tuple[list[Peer], list[Peer]] = ([], [])
+        self.positions: dict[bytes, int] = {}  # peer_id -> index in its pool
+        self.loaded_at = -1
+        self.loading = False
+        self.used_at = 0.0  # time.monotonic() of the last announce
+        self.pending: dict[bytes, PeerWrite] = {}  # announces not yet given to the store
+        self.flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
+
+    def install(self, snapshot: SwarmSnapshot, now: int) -> None:
+        """Replace the view with the store's, then replay this process's unwritten announces."""
+        self.name, self.downloaded = snapshot.name, snapshot.downloaded
+        self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
+        self.members, self.pools, self.positions = {}, ([], []), {}
+        for peer_id, ip, port, state, key, left in snapshot.peers:  # already in the counters
+            self._add(peer_id, Member(Peer(ip, port, peer_id), PeerState(state), key, left))
+        for write in (*self.flushing.values(), *self.pending.values()):
+            self.apply(write)
+        self.loaded_at = now
+
+    def apply(self, write: PeerWrite) -> None:
+        """Move the peer to its new state in the view (or out of it) and the counts with it."""
+        old = self.members.pop(write.peer_id, None)
+        if old is not None:
+            self.counts[old.state] -= 1
+            pool = self.pools[old.state is not PeerState.LEECHER]
+            index = self.positions.pop(write.peer_id)
+            last = pool.pop()
+            if index < len(pool):
+                pool[index] = last
+                self.positions[last.peer_id] = index
+        if not write.stopped:
+            member = Member(Peer(write.ip, write.port, write.peer_id), write.state, write.key, write.left)
+            self._add(write.peer_id, member)
+            self.counts[write.state] += 1
+
+    def _add(self, peer_id: bytes, member: Member) -> None:
+        self.members[peer_id] = member
+        pool = self.pools[member.state is not PeerState.LEECHER]
+        self.positions[peer_id] = len(pool)
+        pool.append(member.peer)
+
+    def stats(self) -> SwarmStats:
+        leechers, seeds, partial = (max(0, n) for n in self.counts)
+        complete, incomplete, downloaders = count_stats(
+            {PeerState.SEED: seeds, PeerState.LEECHER: leechers, PeerState.PARTIAL_SEED: partial}
+        )
+        return SwarmStats(complete, incomplete, self.downloaded, downloaders, self.name)
+
+    def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
+        """Up to numwant random peers, never the asker; a seed is sent only leechers
+        (BEP 3 practice, and BitTornado's)."""
+        leechers, others = self.pools
+        split = len(leechers)
+        total = split + len(others) if wants_seeds else split
+        if total <= numwant + 1:
+            chosen = leechers + others if wants_seeds else leechers
+        else:
+            chosen = [leechers[i] if i < split else others[i - split]
+                      for i in rng.sample(range(total), numwant + 1)]
+        return tuple([p for p in chosen if p.peer_id != asker][:numwant])
+
+
+class LiveSwarms:
+    """The swarms of one process, in front of the store. Thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        sync_interval: int,
+        log: Callable[[str], None] = lambda message: None,
+        rng: random.Random | None = None,
+    ):
+        self.store = store
+        self.sync_interval = sync_interval
+        self.log = log
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()  # guards every view; never held across a store call
+        self._flush_lock = threading.Lock()  # one batch at a time
+        self._by_hash: dict[bytes, Swarm] = {}
+        self._by_id: dict[int, Swarm] = {}
+        self._dirty: dict[int, Swarm] = {}  # swarms with pending announces
+        self._flusher: threading.Thread | None = None
+        self._failing = False
+
+    # -- announces and scrapes --------------------------------------------------------------
+
+    def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
+        swarm = self._swarm(request.info_hash, now)
+        peer_id = request.peer_id
+        with self._lock:
+            member = swarm.members.get(peer_id)
+        # Whether this peer's completion was counted is the store's to know (write_through).
+        stored = None if member is None else StoredPeer(member.peer.ip, member.key, member.state, member.left, False)
+        update = plan_announce(request, stored)  # raises PEER_CONFLICT
+        write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
+                          request.uploaded, request.downloaded, now, update.remove)
+        downloaded = None
+        if update.counts_completion or request.event is Event.STARTED:
+            try:
+                downloaded = self.store.write_through(swarm.torrent_id, write, update.counts_completion)
+            except ClientError as exc:
+                if exc.reason == UNKNOWN_TORRENT:
+                    self._forget(swarm)
+                raise
+        with self._lock:
+            if downloaded is not None:
+                swarm.downloaded = max(swarm.downloaded, downloaded)
+            swarm.apply(write)
+            # Written through or not, the batch writes it (again) so the swarm is recounted.
+            swarm.pending[peer_id] = write
+            self._dirty[swarm.torrent_id] = swarm
+            stats = swarm.stats()
+            peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
+        if self._flusher is None:
+            self._start_flusher()
+        return AnnounceResult(stats, peers)
+
+    def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
+        """Stats from fresh views; the rest from the store, in one query."""
+        result, rest = {}, []
+        with self._lock:
+            for info_hash in info_hashes:
+                swarm = self._by_hash.get(info_hash)
+                if swarm is not None and now - swarm.loaded_at < self.sync_interval:
+                    result[info_hash] = swarm.stats()
+                else:
+                    rest.append(info_hash)
+        if rest:
+            result.update(self.store.scrape(rest, now))
+        return result
+
+    def _swarm(self, info_hash: bytes, now: int) -> Swarm:
+        """The view of a swarm, read from the store first if it is missing or stale. While
+        one thread reads, others answer from the stale view."""
+        with self._lock:
+            swarm = self._by_hash.get(info_hash)
+            if swarm is not None:
+                swarm.used_at = time.monotonic()
+                if swarm.loading or now - swarm.loaded_at < self.sync_interval:
+                    return swarm
+                swarm.loading = True
+        try:
+            torrent_id = swarm.torrent_id if swarm is not None else self.store.find_torrent(info_hash, now)
+            snapshot = self.store.load_swarm(torrent_id, now, VIEW_PEERS)
+        except BaseException:
+            if swarm is not None:
+                with self._lock:
+                    swarm.loading = False
+            raise
+        with self._lock:
+            swarm = self._by_id.get(torrent_id)
+            if snapshot is None:
+                if swarm is not None:
+                    self._drop(swarm)
+                raise ClientError(UNKNOWN_TORRENT)
+            if swarm is None:
+                swarm = self._by_id[torrent_id] = Swarm(torrent_id)
+            swarm.install(snapshot, now)
+            swarm.loading = False
+            swarm.used_at = time.monotonic()
+            swarm.hashes.add(info_hash)
+            self._by_hash[info_hash] = swarm
+            return swarm
+
+    def _forget(self, swarm: Swarm) -> None:
+        with self._lock:
+            self._drop(swarm)
+
+    def _drop(self, swarm: Swarm) -> None:
+        """Forget an unregistered torrent (lock held); its unwritten announces go too."""
+        self._by_id.pop(swarm.torrent_id, None)
+        self._dirty.pop(swarm.torrent_id, None)
+        for info_hash in swarm.hashes:
+            self._by_hash.pop(info_hash, None)
+
+    # -- writing to the store ------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write every pending announce in one batch; returns how many. On failure they stay
+        pending (newer announces of a peer replace older ones) and the error is raised."""
+        with self._flush_lock:
+            with self._lock:
+                swarms = list(self._dirty.values())
+                self._dirty.clear()
+                for swarm in swarms:
+                    swarm.flushing.update(swarm.pending)
+                    swarm.pending = {}
+                batch = [(swarm.torrent_id, write) for swarm in swarms for write in swarm.flushing.values()]
+            try:
+                gone = self.store.write_batch(batch) if batch else set()
+            except BaseException:
+                with self._lock:
+                    for swarm in swarms:
+                        if swarm.torrent_id in self._by_id:
+                            self._dirty[swarm.torrent_id] = swarm
+                raise
+            with self._lock:
+                for swarm in swarms:
+                    swarm.flushing = {}
+                    if swarm.torrent_id in gone:
+                        self._drop(swarm)
+                self._evict_idle()
+            return len(batch)
+
+    def _evict_idle(self) -> None:
+        if not self._by_id:
+            return
+        cutoff = time.monotonic() - IDLE_SECONDS
+        for swarm in [s for s in self._by_id.values() if s.used_at < cutoff and not s.pending]:
+            self._drop(swarm)
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(target=self._flush_forever, name="tracker_wsgi flush", daemon=True)
+        self._flusher.start()
+        # mod_wsgi runs atexit functions when a daemon process shuts down (restart, recycle,
+        # Apache stop), so a clean stop loses nothing.
+        atexit.register(self._flush_at_exit)
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(self.sync_interval)
+            self._flush_logged()
+
+    def _flush_at_exit(self) -> None:
+        self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        """Flush; log the first failure of a run of them, and the recovery."""
+        try:
+            self.flush()
+        except Exception:
+            if not self._failing:
+                self.log("writing announces to the database failed; they are kept and retried:\n"
+                         + traceback.format_exc())
+            self._failing = True
+            return
+        if self._failing:
+            self.log("writing announces to the database works again")
+            self._failing = False
