@@ -21,6 +21,7 @@ from bencoder import bencode
 from conftest import announce_query, decode, ih, pid
 from tracker_wsgi import refresh as refresh_module
 from tracker_wsgi.config import Config
+from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, ClientError, Event
 from tracker_wsgi.protocol import UNKNOWN_TORRENT
 from tracker_wsgi.refresh import BackgroundRefresh, RefreshBusy, RefreshReport, refresh
@@ -48,6 +49,15 @@ def torrent_file(directory: Path, relative: str, name: str, length: int = 1000) 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bencode({b"announce": b"http://h/tracker/announce", b"info": info}))
     return hashlib.sha1(bencode(info)).digest()
+
+
+def announce_written(store, request: AnnounceRequest, now: int):
+    """Announce through a daemon process's swarms and write the batch, as its flush would."""
+    swarms = LiveSwarms(store, sync_interval=2)
+    try:
+        return swarms.announce(request, now)
+    finally:
+        swarms.close()
 
 
 def ann(info_hash: bytes, n: int, left: int = 100, uploaded: int = 0, event: Event = Event.NONE,
@@ -142,8 +152,8 @@ def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
     kept = torrent_file(torrents, "kept.torrent", "Kept")
     refresh(config, store, now=NOW)
     for n in range(1, 4):
-        store.announce(ann(gone, n), NOW + 10)
-    store.announce(ann(kept, 9), NOW + 10)
+        announce_written(store, ann(gone, n), NOW + 10)
+    announce_written(store, ann(kept, 9), NOW + 10)
     (torrents / "gone.torrent").unlink()
 
     report = refresh(config, store, force=True, now=NOW + 20)
@@ -151,7 +161,7 @@ def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
     assert count_peers(store) == 1
     assert set(store.scrape([gone, kept], NOW + 20)) == {kept}
     with pytest.raises(ClientError) as err:
-        store.announce(ann(gone, 1), NOW + 30)
+        announce_written(store, ann(gone, 1), NOW + 30)
     assert err.value.reason == UNKNOWN_TORRENT
     assert "Gone" not in (output / "bt_stats.inc").read_text()
     assert "gone.torrent" not in (output / "bt_rss.inc").read_text()
@@ -162,7 +172,7 @@ def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
                                       "QUERY_STRING": announce_query(gone, pid(1)), "REMOTE_ADDR": "192.0.2.1"})
     assert status == "200 OK"
     assert decode(body) == {b"failure reason": UNKNOWN_TORRENT.encode()}
-    tracker.store.close()
+    tracker.close()
 
 
 def test_expiry_deletes_only_stale_peers_and_keeps_what_they_uploaded(setup):
@@ -173,9 +183,9 @@ def test_expiry_deletes_only_stale_peers_and_keeps_what_they_uploaded(setup):
     stale_only = torrent_file(torrents, "stale.torrent", "stale")
     quiet = torrent_file(torrents, "quiet.torrent", "quiet")
     refresh(config, store, now=NOW)
-    store.announce(ann(mixed, 1, uploaded=5000), NOW)  # silent since NOW
-    store.announce(ann(stale_only, 3, uploaded=300), NOW)
-    store.announce(ann(mixed, 2, left=0, uploaded=700), NOW + 2000)  # fresh
+    announce_written(store, ann(mixed, 1, uploaded=5000), NOW)  # silent since NOW
+    announce_written(store, ann(stale_only, 3, uploaded=300), NOW)
+    announce_written(store, ann(mixed, 2, left=0, uploaded=700), NOW + 2000)  # fresh
 
     later = NOW + TIMEOUT + 100  # cutoff NOW + 100: peers 1 and 3 are stale, 2 is not
     report = refresh(config, store, force=True, now=later)
@@ -186,20 +196,20 @@ def test_expiry_deletes_only_stale_peers_and_keeps_what_they_uploaded(setup):
     assert (by_name["stale"].seeds, by_name["stale"].leechers, by_name["stale"].transferred) == (0, 0, 300)
     assert by_name["quiet"].transferred == 0
     # The survivor is still handed out.
-    assert [p.peer_id for p in store.announce(ann(mixed, 4), later).peers] == [pid(2)]
+    assert [p.peer_id for p in announce_written(store, ann(mixed, 4), later).peers] == [pid(2)]
 
 
 def test_recount_after_expiry_counts_live_seeds_leechers_and_partial_seeds(setup):
     config, store, torrents, output = setup
     h = torrent_file(torrents, "t.torrent", "t", length=1000)
     refresh(config, store, now=NOW)
-    store.announce(ann(h, 1, left=0), NOW)  # stale seed
-    store.announce(ann(h, 2, left=900), NOW)  # stale leecher
+    announce_written(store, ann(h, 1, left=0), NOW)  # stale seed
+    announce_written(store, ann(h, 2, left=900), NOW)  # stale leecher
     later = NOW + TIMEOUT + 100
-    store.announce(ann(h, 3, left=0), later - 10)
-    store.announce(ann(h, 4, left=400), later - 10)
-    store.announce(ann(h, 5, left=600), later - 10)
-    store.announce(ann(h, 6, left=200, event=Event.PAUSED), later - 10)
+    announce_written(store, ann(h, 3, left=0), later - 10)
+    announce_written(store, ann(h, 4, left=400), later - 10)
+    announce_written(store, ann(h, 5, left=600), later - 10)
+    announce_written(store, ann(h, 6, left=200, event=Event.PAUSED), later - 10)
 
     report = refresh(config, store, force=True, now=later)
     assert report.expired == 2
@@ -412,7 +422,7 @@ def app_parts(sqlite_url, dirs):
     yield Application(tracker, background), background, logs, tracker
     if background.thread is not None:
         background.thread.join(10)
-    tracker.store.close()
+    tracker.close()
 
 
 def test_traffic_refresh_runs_after_the_answer_and_never_twice_at_once(app_parts, monkeypatch):
@@ -499,7 +509,7 @@ def web_tracker(sqlite_url, dirs):
     made: list = []
     yield make
     for tracker in made:
-        tracker.store.close()
+        tracker.close()
 
 
 def test_web_refresh_is_off_without_a_secret(web_tracker, dirs):

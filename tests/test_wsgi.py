@@ -84,7 +84,7 @@ def make_app(sqlite_url):
 
     yield make
     for tracker in made:
-        tracker.store.close()
+        tracker.close()
 
 
 def register(tracker, n: int, name: str = "", v2: bytes | None = None) -> None:
@@ -291,10 +291,10 @@ def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_ap
     app, tracker = make_app()
     register(tracker, 1)
 
-    def broken(request, now):
+    def broken(info_hash, now):
         raise RuntimeError("database on fire at /var/lib/secret/path")
 
-    monkeypatch.setattr(tracker.store, "announce", broken)
+    monkeypatch.setattr(tracker.store, "find_torrent", broken)
     answer = announce(app, 1)
     assert (answer.status, answer.decoded) == ("200 OK", failure(SERVER_FAULT, 1))
     assert b"fire" not in answer.body and b"Traceback" not in answer.body

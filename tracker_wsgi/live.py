@@ -13,6 +13,8 @@ we run several per host and several hosts per database, so:
   loses a completion, and a new peer is in the database for every other process at once.
 - A view older than `sync_interval` is read again before it answers, so a peer another
   process or host heard from is handed out within about 2 x sync_interval.
+- While the database is down, swarms this process holds go on being answered from memory;
+  only a `started`, a completion and a swarm it has not read yet get `retry in`.
 - A process killed without warning loses at most its last sync_interval of re-announces
   and `stopped`s: peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
 - The key rule (swarm.plan_announce) is checked against the view when it holds the peer,
@@ -29,7 +31,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from .model import (
@@ -156,6 +158,7 @@ class LiveSwarms:
         self._by_id: dict[int, Swarm] = {}
         self._dirty: dict[int, Swarm] = {}  # swarms with pending announces
         self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
         self._failing = False
 
     # -- announces and scrapes --------------------------------------------------------------
@@ -187,22 +190,29 @@ class LiveSwarms:
             self._dirty[swarm.torrent_id] = swarm
             stats = swarm.stats()
             peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
-        if self._flusher is None:
+        if self._flusher is None and not self._closed.is_set():
             self._start_flusher()
         return AnnounceResult(stats, peers)
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats from fresh views; the rest from the store, in one query."""
-        result, rest = {}, []
+        fresh = self._fresh_stats(info_hashes, now)
+        rest = [h for h in info_hashes if h not in fresh]
+        return {**self.store.scrape(rest, now), **fresh} if rest else fresh
+
+    def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
+        """Every torrent from the store, after writing this process's announces (a full
+        scrape reads every torrent anyway; one batch more is nothing beside it)."""
+        self.flush()
+        return self.store.scrape_all(now)
+
+    def _fresh_stats(self, info_hashes: Iterable[bytes], now: int) -> dict[bytes, SwarmStats]:
+        result = {}
         with self._lock:
             for info_hash in info_hashes:
                 swarm = self._by_hash.get(info_hash)
                 if swarm is not None and now - swarm.loaded_at < self.sync_interval:
                     result[info_hash] = swarm.stats()
-                else:
-                    rest.append(info_hash)
-        if rest:
-            result.update(self.store.scrape(rest, now))
         return result
 
     def _swarm(self, info_hash: bytes, now: int) -> Swarm:
@@ -218,11 +228,17 @@ class LiveSwarms:
         try:
             torrent_id = swarm.torrent_id if swarm is not None else self.store.find_torrent(info_hash, now)
             snapshot = self.store.load_swarm(torrent_id, now, VIEW_PEERS)
-        except BaseException:
-            if swarm is not None:
-                with self._lock:
-                    swarm.loading = False
+        except ClientError:
             raise
+        except Exception:
+            if swarm is None:
+                raise
+            # The database is away: go on answering from the view we have, and try again
+            # in sync_interval. Announces wait in `pending` until the database is back.
+            with self._lock:
+                swarm.loading = False
+                swarm.loaded_at = now
+            return swarm
         with self._lock:
             swarm = self._by_id.get(torrent_id)
             if snapshot is None:
@@ -291,17 +307,21 @@ class LiveSwarms:
                 return
             self._flusher = threading.Thread(target=self._flush_forever, name="tracker_wsgi flush", daemon=True)
         self._flusher.start()
-        # mod_wsgi runs atexit functions when a daemon process shuts down (restart, recycle,
-        # Apache stop), so a clean stop loses nothing.
-        atexit.register(self._flush_at_exit)
+        # mod_wsgi runs atexit functions when a daemon process shuts down (restart, Apache
+        # stop), so a clean stop loses nothing.
+        atexit.register(self.close)
 
     def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.sync_interval)
+        while not self._closed.wait(self.sync_interval):
             self._flush_logged()
 
-    def _flush_at_exit(self) -> None:
+    def close(self) -> None:
+        """Stop the flush thread and write what is pending (the process is stopping)."""
+        self._closed.set()
+        if self._flusher is not None:
+            self._flusher.join()
         self._flush_logged()
+        atexit.unregister(self.close)
 
     def _flush_logged(self) -> None:
         """Flush; log the first failure of a run of them, and the recovery."""

@@ -86,7 +86,12 @@ class Tracker:
             "/scrape": self.scrape,
         }
         # BEP 48: a scrape naming no info_hash lists every torrent, if the admin allows it.
-        self.full_scrape = store.scrape_all if config.full_scrape else self._no_full_scrape
+        self.full_scrape = self.swarms.scrape_all if config.full_scrape else self._no_full_scrape
+
+    def close(self) -> None:
+        """Write the pending announces and close this thread's connection."""
+        self.swarms.close()
+        self.store.close()
 
     def handle(self, environ: dict[str, Any]) -> Response:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -128,6 +133,7 @@ class Tracker:
         given = (params.get(b"secret") or [b""])[-1]
         if not hmac.compare_digest(given, secret):
             raise ClientError(REFRESH_REFUSED)
+        self.swarms.flush()  # the report then counts every announce this process answered
         try:
             report = refresh(self.config, self.store, force=force)
         except RefreshBusy:

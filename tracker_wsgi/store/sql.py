@@ -63,15 +63,19 @@ class SqlStore:
     dialect = Dialect
 
     FIND_TORRENT = "SELECT torrent_id FROM info_hashes WHERE info_hash = ?"
-    SWARM_COUNTS = "SELECT name, downloaded, seeders, leechers, partial_seeds FROM torrents WHERE id = ?"
-    # A swarm's live peers: all of a small swarm, a window of random ranks of a large one
-    # (index by_rank), so a reload reads at most `limit` rows whatever the swarm's size.
+    SWARM = (
+        "SELECT t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, "
+        "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left "
+        "FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? "
+        "WHERE t.id = ? LIMIT ?"
+    )
+    # A large swarm's live peers: a window of random ranks (index by_rank), so a read costs
+    # `limit` rows whatever the swarm's size.
     _SWARM_PEERS = (
         "SELECT peer_id, ip, port, state, peer_key, bytes_left FROM peers "
         "WHERE torrent_id = ? AND last_seen >= ?"
     )
     SWARM_PEERS = {
-        "all": _SWARM_PEERS + " LIMIT ?",
         "from": _SWARM_PEERS + " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?",
         "below": _SWARM_PEERS + " AND peer_rank < ? ORDER BY peer_rank LIMIT ?",
     }
@@ -240,18 +244,17 @@ class SqlStore:
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
         def work(cur: Any) -> SwarmSnapshot | None:
-            cur.execute(self.SWARM_COUNTS, (torrent_id,))
-            row = cur.fetchone()
-            if row is None:
+            cutoff = now - self.peer_timeout
+            # One statement, so the counters and the peers are one consistent read.
+            cur.execute(self.SWARM, (cutoff, torrent_id, limit + 1))
+            rows = cur.fetchall()
+            if not rows:
                 return None
-            name, downloaded, seeders, leechers, partial = row
-            head = (torrent_id, now - self.peer_timeout)
-            if seeders + leechers + partial <= limit:
-                cur.execute(self.SWARM_PEERS["all"], (*head, limit))
-                peers = cur.fetchall()
-            else:
+            name, downloaded, seeders, leechers, partial = rows[0][:5]
+            peers = [row[5:] for row in rows if row[5] is not None]
+            if len(peers) > limit:
                 # A window of random ranks: a different sample of a large swarm each time.
-                start = _rng.getrandbits(32)
+                head, start = (torrent_id, cutoff), _rng.getrandbits(32)
                 cur.execute(self.SWARM_PEERS["from"], (*head, start, limit))
                 peers = cur.fetchall()
                 if len(peers) < limit:  # wrap around to the lowest ranks
