@@ -336,14 +336,23 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
     return result
 
 
-def measure(args, apache: Apache, close: bool, torrents: int) -> dict:
-    """One wrk run, with the CPU each party used meanwhile (cores busy on average)."""
+def measure(args, apache: Apache, close: bool, torrents: int, profile: Path | None = None) -> dict:
+    """One wrk run, with the CPU each party used meanwhile (cores busy on average); with
+    `profile`, py-spy samples the daemons' Python meanwhile and writes a summary there."""
     daemons, others = apache.processes()
     db = mariadb_pids()
+    spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(args.seconds), "-r", "200",
+                               "-f", "raw", "-o", f"{profile}.{pid}.raw", "--nonblocking"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for pid in (daemons if profile else [])]
     before = (cpu_seconds(daemons), cpu_seconds(others), cpu_seconds(db), os.times())
     start = time.monotonic()
     result = run_wrk(args, apache.url, close, torrents)
     wall = time.monotonic() - start
+    for spy in spies:
+        spy.wait()
+    if profile:
+        summarize_profile(sorted(profile.parent.glob(f"{profile.name}.*.raw")), profile)
     after_t = os.times()
     result["cpu"] = {
         "wsgi": (cpu_seconds(daemons) - before[0]) / wall,
@@ -354,6 +363,30 @@ def measure(args, apache: Apache, close: bool, torrents: int) -> dict:
     }
     result["rss_kib"] = rss_kib(daemons)
     return result
+
+
+def summarize_profile(raws: list[Path], out: Path) -> None:
+    """py-spy raw stacks -> the functions most often on the stack (inclusive) and on top (self)."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for raw in raws:
+        for line in raw.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = [f for f in stack.split(";") if f]
+            if not frames or "(idle)" in stack:
+                continue
+            n = int(count)
+            total += n
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"{total} busy samples of the daemons' Python threads", "", "inclusive:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(inclusive.items(), key=lambda x: -x[1])[:40]]
+    lines += ["", "self:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in sorted(own.items(), key=lambda x: -x[1])[:30]]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"profile: {out}", flush=True)
 
 
 def check_announce(apache: Apache, torrents: int, zipf_s: float) -> None:
@@ -420,6 +453,8 @@ def main() -> None:
     parser.add_argument("--scale-torrents", type=int, default=100_000)
     parser.add_argument("--scale-peers", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--profile", type=Path, help="py-spy the tracker's daemons in each run; "
+                        "summaries go to PROFILE-<store>-<mode>.txt (pip install py-spy)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
@@ -453,7 +488,8 @@ def main() -> None:
             run_wrk(args, tracker.url, False, args.torrents, seconds=2)  # warm up both daemons
             for mode in args.modes.split(","):
                 close = mode == "close"
-                t = measure(args, tracker, close, args.torrents)
+                profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-{mode}.txt")
+                t = measure(args, tracker, close, args.torrents, profile)
                 c = measure(args, hello, close, args.torrents)
                 rows.append({"store": kind, "mode": mode, "tracker": t, "ceiling": c})
                 print(f"[{kind} {mode}] tracker {t['rps']:.0f} req/s, ceiling {c['rps']:.0f} req/s, "

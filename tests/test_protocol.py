@@ -18,7 +18,7 @@ from tracker_wsgi.model import (
     AnnounceResult,
     ClientError,
     Event,
-    Peer,
+    make_peer,
     SwarmStats,
 )
 from tracker_wsgi.protocol import (
@@ -352,9 +352,9 @@ def make_request(**fields) -> AnnounceRequest:
 
 
 STATS = SwarmStats(complete=3, incomplete=2, downloaded=7, downloaders=1)
-V4_A = Peer(packed("10.0.0.1"), 6881, pid(2))  # port 6881 = 0x1AE1
-V4_B = Peer(packed("192.168.1.2"), 51413, pid(3))  # port 51413 = 0xC8D5
-V6_A = Peer(packed("2001:db8::1"), 6882, pid(4))  # port 6882 = 0x1AE2
+V4_A = make_peer(packed("10.0.0.1"), 6881, pid(2))  # port 6881 = 0x1AE1
+V4_B = make_peer(packed("192.168.1.2"), 51413, pid(3))  # port 51413 = 0xC8D5
+V6_A = make_peer(packed("2001:db8::1"), 6882, pid(4))  # port 6882 = 0x1AE2
 
 # The keys every announce answer has, in sorted order (BEP 3 bencoding sorts dict keys).
 HEAD = (b"d8:completei3e10:downloadedi7e11:external ip4:\xc6\x33\x64\x07"

@@ -48,7 +48,7 @@ class Config:
     # Seconds between each daemon process's writes of the announces it answered, and the
     # age at which it re-reads a swarm from the database: a peer announced to one process
     # or host is handed out by the others within about twice this (see tracker_wsgi/live.py).
-    sync_interval: int = 2
+    sync_interval: int = 5
     # Answer a scrape that names no info_hash with every torrent.
     full_scrape: bool = False
     # Networks whose X-Forwarded-For is believed and whose clients may set `ip=`.

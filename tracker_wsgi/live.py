@@ -44,6 +44,7 @@ from .model import (
     PeerWrite,
     SwarmSnapshot,
     SwarmStats,
+    make_peer,
 )
 from .protocol import UNKNOWN_TORRENT
 from .store import Store
@@ -90,7 +91,7 @@ class Swarm:
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.positions = {}, ([], []), {}
         for peer_id, ip, port, state, key, left in snapshot.peers:  # already in the counters
-            self._add(peer_id, Member(Peer(ip, port, peer_id), PeerState(state), key, left))
+            self._add(peer_id, Member(make_peer(ip, port, peer_id), PeerState(state), key, left))
         for write in (*self.flushing.values(), *self.pending.values()):
             self.apply(write)
         self.loaded_at = now
@@ -107,7 +108,11 @@ class Swarm:
                 pool[index] = last
                 self.positions[last.peer_id] = index
         if not write.stopped:
-            member = Member(Peer(write.ip, write.port, write.peer_id), write.state, write.key, write.left)
+            old_peer = old and old.peer
+            # A re-announce from the same address keeps its Peer (and its compact form).
+            if old_peer is None or old_peer.ip != write.ip or old_peer.port != write.port:
+                old_peer = make_peer(write.ip, write.port, write.peer_id)
+            member = Member(old_peer, write.state, write.key, write.left)
             self._add(write.peer_id, member)
             self.counts[write.state] += 1
 
@@ -125,16 +130,23 @@ class Swarm:
         return SwarmStats(complete, incomplete, self.downloaded, downloaders, self.name)
 
     def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
-        """Up to numwant random peers, never the asker; a seed is sent only leechers
-        (BEP 3 practice, and BitTornado's)."""
+        """Up to numwant peers from a random place in the pools, never the asker; a seed
+        is sent only leechers (BEP 3 practice, and BitTornado's). A window, not
+        random.sample: slices cost a few microseconds, numwant random draws ten times that,
+        and pool order is shuffled by every peer that leaves (see apply)."""
         leechers, others = self.pools
         split = len(leechers)
         total = split + len(others) if wants_seeds else split
-        if total <= numwant + 1:
+        want = numwant + 1  # one more, in case the asker is among them
+        if total <= want:
             chosen = leechers + others if wants_seeds else leechers
         else:
-            chosen = [leechers[i] if i < split else others[i - split]
-                      for i in rng.sample(range(total), numwant + 1)]
+            chosen, start = [], int(rng.random() * total)
+            while want:  # at most three slices: the end of one pool, the other, the wrap
+                part = leechers[start:start + want] if start < split else others[start - split:start - split + want]
+                chosen += part
+                want -= len(part)
+                start = (start + len(part)) % total
         return tuple([p for p in chosen if p.peer_id != asker][:numwant])
 
 

@@ -71,12 +71,18 @@ class AnnounceRequest:
 
 
 class Peer(NamedTuple):
-    """A NamedTuple, not a dataclass: up to numwant of these are made per announce, straight
-    from database rows, and a frozen dataclass costs three times as much to build."""
+    """A peer as answers hand it out. A NamedTuple, not a dataclass: views hold thousands,
+    and a frozen dataclass costs three times as much to build. Make one with `make_peer`."""
 
     ip: bytes  # packed, 4 or 16 bytes
     port: int
     peer_id: bytes
+    compact: bytes  # BEP 23 / BEP 7: the packed address and the port, big-endian
+
+
+def make_peer(ip: bytes, port: int, peer_id: bytes) -> Peer:
+    # The compact form is built once, when the peer enters a view, not in every answer.
+    return Peer(ip, port, peer_id, ip + port.to_bytes(2, "big"))
 
 
 class PeerWrite(NamedTuple):

@@ -7,12 +7,14 @@ and `external ip` (BEP 24) carry.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)  # pure; every announce packs its REMOTE_ADDR
 def pack_ip(text: str) -> bytes:
     """Packed form of an IP literal; IPv4-mapped IPv6 becomes plain IPv4.
 
@@ -34,6 +36,8 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
 
 
 def is_trusted(packed: bytes, trusted: Sequence[Network]) -> bool:
+    if not trusted:
+        return False
     address = ipaddress.ip_address(packed)
     return any(address.version == net.version and address in net for net in trusted)
 

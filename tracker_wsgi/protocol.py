@@ -63,8 +63,10 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
         if not field:
             continue
         key, _, value = field.partition(b"=")
-        key = unquote_to_bytes(key.replace(b"+", b" "))
-        params.setdefault(key, []).append(unquote_to_bytes(value.replace(b"+", b" ")))
+        if b"%" in field or b"+" in field:  # most fields (numbers, flags) have no escape
+            key = unquote_to_bytes(key.replace(b"+", b" "))
+            value = unquote_to_bytes(value.replace(b"+", b" "))
+        params.setdefault(key, []).append(value)
     return params
 
 
@@ -209,10 +211,9 @@ def encode_announce(
     }
     if request.compact:
         # BEP 23: 4-byte address + 2-byte big-endian port; BEP 7: 16 + 2 in `peers6`.
-        response[b"peers"] = b"".join(
-            p.ip + p.port.to_bytes(2, "big") for p in result.peers if len(p.ip) == 4
-        )
-        peers6 = b"".join(p.ip + p.port.to_bytes(2, "big") for p in result.peers if len(p.ip) == 16)
+        peers4 = [p.compact for p in result.peers if len(p.ip) == 4]
+        response[b"peers"] = b"".join(peers4)
+        peers6 = b"".join([p.compact for p in result.peers if len(p.ip) == 16]) if len(peers4) < len(result.peers) else b""
         if peers6:
             response[b"peers6"] = peers6
     else:

@@ -113,7 +113,7 @@ class MysqlStore(SqlStore):
         cursor.close()
         return conn
 
-    def _begin(self, conn: Any) -> None:
+    def _begin(self, conn: Any, read_only: bool) -> None:
         # Nothing to send: with autocommit off, the first statement opens the transaction,
         # which saves a round trip per announce.
         pass

@@ -185,7 +185,7 @@ class SqlStore:
         """True when retrying the transaction once on a new connection may succeed."""
         raise NotImplementedError
 
-    def _begin(self, conn: Any) -> None:
+    def _begin(self, conn: Any, read_only: bool) -> None:
         raise NotImplementedError
 
     def _connection(self) -> Any:
@@ -208,14 +208,18 @@ class SqlStore:
     def connection_type(self) -> str:
         return type(self._connection()).__name__
 
-    def _transaction(self, work: Callable[[Any], T]) -> T:
+    def _read(self, work: Callable[[Any], T]) -> T:
+        """A transaction that only reads (where the database can, it runs beside the writer)."""
+        return self._transaction(work)
+
+    def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
         """Run `work(cursor)` in one transaction; on a dropped connection, a deadlock or a
         racing insert, start over once on a fresh connection. Every caller's work is
         idempotent when repeated whole (completions are guarded per peer)."""
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                self._begin(conn)
+                self._begin(conn, read_only)
                 result = work(self._local.cursor)
                 conn.commit()
                 return result
@@ -231,16 +235,20 @@ class SqlStore:
     # -- the store interface --------------------------------------------------------------
 
     def find_torrent(self, info_hash: bytes, now: int) -> int:
-        def work(cur: Any) -> int:
+        def work(cur: Any) -> int | None:
             cur.execute(self.FIND_TORRENT, (info_hash,))
             row = cur.fetchone()
-            if row is not None:
-                return row[0]
-            if not self.register_unknown:
-                raise ClientError(UNKNOWN_TORRENT)
-            return self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
+            return None if row is None else row[0]
 
-        return self._transaction(work)
+        def register(cur: Any) -> int:
+            return work(cur) or self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
+
+        torrent_id = self._read(work)
+        if torrent_id is not None:
+            return torrent_id
+        if not self.register_unknown:
+            raise ClientError(UNKNOWN_TORRENT)
+        return self._transaction(register)
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
         def work(cur: Any) -> SwarmSnapshot | None:
@@ -265,7 +273,7 @@ class SqlStore:
                 for peer_id, ip, port, state, key, left in peers
             ])
 
-        return self._transaction(work)
+        return self._read(work)
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         def work(cur: Any) -> int:
@@ -526,7 +534,7 @@ class SqlStore:
             cur.execute(statement, args)
             return cur.fetchall()
 
-        return self._transaction(work)
+        return self._read(work)
 
     @staticmethod
     def _sql(statement: str) -> str:

@@ -122,8 +122,13 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
-    def _begin(self, conn: Any) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+    def _begin(self, conn: Any, read_only: bool) -> None:
+        # A writer takes the write lock up front (BEGIN IMMEDIATE), so two never deadlock
+        # upgrading a read lock; in WAL mode readers need no lock at all.
+        conn.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    def _read(self, work):
+        return super()._transaction(work, read_only=True)
 
     def _transaction(self, work):
         # One writer at a time per file anyway: queue on locks that wake the next writer at
