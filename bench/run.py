@@ -119,7 +119,7 @@ class BenchStore:
         now = int(time.time())
         m = self.mark
         conn = self.store._connection()
-        self.store._begin(conn)
+        self.store._begin(conn, read_only=False)
         cur = conn.cursor()
         for start in range(0, n, 5000):
             ids = range(start, min(n, start + 5000))
@@ -141,7 +141,7 @@ class BenchStore:
                f"downloaded, completed, last_seen, peer_rank) VALUES ({m})")
         rank = random.Random(2)
         conn = self.store._connection()
-        self.store._begin(conn)
+        self.store._begin(conn, read_only=False)
         cur = conn.cursor()
         for start in range(0, len(rows), 10000):
             cur.executemany(sql, [(t, pid, LOCALHOST, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,

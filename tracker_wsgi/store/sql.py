@@ -305,6 +305,15 @@ class SqlStore:
         return self._transaction(work)
 
     def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+        # A transaction per BATCH_ROWS writes, in torrent order: each holds its torrents'
+        # rows for milliseconds, so a `started` or a completion never waits behind a batch.
+        ordered = sorted(batch, key=lambda item: item[0])
+        gone: set[int] = set()
+        for chunk in _chunks(ordered, BATCH_ROWS):
+            gone |= self._write_chunk(chunk)
+        return gone
+
+    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
         def work(cur: Any) -> set[int]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             existing: set[int] = set()
