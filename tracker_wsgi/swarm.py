@@ -1,7 +1,7 @@
 """Swarm rules: what one announce does to the peer it comes from. Pure; both stores call it.
 
-The store reads the peer's stored row, asks `plan_announce` what to do, and writes the
-answer. Keeping the rules here means SQLite and MySQL cannot drift apart on them.
+tracker_wsgi/live.py asks `plan_announce` what an announce does, given what its view knows
+of the peer; the store checks the key rule again against the stored row.
 """
 
 from __future__ import annotations
@@ -50,20 +50,6 @@ def plan_announce(request: AnnounceRequest, stored: StoredPeer | None) -> PeerUp
     )
     counts = finished and not already
     return PeerUpdate(remove=False, counts_completion=counts, completed=already or counts, key=key)
-
-
-def counter_deltas(
-    request: AnnounceRequest, stored: StoredPeer | None, update: PeerUpdate
-) -> dict[PeerState, int]:
-    """How the torrent's per-state peer counters change: the peer leaves its stored state
-    (if any) and enters its new one (unless it stopped). Empty when nothing changes, which
-    is the common case: a re-announce in the same state writes no counter."""
-    deltas: dict[PeerState, int] = {}
-    if stored is not None:
-        deltas[stored.state] = deltas.get(stored.state, 0) - 1
-    if not update.remove:
-        deltas[request.state] = deltas.get(request.state, 0) + 1
-    return {state: d for state, d in deltas.items() if d}
 
 
 def count_stats(counts_by_state: dict[int, int]) -> tuple[int, int, int]:
