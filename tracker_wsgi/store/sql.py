@@ -50,10 +50,6 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    return (items[i:i + size] for i in range(0, len(items), size))
-
-
 def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
     """swarm.plan_announce's rule against a stored row: another address needs the peer's key."""
     return bytes(stored_ip) != write.ip and (stored_key is None or bytes(stored_key) != write.key)
@@ -309,23 +305,25 @@ class SqlStore:
         # rows for milliseconds, so a `started` or a completion never waits behind a batch.
         ordered = sorted(batch, key=lambda item: item[0])
         gone: set[int] = set()
-        for chunk in _chunks(ordered, BATCH_ROWS):
-            gone |= self._write_chunk(chunk)
+        for start in range(0, len(ordered), BATCH_ROWS):
+            gone |= self._write_chunk(ordered[start:start + BATCH_ROWS])
         return gone
 
     def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+        """One transaction of at most BATCH_ROWS writes, so each list is one statement."""
+
+        def pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
+            return [v for torrent_id, write in writes for v in (torrent_id, write.peer_id)]
+
         def work(cur: Any) -> set[int]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
-            existing: set[int] = set()
-            for chunk in _chunks(wanted, BATCH_ROWS):
-                # In id order, like every writer of several torrents, so writers never deadlock.
-                cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(chunk))) + self.dialect.lock_rows), chunk)
-                existing.update(row[0] for row in cur.fetchall())
+            # In id order, like every writer of several torrents, so writers never deadlock.
+            cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(wanted))) + self.dialect.lock_rows), wanted)
+            existing = {row[0] for row in cur.fetchall()}
             writes = [(t, w) for t, w in batch if t in existing]
             stored: dict[tuple[int, bytes], tuple] = {}
-            for chunk in _chunks(writes, BATCH_ROWS):
-                cur.execute(self._sql(self.STORED_PEERS.format(self.dialect.pairs(len(chunk)))),
-                            [v for t, w in chunk for v in (t, w.peer_id)])
+            if writes:
+                cur.execute(self._sql(self.STORED_PEERS.format(self.dialect.pairs(len(writes)))), pairs(writes))
                 for torrent_id, peer_id, *row in cur.fetchall():
                     stored[torrent_id, bytes(peer_id)] = row
             upserts, stops, completions = [], [], []
@@ -343,19 +341,19 @@ class SqlStore:
                 # The original's rule: a known leecher reporting left=0 has completed, event or not.
                 if write.left == 0 and row is not None and row[2] > 0 and not row[3]:
                     completions.append((torrent_id, write.peer_id))
-            for chunk in _chunks(stops, BATCH_ROWS):
-                cur.execute(self._sql(self.DELETE_PEERS.format(self.dialect.pairs(len(chunk)))),
-                            [v for t, w in chunk for v in (t, w.peer_id)])
+            if stops:
+                cur.execute(self._sql(self.DELETE_PEERS.format(self.dialect.pairs(len(stops)))), pairs(stops))
             for torrent_id, amount in transferred.items():
                 cur.execute(self.ADD_TRANSFERRED, (amount, torrent_id))
-            for chunk in _chunks(upserts, BATCH_ROWS):
-                self._upsert(cur, chunk)
+            if upserts:
+                self._upsert(cur, upserts)
             for torrent_id, peer_id in completions:
                 cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
                 if cur.rowcount == 1:
                     cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
-            for chunk in _chunks(sorted(existing), BATCH_ROWS):
-                cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(chunk))})"), chunk)
+            if existing:
+                ids = sorted(existing)
+                cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(ids))})"), ids)
             return set(wanted) - existing
 
         return self._transaction(work)
