@@ -8,10 +8,12 @@ import threading
 import pytest
 
 from conftest import ih, pid
-from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, Torrent
+from tracker_wsgi import live
+from tracker_wsgi.live import PRUNE_SECONDS, LiveSwarms
+from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, PeerWrite, Torrent
 from tracker_wsgi.protocol import PEER_CONFLICT, UNKNOWN_TORRENT
-from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.store import open_store
+from tracker_wsgi.store.sql import BATCH_ROWS
 
 NOW = 1_700_000_000
 TIMEOUT = 2700
@@ -28,7 +30,7 @@ def store_url(request):
 @pytest.fixture
 def swarms(store):
     """One daemon process's swarms in front of the store."""
-    return LiveSwarms(store, SYNC)
+    return LiveSwarms(store, SYNC, clock=lambda: NOW)
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def test_unknown_torrent_is_refused(store, swarms):
 def test_open_store_registers_unknown_hashes(store_url):
     store = open_store(store_url, TIMEOUT, register_unknown=True)
     store.create_tables()
-    swarms = LiveSwarms(store, SYNC)
+    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
     result = swarms.announce(ann(1, torrent=42), NOW)
     assert (result.stats.complete, result.stats.incomplete) == (0, 1)
     swarms.flush()
@@ -298,3 +300,108 @@ def test_racing_announces_of_one_peer_count_it_once(store, swarms):
     assert swarms.scrape([v1], NOW)[v1].complete == 0
     swarms.flush()
     assert store.scrape([v1], NOW)[v1].complete == 0
+
+
+# -- views: read once, kept by the version of each batch -------------------------------------
+
+
+class Clock:
+    def __init__(self, now: int):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def count_reads(store) -> list[int]:
+    """The torrent ids of every swarm read from the store from now on."""
+    reads: list[int] = []
+    load_swarm = store.load_swarm
+
+    def counted(torrent_id, now, limit):
+        reads.append(torrent_id)
+        return load_swarm(torrent_id, now, limit)
+
+    store.load_swarm = counted
+    return reads
+
+
+def test_a_process_alone_never_reads_its_busy_swarm_again(store):
+    clock = Clock(NOW)
+    swarms = LiveSwarms(store, SYNC, clock=clock)
+    reads = count_reads(store)
+    for t in range(20):  # twenty batches, each finding the version the view was built on
+        clock.now = NOW + t
+        result = swarms.announce(ann(1 + t % 3, left=t % 2), NOW + t)
+        swarms.flush()
+    assert len(reads) == 1
+    assert (result.stats.complete, result.stats.incomplete) == (1, 2)
+    stored = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stored.complete, stored.incomplete) == (1, 2)
+
+
+def test_another_writer_makes_the_batch_read_the_swarm_again(store):
+    clock = Clock(NOW)
+    first, second = LiveSwarms(store, SYNC, clock=clock), LiveSwarms(store, SYNC, clock=clock)
+    first.announce(ann(1), NOW)
+    second.announce(ann(2), NOW)
+    second.flush()
+    reads = count_reads(store)
+    assert first.announce(ann(1), NOW).peers == ()  # first's view is fresh, without peer 2
+    first.flush()  # the version moved on since first read the swarm: read it again now
+    assert len(reads) == 1
+    result = first.announce(ann(1), NOW)
+    assert [p.peer_id for p in result.peers] == [pid(2)] and result.stats.incomplete == 2
+    assert len(reads) == 1  # the announce itself read nothing
+
+
+def test_silent_peers_leave_a_view_that_is_never_read_again(store):
+    """Pruned from the peer lists at peer_timeout; counted until the refresh expires them."""
+    sync = 60
+    clock = Clock(NOW)
+    swarms = LiveSwarms(store, sync, clock=clock)
+    swarms.announce(ann(1), NOW)
+    reads = count_reads(store)
+    for t in range(0, TIMEOUT + 2 * PRUNE_SECONDS, sync - 1):
+        clock.now = NOW + t
+        result = swarms.announce(ann(2), NOW + t)
+        swarms.flush()
+    assert reads == []
+    assert result.peers == () and result.stats.incomplete == 2
+    assert store.expire_peers(clock.now) == 1
+    swarms.announce(ann(2), clock.now)
+    swarms.flush()  # the refresh moved the version on: the swarm is read again
+    assert len(reads) == 1
+    assert swarms.announce(ann(2), clock.now).stats.incomplete == 1
+
+
+def test_a_huge_swarm_is_held_in_part_and_counted_whole(store, monkeypatch):
+    monkeypatch.setattr(live, "VIEW_LIMIT", 20)
+    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    for n in range(1, 61):
+        swarms.announce(ann(n), NOW)
+    swarms.flush()
+    for n in range(61, 101):
+        swarms.announce(ann(n), NOW)  # each new peer makes room by forgetting written ones
+    swarms.flush()
+    view = next(iter(swarms._by_id.values()))
+    assert len(view.members) <= 60
+    assert swarms.announce(ann(200, numwant=0), NOW).stats.incomplete == 101
+    forgotten = next(n for n in range(1, 101) if pid(n) not in view.members)
+    # Between batches a forgotten peer's re-announce counts as new; the batch corrects it.
+    assert swarms.announce(ann(forgotten, numwant=0), NOW).stats.incomplete == 102
+    swarms.flush()
+    assert swarms.announce(ann(200, numwant=0), NOW).stats.incomplete == 101
+    peers = swarms.announce(ann(201, numwant=200), NOW).peers
+    assert len(peers) == len({p.peer_id for p in peers}) == len(view.members) - 1
+
+
+def test_a_batch_split_over_transactions_reports_the_versions_it_wrote_over(store):
+    first = store.write_batch([(1, write(n)) for n in range(1, 4)])[1]
+    split = store.write_batch([(1, write(n)) for n in range(1, BATCH_ROWS + 11)])[1]
+    assert (split.version_before, split.version) == (first.version, first.version + 2)
+    assert split.leechers == BATCH_ROWS + 10
+
+
+def write(n: int) -> PeerWrite:
+    return PeerWrite(pid(n), V4, 6000 + n, None, PeerState.LEECHER, 100, 0, 0, NOW, False)

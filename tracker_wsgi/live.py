@@ -1,27 +1,36 @@
 """Swarms kept in the daemon process: announces answered from memory, written in batches.
 
-Each Apache daemon process keeps a view of every swarm it serves: the swarm's counters and
-up to VIEW_PEERS of its live peers, read from the store, plus every announce this process
-has answered since. A re-announce (nearly all traffic) is answered from the view with no
-database round trip; what it changed waits until the flush thread writes every waiting
-announce in one transaction, every `sync_interval` seconds and when the process exits.
-XBT and Ocelot do the same (peer-trackers.md section 4); they run one process per host,
-we run several per host and several hosts per database, so:
+Each Apache daemon process keeps a view of every swarm it serves: the swarm's counters,
+the live peers read from the store (up to VIEW_PEERS) and every peer that announced to
+this process since. An announce (nearly all traffic: re-announces, `started`, `stopped`)
+is answered from the view with no database round trip; what it changed waits until the
+flush thread writes every waiting announce, every `sync_interval` seconds and when the
+process exits. XBT and Ocelot do the same (peer-trackers.md section 4); they run one
+process per host, we may run several per host and several hosts per database, so:
 
-- A completion (`completed`, or a leecher this process knew reporting left=0) and a
-  `started` are written through and committed before the answer: a killed process never
-  loses a completion, and a new peer is in the database for every other process at once.
-- A view older than `sync_interval` is read again before it answers, so a peer another
-  process or host heard from is handed out within about 2 x sync_interval.
+- A completion (`completed`, or a leecher the view knew reporting left=0) is written
+  through and committed before the answer: a killed process never loses one.
+- Every transaction that writes a swarm's peers moves the torrent row's `version` on by
+  one (store/__init__.py). A batch that finds the version its view was built on (nobody
+  else wrote the swarm since) leaves the view as it is: one process alone never reads a
+  busy swarm again. A batch that finds another version reads the swarm again, in the
+  flush thread, off the requests' path. A view nobody announced to for `sync_interval` is
+  read again by its next announce. So a peer another process or host heard from is
+  handed out within about 2 x sync_interval.
+- Counts: every batch recounts the swarms it wrote from their stored peers; the view
+  takes those counts, moved by the announces it answered since. Between batches a view
+  that holds only part of its swarm counts a re-announcing peer it did not hold as new,
+  until the next batch corrects it.
+- A silent peer leaves the view's peer lists once it is `peer_timeout` old (checked every
+  PRUNE_SECONDS) and stays in the counts until the refresh expires it, as the original.
+- A view holds at most VIEW_LIMIT peers; beyond that, peers whose announces are already
+  written make room (they stay in the store and the counts).
 - While the database is down, swarms this process holds go on being answered from memory;
-  only a `started`, a completion and a swarm it has not read yet get `retry in`.
-- A process killed without warning loses at most its last sync_interval of re-announces
-  and `stopped`s: peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
+  only a completion and a swarm it has not read yet get `retry in`.
+- A process killed without warning loses at most its last sync_interval of announces:
+  peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
 - The key rule (swarm.plan_announce) is checked against the view when it holds the peer,
   and again in the store against the stored row.
-
-Counts in answers are the store's counters as of the last read, moved by every announce
-this process answered since; every batch recounts the swarms it wrote.
 """
 
 from __future__ import annotations
@@ -38,12 +47,12 @@ from .model import (
     AnnounceRequest,
     AnnounceResult,
     ClientError,
-    Event,
     Peer,
     PeerState,
     PeerWrite,
     SwarmSnapshot,
     SwarmStats,
+    SwarmWritten,
     make_peer,
 )
 from .protocol import UNKNOWN_TORRENT
@@ -51,7 +60,9 @@ from .store import Store
 from .swarm import StoredPeer, count_stats, plan_announce
 
 VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
+VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
+PRUNE_SECONDS = 60  # how often a view drops its silent peers
 
 
 class Member(NamedTuple):
@@ -61,13 +72,15 @@ class Member(NamedTuple):
     state: PeerState
     key: bytes | None
     left: int
+    last_seen: int
 
 
 class Swarm:
     """One torrent's view: counters and peers, in pools that sample in O(numwant)."""
 
-    __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "members", "pools",
-                 "positions", "loaded_at", "loading", "used_at", "pending", "flushing")
+    __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "unwritten", "members",
+                 "pools", "positions", "version", "loaded_at", "loading", "used_at", "pruned_at",
+                 "pending", "flushing")
 
     def __init__(self, torrent_id: int):
         self.torrent_id = torrent_id
@@ -75,52 +88,94 @@ class Swarm:
         self.name = ""
         self.downloaded = 0
         self.counts = [0, 0, 0]  # peers by PeerState: leechers, seeds, partial seeds
+        self.unwritten = [0, 0, 0]  # what `pending` changed in counts: a batch's recount lacks it
         self.members: dict[bytes, Member] = {}
         # pools[0]: leechers (what a seed is sent); pools[1]: seeds and partial seeds.
         self.pools: tuple[list[Peer], list[Peer]] = ([], [])
         self.positions: dict[bytes, int] = {}  # peer_id -> index in its pool
-        self.loaded_at = -1
+        self.version = -1  # the stored version the view is built on; -1: unknown
+        self.loaded_at = -1  # when the view was last known to match the store
         self.loading = False
         self.used_at = 0.0  # time.monotonic() of the last announce
+        self.pruned_at = 0
         self.pending: dict[bytes, PeerWrite] = {}  # announces not yet given to the store
         self.flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
 
     def install(self, snapshot: SwarmSnapshot, now: int) -> None:
         """Replace the view with the store's, then replay this process's unwritten announces."""
-        self.name, self.downloaded = snapshot.name, snapshot.downloaded
+        self.name, self.downloaded, self.version = snapshot.name, snapshot.downloaded, snapshot.version
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.positions = {}, ([], []), {}
-        for peer_id, ip, port, state, key, left in snapshot.peers:  # already in the counters
-            self._add(peer_id, Member(make_peer(ip, port, peer_id), PeerState(state), key, left))
-        for write in (*self.flushing.values(), *self.pending.values()):
+        for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
+            self._add(peer_id, Member(make_peer(ip, port, peer_id), PeerState(state), key, left, last_seen))
+        for write in self.flushing.values():
             self.apply(write)
+        self.unwritten = [0, 0, 0]
+        for write in self.pending.values():
+            self.apply(write)
+        self.loaded_at = self.pruned_at = now
+
+    def written(self, result: SwarmWritten, now: int) -> bool:
+        """Take a batch's recount if the view was built on the version it wrote over;
+        False if another writer came in between (the view must be read again)."""
+        if result.version_before != self.version:
+            return False
+        self.version = result.version
+        self.counts = [result.leechers + self.unwritten[0], result.seeders + self.unwritten[1],
+                       result.partial_seeds + self.unwritten[2]]
+        self.downloaded = max(self.downloaded, result.downloaded)
         self.loaded_at = now
+        return True
 
     def apply(self, write: PeerWrite) -> None:
         """Move the peer to its new state in the view (or out of it) and the counts with it."""
         old = self.members.pop(write.peer_id, None)
         if old is not None:
             self.counts[old.state] -= 1
-            pool = self.pools[old.state is not PeerState.LEECHER]
-            index = self.positions.pop(write.peer_id)
-            last = pool.pop()
-            if index < len(pool):
-                pool[index] = last
-                self.positions[last.peer_id] = index
+            self.unwritten[old.state] -= 1
+            self._unpool(write.peer_id, old.state)
         if not write.stopped:
             old_peer = old and old.peer
             # A re-announce from the same address keeps its Peer (and its compact form).
             if old_peer is None or old_peer.ip != write.ip or old_peer.port != write.port:
                 old_peer = make_peer(write.ip, write.port, write.peer_id)
-            member = Member(old_peer, write.state, write.key, write.left)
-            self._add(write.peer_id, member)
+            self._add(write.peer_id, Member(old_peer, write.state, write.key, write.left, write.last_seen))
             self.counts[write.state] += 1
+            self.unwritten[write.state] += 1
 
     def _add(self, peer_id: bytes, member: Member) -> None:
         self.members[peer_id] = member
         pool = self.pools[member.state is not PeerState.LEECHER]
         self.positions[peer_id] = len(pool)
         pool.append(member.peer)
+
+    def _unpool(self, peer_id: bytes, state: PeerState) -> None:
+        pool = self.pools[state is not PeerState.LEECHER]
+        index = self.positions.pop(peer_id)
+        last = pool.pop()
+        if index < len(pool):
+            pool[index] = last
+            self.positions[last.peer_id] = index
+
+    def _forget_peer(self, peer_id: bytes) -> None:
+        """Out of the view, not out of the counts: the store still holds the peer."""
+        self._unpool(peer_id, self.members.pop(peer_id).state)
+
+    def make_room(self, limit: int, rng: random.Random) -> None:
+        """Forget random peers whose announces are already written, down to `limit` (a few
+        tries per call: unwritten peers stay)."""
+        for _ in range(4):
+            if len(self.members) <= limit:
+                return
+            pool = max(self.pools, key=len)
+            peer_id = pool[int(rng.random() * len(pool))].peer_id
+            if peer_id not in self.pending and peer_id not in self.flushing:
+                self._forget_peer(peer_id)
+
+    def prune(self, cutoff: int) -> None:
+        """Forget peers silent since before `cutoff`: they are never handed out."""
+        for peer_id in [p for p, m in self.members.items() if m.last_seen < cutoff]:
+            self._forget_peer(peer_id)
 
     def stats(self) -> SwarmStats:
         leechers, seeds, partial = (max(0, n) for n in self.counts)
@@ -159,11 +214,13 @@ class LiveSwarms:
         sync_interval: int,
         log: Callable[[str], None] = lambda message: None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self.store = store
         self.sync_interval = sync_interval
         self.log = log
         self.rng = rng or random.Random()
+        self.clock = clock
         self._lock = threading.Lock()  # guards every view; never held across a store call
         self._flush_lock = threading.Lock()  # one batch at a time
         self._by_hash: dict[bytes, Swarm] = {}
@@ -185,20 +242,25 @@ class LiveSwarms:
         update = plan_announce(request, stored)  # raises PEER_CONFLICT
         write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
                           request.uploaded, request.downloaded, now, update.remove)
-        downloaded = None
-        if update.counts_completion or request.event is Event.STARTED:
+        written = None
+        if update.counts_completion:
             try:
-                downloaded = self.store.write_through(swarm.torrent_id, write, update.counts_completion)
+                written = self.store.write_through(swarm.torrent_id, write, True)
             except ClientError as exc:
                 if exc.reason == UNKNOWN_TORRENT:
                     self._forget(swarm)
                 raise
         with self._lock:
-            if downloaded is not None:
+            if written is not None:
+                downloaded, version = written
                 swarm.downloaded = max(swarm.downloaded, downloaded)
+                # Our own write moves the version on; anything else means read it again.
+                swarm.version = version + 1 if swarm.version == version else -1
             swarm.apply(write)
             # Written through or not, the batch writes it (again) so the swarm is recounted.
             swarm.pending[peer_id] = write
+            if len(swarm.members) > VIEW_LIMIT:
+                swarm.make_room(VIEW_LIMIT, self.rng)
             self._dirty[swarm.torrent_id] = swarm
             stats = swarm.stats()
             peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
@@ -281,7 +343,8 @@ class LiveSwarms:
 
     def flush(self) -> int:
         """Write every pending announce in one batch; returns how many. On failure they stay
-        pending (newer announces of a peer replace older ones) and the error is raised."""
+        pending (newer announces of a peer replace older ones) and the error is raised.
+        Then views another writer changed are read again, and silent peers pruned."""
         with self._flush_lock:
             with self._lock:
                 swarms = list(self._dirty.values())
@@ -289,22 +352,39 @@ class LiveSwarms:
                 for swarm in swarms:
                     swarm.flushing.update(swarm.pending)
                     swarm.pending = {}
+                    swarm.unwritten = [0, 0, 0]
                 batch = [(swarm.torrent_id, write) for swarm in swarms for write in swarm.flushing.values()]
             try:
-                gone = self.store.write_batch(batch) if batch else set()
+                written = self.store.write_batch(batch) if batch else {}
             except BaseException:
                 with self._lock:
                     for swarm in swarms:
                         if swarm.torrent_id in self._by_id:
                             self._dirty[swarm.torrent_id] = swarm
                 raise
+            now = int(self.clock())
+            changed = []
             with self._lock:
                 for swarm in swarms:
                     swarm.flushing = {}
-                    if swarm.torrent_id in gone:
-                        self._drop(swarm)
+                    result = written.get(swarm.torrent_id)
+                    if result is None:
+                        self._drop(swarm)  # unregistered meanwhile
+                    elif not swarm.written(result, now):
+                        changed.append(swarm)
                 self._evict_idle()
+                self._prune(now)
+            for swarm in changed:
+                self._reload(swarm, now)
             return len(batch)
+
+    def _reload(self, swarm: Swarm, now: int) -> None:
+        snapshot = self.store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
+        with self._lock:
+            if snapshot is None:
+                self._drop(swarm)
+            elif self._by_id.get(swarm.torrent_id) is swarm:
+                swarm.install(snapshot, now)
 
     def _evict_idle(self) -> None:
         if not self._by_id:
@@ -312,6 +392,13 @@ class LiveSwarms:
         cutoff = time.monotonic() - IDLE_SECONDS
         for swarm in [s for s in self._by_id.values() if s.used_at < cutoff and not s.pending]:
             self._drop(swarm)
+
+    def _prune(self, now: int) -> None:
+        due, cutoff = now - PRUNE_SECONDS, now - self.store.peer_timeout
+        for swarm in self._by_id.values():
+            if swarm.pruned_at <= due:
+                swarm.prune(cutoff)
+                swarm.pruned_at = now
 
     def _start_flusher(self) -> None:
         with self._lock:

@@ -108,7 +108,20 @@ class SwarmSnapshot(NamedTuple):
     seeders: int
     leechers: int
     partial_seeds: int
-    peers: list[tuple[bytes, bytes, int, int, bytes | None, int]]  # peer_id, ip, port, state, key, left
+    version: int  # the torrent row's version: every write of its peers moves it on
+    # peer_id, ip, port, state, key, left, last_seen
+    peers: list[tuple[bytes, bytes, int, int, bytes | None, int, int]]
+
+
+class SwarmWritten(NamedTuple):
+    """A swarm as a batch left it: its recounted counters, and its version before and after."""
+
+    version_before: int  # -1: another writer came between the batch's transactions
+    version: int
+    leechers: int
+    seeders: int
+    partial_seeds: int
+    downloaded: int
 
 
 @dataclass(frozen=True, slots=True)

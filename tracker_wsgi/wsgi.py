@@ -75,7 +75,7 @@ class Tracker:
         self.store = store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng)
+        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"

@@ -10,10 +10,13 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
   replaced and the work retried once, so a database restart costs only the requests that
   arrive while it is down.
 - Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
-  store as `write_through` (one announce, committed before its answer: a `started` or a
-  completion) and `write_batch` (many, every sync_interval). Every writer locks the rows of
-  the torrents it writes, in id order, so processes and hosts sharing one database take
-  turns per swarm and never deadlock; a batch recounts the swarms it wrote.
+  store as `write_through` (one announce, committed before its answer: a completion) and
+  `write_batch` (many, every sync_interval). Every writer locks the rows of the torrents it
+  writes, in id order, so processes and hosts sharing one database take turns per swarm
+  and never deadlock; a batch recounts the swarms it wrote.
+- Every transaction that writes a torrent's peers moves its `version` on by one and says
+  from what: a process that knows the version before its own write knows that nobody
+  else wrote the swarm since it last read it.
 - A peer is only ever changed by its own address, or by another one with its key
   (swarm.plan_announce's rule, checked again against the stored row).
 - A completion is counted once per peer, whichever process or host sees it.
@@ -30,10 +33,12 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from ..config import Config, ConfigError
-from ..model import PeerWrite, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from ..model import PeerWrite, SwarmSnapshot, SwarmStats, SwarmWritten, Torrent, TorrentReport
 
 
 class Store(Protocol):
+    peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
+
     def create_tables(self) -> None:
         """Create missing tables; safe to repeat."""
 
@@ -44,13 +49,14 @@ class Store(Protocol):
         """A torrent's counters and up to `limit` of its live peers (a random sample of a
         larger swarm); None if the torrent is no longer registered."""
 
-    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
-        """Write one announce now, counting its completion once per peer; returns the
-        torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> tuple[int, int]:
+        """Write one announce now, counting its completion once per peer. Returns the
+        torrent's `downloaded` and its version before this write (which moved it on by one).
+        Raises ClientError for an unknown torrent or peer conflict."""
 
-    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
-        """Write many announces in one transaction, in order, and recount their swarms.
-        Writes that break the key rule are dropped. Returns the torrent ids no longer registered."""
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
+        """Write many announces, in order, and recount their swarms. Writes that break the
+        key rule are dropped. Returns each still registered torrent as the batch left it."""
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats keyed by each requested hash that names a torrent; unknown ones are left out."""

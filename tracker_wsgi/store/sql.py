@@ -14,7 +14,16 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from ..model import ClientError, PeerState, PeerWrite, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from ..model import (
+    ClientError,
+    PeerState,
+    PeerWrite,
+    SwarmSnapshot,
+    SwarmStats,
+    SwarmWritten,
+    Torrent,
+    TorrentReport,
+)
 from ..protocol import PEER_CONFLICT, UNKNOWN_TORRENT
 from ..swarm import count_stats
 
@@ -60,15 +69,15 @@ class SqlStore:
 
     FIND_TORRENT = "SELECT torrent_id FROM info_hashes WHERE info_hash = ?"
     SWARM = (
-        "SELECT t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, "
-        "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left "
+        "SELECT t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, t.version, "
+        "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left, p.last_seen "
         "FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? "
         "WHERE t.id = ? LIMIT ?"
     )
     # A large swarm's live peers: a window of random ranks (index by_rank), so a read costs
     # `limit` rows whatever the swarm's size.
     _SWARM_PEERS = (
-        "SELECT peer_id, ip, port, state, peer_key, bytes_left FROM peers "
+        "SELECT peer_id, ip, port, state, peer_key, bytes_left, last_seen FROM peers "
         "WHERE torrent_id = ? AND last_seen >= ?"
     )
     SWARM_PEERS = {
@@ -76,14 +85,15 @@ class SqlStore:
         "below": _SWARM_PEERS + " AND peer_rank < ? ORDER BY peer_rank LIMIT ?",
     }
     # Every transaction that writes peers locks their torrents' rows first, in id order:
-    # writers of one swarm take turns, and the recount at the end sees every row.
-    LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
-    LOCK_TORRENTS = "SELECT id FROM torrents WHERE id IN ({}) ORDER BY id"
+    # writers of one swarm take turns, the recount at the end sees every row, and the
+    # version read here is the one the transaction moves on by one.
+    LOCK_TORRENT = "SELECT downloaded, version FROM torrents WHERE id = ?"
+    LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
     STORED_PEER = "SELECT ip, peer_key, state FROM peers WHERE torrent_id = ? AND peer_id = ?"
     ADD_COUNTS = (
         "UPDATE torrents SET leechers = leechers + ?, seeders = seeders + ?, "
-        "partial_seeds = partial_seeds + ? WHERE id = ?"
+        "partial_seeds = partial_seeds + ?, version = version + 1 WHERE id = ?"
     )
     STORED_PEERS = (
         "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers "
@@ -97,11 +107,12 @@ class SqlStore:
     # Swarm counts are recounted from the peers of every torrent a batch wrote; an index
     # range count (by_state_rank), once per batch, not once per announce.
     RECOUNT = (
-        "UPDATE torrents SET "
+        "UPDATE torrents SET version = version + 1, "
         "seeders = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 1), "
         "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
         "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)"
     )
+    WRITTEN = "SELECT id, version, leechers, seeders, partial_seeds, downloaded FROM torrents WHERE id IN ({})"
     INSERT_TORRENT = (
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
     )
@@ -254,8 +265,8 @@ class SqlStore:
             rows = cur.fetchall()
             if not rows:
                 return None
-            name, downloaded, seeders, leechers, partial = rows[0][:5]
-            peers = [row[5:] for row in rows if row[5] is not None]
+            name, downloaded, seeders, leechers, partial, version = rows[0][:6]
+            peers = [row[6:] for row in rows if row[6] is not None]
             if len(peers) > limit:
                 # A window of random ranks: a different sample of a large swarm each time.
                 head, start = (torrent_id, cutoff), _rng.getrandbits(32)
@@ -264,20 +275,20 @@ class SqlStore:
                 if len(peers) < limit:  # wrap around to the lowest ranks
                     cur.execute(self.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
                     peers += cur.fetchall()
-            return SwarmSnapshot(name, downloaded, seeders, leechers, partial, [
-                (bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left)
-                for peer_id, ip, port, state, key, left in peers
+            return SwarmSnapshot(name, downloaded, seeders, leechers, partial, version, [
+                (bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left, last_seen)
+                for peer_id, ip, port, state, key, left, last_seen in peers
             ])
 
         return self._read(work)
 
-    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
-        def work(cur: Any) -> int:
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> tuple[int, int]:
+        def work(cur: Any) -> tuple[int, int]:
             cur.execute(self.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
             row = cur.fetchone()
             if row is None:
                 raise ClientError(UNKNOWN_TORRENT)
-            downloaded = row[0]
+            downloaded, version = row
             cur.execute(self.STORED_PEER, (torrent_id, write.peer_id))
             stored = cur.fetchone()
             if stored is not None and _conflicts(stored[0], stored[1], write):
@@ -285,31 +296,37 @@ class SqlStore:
             self._upsert(cur, [(torrent_id, write)])
             # The counters move with the row at once, so a swarm read by another thread or
             # process agrees with its peers; the next batch recounts anyway.
+            deltas = [0, 0, 0]  # by PeerState
             if stored is None or stored[2] != write.state:
-                deltas = [0, 0, 0]  # by PeerState
                 deltas[write.state] += 1
                 if stored is not None:
                     deltas[stored[2]] -= 1
-                cur.execute(self.ADD_COUNTS, (*deltas, torrent_id))
+            cur.execute(self.ADD_COUNTS, (*deltas, torrent_id))
             if completion:
                 cur.execute(self.MARK_COMPLETED, (torrent_id, write.peer_id))
                 if cur.rowcount == 1:
                     cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
                     downloaded += 1
-            return downloaded
+            return downloaded, version
 
         return self._transaction(work)
 
-    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
         # A transaction per BATCH_ROWS writes, in torrent order: each holds its torrents'
-        # rows for milliseconds, so a `started` or a completion never waits behind a batch.
+        # rows for milliseconds, so a completion never waits behind a whole batch.
         ordered = sorted(batch, key=lambda item: item[0])
-        gone: set[int] = set()
+        written: dict[int, SwarmWritten] = {}
         for start in range(0, len(ordered), BATCH_ROWS):
-            gone |= self._write_chunk(ordered[start:start + BATCH_ROWS])
-        return gone
+            for torrent_id, result in self._write_chunk(ordered[start:start + BATCH_ROWS]).items():
+                earlier = written.get(torrent_id)
+                if earlier is not None:  # a swarm split over two transactions: unbroken
+                    # only if nobody wrote it between them
+                    before = earlier.version_before if earlier.version == result.version_before else -1
+                    result = result._replace(version_before=before)
+                written[torrent_id] = result
+        return written
 
-    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> set[int]:
+    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
         """One transaction of at most BATCH_ROWS writes, so each list is one statement."""
 
         def pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
@@ -319,7 +336,7 @@ class SqlStore:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             # In id order, like every writer of several torrents, so writers never deadlock.
             cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(wanted))) + self.dialect.lock_rows), wanted)
-            existing = {row[0] for row in cur.fetchall()}
+            existing = dict(cur.fetchall())  # torrent id -> version before this transaction
             writes = [(t, w) for t, w in batch if t in existing]
             stored: dict[tuple[int, bytes], tuple] = {}
             if writes:
@@ -351,10 +368,12 @@ class SqlStore:
                 cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
                 if cur.rowcount == 1:
                     cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
-            if existing:
-                ids = sorted(existing)
-                cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(ids))})"), ids)
-            return set(wanted) - existing
+            if not existing:
+                return {}
+            ids = sorted(existing)
+            cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(ids))})"), ids)
+            cur.execute(self._sql(self.WRITTEN.format(_marks(len(ids)))), ids)
+            return {torrent_id: SwarmWritten(existing[torrent_id], *row) for torrent_id, *row in cur.fetchall()}
 
         return self._transaction(work)
 
