@@ -4,6 +4,7 @@ Apache; nothing calls the WSGI application directly."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import re
@@ -13,7 +14,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import mysql.connector
 import pytest
@@ -287,6 +288,43 @@ def test_bare_tracker_redirects_to_the_torrents(sqlite_tracker):
     assert status == 200
     answer = decode(body)
     assert stats(answer) == (0, 1, 0)
+
+
+def test_one_host_keeps_each_swarm_in_one_process_whatever_the_escapes(mysql_url, apache_factory):
+    """Each announce goes to the daemon its info hash's first byte names (apache/tracker.conf),
+    however the client escapes it, so peers of one swarm meet at once: with a minute between
+    batches, a peer answered by the other process would not be seen for a minute."""
+    firsts = b"AB12_-~.\x00\xff '!)aZ"
+    hashes = [bytes([first]) + hashlib.sha1(bytes([first])).digest()[:19] for first in firsts]
+    store = open_store(mysql_url, 2700)
+    store.create_tables()
+    for info_hash in hashes:
+        store.register(Torrent(info_hash, None, "routed", 1), NOW)
+    store.close()
+    apache = apache_factory(config_text(mysql_url, sync_interval="60"))
+
+    def escaped(data: bytes, style: str) -> str:
+        if style == "upper":
+            return "".join(f"%{b:02X}" for b in data)
+        if style == "lower":
+            return "".join(f"%{b:02x}" for b in data)
+        return quote_plus(data, safe="!'()")  # unreserved and sub-delims bare, space as +
+
+    styles = ["upper", "lower", "bare"]
+    for info_hash in hashes:
+        for n, style in enumerate(styles, start=1):
+            query = (f"info_hash={escaped(info_hash, style)}&peer_id={escaped(pid(n), 'bare')}"
+                     f"&port={7000 + n}&uploaded=0&downloaded=0&left=5&compact=1")
+            status, _, body = apache.get("/tracker/announce", query)
+            answer = decode(body)
+            assert status == 200 and b"failure reason" not in answer, answer
+            # Everyone before this peer, however they escaped the hash.
+            assert split_peers(answer[b"peers"]) == {compact(LOCALHOST, 7000 + k) for k in range(1, n)}, \
+                (info_hash, style)
+    # Both processes answered some of them.
+    wait_for_log(apache, "tracker_wsgi: ready:")
+    time.sleep(0.5)
+    assert len(re.findall(r"\[pid (\d+).*tracker_wsgi: ready:", apache.error_log())) == 2, apache.error_log()
 
 
 # -- 3. the MySQL C extension inside the daemon --------------------------------------------
@@ -576,7 +614,7 @@ def test_sqlite_file_apache_cannot_write_is_one_clear_log_line(apache_factory, s
 
 
 def _daemon_pids(apache) -> list[int]:
-    """The mod_wsgi daemon processes (display-name "(wsgi:tracker_wsgi)") of this Apache."""
+    """The mod_wsgi daemon processes (display-name "(wsgi:tracker_wsgi_N)") of this Apache."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -600,7 +638,7 @@ def test_a_completed_survives_the_daemons_being_killed(mysql_url, apache_factory
     answer = announce(apache, 1, 1, 6881, event="completed", left=0)
     assert stats(answer) == (1, 0, 1)
     pids = _daemon_pids(apache)
-    assert len(pids) == 1, pids
+    assert len(pids) == 2, pids
     for daemon in pids:
         os.kill(daemon, 9)
     deadline = time.monotonic() + 10

@@ -17,7 +17,7 @@ APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
 # Modules the snippets use; mpm_event is Debian's default MPM.
 BASE_MODULES = ("mpm_event", "authz_core", "mime", "headers", "include", "expires", "filter",
-                "deflate", "dir", "alias", "env")
+                "deflate", "dir", "alias", "env", "setenvif")
 
 
 def wsgi_module() -> str:
