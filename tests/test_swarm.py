@@ -12,7 +12,7 @@ import pytest
 from conftest import ih, pid
 from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState
 from tracker_wsgi.protocol import PEER_CONFLICT
-from tracker_wsgi.swarm import PeerUpdate, StoredPeer, count_stats, plan_announce
+from tracker_wsgi.swarm import PeerUpdate, StoredPeer, plan_announce, swarm_stats
 
 HOME = ipaddress.ip_address("198.51.100.7").packed
 ELSEWHERE = ipaddress.ip_address("203.0.113.9").packed
@@ -137,24 +137,26 @@ def test_completion_is_counted_once_per_peer(announce, peer, counts, completed):
 
 
 # --------------------------------------------------------------------------------------
-# count_stats (BEP 21)
+# swarm_stats (BEP 21)
 # --------------------------------------------------------------------------------------
 
 STATS_CASES = [
-    # (id, counts by stored state (plain ints, as the database returns them), (complete, incomplete, downloaders))
-    ("empty swarm", {}, (0, 0, 0)),
-    ("seeds only", {1: 4}, (4, 0, 0)),
-    ("leechers only", {0: 3}, (0, 3, 3)),
-    ("partial seeds are incomplete but not downloaders", {2: 2}, (0, 2, 0)),
-    ("all three", {0: 5, 1: 7, 2: 3}, (7, 8, 5)),
-    ("enum keys work too", {PeerState.LEECHER: 1, PeerState.SEED: 2, PeerState.PARTIAL_SEED: 4}, (2, 5, 1)),
+    # (id, (leechers, seeds, partial seeds), (complete, incomplete, downloaders))
+    ("empty swarm", (0, 0, 0), (0, 0, 0)),
+    ("seeds only", (0, 4, 0), (4, 0, 0)),
+    ("leechers only", (3, 0, 0), (0, 3, 3)),
+    ("partial seeds are incomplete but not downloaders", (0, 0, 2), (0, 2, 0)),
+    ("all three", (5, 7, 3), (7, 8, 5)),
+    ("a count a race left below zero reads as 0", (-1, 2, -1), (2, 0, 0)),
 ]
 
 
 @pytest.mark.parametrize(("counts", "expected"), [c[1:] for c in STATS_CASES], ids=[c[0] for c in STATS_CASES])
-def test_count_stats(counts, expected):
+def test_swarm_stats(counts, expected):
     """BEP 21: partial seeds count in `incomplete`, and `downloaders` leaves them out."""
-    assert count_stats(counts) == expected
+    stats = swarm_stats(*counts, 9, "name")
+    assert (stats.complete, stats.incomplete, stats.downloaders) == expected
+    assert (stats.downloaded, stats.name) == (9, "name")
 
 
 STATE_CASES = [

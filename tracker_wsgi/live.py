@@ -57,7 +57,7 @@ from .model import (
 )
 from .protocol import UNKNOWN_TORRENT
 from .store import Store
-from .swarm import StoredPeer, count_stats, plan_announce
+from .swarm import StoredPeer, plan_announce, swarm_stats
 
 VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
@@ -178,13 +178,9 @@ class Swarm:
             self._forget_peer(peer_id)
 
     def stats(self) -> SwarmStats:
-        leechers, seeds, partial = (max(0, n) for n in self.counts)
-        complete, incomplete, downloaders = count_stats(
-            {PeerState.SEED: seeds, PeerState.LEECHER: leechers, PeerState.PARTIAL_SEED: partial}
-        )
-        return SwarmStats(complete, incomplete, self.downloaded, downloaders, self.name)
+        return swarm_stats(*self.counts, self.downloaded, self.name)
 
-    def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
+    def sample(self, asker: Peer | None, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
         """Up to numwant peers from a random place in the pools, never the asker; a seed
         is sent only leechers (BEP 3 practice, and BitTornado's). A window, not
         random.sample: slices cost a few microseconds, numwant random draws ten times that,
@@ -202,7 +198,9 @@ class Swarm:
                 chosen += part
                 want -= len(part)
                 start = (start + len(part)) % total
-        return tuple([p for p in chosen if p.peer_id != asker][:numwant])
+        if asker is not None and asker in chosen:  # the asker's own Peer, found by identity first
+            chosen = [p for p in chosen if p is not asker]
+        return tuple(chosen[:numwant])
 
 
 class LiveSwarms:
@@ -263,7 +261,11 @@ class LiveSwarms:
                 swarm.make_room(VIEW_LIMIT, self.rng)
             self._dirty[swarm.torrent_id] = swarm
             stats = swarm.stats()
-            peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
+            if request.numwant:
+                asker = swarm.members.get(peer_id)
+                peers = swarm.sample(asker and asker.peer, request.state.wants_seeds, request.numwant, self.rng)
+            else:
+                peers = ()
         if self._flusher is None and not self._closed.is_set():
             self._start_flusher()
         return AnnounceResult(stats, peers)

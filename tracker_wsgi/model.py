@@ -124,8 +124,7 @@ class SwarmWritten(NamedTuple):
     downloaded: int
 
 
-@dataclass(frozen=True, slots=True)
-class SwarmStats:
+class SwarmStats(NamedTuple):  # NamedTuples: one or two are built per request
     complete: int  # seeds
     incomplete: int  # leechers and partial seeds
     downloaded: int  # completions ever counted
@@ -133,8 +132,7 @@ class SwarmStats:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class AnnounceResult:
+class AnnounceResult(NamedTuple):
     stats: SwarmStats
     peers: tuple[Peer, ...]
 

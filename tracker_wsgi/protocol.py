@@ -63,9 +63,11 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
         if not field:
             continue
         key, _, value = field.partition(b"=")
-        if b"%" in field or b"+" in field:  # most fields (numbers, flags) have no escape
-            key = unquote_to_bytes(key.replace(b"+", b" "))
+        # Most fields (numbers, flags) and every key a client sends have nothing to decode.
+        if b"%" in value or b"+" in value:
             value = unquote_to_bytes(value.replace(b"+", b" "))
+        if b"%" in key or b"+" in key:
+            key = unquote_to_bytes(key.replace(b"+", b" "))
         params.setdefault(key, []).append(value)
     return params
 
@@ -211,11 +213,12 @@ def encode_announce(
     }
     if request.compact:
         # BEP 23: 4-byte address + 2-byte big-endian port; BEP 7: 16 + 2 in `peers6`.
-        peers4 = [p.compact for p in result.peers if len(p.ip) == 4]
-        response[b"peers"] = b"".join(peers4)
-        peers6 = b"".join([p.compact for p in result.peers if len(p.ip) == 16]) if len(peers4) < len(result.peers) else b""
-        if peers6:
-            response[b"peers6"] = peers6
+        peers = b"".join([p.compact for p in result.peers])
+        if len(peers) == 6 * len(result.peers):  # all IPv4, the usual case
+            response[b"peers"] = peers
+        else:
+            response[b"peers"] = b"".join([p.compact for p in result.peers if len(p.ip) == 4])
+            response[b"peers6"] = b"".join([p.compact for p in result.peers if len(p.ip) == 16])
     else:
         response[b"peers"] = [_peer_dict(p, request.no_peer_id) for p in result.peers]
     if request.tracker_id:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import AnnounceRequest, ClientError, Event, PeerState
+from .model import AnnounceRequest, ClientError, Event, PeerState, SwarmStats
 from .protocol import PEER_CONFLICT
 
 
@@ -52,10 +52,8 @@ def plan_announce(request: AnnounceRequest, stored: StoredPeer | None) -> PeerUp
     return PeerUpdate(remove=False, counts_completion=counts, completed=already or counts, key=key)
 
 
-def count_stats(counts_by_state: dict[int, int]) -> tuple[int, int, int]:
-    """(complete, incomplete, downloaders) from peer counts per PeerState (BEP 21:
-    partial seeds are incomplete but not downloaders)."""
-    seeds = counts_by_state.get(PeerState.SEED, 0)
-    leechers = counts_by_state.get(PeerState.LEECHER, 0)
-    partial = counts_by_state.get(PeerState.PARTIAL_SEED, 0)
-    return seeds, leechers + partial, leechers
+def swarm_stats(leechers: int, seeds: int, partial_seeds: int, downloaded: int, name: str) -> SwarmStats:
+    """A swarm's numbers from its peer counts by PeerState (BEP 21: partial seeds are
+    incomplete but not downloaders). A count a race left below zero reads as 0."""
+    leechers, seeds, partial_seeds = max(0, leechers), max(0, seeds), max(0, partial_seeds)
+    return SwarmStats(seeds, leechers + partial_seeds, downloaded, leechers, name)

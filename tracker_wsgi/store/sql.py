@@ -25,7 +25,7 @@ from ..model import (
     TorrentReport,
 )
 from ..protocol import PEER_CONFLICT, UNKNOWN_TORRENT
-from ..swarm import count_stats
+from ..swarm import swarm_stats
 
 T = TypeVar("T")
 
@@ -407,11 +407,7 @@ class SqlStore:
     def _scrape(self, where: str, args: tuple) -> dict[bytes, SwarmStats]:
         result = {}
         for info_hash, name, downloaded, seeders, leechers, partial in self._fetchall(self._sql(self.SCRAPE + where), args):
-            complete, incomplete, downloaders = count_stats(
-                {PeerState.SEED: max(0, seeders), PeerState.LEECHER: max(0, leechers),
-                 PeerState.PARTIAL_SEED: max(0, partial)}
-            )
-            result[bytes(info_hash)] = SwarmStats(complete, incomplete, downloaded, downloaders, name)
+            result[bytes(info_hash)] = swarm_stats(leechers, seeders, partial, downloaded, name)
         return result
 
     def register(self, torrent: Torrent, now: int) -> bool:
