@@ -340,6 +340,22 @@ def test_a_process_alone_never_reads_its_busy_swarm_again(store):
     assert (stored.complete, stored.incomplete) == (1, 2)
 
 
+def test_a_busy_swarm_is_not_read_again_while_its_next_batch_is_late(store):
+    """The batch that checks a view comes a little over sync_interval after the last one."""
+    clock = Clock(NOW)
+    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms.announce(ann(1), NOW)
+    swarms.flush()
+    reads = count_reads(store)
+    swarms.announce(ann(2), NOW + 1)
+    swarms.announce(ann(3), NOW + SYNC + 1)  # the flush thread is late: no read meanwhile
+    assert reads == []
+    clock.now = NOW + SYNC + 1
+    swarms.flush()
+    assert swarms.announce(ann(4), NOW + 2 * SYNC).stats.incomplete == 4
+    assert reads == []
+
+
 def test_another_writer_makes_the_batch_read_the_swarm_again(store):
     clock = Clock(NOW)
     first, second = LiveSwarms(store, SYNC, clock=clock), LiveSwarms(store, SYNC, clock=clock)

@@ -45,9 +45,9 @@ class Config:
     numwant_max: int = 200
     # Seconds after its last announce that a peer is dropped (1.5 x interval, as the original).
     peer_timeout: int = 2700
-    # Seconds between each daemon process's writes of the announces it answered, and the
-    # age at which it re-reads a swarm from the database: a peer announced to one process
-    # or host is handed out by the others within about twice this (see tracker_wsgi/live.py).
+    # Seconds between each daemon process's writes of the announces it answered; a swarm
+    # nobody announced to for this long is read again before it answers. A peer announced to
+    # one process or host is handed out by the others within about twice this (live.py).
     sync_interval: int = 5
     # Answer a scrape that names no info_hash with every torrent.
     full_scrape: bool = False

@@ -115,6 +115,12 @@ class Swarm:
             self.apply(write)
         self.loaded_at = self.pruned_at = now
 
+    def is_fresh(self, now: int, sync_interval: int) -> bool:
+        """Known to match the store within sync_interval, or about to be checked by the next
+        batch (it holds unwritten announces): a batch comes a little over sync_interval
+        after the one before, and a busy swarm must not be read again in that gap."""
+        return now - self.loaded_at < sync_interval or bool(self.pending or self.flushing)
+
     def written(self, result: SwarmWritten, now: int) -> bool:
         """Take a batch's recount if the view was built on the version it wrote over;
         False if another writer came in between (the view must be read again)."""
@@ -287,7 +293,7 @@ class LiveSwarms:
         with self._lock:
             for info_hash in info_hashes:
                 swarm = self._by_hash.get(info_hash)
-                if swarm is not None and now - swarm.loaded_at < self.sync_interval:
+                if swarm is not None and swarm.is_fresh(now, self.sync_interval):
                     result[info_hash] = swarm.stats()
         return result
 
@@ -298,7 +304,7 @@ class LiveSwarms:
             swarm = self._by_hash.get(info_hash)
             if swarm is not None:
                 swarm.used_at = time.monotonic()
-                if swarm.loading or now - swarm.loaded_at < self.sync_interval:
+                if swarm.loading or swarm.is_fresh(now, self.sync_interval):
                     return swarm
                 swarm.loading = True
         try:
