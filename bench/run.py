@@ -456,6 +456,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy the tracker's daemons in each run; "
                         "summaries go to PROFILE-<store>-<mode>.txt (pip install py-spy)")
     args = parser.parse_args()
+    missing = [(tool, fix) for tool, fix in (("wrk", "apt-get install -y wrk"), ("py-spy", "pip install py-spy"))
+               if (tool == "wrk" or args.profile) and shutil.which(tool) is None]
+    if missing:
+        sys.exit("; ".join(f"bench/run.py needs {tool} on PATH: {fix}" for tool, fix in missing))
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
     root.chmod(0o755)

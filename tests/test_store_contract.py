@@ -332,7 +332,7 @@ def test_a_process_alone_never_reads_its_busy_swarm_again(store):
     reads = count_reads(store)
     for t in range(20):  # twenty batches, each finding the version the view was built on
         clock.now = NOW + t
-        result = swarms.announce(ann(1 + t % 3, left=t % 2), NOW + t)
+        result = swarms.announce(ann(1 + t % 3, left=0 if t % 3 == 0 else 5), NOW + t)
         swarms.flush()
     assert len(reads) == 1
     assert (result.stats.complete, result.stats.incomplete) == (1, 2)
@@ -389,6 +389,19 @@ def test_silent_peers_leave_a_view_that_is_never_read_again(store):
     swarms.flush()  # the refresh moved the version on: the swarm is read again
     assert len(reads) == 1
     assert swarms.announce(ann(2), clock.now).stats.incomplete == 1
+
+
+def test_a_completion_written_through_is_counted_once_by_the_batches_after_it(store):
+    clock = Clock(NOW)
+    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms.announce(ann(1), NOW)
+    swarms.announce(ann(2), NOW)
+    swarms.flush()
+    swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW)
+    for _ in range(2):
+        swarms.flush()
+        stats = swarms.announce(ann(2), NOW).stats
+        assert (stats.complete, stats.incomplete, stats.downloaded) == (1, 1, 1)
 
 
 def test_a_huge_swarm_is_held_in_part_and_counted_whole(store, monkeypatch):

@@ -246,20 +246,19 @@ class LiveSwarms:
         update = plan_announce(request, stored)  # raises PEER_CONFLICT
         write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
                           request.uploaded, request.downloaded, now, update.remove)
-        written = None
+        downloaded = None
         if update.counts_completion:
             try:
-                written = self.store.write_through(swarm.torrent_id, write, True)
+                downloaded = self.store.write_through(swarm.torrent_id, write, True)
             except ClientError as exc:
                 if exc.reason == UNKNOWN_TORRENT:
                     self._forget(swarm)
                 raise
         with self._lock:
-            if written is not None:
-                downloaded, version = written
+            # A write through moved the stored version on, so the next batch reads the swarm
+            # again (its recount may or may not hold this write; completions are rare).
+            if downloaded is not None:
                 swarm.downloaded = max(swarm.downloaded, downloaded)
-                # Our own write moves the version on; anything else means read it again.
-                swarm.version = version + 1 if swarm.version == version else -1
             swarm.apply(write)
             # Written through or not, the batch writes it (again) so the swarm is recounted.
             swarm.pending[peer_id] = write

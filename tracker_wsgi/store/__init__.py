@@ -49,10 +49,9 @@ class Store(Protocol):
         """A torrent's counters and up to `limit` of its live peers (a random sample of a
         larger swarm); None if the torrent is no longer registered."""
 
-    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> tuple[int, int]:
-        """Write one announce now, counting its completion once per peer. Returns the
-        torrent's `downloaded` and its version before this write (which moved it on by one).
-        Raises ClientError for an unknown torrent or peer conflict."""
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
+        """Write one announce now, counting its completion once per peer; returns the
+        torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""
 
     def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
         """Write many announces, in order, and recount their swarms. Writes that break the

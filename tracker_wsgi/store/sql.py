@@ -86,8 +86,8 @@ class SqlStore:
     }
     # Every transaction that writes peers locks their torrents' rows first, in id order:
     # writers of one swarm take turns, the recount at the end sees every row, and the
-    # version read here is the one the transaction moves on by one.
-    LOCK_TORRENT = "SELECT downloaded, version FROM torrents WHERE id = ?"
+    # version a batch reads here is the one it moves on by one.
+    LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
     LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
     STORED_PEER = "SELECT ip, peer_key, state FROM peers WHERE torrent_id = ? AND peer_id = ?"
@@ -282,13 +282,13 @@ class SqlStore:
 
         return self._read(work)
 
-    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> tuple[int, int]:
-        def work(cur: Any) -> tuple[int, int]:
+    def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
+        def work(cur: Any) -> int:
             cur.execute(self.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
             row = cur.fetchone()
             if row is None:
                 raise ClientError(UNKNOWN_TORRENT)
-            downloaded, version = row
+            downloaded = row[0]
             cur.execute(self.STORED_PEER, (torrent_id, write.peer_id))
             stored = cur.fetchone()
             if stored is not None and _conflicts(stored[0], stored[1], write):
@@ -307,7 +307,7 @@ class SqlStore:
                 if cur.rowcount == 1:
                     cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
                     downloaded += 1
-            return downloaded, version
+            return downloaded
 
         return self._transaction(work)
 
