@@ -63,6 +63,7 @@ VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 f
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
 PRUNE_SECONDS = 60  # how often a view drops its silent peers
+TURN = 200  # views the flush thread handles per hold of the views' lock
 
 
 class Member(NamedTuple):
@@ -351,16 +352,21 @@ class LiveSwarms:
     def flush(self) -> int:
         """Write every pending announce in one batch; returns how many. On failure they stay
         pending (newer announces of a peer replace older ones) and the error is raised.
-        Then views another writer changed are read again, and silent peers pruned."""
+        Then views another writer changed are read again, idle ones dropped and silent
+        peers pruned. Views are handled TURN at a time, so answers never wait for a pass."""
         with self._flush_lock:
             with self._lock:
                 swarms = list(self._dirty.values())
                 self._dirty.clear()
-                for swarm in swarms:
-                    swarm.flushing.update(swarm.pending)
-                    swarm.pending = {}
-                    swarm.unwritten = [0, 0, 0]
-                batch = [(swarm.torrent_id, write) for swarm in swarms for write in swarm.flushing.values()]
+            batch: list[tuple[int, PeerWrite]] = []
+
+            def take(swarm: Swarm) -> None:
+                swarm.flushing.update(swarm.pending)
+                swarm.pending = {}
+                swarm.unwritten = [0, 0, 0]
+                batch.extend([(swarm.torrent_id, write) for write in swarm.flushing.values()])
+
+            self._in_turns(swarms, take)
             try:
                 written = self.store.write_batch(batch) if batch else {}
             except BaseException:
@@ -370,20 +376,39 @@ class LiveSwarms:
                             self._dirty[swarm.torrent_id] = swarm
                 raise
             now = int(self.clock())
-            changed = []
-            with self._lock:
-                for swarm in swarms:
-                    swarm.flushing = {}
-                    result = written.get(swarm.torrent_id)
-                    if result is None:
-                        self._drop(swarm)  # unregistered meanwhile
-                    elif not swarm.written(result, now):
-                        changed.append(swarm)
-                self._evict_idle()
-                self._prune(now)
+            changed: list[Swarm] = []
+
+            def settle(swarm: Swarm) -> None:
+                swarm.flushing = {}
+                result = written.get(swarm.torrent_id)
+                if result is None:
+                    self._drop(swarm)  # unregistered meanwhile
+                elif not swarm.written(result, now):
+                    changed.append(swarm)
+
+            self._in_turns(swarms, settle)
             for swarm in changed:
                 self._reload(swarm, now)
+            with self._lock:
+                views = list(self._by_id.values())
+            idle_since = time.monotonic() - IDLE_SECONDS
+            prune_due, silent_since = now - PRUNE_SECONDS, now - self.store.peer_timeout
+
+            def tidy(swarm: Swarm) -> None:
+                if swarm.used_at < idle_since and not swarm.pending:
+                    self._drop(swarm)
+                elif swarm.pruned_at <= prune_due:
+                    swarm.prune(silent_since)
+                    swarm.pruned_at = now
+
+            self._in_turns(views, tidy)
             return len(batch)
+
+    def _in_turns(self, swarms: list[Swarm], work: Callable[[Swarm], None]) -> None:
+        for start in range(0, len(swarms), TURN):
+            with self._lock:
+                for swarm in swarms[start:start + TURN]:
+                    work(swarm)
 
     def _reload(self, swarm: Swarm, now: int) -> None:
         snapshot = self.store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
@@ -392,20 +417,6 @@ class LiveSwarms:
                 self._drop(swarm)
             elif self._by_id.get(swarm.torrent_id) is swarm:
                 swarm.install(snapshot, now)
-
-    def _evict_idle(self) -> None:
-        if not self._by_id:
-            return
-        cutoff = time.monotonic() - IDLE_SECONDS
-        for swarm in [s for s in self._by_id.values() if s.used_at < cutoff and not s.pending]:
-            self._drop(swarm)
-
-    def _prune(self, now: int) -> None:
-        due, cutoff = now - PRUNE_SECONDS, now - self.store.peer_timeout
-        for swarm in self._by_id.values():
-            if swarm.pruned_at <= due:
-                swarm.prune(cutoff)
-                swarm.pruned_at = now
 
     def _start_flusher(self) -> None:
         with self._lock:
