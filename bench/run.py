@@ -524,7 +524,8 @@ def main() -> None:
                 apaches.append(tracker)
                 check_announce(tracker, args.scale_torrents, args.zipf)
                 run_wrk(args, tracker.url, False, args.scale_torrents, seconds=2)
-                t = measure(args, tracker, False, args.scale_torrents)
+                profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-scale.txt")
+                t = measure(args, tracker, False, args.scale_torrents, profile)
                 small = next(r["tracker"] for r in rows if r["store"] == kind and r["mode"] == "keepalive")
                 scale_rows.append({"store": kind, "peers": peers, "bytes": size, "t": t, "small": small})
                 print(f"[{kind} scale keepalive] {t['rps']:.0f} req/s (small: {small['rps']:.0f}), "

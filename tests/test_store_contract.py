@@ -313,16 +313,17 @@ class Clock:
         return self.now
 
 
-def count_reads(store) -> list[int]:
-    """The torrent ids of every swarm read from the store from now on."""
-    reads: list[int] = []
-    load_swarm = store.load_swarm
+def count_reads(store) -> list:
+    """The torrent id or info hash of every swarm read from the store from now on."""
+    reads: list = []
 
-    def counted(torrent_id, now, limit):
-        reads.append(torrent_id)
-        return load_swarm(torrent_id, now, limit)
+    def counting(read):
+        def counted(key, now, limit):
+            reads.append(key)
+            return read(key, now, limit)
+        return counted
 
-    store.load_swarm = counted
+    store.load_swarm, store.find_swarm = counting(store.load_swarm), counting(store.find_swarm)
     return reads
 
 

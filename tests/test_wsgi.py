@@ -291,10 +291,10 @@ def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_ap
     app, tracker = make_app()
     register(tracker, 1)
 
-    def broken(info_hash, now):
+    def broken(info_hash, now, limit):
         raise RuntimeError("database on fire at /var/lib/secret/path")
 
-    monkeypatch.setattr(tracker.store, "find_torrent", broken)
+    monkeypatch.setattr(tracker.store, "find_swarm", broken)
     answer = announce(app, 1)
     assert (answer.status, answer.decoded) == ("200 OK", failure(SERVER_FAULT, 1))
     assert b"fire" not in answer.body and b"Traceback" not in answer.body

@@ -308,8 +308,10 @@ class LiveSwarms:
                     return swarm
                 swarm.loading = True
         try:
-            torrent_id = swarm.torrent_id if swarm is not None else self.store.find_torrent(info_hash, now)
-            snapshot = self.store.load_swarm(torrent_id, now, VIEW_PEERS)
+            if swarm is None:  # one read: the info hash's torrent, its counters and peers
+                snapshot = self.store.find_swarm(info_hash, now, VIEW_PEERS)
+            else:
+                snapshot = self.store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
         except ClientError:
             raise
         except Exception:
@@ -322,11 +324,11 @@ class LiveSwarms:
                 swarm.loaded_at = now
             return swarm
         with self._lock:
-            swarm = self._by_id.get(torrent_id)
-            if snapshot is None:
-                if swarm is not None:
-                    self._drop(swarm)
+            if snapshot is None:  # unregistered since this process read it
+                self._drop(swarm)
                 raise ClientError(UNKNOWN_TORRENT)
+            torrent_id = snapshot.torrent_id
+            swarm = self._by_id.get(torrent_id)
             if swarm is None:
                 swarm = self._by_id[torrent_id] = Swarm(torrent_id)
             swarm.install(snapshot, now)

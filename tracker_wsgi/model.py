@@ -103,6 +103,7 @@ class PeerWrite(NamedTuple):
 class SwarmSnapshot(NamedTuple):
     """A swarm as the store holds it: its counters and up to a limit of its live peers."""
 
+    torrent_id: int
     name: str
     downloaded: int
     seeders: int

@@ -42,8 +42,9 @@ class Store(Protocol):
     def create_tables(self) -> None:
         """Create missing tables; safe to repeat."""
 
-    def find_torrent(self, info_hash: bytes, now: int) -> int:
-        """The id of the torrent an info hash names; raises ClientError(UNKNOWN_TORRENT)."""
+    def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
+        """The swarm an info hash names, as load_swarm reads it, in one read; raises
+        ClientError(UNKNOWN_TORRENT) (or registers it, in whitelist mode `open`)."""
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
         """A torrent's counters and up to `limit` of its live peers (a random sample of a

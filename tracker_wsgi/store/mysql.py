@@ -101,7 +101,8 @@ class MysqlStore(SqlStore):
         conn = mysql.connector.connect(
             **self.args,
             use_pure=False,  # the C extension; ImportError (not a silent fallback) if it is missing
-            autocommit=False,
+            # Reads are single statements, each its own transaction: one round trip, no COMMIT.
+            autocommit=True,
             charset="utf8mb4",
             connection_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
@@ -114,9 +115,12 @@ class MysqlStore(SqlStore):
         return conn
 
     def _begin(self, conn: Any, read_only: bool) -> None:
-        # Nothing to send: with autocommit off, the first statement opens the transaction,
-        # which saves a round trip per announce.
-        pass
+        if not read_only:  # writers: one transaction, committed by _end
+            conn.start_transaction()
+
+    def _end(self, conn: Any, read_only: bool) -> None:
+        if not read_only:
+            conn.commit()
 
     def _is_transient(self, exc: BaseException) -> bool:
         # The connector raises OperationalError / InterfaceError for a connection that is gone,

@@ -67,13 +67,19 @@ def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> 
 class SqlStore:
     dialect = Dialect
 
-    FIND_TORRENT = "SELECT torrent_id FROM info_hashes WHERE info_hash = ?"
-    SWARM = (
-        "SELECT t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, t.version, "
+    # A swarm's counters and live peers in one statement (one consistent read), by torrent
+    # id or, for a swarm the process does not hold yet, by info hash.
+    _SWARM = (
+        "SELECT t.id, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, t.version, "
         "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left, p.last_seen "
-        "FROM torrents t LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? "
-        "WHERE t.id = ? LIMIT ?"
     )
+    _SWARM_PEERS_OF_T = "LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? "
+    SWARM = _SWARM + "FROM torrents t " + _SWARM_PEERS_OF_T + "WHERE t.id = ? LIMIT ?"
+    SWARM_BY_HASH = (
+        _SWARM + "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id " + _SWARM_PEERS_OF_T
+        + "WHERE h.info_hash = ? LIMIT ?"
+    )
+    FIND_TORRENT = "SELECT torrent_id FROM info_hashes WHERE info_hash = ?"
     # A large swarm's live peers: a window of random ranks (index by_rank), so a read costs
     # `limit` rows whatever the swarm's size.
     _SWARM_PEERS = (
@@ -195,6 +201,9 @@ class SqlStore:
     def _begin(self, conn: Any, read_only: bool) -> None:
         raise NotImplementedError
 
+    def _end(self, conn: Any, read_only: bool) -> None:
+        conn.commit()
+
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -217,7 +226,7 @@ class SqlStore:
 
     def _read(self, work: Callable[[Any], T]) -> T:
         """A transaction that only reads (where the database can, it runs beside the writer)."""
-        return self._transaction(work)
+        return self._transaction(work, read_only=True)
 
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
         """Run `work(cursor)` in one transaction; on a dropped connection, a deadlock or a
@@ -228,7 +237,7 @@ class SqlStore:
             try:
                 self._begin(conn, read_only)
                 result = work(self._local.cursor)
-                conn.commit()
+                self._end(conn, read_only)
                 return result
             except ClientError:
                 conn.rollback()
@@ -241,46 +250,47 @@ class SqlStore:
 
     # -- the store interface --------------------------------------------------------------
 
-    def find_torrent(self, info_hash: bytes, now: int) -> int:
-        def work(cur: Any) -> int | None:
-            cur.execute(self.FIND_TORRENT, (info_hash,))
-            row = cur.fetchone()
-            return None if row is None else row[0]
-
-        def register(cur: Any) -> int:
-            return work(cur) or self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
-
-        torrent_id = self._read(work)
-        if torrent_id is not None:
-            return torrent_id
+    def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
+        snapshot = self._read(lambda cur: self._load(cur, self.SWARM_BY_HASH, info_hash, now, limit))
+        if snapshot is not None:
+            return snapshot
         if not self.register_unknown:
             raise ClientError(UNKNOWN_TORRENT)
-        return self._transaction(register)
+
+        def register(cur: Any) -> int:
+            cur.execute(self.FIND_TORRENT, (info_hash,))
+            row = cur.fetchone()  # another thread may have registered it meanwhile
+            return row[0] if row else self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
+
+        snapshot = self.load_swarm(self._transaction(register), now, limit)
+        if snapshot is None:  # unregistered again at once
+            raise ClientError(UNKNOWN_TORRENT)
+        return snapshot
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
-        def work(cur: Any) -> SwarmSnapshot | None:
-            cutoff = now - self.peer_timeout
-            # One statement, so the counters and the peers are one consistent read.
-            cur.execute(self.SWARM, (cutoff, torrent_id, limit + 1))
-            rows = cur.fetchall()
-            if not rows:
-                return None
-            name, downloaded, seeders, leechers, partial, version = rows[0][:6]
-            peers = [row[6:] for row in rows if row[6] is not None]
-            if len(peers) > limit:
-                # A window of random ranks: a different sample of a large swarm each time.
-                head, start = (torrent_id, cutoff), _rng.getrandbits(32)
-                cur.execute(self.SWARM_PEERS["from"], (*head, start, limit))
-                peers = cur.fetchall()
-                if len(peers) < limit:  # wrap around to the lowest ranks
-                    cur.execute(self.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
-                    peers += cur.fetchall()
-            return SwarmSnapshot(name, downloaded, seeders, leechers, partial, version, [
-                (bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left, last_seen)
-                for peer_id, ip, port, state, key, left, last_seen in peers
-            ])
+        return self._read(lambda cur: self._load(cur, self.SWARM, torrent_id, now, limit))
 
-        return self._read(work)
+    def _load(self, cur: Any, statement: str, key: int | bytes, now: int, limit: int) -> SwarmSnapshot | None:
+        """Counters and up to `limit` live peers (a window of random ranks of a larger swarm)."""
+        cutoff = now - self.peer_timeout
+        cur.execute(statement, (cutoff, key, limit + 1))
+        rows = cur.fetchall()
+        if not rows:
+            return None
+        torrent_id, name, downloaded, seeders, leechers, partial, version = rows[0][:7]
+        peers = [row[7:] for row in rows if row[7] is not None]
+        if len(peers) > limit:
+            # A window of random ranks: a different sample of a large swarm each time.
+            head, start = (torrent_id, cutoff), _rng.getrandbits(32)
+            cur.execute(self.SWARM_PEERS["from"], (*head, start, limit))
+            peers = cur.fetchall()
+            if len(peers) < limit:  # wrap around to the lowest ranks
+                cur.execute(self.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
+                peers += cur.fetchall()
+        return SwarmSnapshot(torrent_id, name, downloaded, seeders, leechers, partial, version, [
+            (bytes(peer_id), bytes(ip), port, state, bytes(peer_key) if peer_key else None, left, last_seen)
+            for peer_id, ip, port, state, peer_key, left, last_seen in peers
+        ])
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         def work(cur: Any) -> int:
