@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from urllib.parse import urlencode
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlencode
 
 import pytest
 
@@ -537,3 +537,19 @@ def test_jittered_interval_is_deterministic_for_a_seeded_rng():
     assert len(set(first)) == 1
     a, b = random.Random(99), random.Random(99)
     assert [jittered_interval(1800, a) for _ in range(50)] == [jittered_interval(1800, b) for _ in range(50)]
+
+
+def test_parse_query_decodes_exactly_as_urllib_does():
+    """Escapes are decoded by a faster route than urllib's; on any input, including
+    backslashes and broken escapes, it must give urllib's bytes."""
+    rng = random.Random(7)
+    alphabet = b"%\\+abcxyzABCDEF0123456789=-_.~!"
+    for _ in range(5000):
+        raw = bytes(rng.randrange(256) for _ in range(rng.randrange(25)))
+        for value in (
+            quote_from_bytes(raw).encode(),
+            "".join(f"%{b:02x}" for b in raw).encode(),
+            bytes(rng.choice(alphabet) for _ in range(rng.randrange(25))).replace(b"=", b""),
+        ):
+            expected = unquote_to_bytes(value.replace(b"+", b" "))
+            assert parse_query(b"k=" + value) == {b"k": [expected]}, value
