@@ -237,7 +237,7 @@ def test_binary_ids_round_trip_exactly(store, swarms):
 
 
 def _fields(request: AnnounceRequest) -> dict:
-    return {name: getattr(request, name) for name in request.__slots__}
+    return request._asdict()
 
 
 def test_concurrent_announces_lose_nothing(store, swarms):

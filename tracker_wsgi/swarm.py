@@ -6,14 +6,13 @@ of the peer; the store checks the key rule again against the stored row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import AnnounceRequest, ClientError, Event, PeerState, SwarmStats
 from .protocol import PEER_CONFLICT
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPeer:
+class StoredPeer(NamedTuple):  # NamedTuples: built for every announce
     ip: bytes
     key: bytes | None
     state: PeerState
@@ -21,8 +20,7 @@ class StoredPeer:
     completed: bool  # this peer's completion has already been counted
 
 
-@dataclass(frozen=True, slots=True)
-class PeerUpdate:
+class PeerUpdate(NamedTuple):
     remove: bool  # `stopped`: the peer leaves the swarm
     counts_completion: bool  # add one to the torrent's `downloaded`
     completed: bool  # value to store, so a repeated `completed` counts once
