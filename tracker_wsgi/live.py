@@ -81,7 +81,7 @@ class Swarm:
 
     __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "unwritten", "members",
                  "pools", "positions", "version", "loaded_at", "loading", "used_at", "pruned_at",
-                 "pending", "flushing")
+                 "pending", "flushing", "stats_cache")
 
     def __init__(self, torrent_id: int):
         self.torrent_id = torrent_id
@@ -101,10 +101,12 @@ class Swarm:
         self.pruned_at = 0
         self.pending: dict[bytes, PeerWrite] = {}  # announces not yet given to the store
         self.flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
+        self.stats_cache: SwarmStats | None = None  # stats() until counts, downloaded or name change
 
     def install(self, snapshot: SwarmSnapshot, now: int) -> None:
         """Replace the view with the store's, then replay this process's unwritten announces."""
         self.name, self.downloaded, self.version = snapshot.name, snapshot.downloaded, snapshot.version
+        self.stats_cache = None
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.positions = {}, ([], []), {}
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
@@ -131,13 +133,21 @@ class Swarm:
         self.counts = [result.leechers + self.unwritten[0], result.seeders + self.unwritten[1],
                        result.partial_seeds + self.unwritten[2]]
         self.downloaded = max(self.downloaded, result.downloaded)
+        self.stats_cache = None
         self.loaded_at = now
         return True
 
     def apply(self, write: PeerWrite) -> None:
         """Move the peer to its new state in the view (or out of it) and the counts with it."""
-        old = self.members.pop(write.peer_id, None)
+        old = self.members.get(write.peer_id)
+        if (old is not None and old.state is write.state and not write.stopped
+                and old.peer.port == write.port and old.peer.ip == write.ip):
+            # The usual re-announce: nothing counted changes, and the peer keeps its place.
+            self.members[write.peer_id] = Member(old.peer, write.state, write.key, write.left, write.last_seen)
+            return
+        self.stats_cache = None
         if old is not None:
+            del self.members[write.peer_id]
             self.counts[old.state] -= 1
             self.unwritten[old.state] -= 1
             self._unpool(write.peer_id, old.state)
@@ -185,7 +195,9 @@ class Swarm:
             self._forget_peer(peer_id)
 
     def stats(self) -> SwarmStats:
-        return swarm_stats(*self.counts, self.downloaded, self.name)
+        if self.stats_cache is None:
+            self.stats_cache = swarm_stats(*self.counts, self.downloaded, self.name)
+        return self.stats_cache
 
     def sample(self, asker: Peer | None, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
         """Up to numwant peers from a random place in the pools, never the asker; a seed
@@ -260,6 +272,7 @@ class LiveSwarms:
             # again (its recount may or may not hold this write; completions are rare).
             if downloaded is not None:
                 swarm.downloaded = max(swarm.downloaded, downloaded)
+                swarm.stats_cache = None
             swarm.apply(write)
             # Written through or not, the batch writes it (again) so the swarm is recounted.
             swarm.pending[peer_id] = write
