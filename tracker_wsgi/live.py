@@ -199,27 +199,35 @@ class Swarm:
             self.stats_cache = swarm_stats(*self.counts, self.downloaded, self.name)
         return self.stats_cache
 
-    def sample(self, asker: Peer | None, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
+    def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
         """Up to numwant peers from a random place in the pools, never the asker; a seed
         is sent only leechers (BEP 3 practice, and BitTornado's). A window, not
         random.sample: slices cost a few microseconds, numwant random draws ten times that,
-        and pool order is shuffled by every peer that leaves (see apply)."""
+        and pool order is shuffled by every peer that leaves (see _unpool)."""
         leechers, others = self.pools
         split = len(leechers)
         total = split + len(others) if wants_seeds else split
-        want = numwant + 1  # one more, in case the asker is among them
-        if total <= want:
-            chosen = leechers + others if wants_seeds else leechers
-        else:
-            chosen, start = [], int(rng.random() * total)
-            while want:  # at most three slices: the end of one pool, the other, the wrap
-                part = leechers[start:start + want] if start < split else others[start - split:start - split + want]
-                chosen += part
-                want -= len(part)
-                start = (start + len(part)) % total
-        if asker is not None and asker in chosen:  # the asker's own Peer, found by identity first
-            chosen = [p for p in chosen if p is not asker]
-        return tuple(chosen[:numwant])
+        # Where the asker is in leechers + others (None: not among what is sampled).
+        at = self.positions.get(asker)
+        if at is not None and self.members[asker].state is not PeerState.LEECHER:
+            at = at + split if wants_seeds else None
+        if total <= numwant + (at is not None):  # everyone
+            chosen = leechers + others if wants_seeds else leechers[:]
+            if at is not None:
+                del chosen[at]
+            return tuple(chosen)
+        start = int(rng.random() * total)
+        skip = (at - start) % total if at is not None else numwant  # the asker's place in the window
+        want = numwant + 1 if skip < numwant else numwant
+        chosen = []
+        while want:  # at most three slices: the end of one pool, the other, the wrap
+            part = leechers[start:start + want] if start < split else others[start - split:start - split + want]
+            chosen += part
+            want -= len(part)
+            start = (start + len(part)) % total
+        if skip < numwant:
+            del chosen[skip]
+        return tuple(chosen)
 
 
 class LiveSwarms:
@@ -280,11 +288,7 @@ class LiveSwarms:
                 swarm.make_room(VIEW_LIMIT, self.rng)
             self._dirty[swarm.torrent_id] = swarm
             stats = swarm.stats()
-            if request.numwant:
-                asker = swarm.members.get(peer_id)
-                peers = swarm.sample(asker and asker.peer, request.state.wants_seeds, request.numwant, self.rng)
-            else:
-                peers = ()
+            peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
         if self._flusher is None and not self._closed.is_set():
             self._start_flusher()
         return AnnounceResult(stats, peers)

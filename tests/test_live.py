@@ -1,0 +1,48 @@
+"""A swarm's view in memory (tracker_wsgi/live.py), without a store."""
+
+from __future__ import annotations
+
+import random
+
+from conftest import pid
+from tracker_wsgi.live import Swarm
+from tracker_wsgi.model import PeerState, PeerWrite
+
+V4 = bytes([192, 0, 2, 1])
+
+
+def write(n: int, state: PeerState, stopped: bool = False) -> PeerWrite:
+    return PeerWrite(pid(n), V4, 6000 + n, None, state, 0 if state is PeerState.SEED else 5, 0, 0, 1, stopped)
+
+
+def test_samples_never_hold_the_asker_or_a_peer_twice_and_seeds_get_only_leechers():
+    rng = random.Random(3)
+    for _ in range(300):
+        swarm = Swarm(1)
+        leechers, seeds = rng.randrange(0, 60), rng.randrange(0, 60)
+        states = {n: PeerState.LEECHER for n in range(leechers)}
+        states |= {n: rng.choice([PeerState.SEED, PeerState.PARTIAL_SEED]) for n in range(leechers, leechers + seeds)}
+        for n, state in states.items():
+            swarm.apply(write(n, state))
+        for n in rng.sample(sorted(states), min(5, len(states))):  # some leave: pools reorder
+            swarm.apply(write(n, states.pop(n), stopped=True))
+        for _ in range(10):
+            asker = rng.choice([*states, 999])  # 999: not in the swarm
+            numwant = rng.randrange(1, 80)
+            wants_seeds = states.get(asker, PeerState.LEECHER) is not PeerState.SEED
+            peers = swarm.sample(pid(asker), wants_seeds, numwant, rng)
+            ids = [p.peer_id for p in peers]
+            eligible = {pid(n) for n, s in states.items() if wants_seeds or s is PeerState.LEECHER} - {pid(asker)}
+            assert len(ids) == len(set(ids)) == min(numwant, len(eligible)), (numwant, len(eligible))
+            assert set(ids) <= eligible
+
+
+def test_a_large_swarm_is_sampled_from_everywhere():
+    swarm = Swarm(1)
+    for n in range(500):
+        swarm.apply(write(n, PeerState.LEECHER if n % 2 else PeerState.SEED))
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(200):
+        seen |= {p.peer_id for p in swarm.sample(pid(1), True, 50, rng)}
+    assert len(seen) == 499
