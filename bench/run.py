@@ -46,7 +46,7 @@ from tracker_wsgi.store import open_store  # noqa: E402
 
 MYSQL_USER, MYSQL_PASSWORD = "tracker_test", "tracker-test-only"  # as tests/conftest.py
 LOCALHOST = bytes([127, 0, 0, 1])
-# display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi)", cut to argv[0]'s length.
+# display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
 
 

@@ -138,6 +138,7 @@ class MysqlStore(SqlStore):
         def work(cur: Any) -> None:
             for statement in statements:
                 cur.execute(statement)
+            self._add_missing_columns(cur)
 
         self._transaction(work)
 

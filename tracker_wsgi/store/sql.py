@@ -561,6 +561,17 @@ class SqlStore:
     def history(self, since: int) -> list[tuple[int, int, int]]:
         return [tuple(row) for row in self._fetchall(self.HISTORY, (since,))]
 
+    # Columns added since a database could first be created: create_tables adds them to a
+    # database made by an older version, which CREATE TABLE IF NOT EXISTS leaves alone.
+    ADDED_COLUMNS = (("torrents", "version", "BIGINT NOT NULL DEFAULT 0"),)
+
+    def _add_missing_columns(self, cur: Any) -> None:
+        for table, column, definition in self.ADDED_COLUMNS:
+            cur.execute(f"SELECT * FROM {table} LIMIT 0")
+            cur.fetchall()
+            if column not in [d[0] for d in cur.description]:
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
     def _fetchall(self, statement: str, args: tuple = ()) -> list[tuple]:
         def work(cur: Any) -> list[tuple]:
             cur.execute(statement, args)

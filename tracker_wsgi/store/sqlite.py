@@ -163,3 +163,4 @@ class SqliteStore(SqlStore):
                 )
         conn = self._connection()
         conn.executescript(SCHEMA)
+        self._transaction(self._add_missing_columns)
