@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import signal
 import shutil
 import sys
 import time
@@ -113,6 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     conf = devserver.httpd_conf(state, args.port, config_path, apache_dir)
     print(f"tracker at http://127.0.0.1:{args.port}/tracker/announce (config {config_path}); Ctrl-C stops")
     server = devserver.start(state, conf)
+    # A service manager stops us with SIGTERM: stop Apache with us, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return server.wait()
     except KeyboardInterrupt:
