@@ -553,3 +553,39 @@ def test_parse_query_decodes_exactly_as_urllib_does():
         ):
             expected = unquote_to_bytes(value.replace(b"+", b" "))
             assert parse_query(b"k=" + value) == {b"k": [expected]}, value
+
+
+def test_compact_answers_are_exactly_bencode_of_their_dictionary():
+    """The compact answer's bencoding is written out by hand for speed; on random answers
+    (IPv4 and IPv6 peers, tracker id, warning, large counts) it must equal bencode's."""
+    from bencoder import bencode
+
+    rng = random.Random(11)
+    for _ in range(2000):
+        peers = tuple(
+            make_peer(bytes(rng.randrange(256) for _ in range(rng.choice([4, 4, 16]))), rng.randrange(1, 65536),
+                      bytes(rng.randrange(256) for _ in range(20)))
+            for _ in range(rng.randrange(60))
+        )
+        client_ip = bytes(rng.randrange(256) for _ in range(rng.choice([4, 16])))
+        request = AnnounceRequest(
+            info_hash=ih(1), peer_id=pid(1), ip=client_ip, port=1, uploaded=0, downloaded=0, left=0,
+            event=Event.NONE, numwant=50, compact=True, no_peer_id=False, key=None,
+            tracker_id=rng.choice([None, b"", b"id\x00\xff"]), client_ip=client_ip,
+            warning=rng.choice([None, "The ip parameter is ignored."]),
+        )
+        stats = SwarmStats(rng.randrange(10**12), rng.randrange(10**6), rng.randrange(10**9), 0, "")
+        interval, min_interval = rng.randrange(60, 86400), rng.randrange(0, 600)
+        expected = {
+            b"interval": interval, b"min interval": min_interval, b"complete": stats.complete,
+            b"incomplete": stats.incomplete, b"downloaded": stats.downloaded, b"external ip": client_ip,
+            b"peers": b"".join(p.compact for p in peers if len(p.ip) == 4),
+        }
+        if any(len(p.ip) == 16 for p in peers):
+            expected[b"peers6"] = b"".join(p.compact for p in peers if len(p.ip) == 16)
+        if request.tracker_id:
+            expected[b"tracker id"] = request.tracker_id
+        if request.warning:
+            expected[b"warning message"] = request.warning.encode()
+        result = AnnounceResult(stats, peers)
+        assert encode_announce(request, result, interval, min_interval) == bencode(expected)
