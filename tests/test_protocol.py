@@ -58,29 +58,28 @@ def packed(text: str) -> bytes:
 # --------------------------------------------------------------------------------------
 
 QUERY_CASES = [
-    # (id, raw query, expected params)
-    ("upper-case %XX is binary", b"info_hash=%AB%CD%00%FF", {b"info_hash": [b"\xab\xcd\x00\xff"]}),
-    ("lower-case %xx is binary", b"info_hash=%ab%cd%00%ff", {b"info_hash": [b"\xab\xcd\x00\xff"]}),
-    ("mixed-case %Xx", b"x=%aB%Cd", {b"x": [b"\xab\xcd"]}),
-    ("plus is a space", b"name=a+b+c", {b"name": [b"a b c"]}),
-    ("%2B is a literal plus", b"name=a%2Bb", {b"name": [b"a+b"]}),
-    ("%20 is a space too", b"name=a%20b", {b"name": [b"a b"]}),
-    ("encoded key is decoded", b"info%5Fhash=x", {b"info_hash": [b"x"]}),
-    ("plus in a key is a space", b"a+b=1", {b"a b": [b"1"]}),
-    ("repeated key keeps every value in order", b"info_hash=1&info_hash=2&info_hash=3",
-     {b"info_hash": [b"1", b"2", b"3"]}),
-    ("% with non-hex kept literally", b"a=%zz", {b"a": [b"%zz"]}),
-    ("% with one hex digit kept literally", b"a=%4", {b"a": [b"%4"]}),
-    ("trailing % kept literally", b"a=100%", {b"a": [b"100%"]}),
-    ("%% kept literally", b"a=%%41", {b"a": [b"%A"]}),
-    ("empty fields are skipped", b"&a=1&&b=2&", {b"a": [b"1"], b"b": [b"2"]}),
-    ("empty value", b"a=", {b"a": [b""]}),
-    ("key without = has an empty value", b"compact", {b"compact": [b""]}),
-    ("only the first = splits", b"a=1=2", {b"a": [b"1=2"]}),
-    ("empty key", b"=v", {b"": [b"v"]}),
+    # (id, raw query, expected fields)
+    ("upper-case %XX is binary", b"info_hash=%AB%CD%00%FF", {b"info_hash": b"\xab\xcd\x00\xff"}),
+    ("lower-case %xx is binary", b"info_hash=%ab%cd%00%ff", {b"info_hash": b"\xab\xcd\x00\xff"}),
+    ("mixed-case %Xx", b"x=%aB%Cd", {b"x": b"\xab\xcd"}),
+    ("plus is a space", b"name=a+b+c", {b"name": b"a b c"}),
+    ("%2B is a literal plus", b"name=a%2Bb", {b"name": b"a+b"}),
+    ("%20 is a space too", b"name=a%20b", {b"name": b"a b"}),
+    ("encoded key is decoded", b"info%5Fhash=x", {b"info_hash": b"x"}),
+    ("plus in a key is a space", b"a+b=1", {b"a b": b"1"}),
+    ("repeated key: the last value wins", b"info_hash=1&info_hash=2&info_hash=3", {b"info_hash": b"3"}),
+    ("% with non-hex kept literally", b"a=%zz", {b"a": b"%zz"}),
+    ("% with one hex digit kept literally", b"a=%4", {b"a": b"%4"}),
+    ("trailing % kept literally", b"a=100%", {b"a": b"100%"}),
+    ("%% kept literally", b"a=%%41", {b"a": b"%A"}),
+    ("empty fields are skipped", b"&a=1&&b=2&", {b"a": b"1", b"b": b"2"}),
+    ("empty value", b"a=", {b"a": b""}),
+    ("key without = has an empty value", b"compact", {b"compact": b""}),
+    ("only the first = splits", b"a=1=2", {b"a": b"1=2"}),
+    ("empty key", b"=v", {b"": b"v"}),
     ("empty query", b"", {}),
-    ("raw high bytes pass through", b"a=\xff\x00", {b"a": [b"\xff\x00"]}),
-    ("encoded & and = stay inside the value", b"a=%26%3D&b=1", {b"a": [b"&="], b"b": [b"1"]}),
+    ("raw high bytes pass through", b"a=\xff\x00", {b"a": b"\xff\x00"}),
+    ("encoded & and = stay inside the value", b"a=%26%3D&b=1", {b"a": b"&=", b"b": b"1"}),
 ]
 
 
@@ -93,7 +92,7 @@ def test_parse_query(query, expected):
 def test_parse_query_accepts_exactly_the_maximum_length():
     query = b"a=" + b"x" * (MAX_QUERY_BYTES - 2)
     assert len(query) == MAX_QUERY_BYTES
-    assert parse_query(query) == {b"a": [b"x" * (MAX_QUERY_BYTES - 2)]}
+    assert parse_query(query) == {b"a": b"x" * (MAX_QUERY_BYTES - 2)}
 
 
 def test_parse_query_refuses_an_oversize_query():
@@ -110,7 +109,7 @@ def test_parse_query_refuses_an_oversize_query():
 DROP = object()  # a field value meaning "leave this field out of the query"
 
 
-def announce_params(**fields) -> dict[bytes, list[bytes]]:
+def announce_params(**fields) -> dict[bytes, bytes]:
     """A valid announce's parsed query, with some fields replaced or dropped."""
     base = {"info_hash": ih(1), "peer_id": pid(1), "port": 6881, "uploaded": 0,
             "downloaded": 0, "left": 100}
@@ -450,10 +449,6 @@ def test_encode_failure_exact_bytes(args, expected):
 # parse_scrape
 # --------------------------------------------------------------------------------------
 
-def scrape_params(*hashes: bytes) -> dict[bytes, list[bytes]]:
-    return parse_query(scrape_query(*hashes))
-
-
 def scrape_query(*hashes: bytes) -> bytes:
     return urlencode([("info_hash", h) for h in hashes]).encode()
 
@@ -478,13 +473,18 @@ SCRAPE_PARSE_CASES = [
                          ids=[c[0] for c in SCRAPE_PARSE_CASES])
 def test_parse_scrape(hashes, expected):
     """BEP 48: `info_hash` may repeat; no info_hash asks for every torrent."""
-    assert parse_scrape(scrape_params(*hashes)) == expected
+    assert parse_scrape(scrape_query(*hashes)) == expected
 
 
-def test_parse_scrape_ignores_other_keys():
-    params = scrape_params(ih(1))
-    params[b"peer_id"] = [pid(1)]
-    assert parse_scrape(params) == [ih(1)]
+def test_parse_scrape_ignores_other_keys_and_decodes_like_parse_query():
+    query = b"peer_id=" + pid(1) + b"&info%5Fhash=" + b"%" + b"%".join(f"{b:02x}".encode() for b in ih(1))
+    assert parse_scrape(query + b"&info_hash=" + plain(7)) == [ih(1), plain(7)]
+
+
+def test_parse_scrape_refuses_an_oversize_query():
+    with pytest.raises(ClientError) as exc:
+        parse_scrape(b"info_hash=" + b"x" * MAX_QUERY_BYTES)
+    assert exc.value.reason == QUERY_TOO_LONG
 
 
 BAD_SCRAPE_CASES = [
@@ -499,7 +499,7 @@ BAD_SCRAPE_CASES = [
 @pytest.mark.parametrize(("hashes", "reason"), [c[1:] for c in BAD_SCRAPE_CASES], ids=[c[0] for c in BAD_SCRAPE_CASES])
 def test_parse_scrape_refuses(hashes, reason):
     with pytest.raises(ClientError) as exc:
-        parse_scrape(scrape_params(*hashes))
+        parse_scrape(scrape_query(*hashes))
     assert exc.value.reason == reason
 
 
@@ -510,7 +510,7 @@ def test_a_scrape_of_the_maximum_number_of_hashes_fits_in_the_query_limit():
     hashes = [bytes([0xFF] * 19 + [0x80 + n]) for n in range(MAX_SCRAPE_HASHES)]
     query = scrape_query(*hashes)
     assert len(query) == MAX_SCRAPE_HASHES * len("info_hash=" + "%FF" * 20) + MAX_SCRAPE_HASHES - 1
-    assert parse_scrape(parse_query(query)) == hashes
+    assert parse_scrape(query) == hashes
 
 
 def test_too_many_hashes_reason_names_the_limit():
@@ -552,7 +552,7 @@ def test_parse_query_decodes_exactly_as_urllib_does():
             bytes(rng.choice(alphabet) for _ in range(rng.randrange(25))).replace(b"=", b""),
         ):
             expected = unquote_to_bytes(value.replace(b"+", b" "))
-            assert parse_query(b"k=" + value) == {b"k": [expected]}, value
+            assert parse_query(b"k=" + value) == {b"k": expected}, value
 
 
 def test_compact_answers_are_exactly_bencode_of_their_dictionary():

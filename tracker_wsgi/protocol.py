@@ -51,8 +51,9 @@ def _missing_or_bad(name: str) -> str:
     return f"Missing or invalid {name}: it must be a non-negative whole number."
 
 
-def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
-    """Split a raw query string into keys and lists of values, all bytes.
+def parse_query(query: bytes) -> dict[bytes, bytes]:
+    """Split a raw query string into keys and values, all bytes. A repeated key: the last
+    value wins, as the original tracker did (a scrape's repeated info_hash: parse_scrape).
 
     application/x-www-form-urlencoded: `&`-separated, `+` is a space, `%XX` in either case.
     Keys and values are never decoded as text: info_hash and peer_id are binary.
@@ -60,18 +61,21 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
     """
     if len(query) > MAX_QUERY_BYTES:
         raise ClientError(QUERY_TOO_LONG)
-    params: dict[bytes, list[bytes]] = {}
+    fields: dict[bytes, bytes] = {}
     for field in query.split(b"&"):
-        if not field:
-            continue
-        key, _, value = field.partition(b"=")
-        # Most fields (numbers, flags) and every key a client sends have nothing to decode.
-        if b"%" in value or b"+" in value:
-            value = _unquote(value.replace(b"+", b" "))
-        if b"%" in key or b"+" in key:
-            key = _unquote(key.replace(b"+", b" "))
-        params.setdefault(key, []).append(value)
-    return params
+        if field:
+            key, _, value = field.partition(b"=")
+            # Most values (numbers, flags) and every key a client sends have nothing to decode.
+            if b"%" in value or b"+" in value:
+                value = _unquote(value.replace(b"+", b" "))
+            if b"%" in key or b"+" in key:
+                key = _unquote(key.replace(b"+", b" "))
+            fields[key] = value
+    return fields
+
+
+def _decode(text: bytes) -> bytes:
+    return _unquote(text.replace(b"+", b" ")) if b"%" in text or b"+" in text else text
 
 
 def _unquote(text: bytes) -> bytes:
@@ -84,31 +88,27 @@ def _unquote(text: bytes) -> bytes:
         return unquote_to_bytes(text)
 
 
-def _last(params: dict[bytes, list[bytes]], key: bytes) -> bytes | None:
-    # Repeated keys: the last one wins, as the original tracker did.
-    values = params.get(key)
-    return values[-1] if values else None
-
-
-def _hash(params: dict[bytes, list[bytes]], key: bytes, reason: str) -> bytes:
-    value = _last(params, key)
+def _hash(fields: dict[bytes, bytes], key: bytes, reason: str) -> bytes:
+    value = fields.get(key)
     if value is None or len(value) != HASH_BYTES:
         raise ClientError(reason)
     return value
 
 
-def _counter(params: dict[bytes, list[bytes]], key: bytes, default: int | None = None) -> int:
-    value = _last(params, key)
+def _counter(fields: dict[bytes, bytes], key: bytes, default: int | None = None) -> int:
+    value = fields.get(key)
     if value is None and default is not None:
         return default
     # isdigit() on bytes accepts ASCII digits only: no sign, no spaces, no Unicode digits.
-    if value is None or not value.isdigit() or len(value) > 19 or int(value) > MAX_COUNTER:
-        raise ClientError(_missing_or_bad(key.decode()))
-    return int(value)
+    if value is not None and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        if number <= MAX_COUNTER:
+            return number
+    raise ClientError(_missing_or_bad(key.decode()))
 
 
-def _flag(params: dict[bytes, list[bytes]], key: bytes, default: bool) -> bool:
-    value = _last(params, key)
+def _flag(fields: dict[bytes, bytes], key: bytes, default: bool) -> bool:
+    value = fields.get(key)
     if value is None or value == b"":
         return default
     return value != b"0"
@@ -126,7 +126,7 @@ class AnnouncePolicy:
 
 
 def parse_announce(
-    params: dict[bytes, list[bytes]],
+    fields: dict[bytes, bytes],
     client_ip: bytes,
     policy: AnnouncePolicy,
     ip_param_trusted: bool,
@@ -134,36 +134,36 @@ def parse_announce(
     """Validate an announce (BEP 3) and resolve its defaults.
 
     Args:
-        params: from `parse_query`.
+        fields: from `parse_query`.
         client_ip: packed address the request came from (see netaddr.client_address).
         policy: numwant default and cap.
         ip_param_trusted: whether this client may name another address with `ip=`.
     Raises:
         ClientError: with the reason to send back.
     """
-    info_hash = _hash(params, b"info_hash", BAD_INFO_HASH)
-    peer_id = _hash(params, b"peer_id", BAD_PEER_ID)
-    port_text = _last(params, b"port")
+    info_hash = _hash(fields, b"info_hash", BAD_INFO_HASH)
+    peer_id = _hash(fields, b"peer_id", BAD_PEER_ID)
+    port_text = fields.get(b"port")
     if port_text is None or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
         raise ClientError(BAD_PORT)
-    event = _EVENTS.get(_last(params, b"event") or b"")
+    event = _EVENTS.get(fields.get(b"event") or b"")
     if event is None:
         raise ClientError(BAD_EVENT)
     # Clients must send these three, but some omit `downloaded`/`uploaded` on `stopped`;
     # `left` has no safe default, so it is required.
-    uploaded = _counter(params, b"uploaded", 0)
-    downloaded = _counter(params, b"downloaded", 0)
-    left = _counter(params, b"left")
-    numwant = min(_counter(params, b"numwant", policy.numwant_default), policy.numwant_max)
-    key = _last(params, b"key")
+    uploaded = _counter(fields, b"uploaded", 0)
+    downloaded = _counter(fields, b"downloaded", 0)
+    left = _counter(fields, b"left")
+    numwant = min(_counter(fields, b"numwant", policy.numwant_default), policy.numwant_max)
+    key = fields.get(b"key")
     if key is not None and len(key) > MAX_KEY_BYTES:
         raise ClientError(BAD_KEY)
-    tracker_id = _last(params, b"trackerid")
+    tracker_id = fields.get(b"trackerid")
     if tracker_id is not None and len(tracker_id) > MAX_TRACKER_ID_BYTES:
         raise ClientError(BAD_TRACKER_ID)
 
     ip, warning = client_ip, None
-    ip_param = _last(params, b"ip")
+    ip_param = fields.get(b"ip")
     if ip_param:
         try:
             named_ip = pack_ip(ip_param.decode("ascii"))
@@ -185,8 +185,8 @@ def parse_announce(
         # A stopped peer leaves the swarm and needs no peers (the original did the same).
         event=event,
         numwant=0 if event is Event.STOPPED else numwant,
-        compact=_flag(params, b"compact", True),  # BEP 23: compact unless asked otherwise
-        no_peer_id=_flag(params, b"no_peer_id", False),
+        compact=_flag(fields, b"compact", True),  # BEP 23: compact unless asked otherwise
+        no_peer_id=_flag(fields, b"no_peer_id", False),
         key=key or None,
         tracker_id=tracker_id or None,
         client_ip=client_ip,
@@ -194,9 +194,16 @@ def parse_announce(
     )
 
 
-def parse_scrape(params: dict[bytes, list[bytes]]) -> list[bytes]:
-    """The info hashes a scrape asks for (BEP 48); empty means a full scrape."""
-    hashes = params.get(b"info_hash", [])
+def parse_scrape(query: bytes) -> list[bytes]:
+    """The info hashes a raw scrape query asks for (BEP 48: `info_hash` repeats), in order,
+    each once; empty means a full scrape."""
+    if len(query) > MAX_QUERY_BYTES:
+        raise ClientError(QUERY_TOO_LONG)
+    hashes = [
+        _decode(value)
+        for key, _, value in (field.partition(b"=") for field in query.split(b"&"))
+        if _decode(key) == b"info_hash"
+    ]
     if len(hashes) > MAX_SCRAPE_HASHES:
         raise ClientError(TOO_MANY_HASHES)
     if any(len(h) != HASH_BYTES for h in hashes):

@@ -109,9 +109,9 @@ class Tracker:
         return client_address(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
 
     @staticmethod
-    def _params(environ: dict[str, Any]) -> dict[bytes, list[bytes]]:
+    def _query(environ: dict[str, Any]) -> bytes:
         # PEP 3333: environ strings are the raw bytes as latin-1; undo that, never UTF-8.
-        return parse_query(environ.get("QUERY_STRING", "").encode("latin-1"))
+        return environ.get("QUERY_STRING", "").encode("latin-1")
 
     def announce_or_redirect(self, environ: dict[str, Any]) -> Response:
         # A bare /tracker is the address people type: send them to the torrents, as the
@@ -119,18 +119,18 @@ class Tracker:
         # Any other query is a client announcing at /tracker.
         if not environ.get("QUERY_STRING"):
             return "302 Found", [("Location", self.redirect_to), ("Content-Type", TEXT), ("Content-Length", "0")], b""
-        params = self._params(environ)
-        command = next((c for c in WEB_REFRESH_COMMANDS if c in params), None)
-        if command is not None and b"info_hash" not in params:
-            return self.web_refresh(params, force=WEB_REFRESH_COMMANDS[command])
-        return self._announce(environ, params)
+        fields = parse_query(self._query(environ))
+        command = next((c for c in WEB_REFRESH_COMMANDS if c in fields), None)
+        if command is not None and b"info_hash" not in fields:
+            return self.web_refresh(fields, force=WEB_REFRESH_COMMANDS[command])
+        return self._announce(environ, fields)
 
-    def web_refresh(self, params: dict[bytes, list[bytes]], force: bool) -> Response:
+    def web_refresh(self, fields: dict[bytes, bytes], force: bool) -> Response:
         """The original ran `refresh` for anyone who asked; ours needs the configured secret."""
         secret = self.config.refresh_secret.encode()
         if not secret:
             raise ClientError(REFRESH_OFF)
-        given = (params.get(b"secret") or [b""])[-1]
+        given = fields.get(b"secret", b"")
         if not hmac.compare_digest(given, secret):
             raise ClientError(REFRESH_REFUSED)
         self.swarms.flush()  # the report then counts every announce this process answered
@@ -142,18 +142,18 @@ class Tracker:
         return _answer(text.encode("utf-8"), "text/plain; charset=utf-8")
 
     def announce(self, environ: dict[str, Any]) -> Response:
-        return self._announce(environ, self._params(environ))
+        return self._announce(environ, parse_query(self._query(environ)))
 
-    def _announce(self, environ: dict[str, Any], params: dict[bytes, list[bytes]]) -> Response:
+    def _announce(self, environ: dict[str, Any], fields: dict[bytes, bytes]) -> Response:
         client_ip = self._client(environ)
-        request = parse_announce(params, client_ip, self.policy, is_trusted(client_ip, self.trusted))
+        request = parse_announce(fields, client_ip, self.policy, is_trusted(client_ip, self.trusted))
         result = self.swarms.announce(request, int(self.clock()))
         interval = jittered_interval(self.config.interval, self.rng)
         body = encode_announce(request, result, interval, self.config.min_interval)
         return _answer(body, BINARY if request.compact else TEXT)
 
     def scrape(self, environ: dict[str, Any]) -> Response:
-        hashes = parse_scrape(self._params(environ))
+        hashes = parse_scrape(self._query(environ))
         now = int(self.clock())
         files = self.swarms.scrape(hashes, now) if hashes else self.full_scrape(now)
         return _answer(encode_scrape(files))
