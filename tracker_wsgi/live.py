@@ -6,7 +6,8 @@ this process since. An announce (nearly all traffic: re-announces, `started`, `s
 is answered from the view with no database round trip; what it changed waits until the
 flush thread writes every waiting announce, every `sync_interval` seconds and when the
 process exits. XBT and Ocelot do the same (peer-trackers.md section 4); they run one
-process per host, we may run several per host and several hosts per database, so:
+process per host. We run two (apache/tracker.conf sends each announce to the one its info
+hash names, so a swarm normally lives in one of them) and several hosts per database, so:
 
 - A completion (`completed`, or a leecher the view knew reporting left=0) is written
   through and committed before the answer: a killed process never loses one.
