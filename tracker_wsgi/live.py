@@ -261,8 +261,7 @@ class LiveSwarms:
     def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
         swarm = self._swarm(request.info_hash, now)
         peer_id = request.peer_id
-        with self._lock:
-            member = swarm.members.get(peer_id)
+        member = swarm.members.get(peer_id)  # one dict read: atomic, no lock needed
         # Whether this peer's completion was counted is the store's to know (write_through).
         stored = None if member is None else StoredPeer(member.peer.ip, member.key, member.state, member.left, False)
         update = plan_announce(request, stored)  # raises PEER_CONFLICT
