@@ -65,7 +65,8 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
     for field in query.split(b"&"):
         if field:
             key, _, value = field.partition(b"=")
-            # Most values (numbers, flags) and every key a client sends have nothing to decode.
+            # _decode, inlined: this runs for every field of every announce. Most values
+            # (numbers, flags) and every key a client sends have nothing to decode.
             if b"%" in value or b"+" in value:
                 value = _unquote(value.replace(b"+", b" "))
             if b"%" in key or b"+" in key:
@@ -75,6 +76,7 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
 
 
 def _decode(text: bytes) -> bytes:
+    """A query key or value as bytes: `+` is a space, `%XY` the byte."""
     return _unquote(text.replace(b"+", b" ")) if b"%" in text or b"+" in text else text
 
 
