@@ -51,6 +51,12 @@ def _missing_or_bad(name: str) -> str:
     return f"Missing or invalid {name}: it must be a non-negative whole number."
 
 
+# Byte values, not one-byte strings: `b"%" in value` first tries the needle as an integer and
+# raises and clears a TypeError inside, which costs eight times the search (~0.25 us, four
+# times per field of every announce).
+_PERCENT, _PLUS = ord("%"), ord("+")
+
+
 def parse_query(query: bytes) -> dict[bytes, bytes]:
     """Split a raw query string into keys and values, all bytes. A repeated key: the last
     value wins, as the original tracker did (a scrape's repeated info_hash: parse_scrape).
@@ -67,9 +73,9 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
             key, _, value = field.partition(b"=")
             # _decode, inlined: this runs for every field of every announce. Most values
             # (numbers, flags) and every key a client sends have nothing to decode.
-            if b"%" in value or b"+" in value:
+            if _PERCENT in value or _PLUS in value:
                 value = _unquote(value.replace(b"+", b" "))
-            if b"%" in key or b"+" in key:
+            if _PERCENT in key or _PLUS in key:
                 key = _unquote(key.replace(b"+", b" "))
             fields[key] = value
     return fields
@@ -77,7 +83,7 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
 
 def _decode(text: bytes) -> bytes:
     """A query key or value as bytes: `+` is a space, `%XY` the byte."""
-    return _unquote(text.replace(b"+", b" ")) if b"%" in text or b"+" in text else text
+    return _unquote(text.replace(b"+", b" ")) if _PERCENT in text or _PLUS in text else text
 
 
 def _unquote(text: bytes) -> bytes:
