@@ -144,6 +144,7 @@ BAD_ANNOUNCE_CASES = [
     ("port with sign", {"port": "+80"}, BAD_PORT),
     ("port with space", {"port": " 80"}, BAD_PORT),
     ("port huge", {"port": "9" * 30}, BAD_PORT),
+    ("port of 5000 digits (int() refuses over 4300)", {"port": "9" * 5000}, BAD_PORT),
     ("uploaded negative", {"uploaded": -1}, bad_counter("uploaded")),
     ("uploaded non-digit", {"uploaded": "lots"}, bad_counter("uploaded")),
     ("uploaded empty", {"uploaded": ""}, bad_counter("uploaded")),

@@ -169,12 +169,16 @@ def test_ipv6_peers_keep_their_address(store, swarms):
     assert swarms.announce(ann(2), NOW).peers[0].ip == V6
 
 
-def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store, swarms):
+def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store):
     """As the original: counts are corrected when the refresh expires silent peers."""
-    swarms.announce(ann(1), NOW - TIMEOUT - 1)
+    clock = Clock(NOW - TIMEOUT - 1)
+    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms.announce(ann(1), clock.now)
     swarms.flush()
-    swarms.announce(ann(2), NOW - 10)
+    clock.now = NOW - 10
+    swarms.announce(ann(2), clock.now)
     swarms.flush()
+    clock.now = NOW
     result = swarms.announce(ann(3), NOW)  # the view is read again, without peer 1
     assert [p.peer_id for p in result.peers] == [pid(2)]
     assert result.stats.incomplete == 3

@@ -12,7 +12,9 @@ import pytest
 from conftest import ih, pid
 from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState
 from tracker_wsgi.protocol import PEER_CONFLICT
-from tracker_wsgi.swarm import PeerUpdate, StoredPeer, plan_announce, swarm_stats
+from typing import NamedTuple
+
+from tracker_wsgi.swarm import PeerUpdate, plan_announce, swarm_stats
 
 HOME = ipaddress.ip_address("198.51.100.7").packed
 ELSEWHERE = ipaddress.ip_address("203.0.113.9").packed
@@ -27,15 +29,18 @@ def request(*, left: int = 100, event: Event = Event.NONE, ip: bytes = HOME, key
     )
 
 
-def stored(*, left: int = 100, ip: bytes = HOME, key: bytes | None = None, completed: bool = False,
-           state: PeerState | None = None) -> StoredPeer:
-    if state is None:
-        state = PeerState.SEED if left == 0 else PeerState.LEECHER
-    return StoredPeer(ip=ip, key=key, state=state, left=left, completed=completed)
+class Known(NamedTuple):  # what a view knows of a peer (swarm.KnownPeer)
+    ip: bytes
+    key: bytes | None
+    left: int
 
 
-def update(*, remove=False, counts=False, completed=False, key=None) -> PeerUpdate:
-    return PeerUpdate(remove=remove, counts_completion=counts, completed=completed, key=key)
+def stored(*, left: int = 100, ip: bytes = HOME, key: bytes | None = None) -> Known:
+    return Known(ip=ip, key=key, left=left)
+
+
+def update(*, remove=False, counts=False, key=None) -> PeerUpdate:
+    return PeerUpdate(remove=remove, counts_completion=counts, key=key)
 
 
 # --------------------------------------------------------------------------------------
@@ -85,12 +90,12 @@ def test_accepted_announces(announce, peer, expected):
 
 
 # --------------------------------------------------------------------------------------
-# stopped, and counting completions once
+# stopped, and finished downloads
 # --------------------------------------------------------------------------------------
 
 STOPPED_CASES = [
     ("known leecher", stored()),
-    ("known seed whose completion was counted", stored(left=0, completed=True)),
+    ("known seed", stored(left=0)),
     ("unknown peer", None),
 ]
 
@@ -106,34 +111,29 @@ def test_stopped_keeps_the_key_for_the_record():
 
 
 COMPLETION_CASES = [
-    # (id, announce, stored peer, counts this completion, completed flag to store)
-    ("completed with left=0 counts", request(event=Event.COMPLETED, left=0), stored(left=100), True, True),
-    ("completed from a peer the tracker never saw counts", request(event=Event.COMPLETED, left=0), None, True, True),
-    ("repeated completed does not count again", request(event=Event.COMPLETED, left=0),
-     stored(left=0, completed=True), False, True),
-    ("known leecher reaching left=0 without the event counts", request(left=0), stored(left=100), True, True),
-    ("known partial seed reaching left=0 counts", request(left=0),
-     stored(left=5, state=PeerState.PARTIAL_SEED), True, True),
-    ("left=0 transition after a counted completion does not count", request(left=0),
-     stored(left=100, completed=True), False, True),
-    ("seed starting with left=0 does not count", request(event=Event.STARTED, left=0), None, False, False),
-    ("seed re-announcing left=0 does not count", request(left=0), stored(left=0), False, False),
-    ("completed with left>0 does not count", request(event=Event.COMPLETED, left=1), stored(left=100), False, False),
-    ("completed with left>0 from an unknown peer does not count", request(event=Event.COMPLETED, left=50), None,
-     False, False),
-    ("leecher still downloading", request(left=40), stored(left=100), False, False),
-    ("counted flag survives a later leecher announce", request(left=10), stored(left=0, completed=True), False, True),
-    ("paused (BEP 21) does not count", request(event=Event.PAUSED, left=5), stored(left=100), False, False),
+    # (id, announce, known peer or None, finishes a download)
+    ("completed with left=0", request(event=Event.COMPLETED, left=0), stored(left=100), True),
+    ("completed from a peer the tracker never saw", request(event=Event.COMPLETED, left=0), None, True),
+    ("completed repeated by a seed the view knows", request(event=Event.COMPLETED, left=0), stored(left=0), True),
+    ("known leecher reaching left=0 without the event", request(left=0), stored(left=100), True),
+    ("known partial seed reaching left=0", request(left=0), stored(left=5), True),
+    ("seed starting with left=0", request(event=Event.STARTED, left=0), None, False),
+    ("seed re-announcing left=0", request(left=0), stored(left=0), False),
+    ("completed with left>0", request(event=Event.COMPLETED, left=1), stored(left=100), False),
+    ("completed with left>0 from an unknown peer", request(event=Event.COMPLETED, left=50), None, False),
+    ("leecher still downloading", request(left=40), stored(left=100), False),
+    ("paused (BEP 21)", request(event=Event.PAUSED, left=5), stored(left=100), False),
 ]
 
 
-@pytest.mark.parametrize(("announce", "peer", "counts", "completed"), [c[1:] for c in COMPLETION_CASES],
+@pytest.mark.parametrize(("announce", "peer", "finishes"), [c[1:] for c in COMPLETION_CASES],
                          ids=[c[0] for c in COMPLETION_CASES])
-def test_completion_is_counted_once_per_peer(announce, peer, counts, completed):
+def test_which_announces_finish_a_download(announce, peer, finishes):
     """`downloaded` counts finished downloads (BEP 48): on `completed` with left=0, or when
-    a known leecher reports left=0; never twice for one peer, never for a peer that started
-    as a seed."""
-    assert plan_announce(announce, peer) == update(counts=counts, completed=completed)
+    a known leecher reports left=0; never for a peer that started as a seed. That one peer
+    counts once, however often it says so, is the store's rule (test_store_contract:
+    test_completed_counts_once_per_peer)."""
+    assert plan_announce(announce, peer) == update(counts=finishes)
 
 
 # --------------------------------------------------------------------------------------

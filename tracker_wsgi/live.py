@@ -58,7 +58,7 @@ from .model import (
 )
 from .protocol import UNKNOWN_TORRENT
 from .store import Store
-from .swarm import StoredPeer, plan_announce, swarm_stats
+from .swarm import PeerUpdate, plan_announce, swarm_stats
 
 VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
@@ -67,14 +67,20 @@ PRUNE_SECONDS = 60  # how often a view drops its silent peers
 TURN = 200  # views the flush thread handles per hold of the views' lock
 
 
-class Member(NamedTuple):
-    """A peer in a view."""
+def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
+    return PeerWrite(request.peer_id, request.ip, request.port, update.key, request.state, request.left,
+                     request.uploaded, request.downloaded, now, update.remove)
 
-    peer: Peer  # what answers hand out
-    state: PeerState
+
+class Member(NamedTuple):
+    """A peer in a view (a swarm.KnownPeer)."""
+
+    ip: bytes
     key: bytes | None
     left: int
+    state: PeerState
     last_seen: int
+    peer: Peer  # what answers hand out
 
 
 class Swarm:
@@ -98,7 +104,7 @@ class Swarm:
         self.version = -1  # the stored version the view is built on; -1: unknown
         self.loaded_at = -1  # when the view was last known to match the store
         self.loading = False
-        self.used_at = 0.0  # time.monotonic() of the last announce
+        self.used_at = 0  # when it last answered an announce
         self.pruned_at = 0
         self.pending: dict[bytes, PeerWrite] = {}  # announces not yet given to the store
         self.flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
@@ -111,7 +117,7 @@ class Swarm:
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.positions = {}, ([], []), {}
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
-            self._add(peer_id, Member(make_peer(ip, port, peer_id), PeerState(state), key, left, last_seen))
+            self._add(peer_id, Member(ip, key, left, PeerState(state), last_seen, make_peer(ip, port, peer_id)))
         for write in self.flushing.values():
             self.apply(write)
         self.unwritten = [0, 0, 0]
@@ -142,9 +148,9 @@ class Swarm:
         """Move the peer to its new state in the view (or out of it) and the counts with it."""
         old = self.members.get(write.peer_id)
         if (old is not None and old.state is write.state and not write.stopped
-                and old.peer.port == write.port and old.peer.ip == write.ip):
+                and old.ip == write.ip and old.peer.port == write.port):
             # The usual re-announce: nothing counted changes, and the peer keeps its place.
-            self.members[write.peer_id] = Member(old.peer, write.state, write.key, write.left, write.last_seen)
+            self.members[write.peer_id] = Member(old.ip, write.key, write.left, old.state, write.last_seen, old.peer)
             return
         self.stats_cache = None
         if old is not None:
@@ -157,7 +163,7 @@ class Swarm:
             # A re-announce from the same address keeps its Peer (and its compact form).
             if old_peer is None or old_peer.ip != write.ip or old_peer.port != write.port:
                 old_peer = make_peer(write.ip, write.port, write.peer_id)
-            self._add(write.peer_id, Member(old_peer, write.state, write.key, write.left, write.last_seen))
+            self._add(write.peer_id, Member(write.ip, write.key, write.left, write.state, write.last_seen, old_peer))
             self.counts[write.state] += 1
             self.unwritten[write.state] += 1
 
@@ -259,15 +265,19 @@ class LiveSwarms:
     # -- announces and scrapes --------------------------------------------------------------
 
     def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
+        if self._flusher is None and not self._closed.is_set():
+            self._start_flusher()
+        with self._lock:
+            swarm = self._by_hash.get(request.info_hash)
+            if swarm is not None and (swarm.loading or swarm.is_fresh(now, self.sync_interval)):
+                # Nearly every announce: a view this process holds, and nothing to write through.
+                update = plan_announce(request, swarm.members.get(request.peer_id))  # raises PEER_CONFLICT
+                if not update.counts_completion:
+                    return self._take(swarm, request, _peer_write(request, update, now))
+        # A swarm to read first, or a completion to write through: store calls, outside the lock.
         swarm = self._swarm(request.info_hash, now)
-        peer_id = request.peer_id
-        member = swarm.members.get(peer_id)  # one dict read: atomic, no lock needed
-        # Whether this peer's completion was counted is the store's to know (write_through).
-        stored = None if member is None else StoredPeer(member.peer.ip, member.key, member.state, member.left, False)
-        update = plan_announce(request, stored)  # raises PEER_CONFLICT
-        write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
-                          request.uploaded, request.downloaded, now, update.remove)
-        downloaded = None
+        update = plan_announce(request, swarm.members.get(request.peer_id))  # one dict read: atomic
+        write = _peer_write(request, update, now)
         if update.counts_completion:
             try:
                 downloaded = self.store.write_through(swarm.torrent_id, write, True)
@@ -278,20 +288,22 @@ class LiveSwarms:
         with self._lock:
             # A write through moved the stored version on, so the next batch reads the swarm
             # again (its recount may or may not hold this write; completions are rare).
-            if downloaded is not None:
+            if update.counts_completion:
                 swarm.downloaded = max(swarm.downloaded, downloaded)
                 swarm.stats_cache = None
-            swarm.apply(write)
-            # Written through or not, the batch writes it (again) so the swarm is recounted.
-            swarm.pending[peer_id] = write
-            if len(swarm.members) > VIEW_LIMIT:
-                swarm.make_room(VIEW_LIMIT, self.rng)
-            self._dirty[swarm.torrent_id] = swarm
-            stats = swarm.stats()
-            peers = swarm.sample(peer_id, request.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
-        if self._flusher is None and not self._closed.is_set():
-            self._start_flusher()
-        return AnnounceResult(stats, peers)
+            return self._take(swarm, request, write)
+
+    def _take(self, swarm: Swarm, request: AnnounceRequest, write: PeerWrite) -> AnnounceResult:
+        """Take an announce into its view and answer it from there (lock held)."""
+        swarm.apply(write)
+        # Written through or not, the batch writes it (again) so the swarm is recounted.
+        swarm.pending[write.peer_id] = write
+        swarm.used_at = write.last_seen
+        if len(swarm.members) > VIEW_LIMIT:
+            swarm.make_room(VIEW_LIMIT, self.rng)
+        self._dirty[swarm.torrent_id] = swarm
+        peers = swarm.sample(write.peer_id, write.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
+        return AnnounceResult(swarm.stats(), peers)
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats from fresh views; the rest from the store, in one query."""
@@ -320,7 +332,6 @@ class LiveSwarms:
         with self._lock:
             swarm = self._by_hash.get(info_hash)
             if swarm is not None:
-                swarm.used_at = time.monotonic()
                 if swarm.loading or swarm.is_fresh(now, self.sync_interval):
                     return swarm
                 swarm.loading = True
@@ -350,7 +361,6 @@ class LiveSwarms:
                 swarm = self._by_id[torrent_id] = Swarm(torrent_id)
             swarm.install(snapshot, now)
             swarm.loading = False
-            swarm.used_at = time.monotonic()
             swarm.hashes.add(info_hash)
             self._by_hash[info_hash] = swarm
             return swarm
@@ -410,7 +420,7 @@ class LiveSwarms:
                 self._reload(swarm, now)
             with self._lock:
                 views = list(self._by_id.values())
-            idle_since = time.monotonic() - IDLE_SECONDS
+            idle_since = now - IDLE_SECONDS
             prune_due, silent_since = now - PRUNE_SECONDS, now - self.store.peer_timeout
 
             def tidy(swarm: Swarm) -> None:

@@ -71,12 +71,10 @@ def parse_query(query: bytes) -> dict[bytes, bytes]:
     for field in query.split(b"&"):
         if field:
             key, _, value = field.partition(b"=")
-            # _decode, inlined: this runs for every field of every announce. Most values
-            # (numbers, flags) and every key a client sends have nothing to decode.
-            if _PERCENT in value or _PLUS in value:
-                value = _unquote(value.replace(b"+", b" "))
-            if _PERCENT in key or _PLUS in key:
-                key = _unquote(key.replace(b"+", b" "))
+            # _decode, inlined: this runs for every field of every announce, and most
+            # fields (numbers, flags, every key a client sends) have nothing to decode.
+            if _PERCENT in field or _PLUS in field:
+                key, value = _decode(key), _decode(value)
             fields[key] = value
     return fields
 
@@ -115,13 +113,6 @@ def _counter(fields: dict[bytes, bytes], key: bytes, default: int | None = None)
     raise ClientError(_missing_or_bad(key.decode()))
 
 
-def _flag(fields: dict[bytes, bytes], key: bytes, default: bool) -> bool:
-    value = fields.get(key)
-    if value is None or value == b"":
-        return default
-    return value != b"0"
-
-
 _EVENTS = {e.value.encode(): e for e in Event}
 
 
@@ -152,7 +143,9 @@ def parse_announce(
     info_hash = _hash(fields, b"info_hash", BAD_INFO_HASH)
     peer_id = _hash(fields, b"peer_id", BAD_PEER_ID)
     port_text = fields.get(b"port")
-    if port_text is None or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    # The length first: int() refuses a string of more than 4300 digits with a ValueError.
+    port = int(port_text) if port_text is not None and port_text.isdigit() and len(port_text) <= 10 else 0
+    if not 0 < port <= 65535:
         raise ClientError(BAD_PORT)
     event = _EVENTS.get(fields.get(b"event") or b"")
     if event is None:
@@ -182,24 +175,14 @@ def parse_announce(
         elif named_ip != client_ip:
             warning = "The ip parameter is ignored; peers are given the address you connect from."
 
-    return AnnounceRequest(
-        info_hash=info_hash,
-        peer_id=peer_id,
-        ip=ip,
-        port=int(port_text),
-        uploaded=uploaded,
-        downloaded=downloaded,
-        left=left,
-        # A stopped peer leaves the swarm and needs no peers (the original did the same).
-        event=event,
-        numwant=0 if event is Event.STOPPED else numwant,
-        compact=_flag(fields, b"compact", True),  # BEP 23: compact unless asked otherwise
-        no_peer_id=_flag(fields, b"no_peer_id", False),
-        key=key or None,
-        tracker_id=tracker_id or None,
-        client_ip=client_ip,
-        warning=warning,
-    )
+    # A stopped peer leaves the swarm and needs no peers (the original did the same).
+    if event is Event.STOPPED:
+        numwant = 0
+    compact = fields.get(b"compact") != b"0"  # BEP 23: compact unless asked otherwise
+    no_peer_id = fields.get(b"no_peer_id") not in (None, b"", b"0")
+    # Positional: this runs for every announce, and keywords cost twice as much.
+    return AnnounceRequest(info_hash, peer_id, ip, port, uploaded, downloaded, left, event, numwant,
+                           compact, no_peer_id, key or None, tracker_id or None, client_ip, warning)
 
 
 def parse_scrape(query: bytes) -> list[bytes]:

@@ -1,4 +1,5 @@
-"""Swarm rules: what one announce does to the peer it comes from. Pure; both stores call it.
+"""Swarm rules: what one announce does to the peer it comes from, and what a swarm's counts
+say. Pure.
 
 tracker_wsgi/live.py asks `plan_announce` what an announce does, given what its view knows
 of the peer; the store checks the key rule again against the stored row.
@@ -6,48 +7,51 @@ of the peer; the store checks the key rule again against the stored row.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
-from .model import AnnounceRequest, ClientError, Event, PeerState, SwarmStats
+from .model import AnnounceRequest, ClientError, Event, SwarmStats
 from .protocol import PEER_CONFLICT
 
 
-class StoredPeer(NamedTuple):  # NamedTuples: built for every announce
-    ip: bytes
-    key: bytes | None
-    state: PeerState
-    left: int
-    completed: bool  # this peer's completion has already been counted
+class KnownPeer(Protocol):
+    """What a view knows of the peer an announce comes from (live.Member is one)."""
+
+    @property
+    def ip(self) -> bytes: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def left(self) -> int: ...
 
 
-class PeerUpdate(NamedTuple):
+class PeerUpdate(NamedTuple):  # built for every announce
     remove: bool  # `stopped`: the peer leaves the swarm
-    counts_completion: bool  # add one to the torrent's `downloaded`
-    completed: bool  # value to store, so a repeated `completed` counts once
+    counts_completion: bool  # this announce finishes a download: the store counts it once per peer
     key: bytes | None  # key to store
 
 
-def plan_announce(request: AnnounceRequest, stored: StoredPeer | None) -> PeerUpdate:
+def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpdate:
     """Decide what an announce does to its peer.
 
     - `key` protects a peer (BEP 3 "key"): an announce for a known peer_id from another
       address is accepted only with the key the peer registered; otherwise anyone could
       stop or move someone else's peer (the original only had the IP check).
-    - A completion is counted once per peer: on `completed`, or when a known leecher
-      reports left=0 without the event (the original's rule), never twice.
+    - A download finishes on `completed` with left=0, or when a known leecher reports
+      left=0 without the event (the original's rule). Whether this peer's completion was
+      already counted is the store's to know: it counts one per peer (write_through).
     """
-    if stored is not None and stored.ip != request.ip:
-        if stored.key is None or stored.key != request.key:
+    if known is not None and known.ip != request.ip:
+        if known.key is None or known.key != request.key:
             raise ClientError(PEER_CONFLICT)
-    key = request.key if request.key is not None else (stored.key if stored else None)
+    key = request.key if request.key is not None else (known.key if known is not None else None)
     if request.event is Event.STOPPED:
-        return PeerUpdate(remove=True, counts_completion=False, completed=False, key=key)
-    already = stored is not None and stored.completed
+        return PeerUpdate(True, False, key)
     finished = request.left == 0 and (
-        request.event is Event.COMPLETED or (stored is not None and stored.left > 0)
+        request.event is Event.COMPLETED or (known is not None and known.left > 0)
     )
-    counts = finished and not already
-    return PeerUpdate(remove=False, counts_completion=counts, completed=already or counts, key=key)
+    return PeerUpdate(False, finished, key)
 
 
 def swarm_stats(leechers: int, seeds: int, partial_seeds: int, downloaded: int, name: str) -> SwarmStats:
