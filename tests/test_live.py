@@ -30,7 +30,10 @@ def test_samples_never_hold_the_asker_or_a_peer_twice_and_seeds_get_only_leecher
             asker = rng.choice([*states, 999])  # 999: not in the swarm
             numwant = rng.randrange(1, 80)
             wants_seeds = states.get(asker, PeerState.LEECHER) is not PeerState.SEED
-            peers = swarm.sample(pid(asker), wants_seeds, numwant, rng)
+            state = rng.getstate()
+            peers = swarm.sample(pid(asker), wants_seeds, numwant, rng, compact=False)
+            rng.setstate(state)  # the same window again, as compact forms
+            assert swarm.sample(pid(asker), wants_seeds, numwant, rng) == [p.compact for p in peers]
             ids = [p.peer_id for p in peers]
             eligible = {pid(n) for n, s in states.items() if wants_seeds or s is PeerState.LEECHER} - {pid(asker)}
             assert len(ids) == len(set(ids)) == min(numwant, len(eligible)), (numwant, len(eligible))
@@ -44,5 +47,5 @@ def test_a_large_swarm_is_sampled_from_everywhere():
     rng = random.Random(5)
     seen = set()
     for _ in range(200):
-        seen |= {p.peer_id for p in swarm.sample(pid(1), True, 50, rng)}
+        seen |= {p.peer_id for p in swarm.sample(pid(1), True, 50, rng, compact=False)}
     assert len(seen) == 499

@@ -392,7 +392,9 @@ ENCODE_ANNOUNCE_CASES = [
 def test_encode_announce_exact_bytes(fields, peers, expected):
     """Byte-exact answers: sorted keys (BEP 3), compact peers (BEP 23), peers6 (BEP 7),
     `external ip` packed (BEP 24)."""
-    body = encode_announce(make_request(**fields), AnnounceResult(STATS, peers), 1800, 300)
+    request = make_request(**fields)
+    handed_out = [p.compact for p in peers] if request.compact else peers  # as the view gives them
+    body = encode_announce(request, AnnounceResult(STATS, handed_out), 1800, 300)
     assert body == expected
 
 
@@ -588,5 +590,5 @@ def test_compact_answers_are_exactly_bencode_of_their_dictionary():
             expected[b"tracker id"] = request.tracker_id
         if request.warning:
             expected[b"warning message"] = request.warning.encode()
-        result = AnnounceResult(stats, peers)
+        result = AnnounceResult(stats, [p.compact for p in peers])
         assert encode_announce(request, result, interval, min_interval) == bencode(expected)

@@ -64,7 +64,7 @@ def ann(info_hash: bytes, n: int, left: int = 100, uploaded: int = 0, event: Eve
         numwant: int = 50) -> AnnounceRequest:
     return AnnounceRequest(
         info_hash=info_hash, peer_id=pid(n), ip=V4, port=6000 + n, uploaded=uploaded, downloaded=0,
-        left=left, event=event, numwant=numwant, compact=True, no_peer_id=False, key=None,
+        left=left, event=event, numwant=numwant, compact=False, no_peer_id=False, key=None,
         tracker_id=None, client_ip=V4,
     )
 

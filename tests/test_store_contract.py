@@ -48,7 +48,7 @@ def ann(n: int, *, torrent: int = 1, left: int = 100, event: Event = Event.NONE,
         info_hash: bytes | None = None) -> AnnounceRequest:
     return AnnounceRequest(
         info_hash=info_hash or ih(torrent), peer_id=pid(n), ip=ip, port=port or 6000 + n,
-        uploaded=uploaded, downloaded=0, left=left, event=event, numwant=numwant, compact=True,
+        uploaded=uploaded, downloaded=0, left=left, event=event, numwant=numwant, compact=False,
         no_peer_id=False, key=key, tracker_id=None, client_ip=ip,
     )
 
@@ -79,7 +79,7 @@ def test_open_store_registers_unknown_hashes(store_url):
 
 
 def test_peers_find_each_other_but_never_themselves(store, swarms):
-    assert swarms.announce(ann(1), NOW).peers == ()
+    assert swarms.announce(ann(1), NOW).peers == []
     result = swarms.announce(ann(2), NOW)
     assert [p.peer_id for p in result.peers] == [pid(1)]
     assert (result.peers[0].ip, result.peers[0].port) == (V4, 6001)
@@ -110,7 +110,7 @@ def test_numwant_limits_the_peer_list_and_zero_sends_none(store, swarms):
     for n in range(1, 31):
         swarms.announce(ann(n), NOW)
     assert len(swarms.announce(ann(99, numwant=7), NOW).peers) == 7
-    assert swarms.announce(ann(98, numwant=0), NOW).peers == ()
+    assert swarms.announce(ann(98, numwant=0), NOW).peers == []
     everyone = swarms.announce(ann(97, numwant=200), NOW).peers
     assert len(everyone) == 32 and pid(97) not in {p.peer_id for p in everyone}
 
@@ -131,7 +131,7 @@ def test_stopped_removes_the_peer_and_returns_no_peers(store, swarms):
     swarms.announce(ann(1), NOW)
     swarms.announce(ann(2), NOW)
     result = swarms.announce(ann(1, event=Event.STOPPED, numwant=0), NOW)
-    assert result.peers == () and result.stats.incomplete == 1
+    assert result.peers == [] and result.stats.incomplete == 1
     swarms.flush()
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
     # Stopping an unknown peer is harmless.
@@ -377,7 +377,7 @@ def test_another_writer_makes_the_batch_read_the_swarm_again(store):
     second.announce(ann(2), NOW)
     second.flush()
     reads = count_reads(store)
-    assert first.announce(ann(1), NOW).peers == ()  # first's view is fresh, without peer 2
+    assert first.announce(ann(1), NOW).peers == []  # first's view is fresh, without peer 2
     first.flush()  # the version moved on since first read the swarm: read it again now
     assert len(reads) == 1
     result = first.announce(ann(1), NOW)
@@ -397,7 +397,7 @@ def test_silent_peers_leave_a_view_that_is_never_read_again(store):
         result = swarms.announce(ann(2), NOW + t)
         swarms.flush()
     assert reads == []
-    assert result.peers == () and result.stats.incomplete == 2
+    assert result.peers == [] and result.stats.incomplete == 2
     assert store.expire_peers(clock.now) == 1
     swarms.announce(ann(2), clock.now)
     swarms.flush()  # the refresh moved the version on: the swarm is read again

@@ -87,7 +87,7 @@ class Swarm:
     """One torrent's view: counters and peers, in pools that sample in O(numwant)."""
 
     __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "unwritten", "members",
-                 "pools", "positions", "version", "loaded_at", "loading", "used_at", "pruned_at",
+                 "pools", "pool_ids", "positions", "version", "loaded_at", "loading", "used_at", "pruned_at",
                  "pending", "flushing", "stats_cache")
 
     def __init__(self, torrent_id: int):
@@ -98,8 +98,11 @@ class Swarm:
         self.counts = [0, 0, 0]  # peers by PeerState: leechers, seeds, partial seeds
         self.unwritten = [0, 0, 0]  # what `pending` changed in counts: a batch's recount lacks it
         self.members: dict[bytes, Member] = {}
-        # pools[0]: leechers (what a seed is sent); pools[1]: seeds and partial seeds.
-        self.pools: tuple[list[Peer], list[Peer]] = ([], [])
+        # pools[0]: leechers (what a seed is sent); pools[1]: seeds and partial seeds. A pool
+        # holds its peers' compact forms, which nearly every answer sends as they are, and
+        # pool_ids their peer_ids in the same order.
+        self.pools: tuple[list[bytes], list[bytes]] = ([], [])
+        self.pool_ids: tuple[list[bytes], list[bytes]] = ([], [])
         self.positions: dict[bytes, int] = {}  # peer_id -> index in its pool
         self.version = -1  # the stored version the view is built on; -1: unknown
         self.loaded_at = -1  # when the view was last known to match the store
@@ -115,7 +118,7 @@ class Swarm:
         self.name, self.downloaded, self.version = snapshot.name, snapshot.downloaded, snapshot.version
         self.stats_cache = None
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
-        self.members, self.pools, self.positions = {}, ([], []), {}
+        self.members, self.pools, self.pool_ids, self.positions = {}, ([], []), ([], []), {}
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
             self._add(peer_id, Member(ip, key, left, PeerState(state), last_seen, make_peer(ip, port, peer_id)))
         for write in self.flushing.values():
@@ -169,17 +172,20 @@ class Swarm:
 
     def _add(self, peer_id: bytes, member: Member) -> None:
         self.members[peer_id] = member
-        pool = self.pools[member.state is not PeerState.LEECHER]
+        which = member.state is not PeerState.LEECHER
+        pool = self.pools[which]
         self.positions[peer_id] = len(pool)
-        pool.append(member.peer)
+        pool.append(member.peer.compact)
+        self.pool_ids[which].append(peer_id)
 
     def _unpool(self, peer_id: bytes, state: PeerState) -> None:
-        pool = self.pools[state is not PeerState.LEECHER]
+        which = state is not PeerState.LEECHER
+        pool, ids = self.pools[which], self.pool_ids[which]
         index = self.positions.pop(peer_id)
-        last = pool.pop()
+        last, last_id = pool.pop(), ids.pop()
         if index < len(pool):
-            pool[index] = last
-            self.positions[last.peer_id] = index
+            pool[index], ids[index] = last, last_id
+            self.positions[last_id] = index
 
     def _forget_peer(self, peer_id: bytes) -> None:
         """Out of the view, not out of the counts: the store still holds the peer."""
@@ -191,8 +197,8 @@ class Swarm:
         for _ in range(4):
             if len(self.members) <= limit:
                 return
-            pool = max(self.pools, key=len)
-            peer_id = pool[int(rng.random() * len(pool))].peer_id
+            ids = max(self.pool_ids, key=len)
+            peer_id = ids[int(rng.random() * len(ids))]
             if peer_id not in self.pending and peer_id not in self.flushing:
                 self._forget_peer(peer_id)
 
@@ -206,12 +212,14 @@ class Swarm:
             self.stats_cache = swarm_stats(*self.counts, self.downloaded, self.name)
         return self.stats_cache
 
-    def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random) -> tuple[Peer, ...]:
-        """Up to numwant peers from a random place in the pools, never the asker; a seed
-        is sent only leechers (BEP 3 practice, and BitTornado's). A window, not
-        random.sample: slices cost a few microseconds, numwant random draws ten times that,
-        and pool order is shuffled by every peer that leaves (see _unpool)."""
-        leechers, others = self.pools
+    def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random,
+               compact: bool = True) -> list[bytes] | list[Peer]:
+        """Up to numwant peers from a random place in the pools, never the asker: their
+        compact forms, or (compact=False) their Peers. A seed is sent only leechers (BEP 3
+        practice, and BitTornado's). A window, not random.sample: slices cost a few
+        microseconds, numwant random draws ten times that, and pool order is shuffled by
+        every peer that leaves (see _unpool)."""
+        leechers, others = self.pools if compact else self.pool_ids
         split = len(leechers)
         total = split + len(others) if wants_seeds else split
         # Where the asker is in leechers + others (None: not among what is sampled).
@@ -222,19 +230,19 @@ class Swarm:
             chosen = leechers + others if wants_seeds else leechers[:]
             if at is not None:
                 del chosen[at]
-            return tuple(chosen)
-        start = int(rng.random() * total)
-        skip = (at - start) % total if at is not None else numwant  # the asker's place in the window
-        want = numwant + 1 if skip < numwant else numwant
-        chosen = []
-        while want:  # at most three slices: the end of one pool, the other, the wrap
-            part = leechers[start:start + want] if start < split else others[start - split:start - split + want]
-            chosen += part
-            want -= len(part)
-            start = (start + len(part)) % total
-        if skip < numwant:
-            del chosen[skip]
-        return tuple(chosen)
+        else:
+            start = int(rng.random() * total)
+            skip = (at - start) % total if at is not None else numwant  # the asker's place in the window
+            want = numwant + 1 if skip < numwant else numwant
+            chosen = []
+            while want:  # at most three slices: the end of one pool, the other, the wrap
+                part = leechers[start:start + want] if start < split else others[start - split:start - split + want]
+                chosen += part
+                want -= len(part)
+                start = (start + len(part)) % total
+            if skip < numwant:
+                del chosen[skip]
+        return chosen if compact else [self.members[peer_id].peer for peer_id in chosen]
 
 
 class LiveSwarms:
@@ -302,7 +310,8 @@ class LiveSwarms:
         if len(swarm.members) > VIEW_LIMIT:
             swarm.make_room(VIEW_LIMIT, self.rng)
         self._dirty[swarm.torrent_id] = swarm
-        peers = swarm.sample(write.peer_id, write.state.wants_seeds, request.numwant, self.rng) if request.numwant else ()
+        peers = swarm.sample(write.peer_id, write.state.wants_seeds, request.numwant, self.rng,
+                             request.compact) if request.numwant else []
         return AnnounceResult(swarm.stats(), peers)
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import NamedTuple
 
 
@@ -134,7 +135,9 @@ class SwarmStats(NamedTuple):  # NamedTuples: one or two are built per request
 
 class AnnounceResult(NamedTuple):
     stats: SwarmStats
-    peers: tuple[Peer, ...]
+    # The peers handed out. For a compact request (nearly all) their compact forms (BEP 23,
+    # BEP 7), as the view keeps them; for a dictionary-model request, Peers.
+    peers: Sequence[bytes] | Sequence[Peer]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import codecs
 import random
 from dataclasses import dataclass
-from operator import attrgetter
 from urllib.parse import unquote_to_bytes
 
 from bencoder import bencode
@@ -212,6 +211,7 @@ def jittered_interval(interval: int, rng: random.Random) -> int:
 def encode_announce(
     request: AnnounceRequest, result: AnnounceResult, interval: int, min_interval: int
 ) -> bytes:
+    """The answer to an announce; `result.peers` are compact forms when request.compact."""
     stats = result.stats
     if not request.compact:
         response: dict[bytes, object] = {
@@ -229,10 +229,11 @@ def encode_announce(
             response[b"warning message"] = request.warning.encode()
         return bencode(response)
     # BEP 23: 4-byte address + 2-byte big-endian port; BEP 7: 16 + 2 in `peers6`.
-    peers, peers6 = b"".join(map(_COMPACT, result.peers)), b""
-    if len(peers) != 6 * len(result.peers):  # not all IPv4
-        peers = b"".join([p.compact for p in result.peers if len(p.ip) == 4])
-        peers6 = b"".join([p.compact for p in result.peers if len(p.ip) == 16])
+    compact = result.peers
+    peers, peers6 = b"".join(compact), b""
+    if len(peers) != 6 * len(compact):  # not all IPv4
+        peers = b"".join([c for c in compact if len(c) == 6])
+        peers6 = b"".join([c for c in compact if len(c) == 18])
     # The compact answer is nearly every answer: its bencoding is written out here, keys in
     # their sorted order, five times faster than building the dict for bencode.
     ip = request.client_ip
@@ -247,9 +248,6 @@ def encode_announce(
         warning = request.warning.encode()
         body += b"15:warning message%d:%b" % (len(warning), warning)
     return body + b"e"
-
-
-_COMPACT = attrgetter("compact")
 
 
 def _peer_dict(peer: Peer, no_peer_id: bool) -> dict[bytes, object]:
