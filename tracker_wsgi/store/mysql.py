@@ -48,6 +48,7 @@ _UPDATE_PEER = ", ".join(
 
 class MysqlDialect(Dialect):
     lock_rows = " FOR UPDATE"
+    by_primary_key = " FORCE INDEX (PRIMARY)"
 
     @staticmethod
     def pairs(n: int) -> str:

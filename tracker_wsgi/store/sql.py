@@ -40,6 +40,10 @@ class Dialect:
     # Appended to a SELECT of torrent rows that a transaction will write, where writers run
     # concurrently (MySQL); SQLite's BEGIN IMMEDIATE already makes the writer the only one.
     lock_rows = ""
+    # After `FROM peers` in a lookup of many (torrent_id, peer_id) pairs. MariaDB's range
+    # optimizer weighs every index that starts with torrent_id for each pair, which for a
+    # batch's 500 pairs costs twenty times the lookups themselves.
+    by_primary_key = ""
 
     @staticmethod
     def pairs(n: int) -> str:
@@ -102,7 +106,7 @@ class SqlStore:
         "partial_seeds = partial_seeds + ?, version = version + 1 WHERE id = ?"
     )
     STORED_PEERS = (
-        "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers "
+        "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers{} "
         "WHERE (torrent_id, peer_id) IN ({})"
     )
     DELETE_PEERS = "DELETE FROM peers WHERE (torrent_id, peer_id) IN ({})"
@@ -350,7 +354,8 @@ class SqlStore:
             writes = [(t, w) for t, w in batch if t in existing]
             stored: dict[tuple[int, bytes], tuple] = {}
             if writes:
-                cur.execute(self._sql(self.STORED_PEERS.format(self.dialect.pairs(len(writes)))), pairs(writes))
+                statement = self.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
+                cur.execute(self._sql(statement), pairs(writes))
                 for torrent_id, peer_id, *row in cur.fetchall():
                     stored[torrent_id, bytes(peer_id)] = row
             upserts, stops, completions = [], [], []
