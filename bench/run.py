@@ -7,8 +7,9 @@ Including apache/tracker.conf): (a) the tracker on each store, (b) bench/hello.w
 a copy of apache/ whose tracker.wsgi is the hello app, so mod_wsgi's daemon settings are
 identical. Torrents are registered in the store first (info hash i = sha1("bench-torrent-<i>"),
 as bench/announce.lua computes them), and so are the wrk script's starting peers, so swarms
-are in steady state. Then, in one run, alternating tracker/ceiling, wrk drives each with
-bench/announce.lua, keep-alive and one connection per request. Run as root (Apache drops to
+are in steady state. Then, in one run, alternating tracker/ceiling (--rounds pairs, the
+median ratio reported), wrk drives each with bench/announce.lua, keep-alive and one
+connection per request. Run as root (Apache drops to
 www-data; MariaDB at 127.0.0.1:3306, root without password).
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
@@ -412,14 +413,27 @@ def fmt_ms(v: float) -> str:
     return f"{v:.2f}ms" if v < 100 else f"{v:.0f}ms"
 
 
+def combine(store: str, mode: str, pairs: list[tuple[dict, dict]]) -> dict:
+    """Rounds of (tracker, ceiling) runs -> one row: the round with the median ratio (of an
+    even number of rounds, the lower of the middle two), the ratio of every round, and the
+    errors of all of them. The machine's speed drifts by tens of percent within a minute;
+    a ratio of runs taken side by side, several times over, is what stands."""
+    ordered = sorted(pairs, key=lambda pair: pair[0]["rps"] / pair[1]["rps"])
+    tracker, ceiling = ordered[(len(ordered) - 1) // 2]
+    return {"store": store, "mode": mode, "tracker": tracker, "ceiling": ceiling,
+            "ratios": [t["rps"] / c["rps"] for t, c in pairs],
+            "errors": sum(t["errors"] for t, _ in pairs), "socket": sum(t["socket"] for t, _ in pairs)}
+
+
 def print_table(rows: list[dict]) -> None:
-    head = ("store", "mode", "tracker req/s", "ceiling req/s", "ratio", "p50", "p99", "errors",
-            "ceil p50", "ceil p99")
+    head = ("store", "mode", "tracker req/s", "ceiling req/s", "ratio (median)", "each round", "p50", "p99",
+            "errors", "ceil p50", "ceil p99")
     lines = [head]
     for r in rows:
         t, c = r["tracker"], r["ceiling"]
-        err = f"{t['errors']}" + (f" (+{t['socket']} sock)" if t["socket"] else "")
+        err = f"{r['errors']}" + (f" (+{r['socket']} sock)" if r["socket"] else "")
         lines.append((r["store"], r["mode"], f"{t['rps']:.0f}", f"{c['rps']:.0f}", f"{t['rps'] / c['rps']:.2f}",
+                      " ".join(f"{ratio:.2f}" for ratio in r["ratios"]),
                       fmt_ms(t["p50"]), fmt_ms(t["p99"]), err, fmt_ms(c["p50"]), fmt_ms(c["p99"])))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(str(v).ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
@@ -428,7 +442,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def print_cpu(rows: list[dict]) -> None:
-    print("\nCPU during each run (cores busy on average; the machine has "
+    print("\nCPU during the median round (cores busy on average; the machine has "
           f"{os.cpu_count()}): wsgi daemons / apache workers / mariadbd / wrk")
     for r in rows:
         for side in ("tracker", "ceiling"):
@@ -443,6 +457,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--stores", default="sqlite,mysql")
     parser.add_argument("--modes", default="keepalive,close")
+    parser.add_argument("--rounds", type=int, default=3, help="tracker/ceiling pairs per store and mode; "
+                        "the table shows the median ratio")
     parser.add_argument("--torrents", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=5000, help="peers per wrk thread")
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent s")
@@ -493,13 +509,16 @@ def main() -> None:
             for mode in args.modes.split(","):
                 close = mode == "close"
                 profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-{mode}.txt")
-                t = measure(args, tracker, close, args.torrents, profile)
-                c = measure(args, hello, close, args.torrents)
-                rows.append({"store": kind, "mode": mode, "tracker": t, "ceiling": c})
-                print(f"[{kind} {mode}] tracker {t['rps']:.0f} req/s, ceiling {c['rps']:.0f} req/s, "
-                      f"errors {t['errors']} {t['socket_detail']}; started {t['started']} "
-                      f"stopped {t['stopped']} scrapes {t['scrapes']} of {t['announces'] + t['scrapes']}",
-                      flush=True)
+                pairs = []
+                for round_ in range(args.rounds):
+                    t = measure(args, tracker, close, args.torrents, profile if round_ == 0 else None)
+                    c = measure(args, hello, close, args.torrents)
+                    pairs.append((t, c))
+                    print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] tracker {t['rps']:.0f} req/s, ceiling "
+                          f"{c['rps']:.0f} req/s, ratio {t['rps'] / c['rps']:.2f}, errors {t['errors']} "
+                          f"{t['socket_detail']}; started {t['started']} stopped {t['stopped']} scrapes "
+                          f"{t['scrapes']} of {t['announces'] + t['scrapes']}", flush=True)
+                rows.append(combine(kind, mode, pairs))
             problems = [line for line in tracker.error_log().splitlines() 
                         if "Traceback" in line or (":error]" in line and "tracker_wsgi: ready" not in line)]
             if problems:
@@ -533,7 +552,8 @@ def main() -> None:
                 tracker.stop()
 
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, {args.torrents} torrents, "
-              f"{args.threads * args.pool} peers, Zipf s={args.zipf}; ceiling = bench/hello.wsgi, same snippet\n")
+              f"{args.threads * args.pool} peers, Zipf s={args.zipf}, {args.rounds} rounds; ceiling = bench/hello.wsgi, "
+              "same snippet\n")
         print_table(rows)
         print_cpu(rows)
         if scale_rows:
