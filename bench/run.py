@@ -422,6 +422,7 @@ def combine(store: str, mode: str, pairs: list[tuple[dict, dict]]) -> dict:
     tracker, ceiling = ordered[(len(ordered) - 1) // 2]
     return {"store": store, "mode": mode, "tracker": tracker, "ceiling": ceiling,
             "ratios": [t["rps"] / c["rps"] for t, c in pairs],
+            "floor_ratios": [c["floor_ratio"] for _, c in pairs if "floor_ratio" in c],
             "errors": sum(t["errors"] for t, _ in pairs), "socket": sum(t["socket"] for t, _ in pairs)}
 
 
@@ -435,6 +436,10 @@ def print_table(rows: list[dict]) -> None:
         lines.append((r["store"], r["mode"], f"{t['rps']:.0f}", f"{c['rps']:.0f}", f"{t['rps'] / c['rps']:.2f}",
                       " ".join(f"{ratio:.2f}" for ratio in r["ratios"]),
                       fmt_ms(t["p50"]), fmt_ms(t["p99"]), err, fmt_ms(c["p50"]), fmt_ms(c["p99"])))
+    if any(r["floor_ratios"] for r in rows):
+        lines = [line + (cell,) for line, cell in zip(lines, ["floor.wsgi, each round"] + [
+            " ".join(f"{ratio:.2f}" for ratio in r["floor_ratios"]) for r in rows])]
+        head = lines[0]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     out = ["| " + " | ".join(str(v).ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -457,6 +462,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
     parser.add_argument("--stores", default="sqlite,mysql")
     parser.add_argument("--modes", default="keepalive,close")
+    parser.add_argument("--floor", action="store_true", help="also measure bench/floor.wsgi, the least a "
+                        "Python announce handler does, and print its ratio to the ceiling")
     parser.add_argument("--rounds", type=int, default=3, help="tracker/ceiling pairs per store and mode; "
                         "the table shows the median ratio")
     parser.add_argument("--torrents", type=int, default=1000)
@@ -484,13 +491,19 @@ def main() -> None:
     rows: list[dict] = []
     scale_rows: list[dict] = []
     try:
-        hello_dir = root / "hello-apache"
-        shutil.copytree(APACHE_DIR, hello_dir)
-        shutil.copy(BENCH / "hello.wsgi", hello_dir / "tracker.wsgi")
-        hello_dir.chmod(0o755)
-        hello = Apache(root / "hello-run", hello_dir, "")
-        apaches.append(hello)
-        run_wrk(args, hello.url, False, args.torrents, seconds=2)  # warm up
+        def serve(app: str) -> Apache:
+            """bench/<app>.wsgi from a copy of apache/ whose tracker.wsgi it replaces."""
+            app_dir = root / f"{app}-apache"
+            shutil.copytree(APACHE_DIR, app_dir)
+            shutil.copy(BENCH / f"{app}.wsgi", app_dir / "tracker.wsgi")
+            app_dir.chmod(0o755)
+            apache = Apache(root / f"{app}-run", app_dir, "")
+            apaches.append(apache)
+            run_wrk(args, apache.url, False, args.torrents, seconds=2)  # warm up
+            return apache
+
+        hello = serve("hello")
+        floor = serve("floor") if args.floor else None
 
         for kind in args.stores.split(","):
             t0 = time.monotonic()
@@ -513,6 +526,8 @@ def main() -> None:
                 for round_ in range(args.rounds):
                     t = measure(args, tracker, close, args.torrents, profile if round_ == 0 else None)
                     c = measure(args, hello, close, args.torrents)
+                    if floor is not None:
+                        c["floor_ratio"] = measure(args, floor, close, args.torrents)["rps"] / c["rps"]
                     pairs.append((t, c))
                     print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] tracker {t['rps']:.0f} req/s, ceiling "
                           f"{c['rps']:.0f} req/s, ratio {t['rps'] / c['rps']:.2f}, errors {t['errors']} "
