@@ -181,7 +181,7 @@ def test_expiry_deletes_only_stale_peers_and_keeps_what_they_uploaded(setup):
     config, store, torrents, _ = setup
     mixed = torrent_file(torrents, "mixed.torrent", "mixed")
     stale_only = torrent_file(torrents, "stale.torrent", "stale")
-    quiet = torrent_file(torrents, "quiet.torrent", "quiet")
+    torrent_file(torrents, "quiet.torrent", "quiet")  # registered, never announced to
     refresh(config, store, now=NOW)
     announce_written(store, ann(mixed, 1, uploaded=5000), NOW)  # silent since NOW
     announce_written(store, ann(stale_only, 3, uploaded=300), NOW)
