@@ -75,12 +75,15 @@ def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerW
 class Member(NamedTuple):
     """A peer in a view (a swarm.KnownPeer)."""
 
-    ip: bytes
     key: bytes | None
     left: int
     state: PeerState
     last_seen: int
     peer: Peer  # what answers hand out
+
+    @property
+    def ip(self) -> bytes:
+        return self.peer.ip
 
 
 class Swarm:
@@ -120,7 +123,7 @@ class Swarm:
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.pool_ids, self.positions = {}, ([], []), ([], []), {}
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
-            self._add(peer_id, Member(ip, key, left, PeerState(state), last_seen, make_peer(ip, port, peer_id)))
+            self._add(peer_id, Member(key, left, PeerState(state), last_seen, make_peer(ip, port, peer_id)))
         for write in self.flushing.values():
             self.apply(write)
         self.unwritten = [0, 0, 0]
@@ -151,9 +154,9 @@ class Swarm:
         """Move the peer to its new state in the view (or out of it) and the counts with it."""
         old = self.members.get(write.peer_id)
         if (old is not None and old.state is write.state and not write.stopped
-                and old.ip == write.ip and old.peer.port == write.port):
+                and old.peer.ip == write.ip and old.peer.port == write.port):
             # The usual re-announce: nothing counted changes, and the peer keeps its place.
-            self.members[write.peer_id] = Member(old.ip, write.key, write.left, old.state, write.last_seen, old.peer)
+            self.members[write.peer_id] = Member(write.key, write.left, old.state, write.last_seen, old.peer)
             return
         self.stats_cache = None
         if old is not None:
@@ -166,7 +169,7 @@ class Swarm:
             # A re-announce from the same address keeps its Peer (and its compact form).
             if old_peer is None or old_peer.ip != write.ip or old_peer.port != write.port:
                 old_peer = make_peer(write.ip, write.port, write.peer_id)
-            self._add(write.peer_id, Member(write.ip, write.key, write.left, write.state, write.last_seen, old_peer))
+            self._add(write.peer_id, Member(write.key, write.left, write.state, write.last_seen, old_peer))
             self.counts[write.state] += 1
             self.unwritten[write.state] += 1
 
