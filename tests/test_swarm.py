@@ -171,9 +171,3 @@ STATE_CASES = [
 def test_request_state(announce, state):
     assert announce.state is state
 
-
-@pytest.mark.parametrize(("state", "wants"), [(PeerState.LEECHER, True), (PeerState.SEED, False),
-                                              (PeerState.PARTIAL_SEED, False)])
-def test_only_leechers_want_seeds(state, wants):
-    """A seed or partial seed has nothing to download, so it is sent no seeds."""
-    assert state.wants_seeds is wants

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from .model import (
+    LEECHER,
     AnnounceRequest,
     AnnounceResult,
     ClientError,
@@ -175,14 +176,14 @@ class Swarm:
 
     def _add(self, peer_id: bytes, member: Member) -> None:
         self.members[peer_id] = member
-        which = member.state is not PeerState.LEECHER
+        which = member.state is not LEECHER
         pool = self.pools[which]
         self.positions[peer_id] = len(pool)
         pool.append(member.peer.compact)
         self.pool_ids[which].append(peer_id)
 
     def _unpool(self, peer_id: bytes, state: PeerState) -> None:
-        which = state is not PeerState.LEECHER
+        which = state is not LEECHER
         pool, ids = self.pools[which], self.pool_ids[which]
         index = self.positions.pop(peer_id)
         last, last_id = pool.pop(), ids.pop()
@@ -227,7 +228,7 @@ class Swarm:
         total = split + len(others) if wants_seeds else split
         # Where the asker is in leechers + others (None: not among what is sampled).
         at = self.positions.get(asker)
-        if at is not None and self.members[asker].state is not PeerState.LEECHER:
+        if at is not None and self.members[asker].state is not LEECHER:
             at = at + split if wants_seeds else None
         if total <= numwant + (at is not None):  # everyone
             chosen = leechers + others if wants_seeds else leechers[:]
@@ -313,7 +314,8 @@ class LiveSwarms:
         if len(swarm.members) > VIEW_LIMIT:
             swarm.make_room(VIEW_LIMIT, self.rng)
         self._dirty[swarm.torrent_id] = swarm
-        peers = swarm.sample(write.peer_id, write.state.wants_seeds, request.numwant, self.rng,
+        # Only a leecher wants seeds: a seed or a partial seed has nothing to download.
+        peers = swarm.sample(write.peer_id, write.state is LEECHER, request.numwant, self.rng,
                              request.compact) if request.numwant else []
         return AnnounceResult(swarm.stats(), peers)
 

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from bencoder import bencode
 
-from .model import AnnounceRequest, AnnounceResult, ClientError, Event, Peer, SwarmStats
+from .model import STOPPED, AnnounceRequest, AnnounceResult, ClientError, Event, Peer, SwarmStats
 from .netaddr import pack_ip, unpack_ip
 
 # Limits, each with the reason it exists.
@@ -93,13 +93,6 @@ def _unquote(text: bytes) -> bytes:
         return unquote_to_bytes(text)
 
 
-def _hash(fields: dict[bytes, bytes], key: bytes, reason: str) -> bytes:
-    value = fields.get(key)
-    if value is None or len(value) != HASH_BYTES:
-        raise ClientError(reason)
-    return value
-
-
 def _counter(fields: dict[bytes, bytes], key: bytes, default: int | None = None) -> int:
     value = fields.get(key)
     if value is None and default is not None:
@@ -139,8 +132,12 @@ def parse_announce(
     Raises:
         ClientError: with the reason to send back.
     """
-    info_hash = _hash(fields, b"info_hash", BAD_INFO_HASH)
-    peer_id = _hash(fields, b"peer_id", BAD_PEER_ID)
+    info_hash = fields.get(b"info_hash")
+    if info_hash is None or len(info_hash) != HASH_BYTES:
+        raise ClientError(BAD_INFO_HASH)
+    peer_id = fields.get(b"peer_id")
+    if peer_id is None or len(peer_id) != HASH_BYTES:
+        raise ClientError(BAD_PEER_ID)
     port_text = fields.get(b"port")
     # The length first: int() refuses a string of more than 4300 digits with a ValueError.
     port = int(port_text) if port_text is not None and port_text.isdigit() and len(port_text) <= 10 else 0
@@ -150,10 +147,14 @@ def parse_announce(
     if event is None:
         raise ClientError(BAD_EVENT)
     # Clients must send these three, but some omit `downloaded`/`uploaded` on `stopped`;
-    # `left` has no safe default, so it is required.
-    uploaded = _counter(fields, b"uploaded", 0)
-    downloaded = _counter(fields, b"downloaded", 0)
-    left = _counter(fields, b"left")
+    # `left` has no safe default, so it is required. Every announce has them, so the usual
+    # value (at most 18 digits: never above MAX_COUNTER) is read here; _counter decides the rest.
+    text = fields.get(b"uploaded")
+    uploaded = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"uploaded", 0)
+    text = fields.get(b"downloaded")
+    downloaded = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"downloaded", 0)
+    text = fields.get(b"left")
+    left = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"left")
     numwant = min(_counter(fields, b"numwant", policy.numwant_default), policy.numwant_max)
     key = fields.get(b"key")
     if key is not None and len(key) > MAX_KEY_BYTES:
@@ -175,7 +176,7 @@ def parse_announce(
             warning = "The ip parameter is ignored; peers are given the address you connect from."
 
     # A stopped peer leaves the swarm and needs no peers (the original did the same).
-    if event is Event.STOPPED:
+    if event is STOPPED:
         numwant = 0
     compact = fields.get(b"compact") != b"0"  # BEP 23: compact unless asked otherwise
     no_peer_id = fields.get(b"no_peer_id") not in (None, b"", b"0")

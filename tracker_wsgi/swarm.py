@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from .model import AnnounceRequest, ClientError, Event, SwarmStats
+from .model import COMPLETED, STOPPED, AnnounceRequest, ClientError, SwarmStats
 from .protocol import PEER_CONFLICT
 
 
@@ -46,10 +46,10 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
         if known.key is None or known.key != request.key:
             raise ClientError(PEER_CONFLICT)
     key = request.key if request.key is not None else (known.key if known is not None else None)
-    if request.event is Event.STOPPED:
+    if request.event is STOPPED:
         return PeerUpdate(True, False, key)
     finished = request.left == 0 and (
-        request.event is Event.COMPLETED or (known is not None and known.left > 0)
+        request.event is COMPLETED or (known is not None and known.left > 0)
     )
     return PeerUpdate(False, finished, key)
 
