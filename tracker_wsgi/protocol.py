@@ -147,14 +147,10 @@ def parse_announce(
     if event is None:
         raise ClientError(BAD_EVENT)
     # Clients must send these three, but some omit `downloaded`/`uploaded` on `stopped`;
-    # `left` has no safe default, so it is required. Every announce has them, so the usual
-    # value (at most 18 digits: never above MAX_COUNTER) is read here; _counter decides the rest.
-    text = fields.get(b"uploaded")
-    uploaded = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"uploaded", 0)
-    text = fields.get(b"downloaded")
-    downloaded = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"downloaded", 0)
-    text = fields.get(b"left")
-    left = int(text) if text is not None and text.isdigit() and len(text) < 19 else _counter(fields, b"left")
+    # `left` has no safe default, so it is required.
+    uploaded = _counter(fields, b"uploaded", 0)
+    downloaded = _counter(fields, b"downloaded", 0)
+    left = _counter(fields, b"left")
     numwant = min(_counter(fields, b"numwant", policy.numwant_default), policy.numwant_max)
     key = fields.get(b"key")
     if key is not None and len(key) > MAX_KEY_BYTES:
