@@ -17,11 +17,13 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .limits import Limits
 from .netaddr import Network, parse_networks
 
 ENVIRON_KEY = "tracker_wsgi.config"
 ENV_VAR = "TRACKER_WSGI_CONFIG"
 WHITELIST_MODES = ("directory", "open")
+_LIMITS = Limits()  # their defaults
 
 
 class ConfigError(Exception):
@@ -63,6 +65,25 @@ class Config:
     refresh_secret: str = ""
     # When set, a .torrent is registered only if it announces this URL.
     announce_url: str = ""
+    # Bounds on what clients can make each daemon process hold (live.py, limits.py; the
+    # defaults fit the shipped memory-limit). Beyond them new swarms and peers are answered
+    # `retry in` (BEP 31) until room is made.
+    max_swarms: int = _LIMITS.max_swarms  # swarm views held
+    max_peers: int = _LIMITS.max_peers  # peers held in views, all swarms together
+    max_unwritten: int = _LIMITS.max_unwritten  # announces waiting to be written (a database outage)
+    # Per address (an IPv4 address or an IPv6 /64): peers in one swarm, and per minute new
+    # swarms (whitelist `open`) and completions counted. Thousands of users behind one
+    # carrier-grade NAT address stay well inside them.
+    peers_per_address: int = _LIMITS.peers_per_address
+    new_swarms_per_minute: int = _LIMITS.new_swarms_per_minute
+    completions_per_minute: int = _LIMITS.completions_per_minute
+    # Whitelist `open`: the most torrents announces may register (the store's size).
+    open_max_torrents: int = 100_000
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_swarms, self.max_peers, self.max_unwritten, self.peers_per_address,
+                      self.new_swarms_per_minute, self.completions_per_minute)
 
 
 # Allowed ranges: (minimum, maximum) for each integer key.
@@ -74,6 +95,13 @@ _RANGES = {
     "peer_timeout": (60, 7 * 86400),
     "refresh_interval": (60, 86400),
     "sync_interval": (1, 60),
+    "max_swarms": (100, 10_000_000),
+    "max_peers": (1000, 100_000_000),
+    "max_unwritten": (1000, 100_000_000),
+    "peers_per_address": (1, 1_000_000),
+    "new_swarms_per_minute": (1, 1_000_000),
+    "completions_per_minute": (1, 1_000_000),
+    "open_max_torrents": (1, 1_000_000_000),
 }
 MIN_SECRET_LENGTH = 16  # a refresh secret short enough to guess is no secret
 

@@ -42,10 +42,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+from .limits import Limits, MemoryGuard, RateWindow, Shed, address_key
 from .model import (
     LEECHER,
+    STOPPED,
     AnnounceRequest,
     AnnounceResult,
     ClientError,
@@ -54,18 +56,28 @@ from .model import (
     PeerWrite,
     SwarmSnapshot,
     SwarmStats,
+    StoredPeer,
+    StoreUnavailable,
     SwarmWritten,
     make_peer,
 )
-from .protocol import UNKNOWN_TORRENT
+from .protocol import TOO_MANY_PEERS, UNKNOWN_TORRENT
 from .store import Store
-from .swarm import PeerUpdate, plan_announce, swarm_stats
+from .swarm import KnownPeer, PeerUpdate, plan_announce, swarm_stats
 
 VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
 PRUNE_SECONDS = 60  # how often a view drops its silent peers
 TURN = 200  # views the flush thread handles per hold of the views' lock
+# Over TRIM_AT of a limit (limits.Limits), the flush thread brings views and peers down to
+# TRIM_TO of it, so new swarms and peers find room; at the limit itself they are refused.
+TRIM_AT, TRIM_TO = 0.9, 0.8
+DB_WAITERS = 4  # request threads that may wait for the database at once
+DB_QUEUE_SECONDS = 0.05  # how long a request waits for one of those slots
+DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it alone this long,
+DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
+T = TypeVar("T")
 
 
 def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
@@ -92,7 +104,7 @@ class Swarm:
 
     __slots__ = ("torrent_id", "hashes", "name", "downloaded", "counts", "unwritten", "members",
                  "pools", "pool_ids", "positions", "version", "loaded_at", "loading", "used_at", "pruned_at",
-                 "pending", "flushing", "stats_cache")
+                 "pending", "flushing", "stats_cache", "per_address")
 
     def __init__(self, torrent_id: int):
         self.torrent_id = torrent_id
@@ -116,6 +128,7 @@ class Swarm:
         self.pending: dict[bytes, PeerWrite] = {}  # announces not yet given to the store
         self.flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
         self.stats_cache: SwarmStats | None = None  # stats() until counts, downloaded or name change
+        self.per_address: dict[bytes, int] = {}  # members by limits.address_key
 
     def install(self, snapshot: SwarmSnapshot, now: int) -> None:
         """Replace the view with the store's, then replay this process's unwritten announces."""
@@ -123,6 +136,7 @@ class Swarm:
         self.stats_cache = None
         self.counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self.members, self.pools, self.pool_ids, self.positions = {}, ([], []), ([], []), {}
+        self.per_address = {}
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
             self._add(peer_id, Member(key, left, PeerState(state), last_seen, make_peer(ip, port, peer_id)))
         for write in self.flushing.values():
@@ -161,10 +175,9 @@ class Swarm:
             return
         self.stats_cache = None
         if old is not None:
-            del self.members[write.peer_id]
+            self._forget_peer(write.peer_id)
             self.counts[old.state] -= 1
             self.unwritten[old.state] -= 1
-            self._unpool(write.peer_id, old.state)
         if not write.stopped:
             old_peer = old and old.peer
             # A re-announce from the same address keeps its Peer (and its compact form).
@@ -174,8 +187,15 @@ class Swarm:
             self.counts[write.state] += 1
             self.unwritten[write.state] += 1
 
+    def admits(self, ip: bytes, limit: int) -> bool:
+        """Whether a new peer from this address may join (its address holds fewer than
+        `limit` of the view's peers)."""
+        return self.per_address.get(address_key(ip), 0) < limit
+
     def _add(self, peer_id: bytes, member: Member) -> None:
         self.members[peer_id] = member
+        address = address_key(member.peer.ip)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         which = member.state is not LEECHER
         pool = self.pools[which]
         self.positions[peer_id] = len(pool)
@@ -193,7 +213,14 @@ class Swarm:
 
     def _forget_peer(self, peer_id: bytes) -> None:
         """Out of the view, not out of the counts: the store still holds the peer."""
-        self._unpool(peer_id, self.members.pop(peer_id).state)
+        member = self.members.pop(peer_id)
+        self._unpool(peer_id, member.state)
+        address = address_key(member.peer.ip)
+        left = self.per_address[address] - 1
+        if left:
+            self.per_address[address] = left
+        else:
+            del self.per_address[address]
 
     def make_room(self, limit: int, rng: random.Random) -> None:
         """Forget random peers whose announces are already written, down to `limit` (a few
@@ -205,6 +232,13 @@ class Swarm:
             peer_id = ids[int(rng.random() * len(ids))]
             if peer_id not in self.pending and peer_id not in self.flushing:
                 self._forget_peer(peer_id)
+
+    def forget_written(self, most: int) -> int:
+        """Forget up to `most` peers whose announces are written; returns how many."""
+        chosen = [p for p in self.members if p not in self.pending and p not in self.flushing][:most]
+        for peer_id in chosen:
+            self._forget_peer(peer_id)
+        return len(chosen)
 
     def prune(self, cutoff: int) -> None:
         """Forget peers silent since before `cutoff`: they are never handed out."""
@@ -249,8 +283,55 @@ class Swarm:
         return chosen if compact else [self.members[peer_id].peer for peer_id in chosen]
 
 
+class StoreGate:
+    """The request path's way to the database. At most DB_WAITERS threads wait for it at
+    once; once it has failed, none does for DB_AWAY_SECONDS (doubling while it keeps
+    failing), and then a single call tries it again. So a database that hangs holds a few
+    requests for the store's short wait, not every thread: the rest answer from memory.
+    Thread-safe; its races only let a second call try."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._slots = threading.BoundedSemaphore(DB_WAITERS)
+        self._away_until = 0.0
+        self._failures = 0  # in a row
+
+    def call(self, call: Callable[..., T], *args: Any) -> T:
+        now = self.clock()
+        if now < self._away_until:
+            raise StoreUnavailable("the database failed a moment ago")
+        if self._failures:  # this call tries it again; the others wait for its verdict
+            self._away_until = now + DB_AWAY_SECONDS
+        if not self._slots.acquire(timeout=DB_QUEUE_SECONDS):
+            raise StoreUnavailable("every database slot is taken")
+        try:
+            result = call(*args)
+        except StoreUnavailable:
+            self.failed()
+            raise
+        finally:
+            self._slots.release()
+        self.works()
+        return result
+
+    def failed(self) -> None:
+        self._failures += 1
+        self._away_until = self.clock() + min(DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS * 2 ** (self._failures - 1))
+
+    def works(self) -> None:
+        if self._failures:
+            self._failures, self._away_until = 0, 0.0
+
+
 class LiveSwarms:
-    """The swarms of one process, in front of the store. Thread-safe."""
+    """The swarms of one process, in front of the store. Thread-safe.
+
+    Locking: `_lock` guards every view and the coordinator's tables (`_by_hash`, `_by_id`,
+    `_dirty`, `_unwritten`); it is never held across a store call. `_flush_lock` lets one
+    batch run at a time; it is taken before `_lock`, never after. A view's `members` dict is
+    read without the lock in one place (announce's `members.get`), a single dict read,
+    atomic under the GIL; whatever it returns is checked again under the lock.
+    """
 
     def __init__(
         self,
@@ -259,17 +340,28 @@ class LiveSwarms:
         log: Callable[[str], None] = lambda message: None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        limits: Limits = Limits(),
+        batch_store: Store | None = None,
+        memory: MemoryGuard | None = None,
     ):
-        self.store = store
+        self.store = store  # the requests' store: short waits (wsgi.REQUEST_WAIT_SECONDS)
+        self.batch_store = batch_store or store  # the flush thread's: waits as long as it must
         self.sync_interval = sync_interval
         self.log = log
         self.rng = rng or random.Random()
         self.clock = clock
+        self.limits = limits
+        self.memory = memory or MemoryGuard()
+        self._registrations = RateWindow(limits.new_swarms_per_minute) if store.register_unknown else None
+        self._completions = RateWindow(limits.completions_per_minute)
         self._lock = threading.Lock()  # guards every view; never held across a store call
         self._flush_lock = threading.Lock()  # one batch at a time
         self._by_hash: dict[bytes, Swarm] = {}
         self._by_id: dict[int, Swarm] = {}
         self._dirty: dict[int, Swarm] = {}  # swarms with pending announces
+        self._unwritten = 0  # announces in views' pending and flushing: recounted every batch
+        self._held_peers = 0  # peers in all views: recounted every batch
+        self._gate = StoreGate()
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
         self._failing = False
@@ -282,17 +374,35 @@ class LiveSwarms:
         with self._lock:
             swarm = self._by_hash.get(request.info_hash)
             if swarm is not None and (swarm.loading or swarm.is_fresh(now, self.sync_interval)):
-                # Nearly every announce: a view this process holds, and nothing to write through.
-                update = plan_announce(request, swarm.members.get(request.peer_id))  # raises PEER_CONFLICT
-                if not update.counts_completion:
-                    return self._take(swarm, request, _peer_write(request, update, now))
-        # A swarm to read first, or a completion to write through: store calls, outside the lock.
-        swarm = self._swarm(request.info_hash, now)
-        update = plan_announce(request, swarm.members.get(request.peer_id))  # one dict read: atomic
+                member = swarm.members.get(request.peer_id)
+                if member is not None:
+                    # Nearly every announce: a peer this process holds, in a view it holds,
+                    # and nothing to write through.
+                    update = plan_announce(request, member)  # raises PEER_CONFLICT
+                    if not update.counts_completion:
+                        return self._take(swarm, request, _peer_write(request, update, now))
+        # A swarm to read first, a peer the view does not hold, or a completion to write
+        # through: store calls, outside the lock.
+        swarm = self._swarm(request, now)
+        known: KnownPeer | None = swarm.members.get(request.peer_id)  # one dict read: atomic
+        if known is None:
+            if request.event is not STOPPED:
+                with self._lock:
+                    self._admit(swarm, request.ip)
+            # The key rule holds whether or not the view holds the peer: a peer the view
+            # dropped (or another process or host took) is in the store.
+            known = self._stored_peer(swarm, request.peer_id)
+            if known is None and request.event is STOPPED:
+                # Nothing to stop; recording it would let random peer_ids grow the backlog.
+                with self._lock:
+                    return AnnounceResult(swarm.stats(), [])
+        update = plan_announce(request, known)
         write = _peer_write(request, update, now)
         if update.counts_completion:
+            if not self._completions.allow(request.ip):
+                raise Shed("completions from this address")
             try:
-                downloaded = self.store.write_through(swarm.torrent_id, write, True)
+                downloaded = self._ask_store(self.store.write_through, swarm.torrent_id, write, True)
             except ClientError as exc:
                 if exc.reason == UNKNOWN_TORRENT:
                     self._forget(swarm)
@@ -305,14 +415,36 @@ class LiveSwarms:
                 swarm.stats_cache = None
             return self._take(swarm, request, write)
 
+    def _admit(self, swarm: Swarm, ip: bytes) -> None:
+        """Refuse a new peer beyond its address's share of the swarm, or when the process
+        holds all it may (lock held)."""
+        if not swarm.admits(ip, self.limits.peers_per_address):
+            raise ClientError(TOO_MANY_PEERS)
+        if (self._unwritten >= self.limits.max_unwritten or self._held_peers >= self.limits.max_peers
+                or self.memory.full()):
+            raise Shed("peers")
+
+    def _stored_peer(self, swarm: Swarm, peer_id: bytes) -> StoredPeer | None:
+        """The stored row of a peer the view does not hold; None if there is none, or if
+        the database cannot say now (the batch then checks the key rule, see _set_aside)."""
+        try:
+            return self._ask_store(self.store.find_peer, swarm.torrent_id, peer_id)
+        except StoreUnavailable:
+            return None
+
     def _take(self, swarm: Swarm, request: AnnounceRequest, write: PeerWrite) -> AnnounceResult:
         """Take an announce into its view and answer it from there (lock held)."""
+        joins = write.peer_id not in swarm.members
         swarm.apply(write)
         # Written through or not, the batch writes it (again) so the swarm is recounted.
+        if write.peer_id not in swarm.pending:
+            self._unwritten += 1
         swarm.pending[write.peer_id] = write
         swarm.used_at = write.last_seen
-        if len(swarm.members) > VIEW_LIMIT:
-            swarm.make_room(VIEW_LIMIT, self.rng)
+        if joins and not write.stopped:
+            self._held_peers += 1
+            if len(swarm.members) > VIEW_LIMIT:
+                swarm.make_room(VIEW_LIMIT, self.rng)
         self._dirty[swarm.torrent_id] = swarm
         # Only a leecher wants seeds: a seed or a partial seed has nothing to download.
         peers = swarm.sample(write.peer_id, write.state is LEECHER, request.numwant, self.rng,
@@ -323,13 +455,13 @@ class LiveSwarms:
         """Stats from fresh views; the rest from the store, in one query."""
         fresh = self._fresh_stats(info_hashes, now)
         rest = [h for h in info_hashes if h not in fresh]
-        return {**self.store.scrape(rest, now), **fresh} if rest else fresh
+        return {**self._ask_store(self.store.scrape, rest, now), **fresh} if rest else fresh
 
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
         """Every torrent from the store, after writing this process's announces (a full
         scrape reads every torrent anyway; one batch more is nothing beside it)."""
         self.flush()
-        return self.store.scrape_all(now)
+        return self._ask_store(self.store.scrape_all, now)
 
     def _fresh_stats(self, info_hashes: Iterable[bytes], now: int) -> dict[bytes, SwarmStats]:
         result = {}
@@ -340,20 +472,30 @@ class LiveSwarms:
                     result[info_hash] = swarm.stats()
         return result
 
-    def _swarm(self, info_hash: bytes, now: int) -> Swarm:
+    def _ask_store(self, call: Callable[..., T], *args: Any) -> T:
+        """A store call on the request path, through the database gate."""
+        return self._gate.call(call, *args)
+
+    def _swarm(self, request: AnnounceRequest, now: int) -> Swarm:
         """The view of a swarm, read from the store first if it is missing or stale. While
-        one thread reads, others answer from the stale view."""
+        one thread reads, others answer from the stale view; if the database cannot answer,
+        a stale view answers as it is."""
+        info_hash = request.info_hash
         with self._lock:
             swarm = self._by_hash.get(info_hash)
             if swarm is not None:
                 if swarm.loading or swarm.is_fresh(now, self.sync_interval):
                     return swarm
                 swarm.loading = True
+            elif len(self._by_id) >= self.limits.max_swarms or self.memory.full():
+                raise Shed("swarms")
+        if swarm is None and self._registrations is not None and not self._registrations.allow(request.ip):
+            raise Shed("new swarms from this address")  # whitelist `open`: a read may register
         try:
             if swarm is None:  # one read: the info hash's torrent, its counters and peers
-                snapshot = self.store.find_swarm(info_hash, now, VIEW_PEERS)
+                snapshot = self._ask_store(self.store.find_swarm, info_hash, now, VIEW_PEERS)
             else:
-                snapshot = self.store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
+                snapshot = self._ask_store(self.store.load_swarm, swarm.torrent_id, now, VIEW_PEERS)
         except ClientError:
             raise
         except Exception:
@@ -373,7 +515,9 @@ class LiveSwarms:
             swarm = self._by_id.get(torrent_id)
             if swarm is None:
                 swarm = self._by_id[torrent_id] = Swarm(torrent_id)
+            held = len(swarm.members)
             swarm.install(snapshot, now)
+            self._held_peers += len(swarm.members) - held
             swarm.loading = False
             swarm.hashes.add(info_hash)
             self._by_hash[info_hash] = swarm
@@ -384,7 +528,8 @@ class LiveSwarms:
             self._drop(swarm)
 
     def _drop(self, swarm: Swarm) -> None:
-        """Forget an unregistered torrent (lock held); its unwritten announces go too."""
+        """Forget a view (lock held): an unregistered torrent's, whose unwritten announces go
+        too, or an idle one's."""
         self._by_id.pop(swarm.torrent_id, None)
         self._dirty.pop(swarm.torrent_id, None)
         for info_hash in swarm.hashes:
@@ -395,8 +540,9 @@ class LiveSwarms:
     def flush(self) -> int:
         """Write every pending announce in one batch; returns how many. On failure they stay
         pending (newer announces of a peer replace older ones) and the error is raised.
-        Then views another writer changed are read again, idle ones dropped and silent
-        peers pruned. Views are handled TURN at a time, so answers never wait for a pass."""
+        Then views another writer changed are read again, idle ones dropped, silent peers
+        pruned, and the process brought back within its limits. Views are handled TURN at
+        a time, so answers never wait for a pass."""
         with self._flush_lock:
             with self._lock:
                 swarms = list(self._dirty.values())
@@ -411,13 +557,16 @@ class LiveSwarms:
 
             self._in_turns(swarms, take)
             try:
-                written = self.store.write_batch(batch) if batch else {}
-            except BaseException:
+                written = self.batch_store.write_batch(batch) if batch else {}
+            except BaseException as exc:
+                if isinstance(exc, StoreUnavailable):
+                    self._gate.failed()
                 with self._lock:
                     for swarm in swarms:
                         if swarm.torrent_id in self._by_id:
                             self._dirty[swarm.torrent_id] = swarm
                 raise
+            self._gate.works()
             now = int(self.clock())
             changed: list[Swarm] = []
 
@@ -432,20 +581,57 @@ class LiveSwarms:
             self._in_turns(swarms, settle)
             for swarm in changed:
                 self._reload(swarm, now)
+            self._tidy(now)
+            return len(batch)
+
+    def _tidy(self, now: int) -> None:
+        """Drop idle views, prune silent peers, and recount what the limits count: the
+        views' peers and unwritten announces. Over a limit, the least recently used views
+        and the written peers of the largest go (they stay in the store)."""
+        with self._lock:
+            views = list(self._by_id.values())
+        idle_since = now - IDLE_SECONDS
+        prune_due, silent_since = now - PRUNE_SECONDS, now - self.store.peer_timeout
+
+        def tidy(swarm: Swarm) -> None:
+            if swarm.used_at < idle_since and not swarm.pending and not swarm.flushing:
+                self._drop(swarm)
+            elif swarm.pruned_at <= prune_due:
+                swarm.prune(silent_since)
+                swarm.pruned_at = now
+
+        self._in_turns(views, tidy)
+        with self._lock:
+            views = list(self._by_id.values())
+        if len(views) > self.limits.max_swarms * TRIM_AT:
+            views.sort(key=lambda swarm: swarm.used_at)
+            excess = len(views) - int(self.limits.max_swarms * TRIM_TO)
+
+            def trim_views(swarm: Swarm) -> None:
+                nonlocal excess
+                if excess > 0 and not swarm.pending and not swarm.flushing and not swarm.loading:
+                    self._drop(swarm)
+                    excess -= 1
+
+            self._in_turns(views, trim_views)
             with self._lock:
                 views = list(self._by_id.values())
-            idle_since = now - IDLE_SECONDS
-            prune_due, silent_since = now - PRUNE_SECONDS, now - self.store.peer_timeout
+        held = sum(len(swarm.members) for swarm in views)
+        if held > self.limits.max_peers * TRIM_AT:
+            views.sort(key=lambda swarm: len(swarm.members), reverse=True)
+            excess = held - int(self.limits.max_peers * TRIM_TO)
 
-            def tidy(swarm: Swarm) -> None:
-                if swarm.used_at < idle_since and not swarm.pending:
-                    self._drop(swarm)
-                elif swarm.pruned_at <= prune_due:
-                    swarm.prune(silent_since)
-                    swarm.pruned_at = now
+            def trim_peers(swarm: Swarm) -> None:
+                nonlocal excess, held
+                if excess > 0:
+                    forgotten = swarm.forget_written(excess)
+                    excess -= forgotten
+                    held -= forgotten
 
-            self._in_turns(views, tidy)
-            return len(batch)
+            self._in_turns(views, trim_peers)
+        with self._lock:
+            self._held_peers = held
+            self._unwritten = sum(len(s.pending) + len(s.flushing) for s in self._by_id.values())
 
     def _in_turns(self, swarms: list[Swarm], work: Callable[[Swarm], None]) -> None:
         for start in range(0, len(swarms), TURN):
@@ -454,7 +640,7 @@ class LiveSwarms:
                     work(swarm)
 
     def _reload(self, swarm: Swarm, now: int) -> None:
-        snapshot = self.store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
+        snapshot = self.batch_store.load_swarm(swarm.torrent_id, now, VIEW_PEERS)
         with self._lock:
             if snapshot is None:
                 self._drop(swarm)

@@ -44,6 +44,8 @@ PEER_CONFLICT = "Duplicated peer_id or changed IP address without the same key. 
 UNKNOWN_PATH = "Unknown tracker path: announce at /tracker/announce, scrape at /tracker/scrape."
 METHOD_NOT_ALLOWED = "Only GET and HEAD are accepted."
 SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
+BUSY = "The tracker is busy; please retry later."
+TOO_MANY_PEERS = "Too many peers from your address in this swarm."
 
 
 def _missing_or_bad(name: str) -> str:

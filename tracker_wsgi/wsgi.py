@@ -22,9 +22,11 @@ from typing import Any
 
 from . import config as config_module
 from .config import Config, ConfigError
-from .model import ClientError
+from .limits import Shed
+from .model import ClientError, StoreUnavailable
 from .netaddr import client_address, is_trusted
 from .protocol import (
+    BUSY,
     METHOD_NOT_ALLOWED,
     SERVER_FAULT,
     UNKNOWN_PATH,
@@ -43,6 +45,10 @@ from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .store import Store, open_configured
 
 RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about this long
+# How long a request waits for the database before it answers `retry in`: announces are
+# answered from memory, so only a swarm not held yet, a completion or a peer the view does
+# not hold wait for it at all. The flush thread's batches wait as long as they must.
+REQUEST_WAIT_SECONDS = 2.0
 
 REFRESH_OFF = "Refresh over the web is off: set refresh_secret in the tracker's config file."
 REFRESH_REFUSED = "Wrong or missing refresh secret."
@@ -70,12 +76,14 @@ class Tracker:
         store: Store,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        batch_store: Store | None = None,
     ):
         self.config = config
         self.store = store
+        self.batch_store = batch_store or store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock)
+        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock, config.limits, self.batch_store)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
@@ -89,9 +97,10 @@ class Tracker:
         self.full_scrape = self.swarms.scrape_all if config.full_scrape else self._no_full_scrape
 
     def close(self) -> None:
-        """Write the pending announces and close this thread's connection."""
+        """Write the pending announces and close this thread's connections."""
         self.swarms.close()
         self.store.close()
+        self.batch_store.close()
 
     def handle(self, environ: dict[str, Any]) -> Response:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
@@ -104,6 +113,10 @@ class Tracker:
             return route(environ)
         except ClientError as exc:
             return _answer(encode_failure(exc.reason))
+        except Shed:
+            return _answer(encode_failure(BUSY, RETRY_IN_MINUTES))
+        except StoreUnavailable:
+            return _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
 
     def _client(self, environ: dict[str, Any]) -> bytes:
         return client_address(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
@@ -164,8 +177,10 @@ class Tracker:
 
 
 def build_tracker(config: Config) -> Tracker:
-    """Open the store the config names and make sure its tables exist."""
-    return Tracker(config, open_configured(config))
+    """Open the store the config names (for the requests, and for the flush thread's
+    batches) and make sure its tables exist."""
+    return Tracker(config, open_configured(config, wait_seconds=REQUEST_WAIT_SECONDS),
+                   batch_store=open_configured(config))
 
 
 def log(message: str) -> None:
