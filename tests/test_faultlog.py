@@ -7,8 +7,6 @@ turns; tests/test_wsgi.py drives it through the WSGI application.
 
 from __future__ import annotations
 
-import threading
-
 from tracker_wsgi.faultlog import MAX_DETAIL_CHARS, FaultLog
 
 
@@ -123,20 +121,3 @@ def test_the_summary_detail_is_one_bounded_line():
     faults.flush_summaries()
     assert lines[2] == "1 more flush faults in the last 60 s (last: TimeoutError)"
 
-
-def test_threads_lose_no_count():
-    faults, lines, clock = make()
-    fail(faults)
-
-    def many() -> None:
-        for _ in range(1000):
-            fail(faults)
-
-    threads = [threading.Thread(target=many) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    clock.now += 60
-    faults.flush_summaries()
-    assert lines[1:] == ["8000 more flush faults in the last 60 s (last: ConnectionError: MySQL server has gone away)"]
