@@ -62,7 +62,7 @@ trusted_proxies = ["127.0.0.1/32", "10.0.0.0/8", "::1", "fd00::/8"]
 whitelist = "open"
 output_dir = "/srv/www/tracker-output"
 refresh_interval = 600
-refresh_secret = "0123456789abcdef"
+refresh_secret = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 announce_url = "https://torrents.example.org/tracker/announce"
 """)
     assert load(str(path)) == Config(
@@ -84,7 +84,7 @@ announce_url = "https://torrents.example.org/tracker/announce"
         whitelist="open",
         output_dir="/srv/www/tracker-output",
         refresh_interval=600,
-        refresh_secret="0123456789abcdef",
+        refresh_secret="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
         announce_url="https://torrents.example.org/tracker/announce",
     )
 
@@ -105,7 +105,8 @@ BOUNDARY_CASES = [
     ("peer_timeout one week", "peer_timeout = 604800", "peer_timeout", 604800),
     ("sqlite URL", 'database = "sqlite:////var/tmp/x.sqlite"', "database", "sqlite:////var/tmp/x.sqlite"),
     ("empty trusted_proxies", "trusted_proxies = []", "trusted_proxies", ()),
-    ("refresh_secret of 16 characters", 'refresh_secret = "0123456789abcdef"', "refresh_secret", "0123456789abcdef"),
+    ("refresh_secret of 32 characters, 10 different", f'refresh_secret = "{"0123456789" * 3}ab"', "refresh_secret",
+     "0123456789" * 3 + "ab"),
     ("empty refresh_secret turns web refresh off", 'refresh_secret = ""', "refresh_secret", ""),
     ("refresh_interval minimum", "refresh_interval = 60", "refresh_interval", 60),
 ]
@@ -151,6 +152,12 @@ BAD_CASES = [
     ("torrent_dir with ~", 'torrent_dir = "~/torrents"', "torrent_dir"),
     ("relative output_dir", 'output_dir = "output"', "output_dir"),
     ("refresh_secret too short to be secret", 'refresh_secret = "hunter2"', "refresh_secret"),
+    ("refresh_secret of 16 characters (enough before issue 12)", 'refresh_secret = "0123456789abcdef"',
+     "refresh_secret"),
+    ("refresh_secret of 31 characters", f'refresh_secret = "{("0123456789abcdef" * 2)[:31]}"', "refresh_secret"),
+    ("refresh_secret of 32 characters, 9 different", f'refresh_secret = "{"012345678" * 3}01234"', "refresh_secret"),
+    ("refresh_secret one letter repeated", f'refresh_secret = "{"a" * 64}"', "refresh_secret"),
+    ("refresh_secret a word repeated", f'refresh_secret = "{"password" * 8}"', "refresh_secret"),
     ("refresh_secret not a string", "refresh_secret = 1234567890123456", "refresh_secret"),
     ("refresh_interval below range", "refresh_interval = 59", "refresh_interval"),
     ("refresh_interval above range", "refresh_interval = 86401", "refresh_interval"),
@@ -170,6 +177,16 @@ def test_each_bad_key_is_one_line_naming_the_file_and_the_key(tmp_path, text, ke
     assert "\n" not in message and "\r" not in message
     assert str(path) in message
     assert key in message
+
+
+def test_a_weak_refresh_secret_says_how_to_make_a_strong_one_and_keeps_itself_out_of_the_log(tmp_path):
+    path = write(tmp_path, 'refresh_secret = "0123456789abcdef"')
+    with pytest.raises(ConfigError) as exc:
+        load(str(path))
+    assert str(exc.value) == (
+        f"{path}: refresh_secret is too weak (fewer than 32 characters or 10 different ones); make one "
+        "with `openssl rand -hex 32`, or leave it empty to turn web refresh off"
+    )
 
 
 def test_error_names_the_value_and_what_is_allowed(tmp_path):

@@ -1,7 +1,7 @@
 """refresh and force-refresh (tracker_wsgi/refresh.py): expire silent peers, recount, rescan
 the torrent directory, write bt_stats.inc and bt_rss.inc; one refresh at a time across
 processes (a lease in the database); from cron (`tracker-wsgi refresh`), from traffic (a
-background thread after the answer) and from the web (`/tracker?refresh&secret=...`)."""
+background thread after the answer) and from the web (`/tracker?refresh`, X-Refresh-Secret: ...)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ CLI = str(REPO / ".venv" / "bin" / "tracker-wsgi")
 NOW = 1_700_000_000
 TIMEOUT = 2700
 BASE_URL = "http://h/torrents"
-SECRET = "correct-horse-battery-staple"
+SECRET = "correct-horse-battery-staple-in-a-header"
 V4 = bytes([192, 0, 2, 1])
 BUSY_LINE = "tracker-wsgi: another refresh is running (the lock is held in the database)\n"
 SUMMARY = re.compile(
@@ -493,9 +493,12 @@ def test_traffic_refresh_failure_is_logged_in_one_line(app_parts, dirs, monkeypa
 
 # -- refresh over the web ------------------------------------------------------------------
 
-def web(tracker, query: str) -> tuple[str, dict, bytes]:
-    status, headers, body = tracker.handle({"REQUEST_METHOD": "GET", "PATH_INFO": "", "QUERY_STRING": query,
-                                            "REMOTE_ADDR": "192.0.2.1"})
+def web(tracker, query: str, secret: str | None = None) -> tuple[str, dict, bytes]:
+    """GET /tracker?query, with `secret` in an X-Refresh-Secret header (tests/test_wsgi.py: POST, limits)."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "", "QUERY_STRING": query, "REMOTE_ADDR": "192.0.2.1"}
+    if secret is not None:
+        environ["HTTP_X_REFRESH_SECRET"] = secret
+    status, headers, body = tracker.handle(environ)
     return status, dict(headers), body
 
 
@@ -514,18 +517,18 @@ def web_tracker(sqlite_url, dirs):
 
 def test_web_refresh_is_off_without_a_secret(web_tracker, dirs):
     tracker = web_tracker()
-    for query in ("refresh", "refresh&secret=", f"force-refresh&secret={SECRET}"):
-        status, _, body = web(tracker, query)
+    for query, secret in (("refresh", None), ("refresh", ""), ("force-refresh", SECRET)):
+        status, _, body = web(tracker, query, secret)
         assert (status, decode(body)) == ("200 OK", {b"failure reason": REFRESH_OFF.encode()})
     assert not dirs[1].exists()
 
 
 def test_web_refresh_refuses_a_wrong_or_missing_secret(web_tracker, dirs):
     tracker = web_tracker(refresh_secret=SECRET)
-    for query in ("refresh", "refresh&secret=", "refresh&secret=wrong", f"refresh&secret={SECRET}x",
-                  f"force-refresh&secret={SECRET[:-1]}"):
-        status, _, body = web(tracker, query)
-        assert (status, decode(body)) == ("200 OK", {b"failure reason": REFRESH_REFUSED.encode()}), query
+    for query, secret in (("refresh", None), ("refresh", ""), ("refresh", "wrong"), ("refresh", SECRET + "x"),
+                          ("force-refresh", SECRET[:-1])):
+        status, _, body = web(tracker, query, secret)
+        assert (status, decode(body)) == ("200 OK", {b"failure reason": REFRESH_REFUSED.encode()}), secret
     assert not dirs[1].exists()
 
 
@@ -534,7 +537,7 @@ def test_web_refresh_with_the_secret_runs_and_reports_in_plain_text(web_tracker,
     torrent_file(dirs[0], "b.torrent", "b")
     (dirs[0] / "junk.torrent").write_bytes(b"junk")
     tracker = web_tracker(refresh_secret=SECRET)
-    status, headers, body = web(tracker, f"refresh&secret={SECRET}")
+    status, headers, body = web(tracker, "refresh", SECRET)
     assert status == "200 OK"
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
     assert headers["Content-Length"] == str(len(body))
@@ -543,14 +546,14 @@ def test_web_refresh_with_the_secret_runs_and_reports_in_plain_text(web_tracker,
     assert (warning, end) == ("junk.torrent: skipped: not a valid torrent: not bencoded", "")
     assert (dirs[1] / "bt_stats.inc").exists() and (dirs[1] / "bt_rss.inc").exists()
 
-    _, _, body = web(tracker, f"refresh&secret={SECRET}")
+    _, _, body = web(tracker, "refresh", SECRET)
     assert body == b"refresh not due yet (use force-refresh to run it now)\n"
-    _, _, body = web(tracker, f"force-refresh&secret={SECRET}")
+    _, _, body = web(tracker, "force-refresh", SECRET)
     assert SUMMARY.fullmatch(body.decode().split("\n")[0]).groups() == ("2", "0", "0", "0", "0", "0")
 
 
 def test_web_refresh_while_another_runs_is_busy(web_tracker):
     tracker = web_tracker(refresh_secret=SECRET)
     assert tracker.store.take_refresh_lock("other", int(time.time()), 600)
-    status, _, body = web(tracker, f"force-refresh&secret={SECRET}")
+    status, _, body = web(tracker, "force-refresh", SECRET)
     assert (status, decode(body)) == ("200 OK", {b"failure reason": REFRESH_BUSY.encode()})

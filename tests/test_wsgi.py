@@ -3,7 +3,7 @@ real SQLite store.
 
 What a client sees: every answer under /tracker is bencoded (BEP 3), a client's mistake is
 a `failure reason`, our own fault is a `failure reason` with `retry in` (BEP 31) and its
-traceback goes to the server's error log, never to the client.
+traceback goes to the server's error log (once, then counts), never to the client.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import ipaddress
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
@@ -20,6 +21,7 @@ import pytest
 
 from conftest import announce_query, decode, ih, pid
 from tracker_wsgi import config as config_module
+from tracker_wsgi.faultlog import FaultLog
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import (
     FULL_SCRAPE_DISABLED,
@@ -28,7 +30,18 @@ from tracker_wsgi.protocol import (
     UNKNOWN_PATH,
     UNKNOWN_TORRENT,
 )
-from tracker_wsgi.wsgi import Application, build_tracker
+from tracker_wsgi.wsgi import (
+    MAX_REFRESH_BODY_BYTES,
+    MAX_REFRESH_FAILURES,
+    REFRESH_OFF,
+    REFRESH_REFUSED,
+    REFRESH_SECRET_IN_QUERY,
+    REFRESH_TOO_MANY,
+    Application,
+    RefreshGate,
+    build_tracker,
+    log,
+)
 
 BINARY = "application/octet-stream"
 TEXT = "text/plain; charset=ISO-8859-1"
@@ -285,21 +298,59 @@ def test_full_scrape_on_returns_every_torrent_under_every_hash(make_app):
 # our own faults
 # --------------------------------------------------------------------------------------
 
-def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_app, monkeypatch):
+def broken(info_hash, now, limit):
+    raise RuntimeError("database on fire at /var/lib/secret/path")
+
+
+def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_app, monkeypatch, capsys):
     """BEP 31: a fault of ours tells the client when to come back; the traceback goes to
-    the error log (wsgi.errors), never to the client."""
+    the error log (stderr under mod_wsgi), never to the client."""
     app, tracker = make_app()
     register(tracker, 1)
-
-    def broken(info_hash, now, limit):
-        raise RuntimeError("database on fire at /var/lib/secret/path")
-
     monkeypatch.setattr(tracker.store, "find_swarm", broken)
     answer = announce(app, 1)
     assert (answer.status, answer.decoded) == ("200 OK", failure(SERVER_FAULT, 1))
     assert b"fire" not in answer.body and b"Traceback" not in answer.body
-    assert "Traceback (most recent call last)" in answer.errors
-    assert "RuntimeError: database on fire at /var/lib/secret/path" in answer.errors
+    logged = capsys.readouterr().err
+    assert logged.startswith("tracker_wsgi: unexpected fault answering a request:\nTraceback (most recent call last)")
+    assert "RuntimeError: database on fire at /var/lib/secret/path" in logged
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_fault_on_every_request_logs_one_traceback_then_a_count_a_minute(make_app, monkeypatch, capsys):
+    """Issue 12: 2,000 announces during a database fault wrote 20 MB of tracebacks. Now the
+    first is logged in full and the rest are counted, one line a minute."""
+    _, tracker = make_app()
+    register(tracker, 1)
+    clock = FakeClock()
+    app = Application(tracker, faults=FaultLog(log, clock=clock))
+    monkeypatch.setattr(tracker.store, "find_swarm", broken)
+    for n in range(2000):
+        assert announce(app, n % 250 + 1).decoded == failure(SERVER_FAULT, 1)
+    first_minute = capsys.readouterr().err
+    assert first_minute.count("Traceback") == 1
+    assert len(first_minute.encode()) < 4096, len(first_minute.encode())
+
+    clock.now += 61  # the next fault after the interval brings the count
+    announce(app, 1)
+    assert capsys.readouterr().err == (
+        "tracker_wsgi: 2000 more request faults in the last 61 s "
+        "(last: RuntimeError: database on fire at /var/lib/secret/path)\n")
+    for _ in range(500):
+        announce(app, 1)
+    assert capsys.readouterr().err == ""
+    clock.now += 60  # the faults stopped: the background thread's flush brings the count
+    app.faults.flush_summaries()
+    assert capsys.readouterr().err == (
+        "tracker_wsgi: 500 more request faults in the last 60 s "
+        "(last: RuntimeError: database on fire at /var/lib/secret/path)\n")
 
 
 def test_a_bad_config_file_is_a_failure_with_retry_in_logged_once(tmp_path, monkeypatch, capsys):
@@ -483,3 +534,206 @@ def test_key_protects_a_peer_from_another_address(app):
     assert counts(scrape(app, 1)) == (0, 1, 0, 1)
     moved = call(app, "/announce", announce_query(ih(1), pid(1), key="s3cret"), remote="203.0.113.66")
     assert moved.decoded[b"external ip"] == bytes([203, 0, 113, 66])
+
+
+# --------------------------------------------------------------------------------------
+# refresh over the web: the secret (tests/test_refresh.py: what the refresh then does)
+# --------------------------------------------------------------------------------------
+
+SECRET = "4f0c1e3b9a7d2c5e8f6a1b0d3c9e7f2a"
+FORM = "application/x-www-form-urlencoded"
+
+
+@dataclass
+class RefreshApp:
+    app: Application
+    output: Path  # where a refresh that ran wrote its files
+    clock: FakeClock  # the refresh gate's
+    capsys: pytest.CaptureFixture
+
+    def logged(self) -> list[str]:
+        """The tracker's log lines since the last call."""
+        return [line.removeprefix("tracker_wsgi: ") for line in self.capsys.readouterr().err.splitlines()]
+
+
+@pytest.fixture
+def refresh_app(make_app, shared_dir, capsys) -> RefreshApp:
+    """An app with refresh_secret set, whose refresh gate has a clock the test turns."""
+    torrents, output = shared_dir / "torrents", shared_dir / "output"
+    torrents.mkdir()
+    app, tracker = make_app(refresh_secret=SECRET, torrent_dir=str(torrents), output_dir=str(output))
+    clock = FakeClock()
+    tracker.refresh_gate = RefreshGate(SECRET.encode(), log, clock)
+    capsys.readouterr()
+    return RefreshApp(app, output, clock, capsys)
+
+
+def post(app, query: str = "refresh", body: bytes = b"", remote: str = "198.51.100.1", **environ) -> Answer:
+    extra = {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body)), "CONTENT_TYPE": FORM}
+    extra.update(environ)
+    return call(app, "", query, method="POST", remote=remote, extra=extra)
+
+
+def with_header(app, query: str = "refresh", secret: str = SECRET, method: str = "GET",
+                remote: str = "198.51.100.1") -> Answer:
+    return call(app, "", query, method=method, remote=remote, extra={"HTTP_X_REFRESH_SECRET": secret})
+
+
+def refreshed(answer: Answer) -> bool:
+    if answer.headers["Content-Type"] != "text/plain; charset=utf-8":
+        return False
+    return answer.body.startswith(b"refreshed in ")
+
+
+SECRET_ACCEPTED_CASES = [
+    ("GET with the header", lambda app: with_header(app)),
+    ("HEAD with the header", lambda app: with_header(app, method="HEAD")),
+    ("POST with the header", lambda app: with_header(app, method="POST")),
+    ("POST body", lambda app: post(app, body=f"secret={SECRET}".encode())),
+    ("POST body among other fields", lambda app: post(app, body=f"a=1&secret={SECRET}&b=2".encode())),
+    ("POST body, force-refresh", lambda app: post(app, "force-refresh", f"secret={SECRET}".encode())),
+]
+
+
+@pytest.mark.parametrize("send", [c[1] for c in SECRET_ACCEPTED_CASES], ids=[c[0] for c in SECRET_ACCEPTED_CASES])
+def test_the_secret_in_a_header_or_a_post_body_runs_the_refresh(refresh_app, send):
+    app, output, logged = refresh_app.app, refresh_app.output, refresh_app.logged
+    answer = send(app)
+    assert answer.status == "200 OK"
+    assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert (output / "bt_stats.inc").exists()
+    assert logged() == []
+
+
+QUERY_SECRET_CASES = [
+    ("GET, the right secret", "GET", f"refresh&secret={SECRET}"),
+    ("GET, force-refresh", "GET", f"force-refresh&secret={SECRET}"),
+    ("GET, a wrong secret", "GET", "refresh&secret=guess"),
+    ("GET, empty", "GET", "refresh&secret="),
+    ("POST, the right secret in the query", "POST", f"refresh&secret={SECRET}"),
+]
+
+
+@pytest.mark.parametrize(("method", "query"), [c[1:] for c in QUERY_SECRET_CASES], ids=[c[0] for c in QUERY_SECRET_CASES])
+def test_a_secret_in_the_query_string_is_refused_unread(refresh_app, method, query):
+    """Apache's access log records every URL: a secret there is no longer a secret. Even
+    with the right secret also in the header, the query's is refused, and the log says why."""
+    app, output, logged = refresh_app.app, refresh_app.output, refresh_app.logged
+    answer = call(app, "", query, method=method, extra={"HTTP_X_REFRESH_SECRET": SECRET})
+    assert (answer.status, answer.decoded) == ("200 OK", failure(REFRESH_SECRET_IN_QUERY))
+    assert "X-Refresh-Secret header" in REFRESH_SECRET_IN_QUERY and "POST body" in REFRESH_SECRET_IN_QUERY
+    assert not output.exists()
+    assert logged() == ["web refresh refused from 198.51.100.1: secret in the URL, refused unread (it is in the "
+                        "access log now: if it was the real one, change refresh_secret)"]
+
+
+WRONG_SECRET_CASES = [
+    # (id, send, what the log line says)
+    ("no secret at all", lambda app: call(app, "", "refresh"), "no secret"),
+    ("empty header", lambda app: with_header(app, secret=""), "no secret"),
+    ("wrong header", lambda app: with_header(app, secret="guess"), "wrong secret in the header"),
+    ("header one character short", lambda app: with_header(app, secret=SECRET[:-1]), "wrong secret in the header"),
+    ("header one character long", lambda app: with_header(app, secret=SECRET + "0"), "wrong secret in the header"),
+    ("wrong POST body", lambda app: post(app, body=b"secret=guess"), "wrong secret in the POST body"),
+    ("POST body without secret", lambda app: post(app, body=b"password=" + SECRET.encode()), "no secret"),
+    ("POST without a body", lambda app: post(app), "no secret"),
+]
+
+
+@pytest.mark.parametrize(("send", "why"), [c[1:] for c in WRONG_SECRET_CASES], ids=[c[0] for c in WRONG_SECRET_CASES])
+def test_a_wrong_or_missing_secret_is_refused_and_logged_with_the_address(refresh_app, send, why):
+    app, output, logged = refresh_app.app, refresh_app.output, refresh_app.logged
+    answer = send(app)
+    assert (answer.status, answer.decoded) == ("200 OK", failure(REFRESH_REFUSED))
+    assert not output.exists()
+    assert logged() == [f"web refresh refused from 198.51.100.1: {why}"]
+
+
+def test_web_refresh_off_says_so_and_logs_nothing(make_app, capsys):
+    app, _ = make_app()
+    for answer in (with_header(app), post(app, body=b"secret=x"), call(app, "", "refresh&secret=x")):
+        assert answer.decoded == failure(REFRESH_OFF)
+    assert capsys.readouterr().err == ""
+
+
+class Body(io.BytesIO):
+    """A request body that records what is asked of it, and fails the test if it would block."""
+
+    def __init__(self, data: bytes, available: bool = True):
+        super().__init__(data)
+        self.available, self.asked = available, []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.asked.append(size)
+        assert self.available and size is not None and size >= 0, "read a body that is not there: it would block"
+        return super().read(size)
+
+
+BODY_CASES = [
+    # (id, body, CONTENT_LENGTH, what may be read)
+    ("no Content-Length (chunked)", Body(b"", available=False), None, []),
+    ("empty Content-Length", Body(b"", available=False), "", []),
+    ("Content-Length 0", Body(b"", available=False), "0", []),
+    ("a short body", Body(b"secret=x"), "8", [8]),
+    ("a huge body: 1 KiB read", Body(b"secret=x&pad=" + b"p" * 100_000), str(100_013), [MAX_REFRESH_BODY_BYTES]),
+]
+
+
+@pytest.mark.parametrize(("body", "length", "reads"), [c[1:] for c in BODY_CASES], ids=[c[0] for c in BODY_CASES])
+def test_a_post_body_is_read_only_as_far_as_content_length_and_1_kib(refresh_app, body, length, reads):
+    app = refresh_app.app
+    extra = {"wsgi.input": body}
+    if length is not None:
+        extra["CONTENT_LENGTH"] = length
+    answer = call(app, "", "refresh", method="POST", extra=extra)
+    assert answer.decoded == failure(REFRESH_REFUSED)
+    assert body.asked == reads
+
+
+POST_REFUSED_CASES = [
+    ("announce", "/announce", announce_query(ih(1), pid(1))),
+    ("scrape", "/scrape", "refresh"),
+    ("bare /tracker", "", ""),
+    ("an announce at /tracker that mentions refresh", "", announce_query(ih(1), pid(1), refresh=1)),
+    ("refresh under another path", "/refresh", "refresh"),
+    ("a query too long to read", "", "refresh&x=" + "x" * 9000),
+]
+
+
+@pytest.mark.parametrize(("path", "query"), [c[1:] for c in POST_REFUSED_CASES], ids=[c[0] for c in POST_REFUSED_CASES])
+def test_post_is_only_for_the_web_refresh(refresh_app, path, query):
+    app, output, logged = refresh_app.app, refresh_app.output, refresh_app.logged
+    answer = call(app, path, query, method="POST", extra={"HTTP_X_REFRESH_SECRET": SECRET})
+    assert answer.status == "405 Method Not Allowed"
+    assert (answer.headers["Allow"], answer.decoded) == ("GET, HEAD", failure(METHOD_NOT_ALLOWED))
+    assert not output.exists()
+    assert logged() == []
+
+
+def test_failures_are_limited_per_minute_then_refused_unread(refresh_app):
+    """Issue 12: guessing ran at ~2,000 tries/s with no limit and no log line."""
+    app, output, clock, logged = refresh_app.app, refresh_app.output, refresh_app.clock, refresh_app.logged
+    for n in range(MAX_REFRESH_FAILURES):
+        clock.now += 1
+        assert with_header(app, secret=f"guess{n}", remote=f"203.0.113.{n}").decoded == failure(REFRESH_REFUSED)
+    assert logged() == [f"web refresh refused from 203.0.113.{n}: wrong secret in the header"
+                        for n in range(MAX_REFRESH_FAILURES)]
+    # Over the limit: even the right secret is refused, unread, and the flood is one line.
+    for send in [lambda: with_header(app), lambda: post(app, body=f"secret={SECRET}".encode())] * 1000:
+        assert send().decoded == failure(REFRESH_TOO_MANY)
+    assert REFRESH_TOO_MANY == "too many failed refresh attempts; try again in a minute"
+    assert not output.exists()
+    assert logged() == [f"web refresh: {MAX_REFRESH_FAILURES} failed attempts within 60 s; refusing every "
+                        "attempt for up to a minute"]
+    # A minute after the first failure, one more attempt is allowed; the count comes first.
+    clock.now += 60 - (MAX_REFRESH_FAILURES - 1)  # the first failure was MAX - 1 seconds before the last
+    assert with_header(app, secret="guess again").decoded == failure(REFRESH_REFUSED)
+    assert with_header(app).decoded == failure(REFRESH_TOO_MANY)  # the second failure is a minute old only in 1 s
+    assert logged() == ["web refresh: attempts refused while over the limit: 2000",
+                        "web refresh refused from 198.51.100.1: wrong secret in the header",
+                        f"web refresh: {MAX_REFRESH_FAILURES} failed attempts within 60 s; refusing every "
+                        "attempt for up to a minute"]
+    clock.now += 60
+    assert refreshed(with_header(app))
+    assert logged() == ["web refresh: attempts refused while over the limit: 1"]
+

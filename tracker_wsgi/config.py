@@ -61,7 +61,8 @@ class Config:
     output_dir: str = "/var/lib/tracker-wsgi/output"
     # Seconds between refreshes (expiry, recount, rescan, include files).
     refresh_interval: int = 900
-    # Secret that /tracker?refresh&secret=... must carry; empty: refresh over the web is off.
+    # Secret a web refresh (/tracker?refresh) must send in an X-Refresh-Secret header or a
+    # POST body; empty: refresh over the web is off. Make one with `openssl rand -hex 32`.
     refresh_secret: str = ""
     # When set, a .torrent is registered only if it announces this URL.
     announce_url: str = ""
@@ -103,7 +104,10 @@ _RANGES = {
     "completions_per_minute": (1, 1_000_000),
     "open_max_torrents": (1, 1_000_000_000),
 }
-MIN_SECRET_LENGTH = 16  # a refresh secret short enough to guess is no secret
+# A refresh secret must outlast years of guessing at the web refresh's rate limit: 32
+# characters, and not a pattern such as "aaaa..." or "abab...".
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT_CHARACTERS = 10  # `openssl rand -hex 32` has 16; a repeated word has fewer
 
 
 def config_path(environ: dict[str, Any] | None = None) -> str | None:
@@ -173,6 +177,13 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE")
     if key in ("torrent_dir", "output_dir") and not os.path.isabs(value):
         raise bad("an absolute path")
-    if key == "refresh_secret" and 0 < len(value) < MIN_SECRET_LENGTH:
-        raise bad(f"empty (web refresh off) or at least {MIN_SECRET_LENGTH} characters")
+    if key == "refresh_secret" and value and (
+        len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT_CHARACTERS
+    ):
+        # The value itself stays out of the message: it would be in the error log.
+        raise ConfigError(
+            f"{path}: refresh_secret is too weak (fewer than {MIN_SECRET_LENGTH} characters or "
+            f"{MIN_SECRET_DISTINCT_CHARACTERS} different ones); make one with `openssl rand -hex 32`, "
+            f"or leave it empty to turn web refresh off"
+        )
     return value

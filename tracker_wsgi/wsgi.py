@@ -7,6 +7,7 @@ tracker is built then, once per process, under a lock; every later request reuse
 Every answer under /tracker is bencoded: a client's mistake is HTTP 200 with a `failure
 reason`, our own fault is logged with its traceback to Apache's error log and answered
 with a `failure reason` plus `retry in` (BEP 31). Nothing internal reaches the client.
+Faults are logged at a bounded rate (faultlog.py): one traceback, then counts.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ import random
 import sys
 import threading
 import time
-import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import config as config_module
 from .config import Config, ConfigError
+from .faultlog import FaultLog
 from .limits import Shed
 from .model import ClientError, StoreUnavailable
-from .netaddr import client_address, is_trusted
+from .netaddr import client_address, is_trusted, unpack_ip
 from .protocol import (
     BUSY,
     METHOD_NOT_ALLOWED,
@@ -52,10 +54,23 @@ REQUEST_WAIT_SECONDS = 2.0
 
 REFRESH_OFF = "Refresh over the web is off: set refresh_secret in the tracker's config file."
 REFRESH_REFUSED = "Wrong or missing refresh secret."
+REFRESH_SECRET_IN_QUERY = (
+    "The refresh secret must not be in the URL (access logs keep URLs): "
+    "send it in an X-Refresh-Secret header or a POST body secret=..."
+)
+REFRESH_TOO_MANY = "too many failed refresh attempts; try again in a minute"
 REFRESH_BUSY = "Another refresh is running; try again in a minute."
 WEB_REFRESH_COMMANDS = {b"refresh": False, b"force-refresh": True}  # command -> force
+REFRESH_SECRET_HEADER = "HTTP_X_REFRESH_SECRET"  # X-Refresh-Secret: S
+MAX_REFRESH_BODY_BYTES = 1024  # `secret=` and a 64-hex-digit secret, with room to spare; never more is read
+# Failed web refreshes a process takes per minute, all clients together; then it refuses every
+# attempt unread until the oldest failure is a minute old. An admin mistypes a few times; a
+# guesser gets 14,400 tries a day against a 32-character secret.
+MAX_REFRESH_FAILURES = 10
+REFRESH_FAILURE_WINDOW = 60.0  # seconds
 
 Response = tuple[str, list[tuple[str, str]], bytes]
+Log = Callable[[str], None]
 
 # Compact answers are binary; text ones may be compressed by mod_deflate (apache/).
 BINARY = "application/octet-stream"
@@ -85,6 +100,7 @@ class Tracker:
         self.rng = rng or random.Random()
         self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock, config.limits, self.batch_store)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
+        self.refresh_gate = RefreshGate(config.refresh_secret.encode(), log)
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
         self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {
@@ -103,7 +119,8 @@ class Tracker:
         self.batch_store.close()
 
     def handle(self, environ: dict[str, Any]) -> Response:
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD") and not (method == "POST" and self._is_web_refresh(environ)):
             status, headers, body = _answer(encode_failure(METHOD_NOT_ALLOWED), status="405 Method Not Allowed")
             return status, headers + [("Allow", "GET, HEAD")], body
         route = self.routes.get(environ.get("PATH_INFO", ""))
@@ -133,19 +150,27 @@ class Tracker:
         if not environ.get("QUERY_STRING"):
             return "302 Found", [("Location", self.redirect_to), ("Content-Type", TEXT), ("Content-Length", "0")], b""
         fields = parse_query(self._query(environ))
-        command = next((c for c in WEB_REFRESH_COMMANDS if c in fields), None)
-        if command is not None and b"info_hash" not in fields:
-            return self.web_refresh(fields, force=WEB_REFRESH_COMMANDS[command])
+        command = _web_refresh_command(fields)
+        if command is not None:
+            return self.web_refresh(environ, fields, force=WEB_REFRESH_COMMANDS[command])
         return self._announce(environ, fields)
 
-    def web_refresh(self, fields: dict[bytes, bytes], force: bool) -> Response:
-        """The original ran `refresh` for anyone who asked; ours needs the configured secret."""
-        secret = self.config.refresh_secret.encode()
-        if not secret:
+    def _is_web_refresh(self, environ: dict[str, Any]) -> bool:
+        """Whether a request asks for a web refresh (`/tracker?refresh`), the one thing POST may do."""
+        if self.routes.get(environ.get("PATH_INFO", "")) != self.announce_or_redirect:
+            return False
+        try:
+            return _web_refresh_command(parse_query(self._query(environ))) is not None
+        except ClientError:
+            return False
+
+    def web_refresh(self, environ: dict[str, Any], fields: dict[bytes, bytes], force: bool) -> Response:
+        """The original ran `refresh` for anyone who asked; ours needs the configured secret,
+        in an X-Refresh-Secret header or a POST body, never the URL (access logs keep URLs)."""
+        if not self.config.refresh_secret:
             raise ClientError(REFRESH_OFF)
-        given = fields.get(b"secret", b"")
-        if not hmac.compare_digest(given, secret):
-            raise ClientError(REFRESH_REFUSED)
+        given, where = _given_refresh_secret(environ, fields)
+        self.refresh_gate.admit(unpack_ip(self._client(environ)), given, where)
         self.swarms.flush()  # the report then counts every announce this process answered
         try:
             report = refresh(self.config, self.store, force=force)
@@ -176,6 +201,73 @@ class Tracker:
         raise ClientError(FULL_SCRAPE_DISABLED)
 
 
+def _web_refresh_command(fields: dict[bytes, bytes]) -> bytes | None:
+    """`refresh` or `force-refresh` when the query asks for one (an announce never does)."""
+    if b"info_hash" in fields:
+        return None
+    return next((c for c in WEB_REFRESH_COMMANDS if c in fields), None)
+
+
+def _given_refresh_secret(environ: dict[str, Any], fields: dict[bytes, bytes]) -> tuple[bytes, str]:
+    """(the secret a web refresh came with, where it was): header, POST body, query or nowhere."""
+    if b"secret" in fields:
+        return fields[b"secret"], "query"
+    header = environ.get(REFRESH_SECRET_HEADER)
+    if header is not None:
+        return header.encode("latin-1"), "header"  # PEP 3333: raw header bytes as latin-1
+    if environ.get("REQUEST_METHOD") == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)  # Apache refuses one that is not a number
+        # Read only what CONTENT_LENGTH announces, never past MAX_REFRESH_BODY_BYTES: without
+        # a length (none, or a chunked body) nothing is read, so nothing can block on it.
+        if length > 0:
+            body = environ["wsgi.input"].read(min(length, MAX_REFRESH_BODY_BYTES))
+            if b"secret" in (posted := parse_query(body)):
+                return posted[b"secret"], "POST body"
+    return b"", "nowhere"
+
+
+class RefreshGate:
+    """Who may run a web refresh. The secret is compared in constant time; a secret in the
+    URL is refused unread. Failures are limited per process (MAX_REFRESH_FAILURES a
+    minute, all clients together), so guessing is hopeless, and each is logged with the
+    client's address; past the limit every attempt is refused unread and only counted."""
+
+    def __init__(self, secret: bytes, log: Log, clock: Callable[[], float] = time.monotonic):
+        self._secret = secret
+        self._log = log
+        self._clock = clock
+        self._failures: deque[float] = deque(maxlen=MAX_REFRESH_FAILURES)  # when, oldest first
+        self._refused_unread = 0  # attempts refused since the limit was reached
+        self._lock = threading.Lock()  # check and record as one step, or 15 threads overshoot the limit
+
+    def admit(self, client: str, given: bytes, where: str) -> None:
+        """Return if `given` is the secret; else raise ClientError with the reason to answer."""
+        with self._lock:
+            now = self._clock()
+            limited = (len(self._failures) == MAX_REFRESH_FAILURES
+                       and now - self._failures[0] < REFRESH_FAILURE_WINDOW)
+            if limited:
+                if self._refused_unread == 0:
+                    self._log(f"web refresh: {MAX_REFRESH_FAILURES} failed attempts within "
+                              f"{REFRESH_FAILURE_WINDOW:.0f} s; refusing every attempt for up to a minute")
+                self._refused_unread += 1
+                raise ClientError(REFRESH_TOO_MANY)
+            if self._refused_unread:
+                self._log(f"web refresh: attempts refused while over the limit: {self._refused_unread}")
+                self._refused_unread = 0
+            if where == "query":
+                failure, why = REFRESH_SECRET_IN_QUERY, (
+                    "secret in the URL, refused unread (it is in the access log now: "
+                    "if it was the real one, change refresh_secret)")
+            elif hmac.compare_digest(given, self._secret):
+                return
+            else:
+                failure, why = REFRESH_REFUSED, f"wrong secret in the {where}" if given else "no secret"
+            self._failures.append(now)
+            self._log(f"web refresh refused from {client}: {why}")
+        raise ClientError(failure)
+
+
 def build_tracker(config: Config) -> Tracker:
     """Open the store the config names (for the requests, and for the flush thread's
     batches) and make sure its tables exist."""
@@ -191,9 +283,11 @@ def log(message: str) -> None:
 class Application:
     """The WSGI callable. Builds its Tracker on first use, once per process."""
 
-    def __init__(self, tracker: Tracker | None = None, background: BackgroundRefresh | None = None):
+    def __init__(self, tracker: Tracker | None = None, background: BackgroundRefresh | None = None,
+                 faults: FaultLog | None = None):
         self._tracker = tracker
         self._background = background
+        self.faults = faults or FaultLog(log)
         self._config_error: ConfigError | None = None
         self._lock = threading.Lock()
 
@@ -227,7 +321,8 @@ class Application:
         except ConfigError:
             status, headers, body = _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
         except Exception:
-            traceback.print_exc(file=environ.get("wsgi.errors", sys.stderr))
+            # Not the request's path or query in the kind: kinds must stay a small fixed set.
+            self.faults.fault("request", "unexpected fault answering a request:")
             status, headers, body = _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
         start_response(status, headers)
         if self._background is not None:
