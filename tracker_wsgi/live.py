@@ -40,10 +40,10 @@ import atexit
 import random
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+from .faultlog import FaultLog
 from .limits import Limits, MemoryGuard, RateWindow, Shed, address_key
 from .model import (
     LEECHER,
@@ -343,11 +343,13 @@ class LiveSwarms:
         limits: Limits = Limits(),
         batch_store: Store | None = None,
         memory: MemoryGuard | None = None,
+        faults: FaultLog | None = None,
     ):
         self.store = store  # the requests' store: short waits (wsgi.REQUEST_WAIT_SECONDS)
         self.batch_store = batch_store or store  # the flush thread's: waits as long as it must
         self.sync_interval = sync_interval
         self.log = log
+        self.faults = faults or FaultLog(log)
         self.rng = rng or random.Random()
         self.clock = clock
         self.limits = limits
@@ -660,6 +662,7 @@ class LiveSwarms:
     def _flush_forever(self) -> None:
         while not self._closed.wait(self.sync_interval):
             self._flush_logged()
+            self.faults.flush_summaries()  # the counts of faults that have stopped coming
 
     def close(self) -> None:
         """Stop the flush thread and write what is pending (the process is stopping)."""
@@ -670,13 +673,11 @@ class LiveSwarms:
         atexit.unregister(self.close)
 
     def _flush_logged(self) -> None:
-        """Flush; log the first failure of a run of them, and the recovery."""
+        """Flush; log failures at a bounded rate (FaultLog), and the recovery."""
         try:
             self.flush()
         except Exception:
-            if not self._failing:
-                self.log("writing announces to the database failed; they are kept and retried:\n"
-                         + traceback.format_exc())
+            self.faults.fault("batch", "writing announces to the database failed; they are kept and retried:")
             self._failing = True
             return
         if self._failing:

@@ -92,13 +92,16 @@ class Tracker:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         batch_store: Store | None = None,
+        faults: FaultLog | None = None,
     ):
         self.config = config
+        self.faults = faults or FaultLog(log)
         self.store = store
         self.batch_store = batch_store or store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock, config.limits, self.batch_store)
+        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock, config.limits, self.batch_store,
+                                 faults=self.faults)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.refresh_gate = RefreshGate(config.refresh_secret.encode(), log)
         self.trusted = config.trusted_proxies
@@ -133,6 +136,7 @@ class Tracker:
         except Shed:
             return _answer(encode_failure(BUSY, RETRY_IN_MINUTES))
         except StoreUnavailable:
+            self.faults.fault("database", "the database did not answer a request in time:")
             return _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
 
     def _client(self, environ: dict[str, Any]) -> bytes:
@@ -268,11 +272,11 @@ class RefreshGate:
         raise ClientError(failure)
 
 
-def build_tracker(config: Config) -> Tracker:
+def build_tracker(config: Config, faults: FaultLog | None = None) -> Tracker:
     """Open the store the config names (for the requests, and for the flush thread's
     batches) and make sure its tables exist."""
     return Tracker(config, open_configured(config, wait_seconds=REQUEST_WAIT_SECONDS),
-                   batch_store=open_configured(config))
+                   batch_store=open_configured(config), faults=faults)
 
 
 def log(message: str) -> None:
@@ -299,7 +303,7 @@ class Application:
                 raise self._config_error
             path = config_module.config_path(environ)
             try:
-                tracker = build_tracker(config_module.load(path))
+                tracker = build_tracker(config_module.load(path), self.faults)
             except ConfigError as exc:
                 # Logged once; a fixed file takes effect when the daemon restarts
                 # (touch the .wsgi file). Store errors are not kept: the next request retries.
