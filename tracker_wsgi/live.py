@@ -48,10 +48,12 @@ from .model import (
     LEECHER,
     AnnounceRequest,
     AnnounceResult,
+    BatchResult,
     ClientError,
     Peer,
     PeerState,
     PeerWrite,
+    SetAside,
     SwarmSnapshot,
     SwarmStats,
     SwarmWritten,
@@ -66,6 +68,7 @@ VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
 PRUNE_SECONDS = 60  # how often a view drops its silent peers
 TURN = 200  # views the flush thread handles per hold of the views' lock
+SET_ASIDE_SHOWN = 5  # set-aside writes named in a batch's log line (the count says the rest)
 
 
 def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
@@ -411,13 +414,16 @@ class LiveSwarms:
 
             self._in_turns(swarms, take)
             try:
-                written = self.store.write_batch(batch) if batch else {}
+                result = self.store.write_batch(batch) if batch else BatchResult({}, [])
             except BaseException:
                 with self._lock:
                     for swarm in swarms:
                         if swarm.torrent_id in self._by_id:
                             self._dirty[swarm.torrent_id] = swarm
                 raise
+            written = result.written
+            if result.set_aside:
+                self._set_aside(result.set_aside)
             now = int(self.clock())
             changed: list[Swarm] = []
 
@@ -446,6 +452,17 @@ class LiveSwarms:
 
             self._in_turns(views, tidy)
             return len(batch)
+
+    def _set_aside(self, rows: Sequence[SetAside]) -> None:
+        """Writes the store did not take leave the views too (a refused one must not leave
+        another address in the view); one log line for the batch."""
+        with self._lock:
+            for row in rows:
+                swarm = self._by_id.get(row.torrent_id)
+                if swarm is not None and row.peer_id in swarm.members:
+                    swarm._forget_peer(row.peer_id)
+        shown = ", ".join(f"torrent {row.torrent_id} peer {row.peer_id.hex()}" for row in rows[:SET_ASIDE_SHOWN])
+        self.log(f"{len(rows)} announces set aside, not written: {shown}; the first because: {rows[0].reason}")
 
     def _in_turns(self, swarms: list[Swarm], work: Callable[[Swarm], None]) -> None:
         for start in range(0, len(swarms), TURN):
