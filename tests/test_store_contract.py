@@ -440,8 +440,8 @@ def test_a_huge_swarm_is_held_in_part_and_counted_whole(store, monkeypatch):
 
 
 def test_a_batch_split_over_transactions_reports_the_versions_it_wrote_over(store):
-    first = store.write_batch([(1, write(n)) for n in range(1, 4)])[1]
-    split = store.write_batch([(1, write(n)) for n in range(1, BATCH_ROWS + 11)])[1]
+    first = store.write_batch([(1, write(n)) for n in range(1, 4)]).written[1]
+    split = store.write_batch([(1, write(n)) for n in range(1, BATCH_ROWS + 11)]).written[1]
     assert (split.version_before, split.version) == (first.version, first.version + 2)
     assert split.leechers == BATCH_ROWS + 10
 

@@ -50,10 +50,12 @@ from .model import (
     STOPPED,
     AnnounceRequest,
     AnnounceResult,
+    BatchResult,
     ClientError,
     Peer,
     PeerState,
     PeerWrite,
+    SetAside,
     SwarmSnapshot,
     SwarmStats,
     StoredPeer,
@@ -78,6 +80,7 @@ DB_QUEUE_SECONDS = 0.05  # how long a request waits for one of those slots
 DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it alone this long,
 DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
 T = TypeVar("T")
+SET_ASIDE_SHOWN = 5  # set-aside writes named in a batch's log line (the count says the rest)
 
 
 def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
@@ -232,6 +235,12 @@ class Swarm:
             peer_id = ids[int(rng.random() * len(ids))]
             if peer_id not in self.pending and peer_id not in self.flushing:
                 self._forget_peer(peer_id)
+
+    def forget(self, peer_id: bytes) -> None:
+        """A peer whose write the store refused leaves the view (the batch's recount
+        corrects the counts)."""
+        if peer_id in self.members:
+            self._forget_peer(peer_id)
 
     def forget_written(self, most: int) -> int:
         """Forget up to `most` peers whose announces are written; returns how many."""
@@ -559,7 +568,7 @@ class LiveSwarms:
 
             self._in_turns(swarms, take)
             try:
-                written = self.batch_store.write_batch(batch) if batch else {}
+                result = self.batch_store.write_batch(batch) if batch else BatchResult({}, [])
             except BaseException as exc:
                 if isinstance(exc, StoreUnavailable):
                     self._gate.failed()
@@ -569,6 +578,9 @@ class LiveSwarms:
                             self._dirty[swarm.torrent_id] = swarm
                 raise
             self._gate.works()
+            written = result.written
+            if result.set_aside:
+                self._set_aside(result.set_aside)
             now = int(self.clock())
             changed: list[Swarm] = []
 
@@ -634,6 +646,17 @@ class LiveSwarms:
         with self._lock:
             self._held_peers = held
             self._unwritten = sum(len(s.pending) + len(s.flushing) for s in self._by_id.values())
+
+    def _set_aside(self, rows: Sequence[SetAside]) -> None:
+        """Writes the store did not take leave the views too (a refused one must not leave
+        another address in the view); one log line for the batch."""
+        with self._lock:
+            for row in rows:
+                swarm = self._by_id.get(row.torrent_id)
+                if swarm is not None:
+                    swarm.forget(row.peer_id)
+        shown = ", ".join(f"torrent {row.torrent_id} peer {row.peer_id.hex()}" for row in rows[:SET_ASIDE_SHOWN])
+        self.log(f"{len(rows)} announces set aside, not written: {shown}; the first because: {rows[0].reason}")
 
     def _in_turns(self, swarms: list[Swarm], work: Callable[[Swarm], None]) -> None:
         for start in range(0, len(swarms), TURN):

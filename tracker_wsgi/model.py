@@ -25,6 +25,12 @@ class ClientError(Exception):
         self.reason = reason
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be used now: it cannot be reached, a wait for it timed out, or
+    the connection dropped and the one retry failed. Raised by the store, chained from the
+    driver's error. Nothing is wrong with what was asked: asking again later may succeed."""
+
+
 class Event(enum.Enum):
     NONE = ""
     STARTED = "started"
@@ -124,6 +130,32 @@ class SwarmWritten(NamedTuple):
     seeders: int
     partial_seeds: int
     downloaded: int
+
+
+class SetAside(NamedTuple):
+    """An announce a batch did not write; the batch wrote everything else."""
+
+    torrent_id: int
+    peer_id: bytes
+    reason: str  # KEY_RULE_REFUSED, or the error that writing it alone raised
+
+
+# The reason of a write from another address without the peer's key (swarm.plan_announce's
+# rule, checked again against the stored row).
+KEY_RULE_REFUSED = "another address without the peer's key"
+
+
+class BatchResult(NamedTuple):
+    written: dict[int, SwarmWritten]  # each still registered torrent the batch wrote, as it left it
+    set_aside: list[SetAside]
+
+
+class StoredPeer(NamedTuple):
+    """A peer's stored row, as the key rule reads it (a swarm.KnownPeer)."""
+
+    ip: bytes
+    key: bytes | None
+    left: int
 
 
 class SwarmStats(NamedTuple):  # NamedTuples: one or two are built per request

@@ -25,7 +25,11 @@ MAX_QUERY_BYTES = 8192
 MAX_SCRAPE_HASHES = 64  # bounds one scrape's database work and answer size
 MAX_KEY_BYTES = 64  # BEP 3 leaves `key` opaque; clients send 4-8 bytes (aria2: binary)
 MAX_TRACKER_ID_BYTES = 64
-MAX_COUNTER = 2**63 - 1  # stored as signed 64-bit in both stores
+MAX_COUNTER = 2**63 - 1  # the largest uploaded/downloaded/left accepted: signed 64-bit, as stored
+# ...and the largest kept: 1 PiB, more than any client moves or has left in one torrent. A
+# larger count (a bug or a lie) is taken as this, not refused, so the client still works and
+# the stores' sums of many peers' counts stay far inside 64 bits.
+COUNTER_CAP = 2**50
 HASH_BYTES = 20  # BEP 3: info_hash and peer_id are 20 bytes
 
 # Client-facing failure reasons. Fixed strings: no request data is ever echoed back.
@@ -46,6 +50,7 @@ METHOD_NOT_ALLOWED = "Only GET and HEAD are accepted."
 SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
 BUSY = "The tracker is busy; please retry later."
 TOO_MANY_PEERS = "Too many peers from your address in this swarm."
+TRACKER_FULL = "This tracker is full: it takes no new torrents now."
 
 
 def _missing_or_bad(name: str) -> str:
@@ -103,7 +108,7 @@ def _counter(fields: dict[bytes, bytes], key: bytes, default: int | None = None)
     if value is not None and value.isdigit() and len(value) <= 19:
         number = int(value)
         if number <= MAX_COUNTER:
-            return number
+            return number if number <= COUNTER_CAP else COUNTER_CAP
     raise ClientError(_missing_or_bad(key.decode()))
 
 

@@ -9,6 +9,8 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
 - Connections are per thread and made on first use; a connection the server dropped is
   replaced and the work retried once, so a database restart costs only the requests that
   arrive while it is down.
+- No call waits for the database much longer than the store's `wait_seconds`: one that
+  cannot reach it, or times out, raises StoreUnavailable (model.py).
 - Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
   store as `write_through` (one announce, committed before its answer: a completion) and
   `write_batch` (many, every sync_interval). Every writer locks the rows of the torrents it
@@ -23,8 +25,14 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
 - Peers silent longer than `peer_timeout` are never read into a swarm. They stay in the
   counts until `expire_peers` deletes them and recounts every torrent (the refresh does),
   as the original's summary table did.
+- Client-reported numbers never break a write: counters come capped (protocol.COUNTER_CAP)
+  and every sum of them saturates at sql.MAX_TOTAL_BYTES.
+- A batch writes every write it can: one that fails alone, or that the key rule refuses,
+  is set aside and reported; only StoreUnavailable stops a batch.
 - An unknown info hash is a ClientError(UNKNOWN_TORRENT), unless the store was opened with
-  `register_unknown=True` (whitelist mode `open`), when it becomes a new swarm.
+  `register_unknown=True` (whitelist mode `open`), when it becomes a new swarm, up to
+  `open_max_torrents` torrents (then ClientError(TRACKER_FULL)). Such torrents leave again
+  once idle (remove_idle_open_torrents, run by the refresh).
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from ..config import Config, ConfigError
-from ..model import PeerWrite, SwarmSnapshot, SwarmStats, SwarmWritten, Torrent, TorrentReport
+from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from .sql import OPEN_MAX_TORRENTS
 
 
 class Store(Protocol):
@@ -50,13 +59,18 @@ class Store(Protocol):
         """A torrent's counters and up to `limit` of its live peers (a random sample of a
         larger swarm); None if the torrent is no longer registered."""
 
+    def find_peer(self, torrent_id: int, peer_id: bytes) -> StoredPeer | None:
+        """A peer's stored row (expired or not), for the key rule when a view lacks the peer;
+        one primary-key read."""
+
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         """Write one announce now, counting its completion once per peer; returns the
         torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""
 
-    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
-        """Write many announces, in order, and recount their swarms. Writes that break the
-        key rule are dropped. Returns each still registered torrent as the batch left it."""
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> BatchResult:
+        """Write many announces, in order, and recount their swarms. Returns each still
+        registered torrent as the batch left it, and the writes set aside: refused by the key
+        rule, or failing alone (the rest is written). Raises only StoreUnavailable."""
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats keyed by each requested hash that names a torrent; unknown ones are left out."""
@@ -75,6 +89,10 @@ class Store(Protocol):
 
     def expire_peers(self, now: int) -> int:
         """Delete peers silent longer than the peer timeout; returns how many."""
+
+    def remove_idle_open_torrents(self, now: int) -> int:
+        """Remove the torrents announces registered (whitelist `open`) that have no peers and
+        were added more than the peer timeout ago; returns how many."""
 
     # -- refresh (tracker_wsgi/refresh.py); not on the announce path -----------------------
 
@@ -115,25 +133,29 @@ class Store(Protocol):
         """Close this thread's connection."""
 
 
-def open_configured(config: Config) -> Store:
+def open_configured(config: Config, wait_seconds: float = 30.0) -> Store:
     """The store a config names, its tables created. Raises ConfigError with one line."""
     try:
-        store = open_store(config.database, config.peer_timeout, config.whitelist == "open")
+        store = open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds)
         store.create_tables()
     except (ValueError, PermissionError) as exc:
         raise ConfigError(f"database = {config.database!r}: {exc}") from None
     return store
 
 
-def open_store(url: str, peer_timeout: int, register_unknown: bool = False) -> Store:
-    """The store a database URL names. Raises ValueError with a one-line reason."""
+def open_store(url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
+               open_max_torrents: int = OPEN_MAX_TORRENTS) -> Store:
+    """The store a database URL names. Raises ValueError with a one-line reason.
+
+    wait_seconds: about the longest a call waits for the database before it raises
+    StoreUnavailable (the announce path wants a second or two, a batch writer more)."""
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(url, peer_timeout, register_unknown)
+        return SqliteStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
     if scheme == "mysql":
         from .mysql import MysqlStore
 
-        return MysqlStore(url, peer_timeout, register_unknown)
+        return MysqlStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
     raise ValueError(f"unknown database URL scheme {scheme!r}: use sqlite:/// or mysql://")

@@ -14,21 +14,40 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import mysql.connector
 from mysql.connector import errorcode, errors
 
-from .sql import Dialect, SqlStore
+from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
-READ_TIMEOUT_SECONDS = 30  # far above any announce; only a wedged server reaches it
 
-# Errors after which a fresh connection and one more try may succeed.
-_TRANSIENT_ERRNOS = {
+# The server is gone or cannot be reached: a fresh connection and one more try may succeed.
+_CONNECTION_ERRNOS = {
     errorcode.CR_SERVER_GONE_ERROR,  # 2006: the server closed the connection (restart, wait_timeout)
-    errorcode.CR_SERVER_LOST,  # 2013: lost during a query
+    errorcode.CR_SERVER_LOST,  # 2013: lost during a query, or its read timed out
     errorcode.CR_SERVER_LOST_EXTENDED,  # 2055
     errorcode.CR_CONN_HOST_ERROR,  # 2003: cannot connect (yet)
+    errorcode.ER_CON_COUNT_ERROR,  # 1040: too many connections
+}
+# Errors after which a fresh connection and one more try may succeed.
+_TRANSIENT_ERRNOS = _CONNECTION_ERRNOS | {
     errorcode.ER_LOCK_DEADLOCK,  # 1213: InnoDB chose this transaction as the victim
-    errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205
     errorcode.ER_DUP_ENTRY,  # 1062: two first announces of one swarm raced (whitelist `open`)
 }
+# Errors that say the database cannot be used now (StoreUnavailable), after the retry if any.
+_UNAVAILABLE_ERRNOS = _CONNECTION_ERRNOS | {
+    errorcode.ER_LOCK_DEADLOCK,  # twice in a row
+    errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205: not retried, it has waited wait_seconds already
+}
+
+
+def timeouts(wait_seconds: float) -> dict[str, int]:
+    """Connector timeouts (whole seconds, at least 1) so that a call on a hung server gives up
+    in about wait_seconds: a read that times out (2013) is retried once on a new connection,
+    whose connect then times out too, so read + connect = wait_seconds (2 s at the least).
+    libmysqlclient 9 retries a read only when a signal interrupts it (net_should_retry), not
+    after a timeout, whatever its manual says of three tries: read_timeout=1 gives up after
+    1.00 s (measured on a SIGSTOPped mariadbd), connection_timeout=1 likewise."""
+    connect = max(1, min(CONNECT_TIMEOUT_SECONDS, int(wait_seconds / 2)))
+    read = max(1, round(wait_seconds - connect))
+    return {"connection_timeout": connect, "read_timeout": read, "write_timeout": read}
 
 
 _PEER_COLUMNS = (
@@ -94,9 +113,11 @@ def connect_args(url: str) -> dict[str, Any]:
 class MysqlStore(SqlStore):
     dialect = MysqlDialect
 
-    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False):
-        super().__init__(peer_timeout, register_unknown)
+    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
+                 open_max_torrents: int = OPEN_MAX_TORRENTS):
+        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents)
         self.args = connect_args(url)
+        self.timeouts = timeouts(wait_seconds)
 
     def _connect(self) -> Any:
         conn = mysql.connector.connect(
@@ -105,13 +126,15 @@ class MysqlStore(SqlStore):
             # Reads are single statements, each its own transaction: one round trip, no COMMIT.
             autocommit=True,
             charset="utf8mb4",
-            connection_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=READ_TIMEOUT_SECONDS,
+            **self.timeouts,
         )
         cursor = conn.cursor()
         # READ COMMITTED: no gap locks, so first announces of different peers into one swarm
-        # do not block each other. Set per session, so it is set again after a reconnect.
+        # do not block each other. A row lock wait ends in error 1205 from the server a
+        # second before the read would time out (and its retry wait again).
+        # Set per session, so set again after a reconnect.
         cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, self.timeouts['read_timeout'] - 1)}")
         cursor.close()
         return conn
 
@@ -128,6 +151,11 @@ class MysqlStore(SqlStore):
         # sometimes with no errno at all ("MySQL Connection not available.").
         return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
             isinstance(exc, errors.Error) and exc.errno in _TRANSIENT_ERRNOS
+        )
+
+    def _is_unavailable(self, exc: BaseException) -> bool:
+        return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
+            isinstance(exc, errors.Error) and exc.errno in _UNAVAILABLE_ERRNOS
         )
 
     def create_tables(self) -> None:
@@ -150,4 +178,4 @@ class MysqlStore(SqlStore):
 
 # The shared statements are written with `?`; convert them once, at import.
 for _name in [n for n in vars(SqlStore) if n.isupper()]:
-    setattr(MysqlStore, _name, _placeholders(getattr(SqlStore, _name)))
+    setattr(MysqlStore, _name, _placeholders(getattr(MysqlStore, _name)))

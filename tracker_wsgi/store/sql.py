@@ -11,20 +11,26 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from ..model import (
+    KEY_RULE_REFUSED,
+    BatchResult,
     ClientError,
     PeerState,
     PeerWrite,
+    SetAside,
+    StoredPeer,
+    StoreUnavailable,
     SwarmSnapshot,
     SwarmStats,
     SwarmWritten,
     Torrent,
     TorrentReport,
 )
-from ..protocol import PEER_CONFLICT, UNKNOWN_TORRENT
+from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
 from ..swarm import swarm_stats
 
 T = TypeVar("T")
@@ -36,6 +42,12 @@ _rng = random.Random()
 
 class Dialect:
     """Statements whose syntax differs between databases (subclasses override)."""
+
+    # In the shared statements below, `{least}(a, b)` is the smaller of two values and
+    # `{total}(column)` an aggregate sum that never fails on overflow (SQLite's SUM raises
+    # "integer overflow"; its TOTAL is a float). Each subclass store fills them in once.
+    least = "LEAST"
+    total = "SUM"  # MySQL's SUM of integers is a DECIMAL: it cannot overflow
 
     # Appended to a SELECT of torrent rows that a transaction will write, where writers run
     # concurrently (MySQL); SQLite's BEGIN IMMEDIATE already makes the writer the only one.
@@ -57,6 +69,14 @@ class Dialect:
 
 
 BATCH_ROWS = 500  # rows per statement in a batch write
+# Every sum of what clients report (a torrent's bytes transferred, its peers' bytes left)
+# saturates here: 2 EiB, 2048 peers at protocol.COUNTER_CAP. Two of them added still fit
+# signed 64 bits, so a sum capped after each addition never overflows a column or a bind.
+MAX_TOTAL_BYTES = 2**61
+# Whitelist mode `open`: the torrents a store holds before it refuses to register more
+# (ClientError(TRACKER_FULL)). Each costs two rows and, while announced to, a view in each
+# daemon process (~3 KB); idle ones leave at the refresh (remove_idle_open_torrents).
+OPEN_MAX_TORRENTS = 100_000
 
 
 def _marks(n: int) -> str:
@@ -66,6 +86,18 @@ def _marks(n: int) -> str:
 def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
     """swarm.plan_announce's rule against a stored row: another address needs the peer's key."""
     return bytes(stored_ip) != write.ip and (stored_key is None or bytes(stored_key) != write.key)
+
+
+def _dialect_sql(value: Any, dialect: type[Dialect]) -> Any:
+    """A statement (or a tuple or dict of them) with {least}, {total} and {cap} filled in."""
+    if isinstance(value, str):
+        return (value.replace("{least}", dialect.least).replace("{total}", dialect.total)
+                .replace("{cap}", str(MAX_TOTAL_BYTES)))
+    if isinstance(value, dict):
+        return {k: _dialect_sql(v, dialect) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_dialect_sql(v, dialect) for v in value)
+    return value
 
 
 class SqlStore:
@@ -101,6 +133,7 @@ class SqlStore:
     LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
     STORED_PEER = "SELECT ip, peer_key, state FROM peers WHERE torrent_id = ? AND peer_id = ?"
+    FIND_PEER = "SELECT ip, peer_key, bytes_left FROM peers WHERE torrent_id = ? AND peer_id = ?"
     ADD_COUNTS = (
         "UPDATE torrents SET leechers = leechers + ?, seeders = seeders + ?, "
         "partial_seeds = partial_seeds + ?, version = version + 1 WHERE id = ?"
@@ -110,7 +143,7 @@ class SqlStore:
         "WHERE (torrent_id, peer_id) IN ({})"
     )
     DELETE_PEERS = "DELETE FROM peers WHERE (torrent_id, peer_id) IN ({})"
-    ADD_TRANSFERRED = "UPDATE torrents SET transferred = transferred + ? WHERE id = ?"
+    ADD_TRANSFERRED = "UPDATE torrents SET transferred = {least}(transferred + ?, {cap}) WHERE id = ?"
     # Conditional, so two racing completions of one peer count once.
     MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
     COUNT_COMPLETION = "UPDATE torrents SET downloaded = downloaded + ? WHERE id = ?"
@@ -127,6 +160,7 @@ class SqlStore:
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
     )
     INSERT_HASH = "INSERT INTO info_hashes (info_hash, torrent_id) VALUES (?, ?)"
+    COUNT_TORRENTS = "SELECT COUNT(*) FROM torrents"
     SCRAPE = (
         "SELECT h.info_hash, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds "
         "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id"
@@ -139,10 +173,21 @@ class SqlStore:
     )
     # Expired peers' uploads join the departed total before the peers go.
     EXPIRE = (
-        "UPDATE torrents SET transferred = transferred + (SELECT COALESCE(SUM(uploaded), 0) "
-        "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?) "
+        "UPDATE torrents SET transferred = {least}(transferred + (SELECT COALESCE({total}(uploaded), 0) "
+        "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?), {cap}) "
         "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
         "DELETE FROM peers WHERE last_seen < ?",
+    )
+    # Torrents announces registered (whitelist `open`: no file, so path ''; the directory's
+    # have relative paths, hand-added ones absolute) that have no peers left, in id order.
+    IDLE_OPEN_TORRENTS = (
+        "SELECT id FROM torrents WHERE path = '' AND added < ? "
+        "AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.torrent_id = torrents.id) ORDER BY id"
+    )
+    TORRENTS_WITH_PEERS = "SELECT DISTINCT torrent_id FROM peers WHERE torrent_id IN ({})"
+    DELETE_TORRENTS = (
+        "DELETE FROM info_hashes WHERE torrent_id IN ({})",
+        "DELETE FROM torrents WHERE id IN ({})",
     )
     TAKE_REFRESH_LOCK = (
         "UPDATE refresh_state SET lock_owner = ?, lock_until = ? WHERE id = 1 AND lock_until < ?"
@@ -173,14 +218,14 @@ class SqlStore:
         "t.last_done FROM torrents t"
     )
     REPORT_PEERS = (
-        "SELECT torrent_id, state, COUNT(*), SUM(bytes_left), SUM(uploaded) FROM peers "
+        "SELECT torrent_id, state, COUNT(*), {total}(bytes_left), {total}(uploaded) FROM peers "
         "WHERE last_seen >= ? GROUP BY torrent_id, state"
     )
     # The rate snapshot: what the next refresh's "current average rate" is measured from.
     SNAPSHOT_RATES = (
-        "UPDATE torrents SET last_done = downloaded, last_transfer = transferred + "
-        "(SELECT COALESCE(SUM(uploaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
-        "AND peers.last_seen >= ?)"
+        "UPDATE torrents SET last_done = downloaded, last_transfer = {least}(transferred + "
+        "(SELECT COALESCE({total}(uploaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
+        "AND peers.last_seen >= ?), {cap})"
     )
     ADD_HISTORY = (
         "DELETE FROM history WHERE sampled_at = ? OR sampled_at < ?",
@@ -188,18 +233,30 @@ class SqlStore:
     )
     HISTORY = "SELECT sampled_at, seeds, leechers FROM history WHERE sampled_at >= ? ORDER BY sampled_at"
 
-    def __init__(self, peer_timeout: int, register_unknown: bool):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in [n for n in vars(SqlStore) if n.isupper()]:
+            setattr(cls, name, _dialect_sql(getattr(SqlStore, name), cls.dialect))
+
+    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int):
         self.peer_timeout = peer_timeout
         self.register_unknown = register_unknown
+        self.wait_seconds = wait_seconds  # the longest a store call waits for the database
+        self.open_max_torrents = open_max_torrents
         self._local = threading.local()
 
-    # -- connection handling: subclasses implement these three -------------------------
+    # -- connection handling: subclasses implement these four --------------------------
 
     def _connect(self) -> Any:
         raise NotImplementedError
 
     def _is_transient(self, exc: BaseException) -> bool:
         """True when retrying the transaction once on a new connection may succeed."""
+        raise NotImplementedError
+
+    def _is_unavailable(self, exc: BaseException) -> bool:
+        """True when the error says the database cannot be used now (gone, or a wait timed
+        out), not that something in the transaction is wrong."""
         raise NotImplementedError
 
     def _begin(self, conn: Any, read_only: bool) -> None:
@@ -235,9 +292,16 @@ class SqlStore:
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
         """Run `work(cursor)` in one transaction; on a dropped connection, a deadlock or a
         racing insert, start over once on a fresh connection. Every caller's work is
-        idempotent when repeated whole (completions are guarded per peer)."""
+        idempotent when repeated whole (completions are guarded per peer).
+
+        Raises StoreUnavailable when the database cannot be used now: no connection can be
+        made (not retried: it would only wait again), or the error says so, after the retry
+        if there was one. Any other error is raised as it is: something in the work is wrong."""
         for attempt in (1, 2):
-            conn = self._connection()
+            try:
+                conn = self._connection()
+            except Exception as exc:
+                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
             try:
                 self._begin(conn, read_only)
                 result = work(self._local.cursor)
@@ -248,8 +312,11 @@ class SqlStore:
                 raise
             except Exception as exc:
                 self.close()
-                if attempt == 2 or not self._is_transient(exc):
-                    raise
+                if attempt == 1 and self._is_transient(exc):
+                    continue
+                if self._is_unavailable(exc):
+                    raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
+                raise
         raise AssertionError("unreachable")
 
     # -- the store interface --------------------------------------------------------------
@@ -264,7 +331,13 @@ class SqlStore:
         def register(cur: Any) -> int:
             cur.execute(self.FIND_TORRENT, (info_hash,))
             row = cur.fetchone()  # another thread may have registered it meanwhile
-            return row[0] if row else self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
+            if row:
+                return row[0]
+            # Counted here only: a registration is rare beside announces to known torrents.
+            cur.execute(self.COUNT_TORRENTS)
+            if cur.fetchone()[0] >= self.open_max_torrents:
+                raise ClientError(TRACKER_FULL)
+            return self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
 
         snapshot = self.load_swarm(self._transaction(register), now, limit)
         if snapshot is None:  # unregistered again at once
@@ -273,6 +346,14 @@ class SqlStore:
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
         return self._read(lambda cur: self._load(cur, self.SWARM, torrent_id, now, limit))
+
+    def find_peer(self, torrent_id: int, peer_id: bytes) -> StoredPeer | None:
+        def work(cur: Any) -> StoredPeer | None:
+            cur.execute(self.FIND_PEER, (torrent_id, peer_id))
+            row = cur.fetchone()
+            return None if row is None else StoredPeer(bytes(row[0]), bytes(row[1]) if row[1] else None, row[2])
+
+        return self._read(work)
 
     def _load(self, cur: Any, statement: str, key: int | bytes, now: int, limit: int) -> SwarmSnapshot | None:
         """Counters and up to `limit` live peers (a window of random ranks of a larger swarm)."""
@@ -325,28 +406,50 @@ class SqlStore:
 
         return self._transaction(work)
 
-    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
+    def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> BatchResult:
         # A transaction per BATCH_ROWS writes, in torrent order: each holds its torrents'
         # rows for milliseconds, so a completion never waits behind a whole batch.
         ordered = sorted(batch, key=lambda item: item[0])
-        written: dict[int, SwarmWritten] = {}
+        result = BatchResult({}, [])
         for start in range(0, len(ordered), BATCH_ROWS):
-            for torrent_id, result in self._write_chunk(ordered[start:start + BATCH_ROWS]).items():
-                earlier = written.get(torrent_id)
-                if earlier is not None:  # a swarm split over two transactions: unbroken
-                    # only if nobody wrote it between them
-                    before = earlier.version_before if earlier.version == result.version_before else -1
-                    result = result._replace(version_before=before)
-                written[torrent_id] = result
-        return written
+            self._write_bisecting(ordered[start:start + BATCH_ROWS], result)
+        return result
 
-    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> dict[int, SwarmWritten]:
-        """One transaction of at most BATCH_ROWS writes, so each list is one statement."""
+    def _write_bisecting(self, chunk: Sequence[tuple[int, PeerWrite]], result: BatchResult) -> None:
+        """Write a chunk in one transaction; if it fails (and the database is there), write
+        each half the same way, down to the writes that fail alone: those are set aside, so
+        one poisoned row never blocks the rest. A chunk with k such rows costs about
+        2k log2(len) transactions more."""
+        try:
+            written, refused = self._write_chunk(chunk)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(chunk) == 1:
+                torrent_id, write = chunk[0]
+                result.set_aside.append(SetAside(torrent_id, write.peer_id, f"{type(exc).__name__}: {exc}"))
+                return
+            middle = len(chunk) // 2
+            self._write_bisecting(chunk[:middle], result)
+            self._write_bisecting(chunk[middle:], result)
+            return
+        result.set_aside.extend(refused)
+        for torrent_id, swarm in written.items():
+            earlier = result.written.get(torrent_id)
+            if earlier is not None:  # a swarm split over two transactions: unbroken
+                # only if nobody wrote it between them
+                before = earlier.version_before if earlier.version == swarm.version_before else -1
+                swarm = swarm._replace(version_before=before)
+            result.written[torrent_id] = swarm
+
+    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
+        """One transaction of at most BATCH_ROWS writes, so each list is one statement;
+        returns the swarms it wrote and the writes the key rule refused."""
 
         def pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
             return [v for torrent_id, write in writes for v in (torrent_id, write.peer_id)]
 
-        def work(cur: Any) -> set[int]:
+        def work(cur: Any) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             # In id order, like every writer of several torrents, so writers never deadlock.
             cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(wanted))) + self.dialect.lock_rows), wanted)
@@ -358,16 +461,19 @@ class SqlStore:
                 cur.execute(self._sql(statement), pairs(writes))
                 for torrent_id, peer_id, *row in cur.fetchall():
                     stored[torrent_id, bytes(peer_id)] = row
-            upserts, stops, completions = [], [], []
+            upserts, stops, completions, refused = [], [], [], []
             transferred: dict[int, int] = {}
             for torrent_id, write in writes:
                 row = stored.get((torrent_id, write.peer_id))
                 if row is not None and _conflicts(row[0], row[1], write):
-                    continue  # someone else's peer_id: the answer was sent, the write is not
+                    # Someone else's peer_id: the answer was sent, the write is not.
+                    refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
+                    continue
                 if write.stopped:
                     if row is not None:
                         stops.append((torrent_id, write))
-                        transferred[torrent_id] = transferred.get(torrent_id, 0) + write.uploaded
+                        total = transferred.get(torrent_id, 0) + write.uploaded
+                        transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
                     continue
                 upserts.append((torrent_id, write))
                 # The original's rule: a known leecher reporting left=0 has completed, event or not.
@@ -384,11 +490,12 @@ class SqlStore:
                 if cur.rowcount == 1:
                     cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
             if not existing:
-                return {}
+                return {}, refused
             ids = sorted(existing)
             cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(ids))})"), ids)
             cur.execute(self._sql(self.WRITTEN.format(_marks(len(ids)))), ids)
-            return {torrent_id: SwarmWritten(existing[torrent_id], *row) for torrent_id, *row in cur.fetchall()}
+            return {torrent_id: SwarmWritten(existing[torrent_id], *row)
+                    for torrent_id, *row in cur.fetchall()}, refused
 
         return self._transaction(work)
 
@@ -476,6 +583,30 @@ class SqlStore:
 
         return self._transaction(work)
 
+    def remove_idle_open_torrents(self, now: int) -> int:
+        cutoff = now - self.peer_timeout
+
+        def work(cur: Any) -> int:
+            # Locked in id order (see LOCK_TORRENTS): a writer adds a torrent's peers only
+            # while it holds the torrent's row, so once these rows are held, a new look at
+            # the peers is final.
+            cur.execute(self.IDLE_OPEN_TORRENTS + self.dialect.lock_rows, (cutoff,))
+            idle = [row[0] for row in cur.fetchall()]
+            removed = 0
+            for start in range(0, len(idle), BATCH_ROWS):
+                ids = idle[start:start + BATCH_ROWS]
+                marks = _marks(len(ids))
+                cur.execute(self._sql(self.TORRENTS_WITH_PEERS.format(marks)), ids)
+                announced = {row[0] for row in cur.fetchall()}  # since the first look
+                ids = [torrent_id for torrent_id in ids if torrent_id not in announced]
+                if ids:
+                    for statement in self.DELETE_TORRENTS:
+                        cur.execute(self._sql(statement.format(_marks(len(ids)))), ids)
+                    removed += len(ids)
+            return removed
+
+        return self._transaction(work)
+
     # -- refresh: the lock, the directory's torrents, the report -------------------------
 
     def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
@@ -530,7 +661,9 @@ class SqlStore:
             cur.execute(self.REPORT_PEERS, (now - self.peer_timeout,))
             peers: dict[int, dict[int, tuple[int, int, int]]] = {}
             for torrent_id, state, count, left, uploaded in cur.fetchall():
-                peers.setdefault(torrent_id, {})[state] = (count, int(left or 0), int(uploaded or 0))
+                # Sums as {total} gives them (SQLite: a float), capped as every stored sum is.
+                peers.setdefault(torrent_id, {})[state] = (
+                    count, min(int(left or 0), MAX_TOTAL_BYTES), min(int(uploaded or 0), MAX_TOTAL_BYTES))
             cur.execute(self.REPORT_TORRENTS)
             reports = []
             for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
@@ -544,8 +677,8 @@ class SqlStore:
                     file_size=file_size, added=added,
                     seeds=seeds[0], leechers=leechers[0], partial_seeds=partial[0],
                     downloaded=downloaded,
-                    transferred=transferred + seeds[2] + leechers[2] + partial[2],
-                    bytes_left=leechers[1] + partial[1],
+                    transferred=min(transferred + seeds[2] + leechers[2] + partial[2], MAX_TOTAL_BYTES),
+                    bytes_left=min(leechers[1] + partial[1], MAX_TOTAL_BYTES),
                     last_transfer=last_transfer, last_done=last_done,
                 ))
             return reports

@@ -8,9 +8,11 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
-from .sql import Dialect, SqlStore
+from ..model import StoreUnavailable
+from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
 
 # Mirrors schema.sql (the MySQL schema, which documents every column).
 SCHEMA = """
@@ -75,7 +77,9 @@ CREATE TABLE IF NOT EXISTS skipped_files (
 );
 """
 
-BUSY_TIMEOUT_SECONDS = 5  # how long a writer waits for another process's transaction
+# How often a writer waiting for another process's write lock tries again: first soon (a
+# batch holds it for milliseconds), then less often. flock cannot wait with a time limit.
+WRITER_POLL_SECONDS = (0.001, 0.016)
 
 
 _PEER_COLUMNS = (
@@ -85,6 +89,9 @@ _PEER_ROW = "(" + ", ".join("?" * 11) + ")"
 
 
 class SqliteDialect(Dialect):
+    least = "MIN"  # MIN with two arguments is SQLite's LEAST
+    total = "TOTAL"  # a float sum: SUM of integers raises "integer overflow"
+
     @staticmethod
     def pairs(n: int) -> str:
         return "VALUES " + ", ".join(["(?, ?)"] * n)
@@ -104,8 +111,9 @@ class SqliteDialect(Dialect):
 class SqliteStore(SqlStore):
     dialect = SqliteDialect
 
-    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False):
-        super().__init__(peer_timeout, register_unknown)
+    def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
+                 open_max_torrents: int = OPEN_MAX_TORRENTS):
+        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents)
         path = url.removeprefix("sqlite://")
         if not os.path.isabs(path):
             raise ValueError(f"sqlite database path must be absolute: {url!r} (sqlite:///path/file.sqlite)")
@@ -116,7 +124,9 @@ class SqliteStore(SqlStore):
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the
         # write lock up front, so two announces never deadlock upgrading a read lock).
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        # The busy timeout: how long a statement waits for a lock held outside the tracker's
+        # own queue (below), e.g. by the sqlite3 shell.
+        conn = sqlite3.connect(self.path, timeout=self.wait_seconds, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives any process being killed; only a power cut may lose
         # the last commits.
@@ -132,22 +142,47 @@ class SqliteStore(SqlStore):
         return super()._transaction(work, read_only=True)
 
     def _transaction(self, work):
-        # One writer at a time per file anyway: queue on locks that wake the next writer at
-        # once (a thread lock in this process, flock across Apache's daemon processes)
-        # rather than in SQLite's busy handler, which sleeps up to 100 ms between tries.
-        with self._writer:
+        # One writer at a time per file anyway: queue on locks of our own (a thread lock in
+        # this process, flock across Apache's daemon processes) rather than in SQLite's busy
+        # handler, which sleeps up to 100 ms between tries. Both waits end by wait_seconds.
+        deadline = time.monotonic() + self.wait_seconds
+        if not self._writer.acquire(timeout=self.wait_seconds):
+            raise StoreUnavailable(f"{self.path}: another thread held the write lock for {self.wait_seconds} s")
+        try:
             if self._writer_file is None:
                 self._writer_file = open(self.path + "-writer", "a")
-            fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+            self._lock_writer_file(deadline)
             try:
                 return super()._transaction(work)
             finally:
                 fcntl.flock(self._writer_file, fcntl.LOCK_UN)
+        finally:
+            self._writer.release()
+
+    def _lock_writer_file(self, deadline: float) -> None:
+        pause, longest = WRITER_POLL_SECONDS
+        while True:
+            try:
+                fcntl.flock(self._writer_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailable(
+                        f"{self.path}-writer: another process held the write lock for {self.wait_seconds} s"
+                    ) from None
+                time.sleep(min(pause, left))
+                pause = min(2 * pause, longest)
 
     def _is_transient(self, exc: BaseException) -> bool:
-        return isinstance(exc, sqlite3.IntegrityError) or (
-            isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-        )
+        # A racing insert. Not "database is locked": that comes after the busy timeout
+        # has waited already.
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _is_unavailable(self, exc: BaseException) -> bool:
+        # Locked past the busy timeout, a disk or permission error, a missing table: the
+        # database, not the statement's values (OverflowError, IntegrityError).
+        return isinstance(exc, sqlite3.OperationalError)
 
     def create_tables(self) -> None:
         # SQLite writes the database, its -wal and -shm files, and new ones beside them: all
