@@ -9,6 +9,7 @@ import pytest
 
 from conftest import ih, pid
 from tracker_wsgi import live
+from tracker_wsgi.limits import Limits
 from tracker_wsgi.live import PRUNE_SECONDS, LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, PeerWrite, Torrent
 from tracker_wsgi.protocol import PEER_CONFLICT, UNKNOWN_TORRENT
@@ -29,8 +30,10 @@ def store_url(request):
 
 @pytest.fixture
 def swarms(store):
-    """One daemon process's swarms in front of the store."""
-    return LiveSwarms(store, SYNC, clock=lambda: NOW)
+    """One daemon process's swarms in front of the store. Every test peer announces from
+    one address: the per-address completion rate is raised out of the way (test_live_limits
+    tests it)."""
+    return LiveSwarms(store, SYNC, clock=lambda: NOW, limits=Limits(completions_per_minute=10_000))
 
 
 @pytest.fixture

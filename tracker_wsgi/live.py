@@ -75,8 +75,8 @@ TURN = 200  # views the flush thread handles per hold of the views' lock
 # Over TRIM_AT of a limit (limits.Limits), the flush thread brings views and peers down to
 # TRIM_TO of it, so new swarms and peers find room; at the limit itself they are refused.
 TRIM_AT, TRIM_TO = 0.9, 0.8
-DB_WAITERS = 4  # request threads that may wait for the database at once
-DB_QUEUE_SECONDS = 0.05  # how long a request waits for one of those slots
+DB_WAITERS = 8  # request threads (of mod_wsgi's 15) that may wait for the database at once
+DB_QUEUE_SECONDS = 0.5  # how long a request waits for one of those slots (a busy moment, not a hang)
 DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it alone this long,
 DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
 T = TypeVar("T")
