@@ -90,7 +90,10 @@ def masked(url: str) -> str:
 
 
 def sqlite_path(config: Config) -> str | None:
-    return config.database.removeprefix("sqlite://") if config.database.startswith("sqlite:") else None
+    """The SQLite database file, written as messages should show it (one leading slash)."""
+    if not config.database.startswith("sqlite:"):
+        return None
+    return "/" + config.database.removeprefix("sqlite:").lstrip("/")
 
 
 # -- opening the store ---------------------------------------------------------------------
@@ -109,8 +112,13 @@ def open_checked(options: Options, config: Config, creates: bool, writes_output:
     try:
         return open_configured(config)
     except Exception as exc:  # bad URL, password, server down, unwritable file: all the same key's
-        reason = str(exc).removeprefix(f"database = {config.database!r}: ")
-        raise ConfigError(f"{options.source}: database = {masked(config.database)!r}: {reason}") from None
+        raise database_error(options.source, config, exc) from None
+
+
+def database_error(source: str, config: Config, exc: Exception) -> ConfigError:
+    """Failing to reach the database, in one line naming the config file and the key."""
+    reason = " ".join(str(exc).removeprefix(f"database = {config.database!r}: ").split())
+    return ConfigError(f"{source}: database = {masked(config.database)!r}: {reason}")
 
 
 def refuse_root(options: Options, config: Config, writes_output: bool) -> None:
@@ -158,8 +166,12 @@ def cmd_check_config(options: Options) -> int:
         user = pwd.getpwnam(options.args.apache_user)
     except KeyError:
         raise ConfigError(f"no user {options.args.apache_user!r} here: name Apache's user with --apache-user") from None
-    problems, database_note = check_database(options.source, config)
-    problems += check_directories(options.source, config, user)
+    found = check_directories(options.source, config, user)
+    problems = [line for _, line in found]
+    database_note = ""
+    if "database" not in dict(found):  # a file it cannot write would fail the same way again
+        database_problems, database_note = check_database(options.source, config)
+        problems += database_problems
     for problem in problems:
         warn(problem)
     if problems:
@@ -172,20 +184,19 @@ def cmd_check_config(options: Options) -> int:
 
 def check_database(source: str, config: Config) -> tuple[list[str], str]:
     """([problem], what was found): connect and read, creating nothing."""
-    key = f"{source}: database = {masked(config.database)!r}"
     database = sqlite_path(config)
     if database and not os.path.exists(database):
         return [], f"no database file yet at {database} (the tracker creates it on its first request)"
     try:
         store = open_store(config.database, config.peer_timeout)
     except ValueError as exc:
-        return [f"{key}: {exc}"], ""
+        return [str(database_error(source, config, exc))], ""
     try:
         store.last_refresh()
     except Exception as exc:
         if _no_such_table(exc):
             return [], "database reachable, tables not created yet (the tracker creates them on its first request)"
-        return [f"{key}: cannot open it: {' '.join(str(exc).split())}"], ""
+        return [str(database_error(source, config, exc))], ""
     finally:
         store.close()
     return [], "database reachable"
@@ -197,9 +208,9 @@ def _no_such_table(exc: Exception) -> bool:
     return getattr(exc, "errno", None) == errorcode.ER_NO_SUCH_TABLE or "no such table" in str(exc)
 
 
-def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> list[str]:
+def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> list[tuple[str, str]]:
     """What keeps `user` (the Apache daemons) from reading torrent_dir or writing output_dir
-    and the SQLite database's directory and files."""
+    and the SQLite database's directory and files: [(key, problem)]."""
     needs = [("torrent_dir", config.torrent_dir, config.torrent_dir, "read"),
              ("output_dir", config.output_dir, config.output_dir, "write")]
     database = sqlite_path(config)
@@ -212,7 +223,7 @@ def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> l
     for key, value, path, need in needs:
         reason = access_problem(path, need, user)
         if reason:
-            problems.append(f"{source}: {key} = {value!r}: {reason}")
+            problems.append((key, f"{source}: {key} = {value!r}: {reason}"))
     return problems
 
 
@@ -358,10 +369,10 @@ def cmd_list(options: Options) -> int:
     store = open_checked(options, config, creates=False)
     rows = sorted(store.report(int(time.time())), key=lambda r: (r.path, r.name))
     if not options.quiet:
-        print(f"{'info hash':40}  {'seeds':>5} {'leechers':>8} {'completed':>9} {'size':>12}  torrent file, name")
+        print(f"{'info hash':40}  {'seeds':>5} {'leechers':>8} {'completed':>9} {'size':>12}  torrent file  name")
     for r in rows:
         print(f"{r.info_hash.hex():40}  {r.seeds:>5} {r.leechers + r.partial_seeds:>8} {r.downloaded:>9} "
-              f"{human_bytes(r.size):>12}  {where(r)}, {r.name}")
+              f"{human_bytes(r.size):>12}  {where(r)}  {r.name}")
     by_hand = sum(r.path.startswith("/") for r in rows)
     announced = sum(not r.path for r in rows)
     options.summary(f"{len(rows)} torrents: {len(rows) - by_hand - announced} from torrent_dir, "
@@ -414,7 +425,7 @@ def find_torrent(store: Store, config: Config, target: str, now: int) -> tuple[T
                 return r, tuple(dict.fromkeys((r.info_hash, *hashes)))
         if len(candidates) == 1:
             return candidates[0], tuple(dict.fromkeys((candidates[0].info_hash, *wanted)))
-    raise LookupError(f"{target}: not registered (no torrent has {'this info hash' if wanted else 'this path'})")
+    raise LookupError(f"{target}: not registered")
 
 
 def utc(timestamp: int) -> str:
@@ -576,9 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run as root even where that makes files the tracker's user ({APACHE_USER}) cannot write",
     )
 
+    formatter = argparse.RawDescriptionHelpFormatter  # keep the descriptions' line breaks
     parser = argparse.ArgumentParser(
-        prog="tracker-wsgi", parents=[shared], description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="tracker-wsgi", parents=[shared], formatter_class=formatter,
+        description="The admin's commands for tracker_wsgi, a BitTorrent tracker in Apache.",
+        epilog=__doc__.split("\n\n")[2],  # the options paragraph
     )
     parser.add_argument("--version", action="version", version=f"tracker-wsgi {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -586,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, run, summary: str, description: str, store: bool = True, **defaults):
         sub = commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
                                   parents=[shared, as_root] if store else [shared],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=formatter)
         sub.set_defaults(run=run, **defaults)
         return sub
 
