@@ -185,7 +185,8 @@ def test_add_list_remove_and_what_reaches_the_feed(site):
         "2 removed, 1 not found",
     ]
     assert lines(removed.stderr) == [
-        f"tracker-wsgi: {inside} is still in torrent_dir: the next refresh registers it again unless the file is removed",
+        f"tracker-wsgi: {inside} is still in torrent_dir: the next refresh registers it again unless the file "
+        "is removed",
         f"tracker-wsgi: {'0' * 40}: not registered",
     ]
     assert lines(run("list", "--config", config).stdout)[-1] == (

@@ -458,7 +458,8 @@ def test_traffic_refresh_runs_after_the_answer_and_never_twice_at_once(app_parts
     first.join(5)
     assert not first.is_alive()
     assert calls == ["tracker_wsgi refresh"]
-    assert logs == ["refreshed in 2.00 s: 0 files scanned, 3 torrents, 0 new, 0 updated, 0 removed, 0 peers expired, 0 files skipped"]
+    assert logs == ["refreshed in 2.00 s: 0 files scanned, 3 torrents, 0 new, 0 updated, 0 removed, "
+                    "0 peers expired, 0 files skipped"]
 
     call(app, scrape_environ())  # the refresh is over: the next request may start one
     background.thread.join(5)

@@ -123,8 +123,9 @@ def database_error(source: str, config: Config, exc: Exception) -> ConfigError:
 
 def refuse_root(options: Options, config: Config, writes_output: bool) -> None:
     """A file root makes in the tracker's directories belongs to root, and the daemons
-    (www-data) then fail to write it: an include file, or a fresh SQLite database (SQLite
-    itself gives its -wal and -shm files the database file's owner)."""
+    (www-data) then fail to write it: an include file, a fresh SQLite database, or the
+    SQLite store's lock file (store/sqlite.py, made by the first write). SQLite itself gives
+    the -wal and -shm files it makes as root the database file's owner."""
     if os.geteuid() != 0 or getattr(options.args, "allow_root", False):
         return
     made = [os.path.join(config.output_dir, STATS_FILE)] if writes_output else []
@@ -597,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run, summary: str, description: str, store: bool = True, **defaults):
-        sub = commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+        sub = commands.add_parser(name, help=summary,
+                                  description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
                                   parents=[shared, as_root] if store else [shared],
                                   formatter_class=formatter)
         sub.set_defaults(run=run, **defaults)
