@@ -40,6 +40,8 @@ class RefreshReport:
     updated: int = 0
     removed: int = 0
     torrents: int = 0
+    scanned: int = 0  # .torrent files found in the directory
+    skipped: int = 0  # of those, refused: new ones and those reported before, still there
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -47,9 +49,9 @@ class RefreshReport:
         if not self.ran:
             return "refresh not due yet (use force-refresh to run it now)"
         return (
-            f"refreshed in {self.seconds:.2f} s: {self.torrents} torrents, {self.registered} new, "
-            f"{self.updated} updated, {self.removed} removed, {self.expired} peers expired, "
-            f"{len(self.warnings)} files skipped"
+            f"refreshed in {self.seconds:.2f} s: {self.scanned} files scanned, {self.torrents} torrents, "
+            f"{self.registered} new, {self.updated} updated, {self.removed} removed, {self.expired} peers expired, "
+            f"{self.skipped} files skipped"
         )
 
 
@@ -83,6 +85,7 @@ def refresh(
             config.announce_url, progress,
         )
         report.warnings = walk.warnings + plan.warnings
+        report.scanned, report.skipped = len(walk.torrents), len(plan.skipped)
         if walk.complete:
             report.removed = store.unregister(plan.unregister)
         for torrent in plan.update:
