@@ -436,7 +436,7 @@ def test_a_wrong_database_password_is_one_line_naming_the_file_and_the_key(mysql
     site.output.mkdir()
     os.chown(site.output, pwd.getpwnam(WWW).pw_uid, -1)
     shown = re.escape(f"database = '{wrong.replace(':not-the-password@', ':***@')}'")
-    line = (rf"tracker-wsgi: {re.escape(str(site.config))}: {shown}: 1045 \(28000\): Access denied for user "
+    line = (rf"tracker-wsgi: {re.escape(str(site.config))}: {shown}: cannot connect to the database: 1045 \(28000\): Access denied for user "
             r"'tracker_test'@'[^']+' \(using password: YES\)\n")
     for args in (["check-config", str(site.config)], ["list", "--config", str(site.config)],
                  ["force-refresh", "--config", str(site.config)]):
