@@ -1,0 +1,186 @@
+"""What a hostile client meets in a daemon process (live.py with limits.py), on both stores:
+per-address shares and rates, the process's bounds on views, peers and unwritten
+announces, and the key rule for peers the view does not hold."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ih
+from test_store_contract import NOW, SYNC, TIMEOUT, V4, ann
+from tracker_wsgi.limits import Limits, MemoryGuard, Shed
+from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.model import ClientError, Event, StoreUnavailable, Torrent
+from tracker_wsgi.protocol import PEER_CONFLICT, TOO_MANY_PEERS
+from tracker_wsgi.store import open_store
+
+OTHER_V4 = bytes([198, 51, 100, 99])
+V6_HOST = bytes.fromhex("20010db8000000010000000000000001")
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store(request):
+    store = open_store(request.getfixturevalue(f"{request.param}_url"), TIMEOUT)
+    store.create_tables()
+    for n in range(1, 6):
+        store.register(Torrent(ih(n), None, f"t{n}", 1000), NOW)
+    yield store
+    store.close()
+
+
+def live(store, **limits) -> LiveSwarms:
+    return LiveSwarms(store, SYNC, clock=lambda: NOW, limits=Limits(**limits))
+
+
+def refused(swarms: LiveSwarms, request) -> str:
+    with pytest.raises(ClientError) as err:
+        swarms.announce(request, NOW)
+    return err.value.reason
+
+
+def test_an_address_holds_its_share_of_a_swarm_and_no_more(store):
+    swarms = live(store, peers_per_address=3)
+    for n in range(3):
+        swarms.announce(ann(n), NOW)
+    assert refused(swarms, ann(3)) == TOO_MANY_PEERS
+    swarms.announce(ann(3, ip=OTHER_V4), NOW)  # another address has its own share
+    swarms.announce(ann(4, torrent=2), NOW)  # and so has another swarm
+    swarms.announce(ann(0), NOW)  # a peer that holds its place re-announces as ever
+    swarms.announce(ann(0, event=Event.STOPPED), NOW)
+    swarms.announce(ann(5), NOW)  # a peer that left makes room
+    swarms.flush()
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 4
+
+
+def test_an_ipv6_host_is_one_address_whatever_its_interface_ids(store):
+    swarms = live(store, peers_per_address=2)
+    swarms.announce(ann(0, ip=V6_HOST), NOW)
+    swarms.announce(ann(1, ip=V6_HOST[:8] + bytes(7) + b"\x09"), NOW)
+    assert refused(swarms, ann(2, ip=V6_HOST[:8] + bytes(7) + b"\x0a")) == TOO_MANY_PEERS
+    swarms.announce(ann(3, ip=bytes.fromhex("20010db8000000020000000000000001")), NOW)
+
+
+def test_new_peers_wait_while_the_unwritten_backlog_is_full_and_known_ones_go_on(store):
+    swarms = live(store, max_unwritten=3)
+    for n in range(3):
+        swarms.announce(ann(n, ip=bytes([198, 51, 100, n])), NOW)
+    with pytest.raises(Shed):
+        swarms.announce(ann(3, ip=bytes([198, 51, 100, 3])), NOW)
+    swarms.announce(ann(1, ip=bytes([198, 51, 100, 1])), NOW)  # replaces its own unwritten announce
+    assert swarms.flush() == 3
+    swarms.announce(ann(3, ip=bytes([198, 51, 100, 3])), NOW)
+
+
+def test_past_max_swarms_a_new_swarm_waits_until_the_batch_drops_idle_views(store):
+    clock = [NOW]
+    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(max_swarms=3))
+    for torrent in (1, 2, 3):
+        swarms.announce(ann(torrent, torrent=torrent), clock[0])
+    with pytest.raises(Shed):
+        swarms.announce(ann(4, torrent=4), clock[0])
+    clock[0] += 1
+    swarms.announce(ann(2, torrent=2), clock[0])
+    swarms.announce(ann(3, torrent=3), clock[0])
+    swarms.flush()  # over 90% of the limit: the least recently used view goes
+    swarms.announce(ann(4, torrent=4), clock[0])
+    assert set(swarms._by_id) == {store.find_swarm(ih(n), NOW, 10).torrent_id for n in (2, 3, 4)}
+
+
+def test_past_max_peers_the_batch_forgets_written_peers_of_the_largest_swarm(store):
+    swarms = live(store, max_peers=10)
+    for n in range(10):
+        swarms.announce(ann(n, ip=bytes([198, 51, 100, n])), NOW)
+    with pytest.raises(Shed):
+        swarms.announce(ann(10, ip=bytes([198, 51, 100, 10])), NOW)
+    swarms.flush()
+    held = sum(len(swarm.members) for swarm in swarms._by_id.values())
+    assert held == 8  # TRIM_TO: they stay in the store and the counts
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 10
+    swarms.announce(ann(10, ip=bytes([198, 51, 100, 10])), NOW)
+
+
+def test_a_process_near_its_memory_limit_takes_no_new_swarms_or_peers(store):
+    size = [0]
+    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW,
+                        memory=MemoryGuard(limit=1000, clock=lambda: size[0], data_bytes=lambda: size[0]))
+    swarms.announce(ann(0), NOW)
+    size[0] = 10_000  # over the limit; the clock moved on, so the guard reads it again
+    with pytest.raises(Shed):
+        swarms.announce(ann(1), NOW)
+    with pytest.raises(Shed):
+        swarms.announce(ann(2, torrent=2), NOW)
+    swarms.announce(ann(0), NOW)  # what memory holds is still answered
+
+
+def test_completions_per_address_are_rate_limited(store):
+    swarms = live(store, completions_per_minute=2)
+    for n in range(3):
+        swarms.announce(ann(n, left=10), NOW)
+    swarms.announce(ann(0, left=0, event=Event.COMPLETED), NOW)
+    swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW)
+    with pytest.raises(Shed):
+        swarms.announce(ann(2, left=0, event=Event.COMPLETED), NOW)
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 2
+
+
+def test_open_mode_registrations_per_address_are_rate_limited(store_url_open):
+    swarms = live(store_url_open, new_swarms_per_minute=2)
+    swarms.announce(ann(0, info_hash=b"\x01" * 20), NOW)
+    swarms.announce(ann(0, info_hash=b"\x02" * 20), NOW)
+    with pytest.raises(Shed):
+        swarms.announce(ann(0, info_hash=b"\x03" * 20), NOW)
+    swarms.announce(ann(1, ip=OTHER_V4, info_hash=b"\x03" * 20), NOW)
+    swarms.announce(ann(1, info_hash=b"\x01" * 20), NOW)  # a swarm it holds costs nothing
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store_url_open(request):
+    store = open_store(request.getfixturevalue(f"{request.param}_url"), TIMEOUT, register_unknown=True)
+    store.create_tables()
+    yield store
+    store.close()
+
+
+def test_the_key_rule_holds_for_a_peer_the_view_does_not_hold(store):
+    """A peer another process (or host) wrote, and a view that forgot it: an announce of its
+    peer_id from another address without its key is refused before any answer, so nothing
+    is answered that the store would then refuse, and the view never takes the stranger."""
+    owner = live(store)
+    stranger_view = live(store)
+    stranger_view.announce(ann(50, ip=OTHER_V4), NOW)  # this process holds the swarm first
+    owner.announce(ann(1, key=b"secret"), NOW)
+    owner.flush()
+    assert refused(stranger_view, ann(1, ip=OTHER_V4)) == PEER_CONFLICT
+    assert refused(stranger_view, ann(1, ip=OTHER_V4, event=Event.STOPPED)) == PEER_CONFLICT
+    assert ann(1).peer_id not in stranger_view._by_hash[ih(1)].members
+    stranger_view.announce(ann(1, ip=OTHER_V4, key=b"secret"), NOW)  # with the key: it moved
+    stranger_view.flush()
+    assert store.find_peer(stranger_view._by_hash[ih(1)].torrent_id, ann(1).peer_id).ip == OTHER_V4
+
+
+def test_a_stop_for_a_peer_nobody_knows_is_answered_and_costs_nothing(store):
+    swarms = live(store, max_unwritten=1)
+    for n in range(100):
+        swarms.announce(ann(n, event=Event.STOPPED), NOW)
+    assert swarms.flush() == 0
+
+
+class UnavailableForPeers:
+    """A store whose key-rule read fails as a hung database does."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def find_peer(self, torrent_id, peer_id):
+        raise StoreUnavailable("hung")
+
+
+def test_while_the_database_cannot_say_a_new_peer_is_answered_from_memory(store):
+    swarms = live(UnavailableForPeers(store))
+    swarms.announce(ann(0), NOW)  # reads the swarm (the store answers that), joins from memory
+    result = swarms.announce(ann(1), NOW)
+    assert [peer.peer_id for peer in result.peers] == [ann(0).peer_id]
+    assert swarms.flush() == 2
