@@ -177,7 +177,7 @@ class Tracker:
         self.refresh_gate.admit(unpack_ip(self._client(environ)), given, where)
         self.swarms.flush()  # the report then counts every announce this process answered
         try:
-            report = refresh(self.config, self.store, force=force)
+            report = refresh(self.config, self.batch_store, force=force)  # long statements: no short waits
         except RefreshBusy:
             raise ClientError(REFRESH_BUSY) from None
         text = "\n".join([report.summary(), *report.warnings, ""])
@@ -314,7 +314,7 @@ class Application:
                 f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
                 f"over {tracker.store.connection_type()}"
             )
-            self._background = BackgroundRefresh(tracker.config, tracker.store, log)
+            self._background = BackgroundRefresh(tracker.config, tracker.batch_store, log)
             self._tracker = tracker
             return tracker
 
