@@ -31,7 +31,7 @@ from tracker_wsgi.protocol import (
     parse_query,
 )
 from tracker_wsgi.refresh import refresh
-from tracker_wsgi.store import open_store
+from tracker_wsgi.store import open_store, sql
 from tracker_wsgi.store.sql import BATCH_ROWS, MAX_TOTAL_BYTES
 from tracker_wsgi.swarm import plan_announce
 
@@ -589,7 +589,8 @@ def open_mode_store(store_url: str, **kwargs):
     return store
 
 
-def test_open_mode_registers_up_to_open_max_torrents(store_url):
+def test_open_mode_registers_up_to_open_max_torrents(store_url, monkeypatch):
+    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 60)
     store = open_mode_store(store_url, open_max_torrents=3)
     store.register(Torrent(ih(1), None, "listed", 1, path="one.torrent"), NOW)  # every torrent counts
     swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
@@ -601,7 +602,12 @@ def test_open_mode_registers_up_to_open_max_torrents(store_url):
     assert swarms.announce(ann(2, torrent=2), NOW).stats.incomplete == 2  # known ones are served
     assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(3)}
     assert store.unregister([ih(1)]) == 1
-    assert store.find_swarm(ih(4), NOW, 10).name == ""  # room again
+    with pytest.raises(ClientError):  # the count is not read again for TORRENTS_RECOUNT_SECONDS
+        store.find_swarm(ih(4), NOW, 10)
+    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 0)
+    assert store.find_swarm(ih(4), NOW, 10).name == ""  # counted again: room
+    with pytest.raises(ClientError):
+        store.find_swarm(ih(5), NOW, 10)
 
 
 def test_idle_torrents_of_open_mode_leave_the_store(store_url):
