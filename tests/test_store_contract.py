@@ -550,15 +550,19 @@ def test_a_poisoned_write_is_set_aside_and_the_rest_written(store):
 
 
 def test_a_poisoned_announce_is_set_aside_forgotten_and_logged_once(store):
+    store.register(Torrent(ih(2), None, "two", 5), NOW)
     logs: list[str] = []
     swarms = LiveSwarms(store, SYNC, log=logs.append, clock=lambda: NOW)
     for n in range(1, 4):
         swarms.announce(ann(n), NOW)
     swarms.announce(ann(4, uploaded=POISON), NOW)  # the parser never makes one; a bug might
-    assert swarms.flush() == 4
-    assert len(logs) == 1 and logs[0].startswith("1 announces set aside, not written: ")
-    assert f"torrent 1 peer {pid(4).hex()}" in logs[0]
+    swarms.announce(ann(1, torrent=2, uploaded=POISON), NOW)  # torrent 2's only write
+    assert swarms.flush() == 5
+    assert len(logs) == 1 and logs[0].startswith("2 announces set aside, not written: ")
+    assert f"torrent 1 peer {pid(4).hex()}" in logs[0] and f"torrent 2 peer {pid(1).hex()}" in logs[0]
     assert pid(4) not in {p.peer_id for p in swarms.announce(ann(5, numwant=50), NOW).peers}
+    assert ih(2) in swarms._by_hash  # its view was read again, not dropped as unregistered
+    assert swarms.scrape([ih(2)], NOW)[ih(2)].incomplete == 0
     assert swarms.flush() == 1 and len(logs) == 1  # set aside once, not retried
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 4
     assert store.find_peer(1, pid(4)) is None

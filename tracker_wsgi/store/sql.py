@@ -427,6 +427,13 @@ class SqlStore:
         result = BatchResult({}, [])
         for start in range(0, len(ordered), BATCH_ROWS):
             self._write_bisecting(ordered[start:start + BATCH_ROWS], result)
+        # A torrent whose every write was set aside is still registered: say so, as written
+        # by another (version_before -1), so that its view is read again, not dropped.
+        unwritten = sorted({row.torrent_id for row in result.set_aside} - result.written.keys())
+        if unwritten:
+            for torrent_id, *row in self._fetchall(self._sql(self.WRITTEN.format(_marks(len(unwritten)))),
+                                                   tuple(unwritten)):
+                result.written[torrent_id] = SwarmWritten(-1, *row)
         return result
 
     def _write_bisecting(self, chunk: Sequence[tuple[int, PeerWrite]], result: BatchResult) -> None:
