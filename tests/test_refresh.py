@@ -38,7 +38,7 @@ V4 = bytes([192, 0, 2, 1])
 BUSY_LINE = "tracker-wsgi: another refresh is running (the lock is held in the database)\n"
 SUMMARY = re.compile(
     r"refreshed in \d+\.\d\d s: (\d+) files scanned, (\d+) torrents, (\d+) new, (\d+) updated, (\d+) removed, "
-    r"(\d+) peers expired, (\d+) files skipped"
+    r"(\d+) peers expired, (\d+) idle open torrents removed, (\d+) files skipped"
 )
 
 
@@ -219,6 +219,26 @@ def test_recount_after_expiry_counts_live_seeds_leechers_and_partial_seeds(setup
     cells = re.findall(r"<td>([^<]*)</td>", (output / "bt_stats.inc").read_text())
     # current rate, average progress (1 - 1200 / (3 x 1000)), seeds, leechers + partial seeds
     assert cells[1:4] == ["60.00 %", "1", "3"]
+
+
+@pytest.mark.parametrize("whitelist", ["open", "directory"])
+def test_refresh_in_open_mode_removes_the_torrents_nobody_announces_to(store_url, dirs, whitelist):
+    """Whitelist `open`: a torrent announces registered leaves once its peers have (after
+    expiry) and it is older than peer_timeout. In mode `directory` such leftovers stay."""
+    config = make_config(store_url, dirs, whitelist=whitelist)
+    store = open_store(store_url, TIMEOUT, register_unknown=True)
+    store.create_tables()
+    listed = torrent_file(dirs[0], "listed.torrent", "listed")
+    assert refresh(config, store, now=NOW).registered == 1
+    announce_written(store, ann(ih(1), 1), NOW)  # registered by its announce; silent since
+    announce_written(store, ann(ih(2), 2), NOW + TIMEOUT)  # and one still announced to
+    later = NOW + TIMEOUT + 100
+    report = refresh(config, store, force=True, now=later)
+    assert (report.expired, report.idle_removed) == (1, 1 if whitelist == "open" else 0)
+    assert f", {report.idle_removed} idle open torrents removed, " in report.summary()
+    remaining = {listed, ih(2)} | ({ih(1)} if whitelist == "directory" else set())
+    assert set(store.scrape_all(later)) == remaining
+    store.close()
 
 
 def test_refresh_waits_for_its_interval_and_force_runs_now(setup):
@@ -459,7 +479,7 @@ def test_traffic_refresh_runs_after_the_answer_and_never_twice_at_once(app_parts
     assert not first.is_alive()
     assert calls == ["tracker_wsgi refresh"]
     assert logs == ["refreshed in 2.00 s: 0 files scanned, 3 torrents, 0 new, 0 updated, 0 removed, "
-                    "0 peers expired, 0 files skipped"]
+                    "0 peers expired, 0 idle open torrents removed, 0 files skipped"]
 
     call(app, scrape_environ())  # the refresh is over: the next request may start one
     background.thread.join(5)
@@ -483,7 +503,7 @@ def test_traffic_refresh_does_the_real_work(app_parts, dirs):
     background.thread.join(10)
     assert (dirs[1] / "bt_stats.inc").exists() and (dirs[1] / "bt_rss.inc").exists()
     assert set(tracker.store.scrape([h], int(time.time()))) == {h}
-    assert len(logs) == 1 and SUMMARY.fullmatch(logs[0]).groups() == ("1", "1", "1", "0", "0", "0", "0")
+    assert len(logs) == 1 and SUMMARY.fullmatch(logs[0]).groups() == ("1", "1", "1", "0", "0", "0", "0", "0")
 
 
 def test_traffic_refresh_failure_is_logged_in_one_line(app_parts, dirs, monkeypatch):
@@ -550,7 +570,7 @@ def test_web_refresh_with_the_secret_runs_and_reports_in_plain_text(web_tracker,
     assert headers["Content-Type"] == "text/plain; charset=utf-8"
     assert headers["Content-Length"] == str(len(body))
     summary, warning, end = body.decode().split("\n")
-    assert SUMMARY.fullmatch(summary).groups() == ("3", "2", "2", "0", "0", "0", "1")
+    assert SUMMARY.fullmatch(summary).groups() == ("3", "2", "2", "0", "0", "0", "0", "1")
     assert (warning, end) == ("junk.torrent: skipped: not a valid torrent: not bencoded", "")
     assert (dirs[1] / "bt_stats.inc").exists() and (dirs[1] / "bt_rss.inc").exists()
 
@@ -558,7 +578,7 @@ def test_web_refresh_with_the_secret_runs_and_reports_in_plain_text(web_tracker,
     assert body == b"refresh not due yet (use force-refresh to run it now)\n"
     _, _, body = web(tracker, "force-refresh", SECRET)
     # The junk file is still there: still counted, not reported again.
-    assert SUMMARY.fullmatch(body.decode().split("\n")[0]).groups() == ("3", "2", "0", "0", "0", "0", "1")
+    assert SUMMARY.fullmatch(body.decode().split("\n")[0]).groups() == ("3", "2", "0", "0", "0", "0", "0", "1")
 
 
 def test_web_refresh_while_another_runs_is_busy(web_tracker):

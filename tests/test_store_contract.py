@@ -7,14 +7,34 @@ import threading
 
 import pytest
 
-from conftest import ih, pid
+from conftest import announce_query, ih, pid
 from tracker_wsgi import live
+from tracker_wsgi.config import Config
 from tracker_wsgi.limits import Limits
 from tracker_wsgi.live import PRUNE_SECONDS, LiveSwarms
-from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState, PeerWrite, Torrent
-from tracker_wsgi.protocol import PEER_CONFLICT, UNKNOWN_TORRENT
-from tracker_wsgi.store import open_store
-from tracker_wsgi.store.sql import BATCH_ROWS
+from tracker_wsgi.model import (
+    KEY_RULE_REFUSED,
+    AnnounceRequest,
+    ClientError,
+    Event,
+    PeerState,
+    PeerWrite,
+    StoredPeer,
+    Torrent,
+)
+from tracker_wsgi.protocol import (
+    MAX_COUNTER,
+    PEER_CONFLICT,
+    TRACKER_FULL,
+    UNKNOWN_TORRENT,
+    AnnouncePolicy,
+    parse_announce,
+    parse_query,
+)
+from tracker_wsgi.refresh import refresh
+from tracker_wsgi.store import open_store, sql
+from tracker_wsgi.store.sql import BATCH_ROWS, MAX_TOTAL_BYTES
+from tracker_wsgi.swarm import plan_announce
 
 NOW = 1_700_000_000
 TIMEOUT = 2700
@@ -451,3 +471,170 @@ def test_a_batch_split_over_transactions_reports_the_versions_it_wrote_over(stor
 
 def write(n: int) -> PeerWrite:
     return PeerWrite(pid(n), V4, 6000 + n, None, PeerState.LEECHER, 100, 0, 0, NOW, False)
+
+
+# -- hostile numbers and poisoned rows --------------------------------------------------------
+
+
+def parsed(n: int, **fields) -> AnnounceRequest:
+    """An announce of torrent 1 as a client sends it, every counter at the largest number the
+    protocol accepts (it keeps protocol.COUNTER_CAP of it), through the real parser."""
+    query = announce_query(ih(1), pid(n), 6000 + n, **{"uploaded": MAX_COUNTER, "downloaded": MAX_COUNTER,
+                                                        "left": MAX_COUNTER, **fields})
+    return parse_announce(parse_query(query.encode()), V4, AnnouncePolicy(), False)
+
+
+def test_the_largest_numbers_break_no_write_and_no_sum(store, store_url, shared_dir):
+    """Counters at 2**63-1 at every step: announce, batch, completion, stopped, refresh with
+    its report and stats page, expiry, and the batches and refreshes after them. Some rows
+    hold 2**63-1 itself, as a version without the counter cap stored them."""
+    logs: list[str] = []
+    clock = Clock(NOW)
+    swarms = LiveSwarms(store, SYNC, log=logs.append, clock=clock)
+    for n in range(1, 6):
+        swarms.announce(parsed(n), NOW)
+    assert swarms.flush() == 5
+    old = [(1, PeerWrite(pid(n), V4, 6000 + n, None, PeerState.LEECHER, MAX_COUNTER, MAX_COUNTER, MAX_COUNTER,
+                         NOW, False)) for n in range(11, 16)]
+    assert store.write_batch(old).set_aside == []
+    assert swarms.announce(parsed(1, left=0, event="completed"), NOW).stats.downloaded == 1  # written through
+    for n in (2, 3):
+        swarms.announce(parsed(n, event="stopped"), NOW)  # their uploads join the torrent's total
+    swarms.flush()
+    stopped = store.write_batch([(1, write._replace(stopped=True)) for _, write in old[:3]])
+    assert stopped.set_aside == [] and stopped.written[1].leechers == 2 + 2
+    assert store._fetchall("SELECT transferred FROM torrents WHERE id = 1") == [(MAX_TOTAL_BYTES,)]
+    swarms.announce(parsed(6), NOW)
+    assert swarms.flush() == 1  # later batches still write
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.complete, stats.incomplete, stats.downloaded) == (1, 5, 1)
+
+    torrents, output = shared_dir / "torrents", shared_dir / "output"
+    torrents.mkdir()
+    config = Config(database=store_url, torrent_dir=str(torrents), output_dir=str(output), base_url="http://h",
+                    peer_timeout=TIMEOUT)
+    assert refresh(config, store, force=True, now=NOW).ran  # sums over live peers
+    [row] = store.report(NOW)
+    assert (row.transferred, row.bytes_left) == (MAX_TOTAL_BYTES, MAX_TOTAL_BYTES)
+    assert "2048.000 PiB" in (output / "bt_stats.inc").read_text()  # MAX_TOTAL_BYTES, rendered
+    later = NOW + TIMEOUT + 1
+    assert refresh(config, store, force=True, now=later).expired == 6  # their uploads join the total
+    [row] = store.report(later)
+    assert (row.transferred, row.bytes_left, row.seeds + row.leechers) == (MAX_TOTAL_BYTES, 0, 0)
+    clock.now = later
+    swarms.announce(parsed(7), later)
+    assert swarms.flush() == 1
+    assert refresh(config, store, force=True, now=later + 1).ran
+    assert store.report(later + 1)[0].transferred == MAX_TOTAL_BYTES
+    assert logs == []
+
+
+POISON = 2**64  # fits no column of either store (SQLite: OverflowError at bind; MariaDB: 1264)
+OTHER = bytes([198, 51, 100, 9])
+
+
+def test_a_poisoned_write_is_set_aside_and_the_rest_written(store):
+    store.register(Torrent(ih(2), None, "two", 5), NOW)
+    store.write_batch([(1, write(1)._replace(key=b"k1"))])
+    batch = [(t, write(n)) for t in (1, 2) for n in range(2, BATCH_ROWS // 2 + 60)]  # two transactions
+    poisoned = len(batch) - 7  # in the second
+    batch[poisoned] = (2, batch[poisoned][1]._replace(uploaded=POISON))
+    batch.append((1, write(1)._replace(ip=OTHER, key=b"guess")))  # another address without the key
+    result = store.write_batch(batch)
+    refused, failed = sorted(result.set_aside, key=lambda row: row.torrent_id)
+    assert refused == (1, pid(1), KEY_RULE_REFUSED)
+    assert failed[:2] == (2, batch[poisoned][1].peer_id)
+    assert "OverflowError" in failed.reason or "1264" in failed.reason, failed.reason
+    per_torrent = BATCH_ROWS // 2 + 58
+    assert (result.written[1].leechers, result.written[2].leechers) == (per_torrent + 1, per_torrent - 1)
+    stored = store.scrape([ih(1), ih(2)], NOW)
+    assert (stored[ih(1)].incomplete, stored[ih(2)].incomplete) == (per_torrent + 1, per_torrent - 1)
+    assert store.find_peer(1, pid(1)) == StoredPeer(V4, b"k1", 100)  # the refused write changed nothing
+
+
+def test_a_poisoned_announce_is_set_aside_forgotten_and_logged_once(store):
+    store.register(Torrent(ih(2), None, "two", 5), NOW)
+    logs: list[str] = []
+    swarms = LiveSwarms(store, SYNC, log=logs.append, clock=lambda: NOW)
+    for n in range(1, 4):
+        swarms.announce(ann(n), NOW)
+    swarms.announce(ann(4, uploaded=POISON), NOW)  # the parser never makes one; a bug might
+    swarms.announce(ann(1, torrent=2, uploaded=POISON), NOW)  # torrent 2's only write
+    assert swarms.flush() == 5
+    assert len(logs) == 1 and logs[0].startswith("2 announces set aside, not written: ")
+    assert f"torrent 1 peer {pid(4).hex()}" in logs[0] and f"torrent 2 peer {pid(1).hex()}" in logs[0]
+    assert pid(4) not in {p.peer_id for p in swarms.announce(ann(5, numwant=50), NOW).peers}
+    assert ih(2) in swarms._by_hash  # its view was read again, not dropped as unregistered
+    assert swarms.scrape([ih(2)], NOW)[ih(2)].incomplete == 0
+    assert swarms.flush() == 1 and len(logs) == 1  # set aside once, not retried
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 4
+    assert store.find_peer(1, pid(4)) is None
+
+
+# -- the key rule on a view miss ---------------------------------------------------------------
+
+
+def test_find_peer_reads_the_stored_row(store):
+    store.write_batch([(1, write(1)._replace(key=b"\x00k", left=77)), (1, write(2))])
+    assert store.find_peer(1, pid(1)) == StoredPeer(V4, b"\x00k", 77)
+    assert store.find_peer(1, pid(2)) == StoredPeer(V4, None, 100)
+    assert store.find_peer(1, pid(3)) is None
+    assert store.find_peer(2, pid(1)) is None
+    # It is a swarm.KnownPeer: the key rule reads it as it reads a view's member.
+    with pytest.raises(ClientError) as err:
+        plan_announce(ann(1, ip=OTHER), store.find_peer(1, pid(1)))
+    assert err.value.reason == PEER_CONFLICT
+    assert plan_announce(ann(1, ip=OTHER, key=b"\x00k"), store.find_peer(1, pid(1))).key == b"\x00k"
+
+
+# -- whitelist `open`: a cap, and idle torrents leave ------------------------------------------
+
+
+def open_mode_store(store_url: str, **kwargs):
+    store = open_store(store_url, TIMEOUT, register_unknown=True, **kwargs)
+    store.create_tables()
+    return store
+
+
+def test_open_mode_registers_up_to_open_max_torrents(store_url, monkeypatch):
+    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 60)
+    store = open_mode_store(store_url, open_max_torrents=3)
+    store.register(Torrent(ih(1), None, "listed", 1, path="one.torrent"), NOW)  # every torrent counts
+    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    for n in (2, 3):
+        swarms.announce(ann(1, torrent=n), NOW)
+    with pytest.raises(ClientError) as err:
+        swarms.announce(ann(1, torrent=4), NOW)
+    assert err.value.reason == TRACKER_FULL
+    assert swarms.announce(ann(2, torrent=2), NOW).stats.incomplete == 2  # known ones are served
+    assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(3)}
+    assert store.unregister([ih(1)]) == 1
+    with pytest.raises(ClientError):  # the count is not read again for TORRENTS_RECOUNT_SECONDS
+        store.find_swarm(ih(4), NOW, 10)
+    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 0)
+    assert store.find_swarm(ih(4), NOW, 10).name == ""  # counted again: room
+    with pytest.raises(ClientError):
+        store.find_swarm(ih(5), NOW, 10)
+
+
+def test_idle_torrents_of_open_mode_leave_the_store(store_url):
+    store = open_mode_store(store_url)
+    old = NOW - TIMEOUT - 1
+    store.register(Torrent(ih(1), None, "listed", 1, path="dir/one.torrent"), old)
+    store.register(Torrent(ih(2), None, "hand-added", 1, path="/srv/two.torrent"), old)
+    swarms = LiveSwarms(store, SYNC, clock=lambda: old)
+    swarms.announce(ann(1, torrent=3), old)  # silent since: a peer until it expires
+    swarms.announce(ann(2, torrent=4), old)
+    swarms.announce(ann(2, torrent=4, event=Event.STOPPED), old)  # its only peer left
+    swarms.flush()
+    store.find_swarm(ih(5), old, 10)  # registered by an announce that never got written
+    store.find_swarm(ih(6), NOW, 10)  # registered just now
+    assert store.remove_idle_open_torrents(NOW) == 2
+    assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(3), ih(6)}
+    assert store._fetchall("SELECT COUNT(*) FROM info_hashes")[0][0] == 4
+    assert store.expire_peers(NOW) == 1
+    assert store.remove_idle_open_torrents(NOW) == 1
+    assert store.remove_idle_open_torrents(NOW) == 0
+    assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(6)}
+    swarms.announce(ann(3, torrent=5), NOW)  # an announce registers it again
+    assert ih(5) in store.scrape_all(NOW)

@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .limits import Limits
+from .limits import OPEN_MAX_TORRENTS, Limits
 from .netaddr import Network, parse_networks
 
 ENVIRON_KEY = "tracker_wsgi.config"
@@ -79,7 +79,7 @@ class Config:
     new_swarms_per_minute: int = _LIMITS.new_swarms_per_minute
     completions_per_minute: int = _LIMITS.completions_per_minute
     # Whitelist `open`: the most torrents announces may register (the store's size).
-    open_max_torrents: int = 100_000
+    open_max_torrents: int = OPEN_MAX_TORRENTS
 
     @property
     def limits(self) -> Limits:

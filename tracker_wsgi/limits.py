@@ -23,6 +23,10 @@ TRACKED_ADDRESSES = 100_000
 MEMORY_SHARE = 0.7
 MEMORY_CHECK_SECONDS = 1.0  # reading /proc costs ~10 us: at most once a second
 PAGE_BYTES = resource.getpagesize()
+# Whitelist mode `open`: the torrents a store holds before it refuses to register more. Each
+# costs two rows and, while announced to, a view in each daemon process (~3 KB); idle ones
+# leave at the refresh (store.remove_idle_open_torrents).
+OPEN_MAX_TORRENTS = 100_000
 
 
 @dataclass(frozen=True, slots=True)

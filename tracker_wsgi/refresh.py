@@ -1,5 +1,6 @@
-"""refresh and force-refresh: expire silent peers, recount, sample history, rescan the
-torrent directory, rewrite bt_stats.inc and bt_rss.inc.
+"""refresh and force-refresh: expire silent peers, recount, remove idle torrents of
+whitelist mode `open`, sample history, rescan the torrent directory, rewrite bt_stats.inc
+and bt_rss.inc.
 
 One refresh at a time across every process and host sharing the database: the lock is a
 lease row in the database (store.take_refresh_lock). Cron runs it (`tracker-wsgi refresh`),
@@ -36,6 +37,7 @@ class RefreshBusy(Exception):
 class RefreshReport:
     ran: bool  # False: not due yet
     expired: int = 0
+    idle_removed: int = 0  # whitelist `open`: registered by announces, no peers left
     registered: int = 0
     updated: int = 0
     removed: int = 0
@@ -51,7 +53,7 @@ class RefreshReport:
         return (
             f"refreshed in {self.seconds:.2f} s: {self.scanned} files scanned, {self.torrents} torrents, "
             f"{self.registered} new, {self.updated} updated, {self.removed} removed, {self.expired} peers expired, "
-            f"{self.skipped} files skipped"
+            f"{self.idle_removed} idle open torrents removed, {self.skipped} files skipped"
         )
 
 
@@ -78,6 +80,8 @@ def refresh(
             return RefreshReport(ran=False)
         report = RefreshReport(ran=True)
         report.expired = store.expire_peers(now)
+        if config.whitelist == "open":  # torrents nobody announces to leave, as their peers did
+            report.idle_removed = store.remove_idle_open_torrents(now)
 
         walk = scanner.walk(config.torrent_dir)
         plan = scanner.plan(

@@ -136,7 +136,8 @@ class Store(Protocol):
 def open_configured(config: Config, wait_seconds: float = 30.0) -> Store:
     """The store a config names, its tables created. Raises ConfigError with one line."""
     try:
-        store = open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds)
+        store = open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
+                           config.open_max_torrents)
         store.create_tables()
     except (ValueError, PermissionError) as exc:
         raise ConfigError(f"database = {config.database!r}: {exc}") from None

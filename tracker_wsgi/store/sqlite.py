@@ -174,6 +174,17 @@ class SqliteStore(SqlStore):
                 time.sleep(min(pause, left))
                 pause = min(2 * pause, longest)
 
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            # A cursor still referenced (a traceback holds the failed work's) keeps a closed
+            # connection open, and with it its transaction and the write lock: end it first.
+            try:
+                conn.rollback()
+            except sqlite3.Error:
+                pass
+        super().close()
+
     def _is_transient(self, exc: BaseException) -> bool:
         # A racing insert. Not "database is locked": that comes after the busy timeout
         # has waited already.

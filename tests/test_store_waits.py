@@ -1,0 +1,188 @@
+"""Bounded database waits: a store call on a hung or locked database raises StoreUnavailable
+within about the store's wait_seconds, on SQLite (another process holding the write lock)
+and on MariaDB (a private server stopped with SIGSTOP, a row lock held by another client).
+Then the store works again by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import mysql.connector
+import pytest
+
+from conftest import ih, pid
+from test_e2e_apache import PrivateMariadb
+from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.model import AnnounceRequest, Event, PeerState, PeerWrite, StoreUnavailable, Torrent
+from tracker_wsgi.store import open_store
+from tracker_wsgi.store.mysql import connect_args, timeouts
+
+NOW = 1_700_000_000
+TIMEOUT = 2700
+V4 = bytes([192, 0, 2, 1])
+SLACK = 1.0  # seconds a call may take beyond wait_seconds (a loaded 2-core test machine)
+
+
+def write(n: int) -> PeerWrite:
+    return PeerWrite(pid(n), V4, 6000 + n, None, PeerState.LEECHER, 100, 0, 0, NOW, False)
+
+
+def ann(n: int) -> AnnounceRequest:
+    return AnnounceRequest(ih(1), pid(n), V4, 6000 + n, 0, 0, 100, Event.NONE, 50, True, False, None, None, V4)
+
+
+def timed_unavailable(call) -> tuple[float, StoreUnavailable]:
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as err:
+        call()
+    return time.monotonic() - started, err.value
+
+
+def opened(url: str, wait_seconds: float):
+    store = open_store(url, TIMEOUT, wait_seconds=wait_seconds)
+    store.create_tables()
+    store.register(Torrent(ih(1), None, "one", 1000), NOW)
+    return store
+
+
+def holder(code: str) -> subprocess.Popen:
+    """Another process that takes a lock, says so, and holds it until killed."""
+    process = subprocess.Popen([sys.executable, "-c", code + "\nprint('held', flush=True)\nimport time; time.sleep(120)"],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "held\n"
+    return process
+
+
+def release(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock", ["writer file", "exclusive transaction"])
+def test_sqlite_locked_by_another_process_is_unavailable_within_the_wait(sqlite_url, lock):
+    """The tracker's processes queue on the -writer file's flock; anything else (the sqlite3
+    shell) holds SQLite's own lock, met by the busy timeout. Either ends by wait_seconds."""
+    wait = 1.0
+    store = opened(sqlite_url, wait)
+    path = sqlite_url.removeprefix("sqlite://")
+    if lock == "writer file":
+        code = f"import fcntl; f = open({path + '-writer'!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)"
+    else:
+        code = f"import sqlite3; c = sqlite3.connect({path!r}, isolation_level=None); c.execute('BEGIN EXCLUSIVE')"
+    process = holder(code)
+    try:
+        elapsed, error = timed_unavailable(lambda: store.write_batch([(1, write(1))]))
+        assert wait - 0.05 <= elapsed < wait + SLACK, elapsed
+        assert error.__cause__ is not None or lock == "writer file"
+        elapsed, _ = timed_unavailable(lambda: store.write_through(1, write(2), True))
+        assert elapsed < wait + SLACK, elapsed
+        assert ih(1) in store.scrape([ih(1)], NOW)  # readers never wait for the writer (WAL)
+    finally:
+        release(process)
+    assert store.write_batch([(1, write(1))]).written[1].leechers == 1
+
+
+def test_sqlite_a_batch_the_store_cannot_take_stays_pending(sqlite_url):
+    """LiveSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it."""
+    store = opened(sqlite_url, 0.5)
+    swarms = LiveSwarms(store, 2, clock=lambda: NOW)
+    swarms.announce(ann(1), NOW)
+    path = sqlite_url.removeprefix("sqlite://")
+    process = holder(f"import fcntl; f = open({path + '-writer'!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)")
+    try:
+        timed_unavailable(swarms.flush)
+        swarms.announce(ann(2), NOW)
+    finally:
+        release(process)
+    assert swarms.flush() == 2
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
+
+
+# -- MariaDB -------------------------------------------------------------------------------------
+
+
+def test_mysql_timeouts_add_up_to_the_wait():
+    assert timeouts(30) == {"connection_timeout": 5, "read_timeout": 25, "write_timeout": 25}
+    assert timeouts(10) == {"connection_timeout": 5, "read_timeout": 5, "write_timeout": 5}
+    assert timeouts(2) == {"connection_timeout": 1, "read_timeout": 1, "write_timeout": 1}
+    assert timeouts(0.5) == {"connection_timeout": 1, "read_timeout": 1, "write_timeout": 1}  # whole seconds
+
+
+@pytest.fixture
+def private_mariadb():
+    """A MariaDB server of this test's own: it is stopped with SIGSTOP, which the shared one
+    (other engineers' tests use it) must never be."""
+    server = PrivateMariadb()
+    try:
+        server.start()
+        admin = server.admin()
+        cur = admin.cursor()
+        cur.execute("CREATE DATABASE tracker")
+        cur.execute("CREATE USER 'tracker'@'127.0.0.1' IDENTIFIED BY 'pw'")
+        cur.execute("GRANT ALL ON tracker.* TO 'tracker'@'127.0.0.1'")
+        admin.close()
+        yield server, f"mysql://tracker:pw@127.0.0.1:{server.port}/tracker"
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGCONT)
+            server.process.kill()
+            server.process.wait()
+        server.remove()
+
+
+def test_mysql_hung_server_is_unavailable_within_the_wait(private_mariadb):
+    server, url = private_mariadb
+    wait = 2.0
+    store = opened(url, wait)
+    assert store.write_batch([(1, write(1))]).written[1].leechers == 1  # this thread is connected
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        # A connected thread: its read times out, and the one retry's connect does too.
+        elapsed, error = timed_unavailable(lambda: store.write_batch([(1, write(2))]))
+        assert wait - 0.1 <= elapsed < wait + SLACK, elapsed
+        assert isinstance(error.__cause__, mysql.connector.Error)
+        # Its next calls find no connection: a connect that times out, not retried.
+        for call in (lambda: store.scrape([ih(1)], NOW), lambda: store.write_through(1, write(3), True)):
+            elapsed, error = timed_unavailable(call)
+            assert elapsed < wait + SLACK, elapsed
+            assert isinstance(error.__cause__, mysql.connector.Error)
+        # A thread with no connection yet: its connect times out, and is not retried.
+        results: list = []
+        thread = threading.Thread(target=lambda: results.append(timed_unavailable(lambda: store.find_peer(1, pid(1)))))
+        thread.start()
+        thread.join()
+        assert results[0][0] < wait + SLACK, results[0][0]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert store.find_peer(1, pid(1)) is not None  # back by itself
+    assert store.write_batch([(1, write(2))]).written[1].leechers == 2
+
+
+def test_mysql_row_lock_held_by_another_client_is_unavailable_within_the_wait(mysql_url):
+    """A writer stuck holding a torrent's row (a host that hangs mid-transaction) on the
+    shared server: the server ends our lock wait (1205) before our read would time out."""
+    wait = 3.0
+    store = opened(mysql_url, wait)
+    other = mysql.connector.connect(**connect_args(mysql_url))
+    try:
+        cur = other.cursor()
+        other.start_transaction()
+        cur.execute("SELECT id FROM torrents WHERE id = 1 FOR UPDATE")
+        cur.fetchall()
+        elapsed, error = timed_unavailable(lambda: store.write_through(1, write(1), False))
+        assert elapsed < wait + SLACK, elapsed
+        assert error.__cause__.errno == 1205
+        assert ih(1) in store.scrape([ih(1)], NOW)  # reads take no row locks
+    finally:
+        other.rollback()
+        other.close()
+    store.write_through(1, write(1), False)
+    assert store.find_peer(1, pid(1)) is not None
