@@ -35,7 +35,7 @@ COMMANDS = ("check-config", "init-db", "add", "list", "show", "remove", "stats",
             "force-refresh", "serve")
 SUMMARY = re.compile(
     r"refreshed in \d+\.\d\d s: (\d+) files scanned, (\d+) torrents, (\d+) new, (\d+) updated, "
-    r"(\d+) removed, (\d+) peers expired, (\d+) files skipped"
+    r"(\d+) removed, (\d+) peers expired, \d+ idle open torrents removed, (\d+) files skipped"
 )
 
 
