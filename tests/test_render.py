@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import feedparser
+import libtorrent as lt
 import pytest
 from bencoder import bencode
 
@@ -511,6 +512,54 @@ def test_rss_feed_parses_with_titles_links_dates_and_enclosures(site):
         [{"href": alpha_url, "type": "application/x-bittorrent",
           "length": str((torrents / "alpha.torrent").stat().st_size)}],
     ]
+
+
+def libtorrent_torrent(directory: Path, name: str, flags: int) -> tuple[bytes, lt.info_hash_t]:
+    """A .torrent as a real client makes it: libtorrent's hybrid (flags 0), v1-only or v2-only."""
+    content = directory / name
+    content.write_bytes(name.encode() * 5000)
+    creator = lt.create_torrent(lt.list_files(str(content)), 0, flags)
+    creator.add_tracker("http://h/tracker/announce")
+    lt.set_piece_hashes(creator, str(directory))
+    data = lt.bencode(creator.generate())
+    return data, lt.torrent_info(lt.bdecode(data)).info_hashes()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "mysql"])
+def test_rss_guids_name_the_v1_hash_as_btih_and_the_v2_hash_as_btmh(db, request, shared_dir, tmp_path):
+    """BEP 9: urn:btih: and the SHA-1 of a v1 or hybrid torrent; urn:btmh: and the whole
+    SHA-256 as a multihash (1220 + 64 hex digits), never the 20 bytes trackers see."""
+    url = request.getfixturevalue(f"{db}_url")
+    torrents = shared_dir / "torrents"
+    torrents.mkdir()
+    config = Config(database=url, torrent_dir=str(torrents), output_dir=str(shared_dir / "output"), base_url=BASE)
+    store = open_store(url, config.peer_timeout)
+    store.create_tables()
+    made = {}
+    for added, (name, flags) in enumerate([("hybrid", 0), ("v1", lt.create_torrent.v1_only),
+                                           ("v2", lt.create_torrent.v2_only)]):
+        data, hashes = libtorrent_torrent(tmp_path, name, flags)
+        (torrents / f"{name}.torrent").write_bytes(data)
+        made[name] = hashes
+        refresh(config, store, force=True, now=NOW + added)
+    store.close()
+    document = rss_document((shared_dir / "output" / "bt_rss.inc").read_text())
+    dc = "{http://purl.org/dc/elements/1.1/}"
+    items = {item.findtext("title"): item for item in ET.fromstring(document.encode()).iter("item")}
+    btih, btmh = {}, {}
+    for name, hashes in made.items():
+        btih[name] = f"urn:btih:{hashes.v1.to_bytes().hex()}"
+        btmh[name] = f"urn:btmh:1220{hashes.v2.to_bytes().hex()}"
+        assert len(btmh[name]) == len("urn:btmh:") + 4 + 64
+    assert made["v1"].has_v2() is False and made["v2"].has_v1() is False and made["hybrid"].has_v1()
+    assert {name: (item.findtext("guid"), [e.text for e in item.iter(f"{dc}identifier")])
+            for name, item in items.items()} == {
+        "hybrid": (btih["hybrid"], [btih["hybrid"], btmh["hybrid"]]),
+        "v1": (btih["v1"], [btih["v1"]]),
+        "v2": (btmh["v2"], [btmh["v2"]]),
+    }
+    feed = feedparser.parse(document)
+    assert feed.bozo == 0 and sorted(e.id for e in feed.entries) == sorted([btih["hybrid"], btih["v1"], btmh["v2"]])
 
 
 def test_stats_include_is_a_table_and_gains_a_chart_with_two_samples(site):

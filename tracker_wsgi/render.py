@@ -294,8 +294,26 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates 
     )
 
 
+# BEP 9 URNs: urn:btih: and a v1 SHA-1 in hex; urn:btmh: and a v2 SHA-256 as a multihash,
+# hex of <0x12 sha2-256><0x20 bytes long><digest>.
+SHA256_MULTIHASH_PREFIX = "1220"
+DUBLIN_CORE = "http://purl.org/dc/elements/1.1/"
+
+
+def info_hash_urns(r: TorrentReport) -> list[str]:
+    """The torrent's info hashes as URNs: the v1 one (v1 and hybrid torrents), then the v2."""
+    urns = []
+    if r.info_sha256 is None or r.info_hash != r.info_sha256[:20]:
+        urns.append(f"urn:btih:{r.info_hash.hex()}")
+    if r.info_sha256 is not None:
+        urns.append(f"urn:btmh:{SHA256_MULTIHASH_PREFIX}{r.info_sha256.hex()}")
+    return urns
+
+
 def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
-    """bt_rss.inc: the inside of the site's <channel>, newest torrent first."""
+    """bt_rss.inc: the inside of the site's <channel>, newest torrent first. Each item's guid
+    is its first info hash URN, and a dc:identifier names each (the namespace is declared
+    on the element, so a site's rss.xml needs no change)."""
     listed = sorted((r for r in reports if r.path and not r.path.startswith("/")),
                     key=lambda r: (-r.added, r.path))
     out = [f"<generator>tracker_wsgi {__version__}</generator>\n"]
@@ -303,11 +321,13 @@ def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
         out.append(f"<lastBuildDate>{_rfc822(listed[0].added)}</lastBuildDate>\n")
     for r in listed:
         url = escape(torrent_url(base_url, r.path))
+        urns = info_hash_urns(r)
+        identifiers = "".join(f'<dc:identifier xmlns:dc="{DUBLIN_CORE}">{urn}</dc:identifier>' for urn in urns)
         out.append(
             "<item>"
             f"<title>{escape(r.name or r.path)}</title>"
             f"<link>{url}</link>"
-            f'<guid isPermaLink="false">urn:btih:{r.info_hash.hex()}</guid>'
+            f'<guid isPermaLink="false">{urns[0]}</guid>{identifiers}'
             f"<pubDate>{_rfc822(r.added)}</pubDate>"
             # RSS 2.0: length is the enclosure's own size, the .torrent file (the original
             # gave the content's size).
