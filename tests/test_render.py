@@ -37,6 +37,7 @@ NOW = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT
 BASE = "http://h/torrents"
 HOSTILE = "<script>alert(1)</script>"
 QUOTES = "\"&'"
+PACKAGED = render.load_templates()  # the templates shipped in tracker_wsgi/templates/
 
 
 def report(n: int = 1, **fields) -> TorrentReport:
@@ -117,7 +118,7 @@ class Page(HTMLParser):
 def test_hostile_names_and_paths_are_text_in_the_stats_table():
     hostile_path = 'x"><img src=x onerror=alert(1)>.torrent'
     rows = [report(1, name=HOSTILE, path="a.torrent"), report(2, name=QUOTES, path=hostile_path)]
-    out = render.stats_table(rows, NOW, 900, BASE, {"a.torrent": "a <b>.nfo"}, [])
+    out = render.stats_table(rows, NOW, 900, BASE, {"a.torrent": "a <b>.nfo"}, [], PACKAGED)
     assert "<script" not in out and "<img" not in out
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "&quot;&amp;&#x27;" in out
@@ -149,7 +150,7 @@ def test_control_characters_are_stripped_so_the_xml_stays_well_formed():
     item = ET.fromstring(document.encode()).find("channel/item")
     assert item.findtext("title") == "badname\twith tab"
     assert feedparser.parse(document).bozo == 0
-    stats = render.stats_table([report(1, name=name)], NOW, 0, BASE, {}, [])
+    stats = render.stats_table([report(1, name=name)], NOW, 0, BASE, {}, [], PACKAGED)
     assert "badname\twith tab</a>" in stats
     assert render.escape("a\x00b\rc\nd") == "ab\rc\nd"
 
@@ -235,7 +236,7 @@ def test_each_row_and_the_totals_row():
         report(2, name="b", path="b.torrent", size=2000, seeds=0, leechers=1, downloaded=2,
                transferred=2048, bytes_left=500, added=NOW),
     ]
-    page = Page(render.stats_table(rows, NOW, 0, BASE, {"b.torrent": "b.txt"}, []))
+    page = Page(render.stats_table(rows, NOW, 0, BASE, {"b.torrent": "b.txt"}, [], PACKAGED))
     assert page.errors == []
     header, *body, totals = page.rows
     # The original's columns; its blank header over the info links is read out, not shown.
@@ -253,16 +254,17 @@ def test_each_row_and_the_totals_row():
 def test_the_totals_count_one_torrent_or_several():
     for n, text in ((0, "0 torrents"), (1, "1 torrent"), (2, "2 torrents")):
         rows = [report(i) for i in range(1, n + 1)]
-        assert Page(render.stats_table(rows, NOW, 0, BASE, {}, [])).rows[-1][-1] == text
+        assert Page(render.stats_table(rows, NOW, 0, BASE, {}, [], PACKAGED)).rows[-1][-1] == text
 
 
 def test_the_rate_is_per_second_and_readable():
     r = report(seeds=1, leechers=1, transferred=2 * 900 * 1536, last_transfer=0)
-    assert Page(render.stats_table([r], NOW, 900, BASE, {}, [])).rows[1][0] == "1.50 KiB/s"
+    assert Page(render.stats_table([r], NOW, 900, BASE, {}, [], PACKAGED)).rows[1][0] == "1.50 KiB/s"
 
 
 def test_a_torrent_without_leechers_shows_a_dash_and_one_added_by_hand_has_no_link():
-    page = Page(render.stats_table([report(1, name="hand", path="/srv/elsewhere/x.torrent")], NOW, 900, BASE, {}, []))
+    hand = report(1, name="hand", path="/srv/elsewhere/x.torrent")
+    page = Page(render.stats_table([hand], NOW, 900, BASE, {}, [], PACKAGED))
     assert page.rows[1][1] == "\u2013"
     assert page.rows[1][-1] == "hand" and page.links == []
     assert render.rss_items([report(1, path="/srv/elsewhere/x.torrent")], BASE) == (
@@ -271,7 +273,7 @@ def test_a_torrent_without_leechers_shows_a_dash_and_one_added_by_hand_has_no_li
 
 
 def test_the_refresh_time_is_shown_in_utc():
-    out = render.stats_table([], NOW, 0, BASE, {}, [])
+    out = render.stats_table([], NOW, 0, BASE, {}, [], PACKAGED)
     assert ('<p class="bt-refreshed">refreshed <time datetime="2023-11-14T22:13:20Z">2023-11-14 22:13 UTC'
             '</time></p>') in out
     assert Page(out).rows[-1] == ["", "", "0", "0", "0 B", "", "0", "0 B", "", "0 torrents"]
@@ -286,7 +288,7 @@ class Chart:
     """The chart as a reader sees it: the plot area, the labelled gridlines, the two lines."""
 
     def __init__(self, samples):
-        self.markup = render.history_chart(samples)
+        self.markup = render.history_chart(samples, PACKAGED)
         self.figure = ET.fromstring(self.markup)  # the SVG, and so the whole figure, is XML
         self.svg = self.figure.find(f"{SVG}svg")
         axes = next(p.get("d") for p in self.svg.iter(f"{SVG}path"))
@@ -311,9 +313,9 @@ class Chart:
 
 
 def test_history_chart_needs_two_samples():
-    assert render.history_chart([]) == ""
-    assert render.history_chart([(NOW, 1, 2)]) == ""
-    assert Page(render.history_chart([(NOW, 0, 4), (NOW + 900, 2, 0)])).errors == []
+    assert render.history_chart([], PACKAGED) == ""
+    assert render.history_chart([(NOW, 1, 2)], PACKAGED) == ""
+    assert Page(render.history_chart([(NOW, 0, 4), (NOW + 900, 2, 0)], PACKAGED)).errors == []
 
 
 def test_each_point_sits_where_the_axes_say():
@@ -385,7 +387,8 @@ def test_the_chart_has_a_title_and_a_caption_that_says_what_it_shows():
 # -- the admin's templates --------------------------------------------------------------------
 
 def test_an_admins_template_replaces_the_packaged_one_file_by_file(tmp_path):
-    (tmp_path / "bt_stats_row.html").write_text('<tr class="mine"><td>$seeds</td><td class="name">$torrent</td></tr>\n')
+    row = '<tr class="mine"><td>$seeds</td><td class="name">$torrent</td></tr>\n'
+    (tmp_path / "bt_stats_row.html").write_text(row)
     (tmp_path / "bt_stats.css").write_text("table.bt-stats { color: navy; }\n")
     templates = render.load_templates(str(tmp_path))
     out = render.stats_table([report(1, name=HOSTILE, seeds=7)], NOW, 0, BASE, {}, [], templates)
@@ -400,7 +403,8 @@ def test_an_admins_template_replaces_the_packaged_one_file_by_file(tmp_path):
 
 
 @pytest.mark.parametrize(("file", "text", "message"), [
-    ("bt_stats_row.html", "<tr><td>$sede</td></tr>", "bt_stats_row.html: unknown placeholder $sede; this template knows"),
+    ("bt_stats_row.html", "<tr><td>$sede</td></tr>",
+     "bt_stats_row.html: unknown placeholder $sede; this template knows"),
     ("bt_stats.html", "<p>costs $5</p>", "bt_stats.html: a '$' starts no placeholder; write $$ for a dollar sign"),
 ])
 def test_a_template_mistake_is_one_line_naming_the_file(tmp_path, file, text, message):
@@ -448,9 +452,10 @@ def test_the_sample_page_with_its_include_and_the_stylesheet_are_valid(tmp_path)
     ]
     history = [(NOW - 7 * 86400 + i * 900, i % 7, i % 4) for i in range(7 * 96 + 1)]
     full = tmp_path / "full.html"
-    full.write_text(sample_page(render.stats_table(rows, NOW, 900, BASE, {"a b/c.torrent": "a b/c.nfo"}, history)))
+    info_links = {"a b/c.torrent": "a b/c.nfo"}
+    full.write_text(sample_page(render.stats_table(rows, NOW, 900, BASE, info_links, history, PACKAGED)))
     empty = tmp_path / "empty.html"
-    empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [])))
+    empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [], PACKAGED)))
     stylesheet = tmp_path / "bt_stats.css"
     stylesheet.write_text(render.load_templates().stylesheet)
     assert nu_check(full, empty, stylesheet) == []

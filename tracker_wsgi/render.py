@@ -167,11 +167,10 @@ def stats_table(
     base_url: str,
     info_links: dict[str, str],
     history: Sequence[tuple[int, int, int]],
-    templates: Templates | None = None,
+    templates: Templates,
 ) -> str:
     """bt_stats.inc: the table, one row per torrent sorted by path, a totals row, the
     refresh time, and a chart of seeds and leechers over time."""
-    t = templates or load_templates()
     reports = sorted(reports, key=lambda r: (r.path, r.name))
     rows = []
     for r in reports:
@@ -180,7 +179,7 @@ def stats_table(
         name = r.name or r.path.rsplit("/", 1)[-1] or r.info_hash.hex()
         info = info_links.get(r.path)
         rows.append(_fill(
-            t.row,
+            templates.row,
             rate=human_bytes(average_rate(r, period)) + "/s",
             progress="\u2013" if progress is None else f"{progress * 100:.2f} %",
             seeds=r.seeds,
@@ -189,12 +188,12 @@ def stats_table(
             elapsed=elapsed(now - r.added),
             completed=r.downloaded,
             size=human_bytes(r.size),
-            info=_fill(t.link, href=torrent_url(base_url, info), text="info") if info else "",
-            torrent=_fill(t.link, href=url, text=name) if url else name,
+            info=_fill(templates.link, href=torrent_url(base_url, info), text="info") if info else "",
+            torrent=_fill(templates.link, href=url, text=name) if url else name,
         ))
     refreshed = datetime.fromtimestamp(now, timezone.utc)
     return _fill(
-        t.page,
+        templates.page,
         rows=Html("\n".join(rows)),
         seeds=sum(r.seeds for r in reports),
         leechers=sum(r.leechers + r.partial_seeds for r in reports),
@@ -204,7 +203,7 @@ def stats_table(
         torrents=plural(len(reports), "torrent"),
         refreshed=f"{refreshed:%Y-%m-%d %H:%M} UTC",
         refreshed_iso=f"{refreshed:%Y-%m-%dT%H:%M:%SZ}",
-        chart=history_chart(history, t),
+        chart=history_chart(history, templates),
     ) + "\n"
 
 
@@ -237,13 +236,12 @@ def _coordinate(value: float) -> str:
     return f"{value:.1f}"
 
 
-def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates | None = None) -> Html:
+def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates) -> Html:
     """An SVG line chart of seeds and leechers per history sample (time, seeds, leechers),
     with both axes, gridlines, a legend and a caption saying what it shows; nothing until
     there are two samples."""
     if len(samples) < 2:
         return Html("")
-    t = templates or load_templates()
     t0, t1 = samples[0][0], samples[-1][0]
     span = max(1, t1 - t0)
     peak = max(max(seeds, leechers) for _, seeds, leechers in samples)
@@ -257,13 +255,13 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates 
         return PLOT_BOTTOM - count / top * (PLOT_BOTTOM - PLOT_TOP)
 
     ticks = [
-        _fill(t.tick, x1=PLOT_LEFT, y1=_coordinate(y(count)), x2=PLOT_RIGHT, y2=_coordinate(y(count)),
+        _fill(templates.tick, x1=PLOT_LEFT, y1=_coordinate(y(count)), x2=PLOT_RIGHT, y2=_coordinate(y(count)),
               text_x=PLOT_LEFT - 6, text_y=_coordinate(y(count) + 4), anchor="end", label=count)
         for count in range(0, top + 1, step)
     ]
     seconds = time_step(span)
     ticks += [
-        _fill(t.tick, x1=_coordinate(x(when)), y1=PLOT_TOP, x2=_coordinate(x(when)), y2=PLOT_BOTTOM + 4,
+        _fill(templates.tick, x1=_coordinate(x(when)), y1=PLOT_TOP, x2=_coordinate(x(when)), y2=PLOT_BOTTOM + 4,
               text_x=_coordinate(x(when)), text_y=PLOT_BOTTOM + 18, anchor="middle",
               label=_time_label(when, seconds))
         for when in range(-(-t0 // seconds) * seconds, t1 + 1, seconds)
@@ -283,7 +281,7 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates 
         f"{plural(max(l for _, _, l in samples), 'leecher')}."
     )
     return _fill(
-        t.chart,
+        templates.chart,
         width=CHART_WIDTH, height=CHART_HEIGHT,
         left=PLOT_LEFT, right=PLOT_RIGHT, top=PLOT_TOP, bottom=PLOT_BOTTOM,
         plot_width=PLOT_RIGHT - PLOT_LEFT, plot_height=PLOT_BOTTOM - PLOT_TOP,
