@@ -91,14 +91,14 @@ def load_templates(directory: str = "") -> Templates:
     def template(name: str, allowed: set[str]) -> Template:
         path, text = read(name)
         # Fragments go inside lines of their own; the file's final newline is the editor's.
-        filled = Template(text.removesuffix("\n"))
-        if not filled.is_valid():
+        parsed = Template(text.removesuffix("\n"))
+        if not parsed.is_valid():
             raise ConfigError(f"{path}: a '$' starts no placeholder; write $$ for a dollar sign")
-        unknown = sorted(set(filled.get_identifiers()) - allowed)
+        unknown = sorted(set(parsed.get_identifiers()) - allowed)
         if unknown:
             known = ", ".join("$" + p for p in sorted(allowed))
             raise ConfigError(f"{path}: unknown placeholder ${unknown[0]}; this template knows {known}")
-        return filled
+        return parsed
 
     return Templates(
         **{field: template(name, allowed) for field, (name, allowed) in STATS_TEMPLATES.items()},
