@@ -72,7 +72,8 @@ def test_v2_only_is_known_by_its_truncated_sha256_alone():
     A v2-only torrent has no v1 hash, so the truncated SHA-256 is its one info hash."""
     meta = parse_torrent(torrent_bytes(V2_ONLY))
     assert meta.torrent == Torrent(
-        info_hash=sha256_20(bencode(V2_ONLY)), info_hash_v2=None, name="v2dir", size=10 + 20 + 300
+        info_hash=sha256_20(bencode(V2_ONLY)), info_hash_v2=None, name="v2dir", size=10 + 20 + 300,
+        info_sha256=hashlib.sha256(bencode(V2_ONLY)).digest(),
     )
     assert meta.torrent.info_hashes == (sha256_20(bencode(V2_ONLY)),)
 
@@ -82,7 +83,8 @@ def test_hybrid_has_the_v1_hash_and_the_truncated_sha256_alias():
     both name the same swarm. Size comes from the v1 file list."""
     raw = bencode(HYBRID)
     meta = parse_torrent(torrent_bytes(HYBRID))
-    assert meta.torrent == Torrent(sha1(raw), sha256_20(raw), "album", 100 + 2**40)
+    assert meta.torrent == Torrent(sha1(raw), sha256_20(raw), "album", 100 + 2**40,
+                                   info_sha256=hashlib.sha256(raw).digest())
     assert meta.torrent.info_hashes == (sha1(raw), sha256_20(raw))
 
 
@@ -116,7 +118,7 @@ def test_raw_info_bytes_also_decide_the_v2_hash():
            b"4:name2:v212:meta versioni2e12:piece lengthi16384ee")  # `name` before `meta version`
     assert bencode(bdecode(raw)) != raw
     meta = parse_torrent(b"d4:info" + raw + b"e")
-    assert meta.torrent == Torrent(sha256_20(raw), None, "v2", 7)
+    assert meta.torrent == Torrent(sha256_20(raw), None, "v2", 7, info_sha256=hashlib.sha256(raw).digest())
 
 
 def test_announce_urls_collect_announce_and_every_announce_list_entry_once():

@@ -143,7 +143,7 @@ def test_refresh_registers_new_torrents_and_writes_both_include_files(setup):
     assert f'<a href="{BASE_URL}/sub/two.torrent">Second Two</a>' in stats
     assert f"<link>{BASE_URL}/sub/two.torrent</link>" in rss
     assert rss.count("<item>") == 2
-    assert sorted(os.listdir(output)) == ["bt_rss.inc", "bt_stats.inc"]
+    assert sorted(os.listdir(output)) == ["bt_rss.inc", "bt_stats.css", "bt_stats.inc"]
 
 
 def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):

@@ -9,6 +9,8 @@ import hashlib
 import os
 import re
 import stat
+import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -17,11 +19,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import feedparser
+import libtorrent as lt
 import pytest
 from bencoder import bencode
 
 from tracker_wsgi import render
-from tracker_wsgi.config import Config
+from tracker_wsgi.config import Config, ConfigError, from_dict
 from tracker_wsgi.files import write_atomically
 from tracker_wsgi.model import TorrentReport
 from tracker_wsgi.refresh import refresh
@@ -29,10 +32,12 @@ from tracker_wsgi.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RSS = REPO / "apache" / "sample-site" / "rss.xml"
+SAMPLE_INDEX = REPO / "apache" / "sample-site" / "index.shtml"
 NOW = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT
 BASE = "http://h/torrents"
 HOSTILE = "<script>alert(1)</script>"
 QUOTES = "\"&'"
+PACKAGED = render.load_templates()  # the templates shipped in tracker_wsgi/templates/
 
 
 def report(n: int = 1, **fields) -> TorrentReport:
@@ -113,13 +118,15 @@ class Page(HTMLParser):
 def test_hostile_names_and_paths_are_text_in_the_stats_table():
     hostile_path = 'x"><img src=x onerror=alert(1)>.torrent'
     rows = [report(1, name=HOSTILE, path="a.torrent"), report(2, name=QUOTES, path=hostile_path)]
-    out = render.stats_table(rows, NOW, 900, BASE, {"a.torrent": "a <b>.nfo"}, [])
+    out = render.stats_table(rows, NOW, 900, BASE, {"a.torrent": "a <b>.nfo"}, [], PACKAGED)
     assert "<script" not in out and "<img" not in out
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out
     assert "&quot;&amp;&#x27;" in out
     page = Page(out)
     assert page.errors == []
-    assert {tag for tag, _ in page.tags} == {"style", "table", "tr", "th", "td", "a", "p", "small"}
+    # No <style>: the include lands in the page's body; its look is bt_stats.css.
+    assert {tag for tag, _ in page.tags} == {"table", "thead", "tbody", "tfoot", "tr", "th", "td", "span",
+                                             "a", "p", "time"}
     assert page.links == [
         (f"{BASE}/a%20%3Cb%3E.nfo", "info"),
         (f"{BASE}/a.torrent", HOSTILE),
@@ -143,7 +150,7 @@ def test_control_characters_are_stripped_so_the_xml_stays_well_formed():
     item = ET.fromstring(document.encode()).find("channel/item")
     assert item.findtext("title") == "badname\twith tab"
     assert feedparser.parse(document).bozo == 0
-    stats = render.stats_table([report(1, name=name)], NOW, 0, BASE, {}, [])
+    stats = render.stats_table([report(1, name=name)], NOW, 0, BASE, {}, [], PACKAGED)
     assert "badname\twith tab</a>" in stats
     assert render.escape("a\x00b\rc\nd") == "ab\rc\nd"
 
@@ -166,22 +173,29 @@ def test_elapsed_is_days_hours_minutes(seconds, text):
     assert render.elapsed(seconds) == text
 
 
-@pytest.mark.parametrize(("n", "digits", "text"), [
-    (0, 2, "0.00 B"),
-    (1023, 2, "1023.00 B"),
-    (1024, 2, "1.00 KiB"),
-    (1536, 2, "1.50 KiB"),
-    (6000, 2, "5.86 KiB"),
-    (1024**2, 2, "1.00 MiB"),
-    (1_051_648, 3, "1.003 MiB"),
-    (5 * 1024**3, 2, "5.00 GiB"),
-    (1024**4, 2, "1.00 TiB"),
-    (3 * 1024**5, 2, "3.00 PiB"),
-    (1024**6, 2, "1024.00 PiB"),  # the largest unit keeps growing
-    (12.5, 2, "12.50 B"),  # rates are fractional
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0 B"),
+    (1000, "1000 B"),  # whole bytes, never "1000.000 B"
+    (1023, "1023 B"),
+    (1023.7, "1.00 KiB"),  # would round to 1024 B: the next unit
+    (1024, "1.00 KiB"),
+    (1536, "1.50 KiB"),
+    (6000, "5.86 KiB"),
+    (10 * 1024 - 3, "10.0 KiB"),  # three significant figures
+    (19.5 * 1024, "19.5 KiB"),
+    (99.96 * 1024, "100 KiB"),
+    (1023 * 1024, "1023 KiB"),
+    (1024**2 - 1, "1.00 MiB"),
+    (1_051_648, "1.00 MiB"),
+    (700 * 1024**2, "700 MiB"),
+    (5 * 1024**3, "5.00 GiB"),
+    (1024**4, "1.00 TiB"),
+    (3 * 1024**5, "3.00 PiB"),
+    (1024**6, "1024 PiB"),  # the largest unit keeps growing
+    (12.4, "12 B"),  # rates are fractional
 ])
-def test_human_bytes_uses_binary_units(n, digits, text):
-    assert render.human_bytes(n, digits) == text
+def test_human_bytes_uses_binary_units_and_three_figures(n, text):
+    assert render.human_bytes(n) == text
 
 
 def test_average_rate_is_zero_on_a_first_refresh():
@@ -222,21 +236,35 @@ def test_each_row_and_the_totals_row():
         report(2, name="b", path="b.torrent", size=2000, seeds=0, leechers=1, downloaded=2,
                transferred=2048, bytes_left=500, added=NOW),
     ]
-    page = Page(render.stats_table(rows, NOW, 0, BASE, {"b.torrent": "b.txt"}, []))
+    page = Page(render.stats_table(rows, NOW, 0, BASE, {"b.torrent": "b.txt"}, [], PACKAGED))
     assert page.errors == []
     header, *body, totals = page.rows
+    # The original's columns; its blank header over the info links is read out, not shown.
     assert header == ["current avg. rate", "average progress", "seeds", "leechers", "total transfer",
-                      "time elapsed", "times completed", "size", "\xa0", "torrent"]
+                      "time elapsed", "times completed", "size", "info", "torrent"]
+    assert ("span", {"class": "bt-hidden"}) in page.tags
     assert body == [
-        ["0.00 B/s", "75.00 %", "2", "2", "1.000 KiB", "00d00h01m", "1", "1000.00 B", "", "a"],
-        ["0.00 B/s", "75.00 %", "0", "1", "2.000 KiB", "00d00h00m", "2", "1.95 KiB", "info", "b"],
-        ["0.00 B/s", "100.00 %", "1", "2", "1.000 MiB", "01d01h01m", "4", "2.93 KiB", "", "c"],
+        ["0 B/s", "75.00 %", "2", "2", "1.00 KiB", "00d00h01m", "1", "1000 B", "", "a"],
+        ["0 B/s", "75.00 %", "0", "1", "2.00 KiB", "00d00h00m", "2", "1.95 KiB", "info", "b"],
+        ["0 B/s", "100.00 %", "1", "2", "1.00 MiB", "01d01h01m", "4", "2.93 KiB", "", "c"],
     ]
-    assert totals == ["", "", "3", "5", "1.003 MiB", "", "7", "5.86 KiB", "", "3 torrents"]
+    assert totals == ["", "", "3", "5", "1.00 MiB", "", "7", "5.86 KiB", "", "3 torrents"]
+
+
+def test_the_totals_count_one_torrent_or_several():
+    for n, text in ((0, "0 torrents"), (1, "1 torrent"), (2, "2 torrents")):
+        rows = [report(i) for i in range(1, n + 1)]
+        assert Page(render.stats_table(rows, NOW, 0, BASE, {}, [], PACKAGED)).rows[-1][-1] == text
+
+
+def test_the_rate_is_per_second_and_readable():
+    r = report(seeds=1, leechers=1, transferred=2 * 900 * 1536, last_transfer=0)
+    assert Page(render.stats_table([r], NOW, 900, BASE, {}, [], PACKAGED)).rows[1][0] == "1.50 KiB/s"
 
 
 def test_a_torrent_without_leechers_shows_a_dash_and_one_added_by_hand_has_no_link():
-    page = Page(render.stats_table([report(1, name="hand", path="/srv/elsewhere/x.torrent")], NOW, 900, BASE, {}, []))
+    hand = report(1, name="hand", path="/srv/elsewhere/x.torrent")
+    page = Page(render.stats_table([hand], NOW, 900, BASE, {}, [], PACKAGED))
     assert page.rows[1][1] == "\u2013"
     assert page.rows[1][-1] == "hand" and page.links == []
     assert render.rss_items([report(1, path="/srv/elsewhere/x.torrent")], BASE) == (
@@ -245,20 +273,199 @@ def test_a_torrent_without_leechers_shows_a_dash_and_one_added_by_hand_has_no_li
 
 
 def test_the_refresh_time_is_shown_in_utc():
-    out = render.stats_table([], NOW, 0, BASE, {}, [])
-    assert '<p class="bt-refreshed"><small>refreshed 2023-11-14 22:13 UTC</small></p>' in out
-    assert Page(out).rows[-1] == ["", "", "0", "0", "0.000 B", "", "0", "0.00 B", "", "0 torrents"]
+    out = render.stats_table([], NOW, 0, BASE, {}, [], PACKAGED)
+    assert ('<p class="bt-refreshed">refreshed <time datetime="2023-11-14T22:13:20Z">2023-11-14 22:13 UTC'
+            '</time></p>') in out
+    assert Page(out).rows[-1] == ["", "", "0", "0", "0 B", "", "0", "0 B", "", "0 torrents"]
+
+
+# -- the chart --------------------------------------------------------------------------------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+class Chart:
+    """The chart as a reader sees it: the plot area, the labelled gridlines, the two lines."""
+
+    def __init__(self, samples):
+        self.markup = render.history_chart(samples, PACKAGED)
+        self.figure = ET.fromstring(self.markup)  # the SVG, and so the whole figure, is XML
+        self.svg = self.figure.find(f"{SVG}svg")
+        axes = next(p.get("d") for p in self.svg.iter(f"{SVG}path"))
+        self.left, self.top, self.bottom, self.right = map(
+            float, re.fullmatch(r"M([\d.]+),([\d.]+) V([\d.]+) H([\d.]+)", axes).groups())
+        self.counts: dict[str, float] = {}  # label -> y of its gridline
+        self.times: dict[str, float] = {}  # label -> x of its gridline
+        children = list(self.svg)
+        for line, label in zip(children, children[1:]):
+            if line.tag == f"{SVG}line" and label.tag == f"{SVG}text" and line.get("stroke") == "#ddd":
+                x1, y1, x2, y2 = (float(line.get(a)) for a in ("x1", "y1", "x2", "y2"))
+                if y1 == y2:
+                    self.counts[label.text] = y1
+                else:
+                    assert x1 == x2
+                    self.times[label.text] = x1
+        self.seeds, self.leechers = self.svg.findall(f"{SVG}polyline")
+
+    @staticmethod
+    def points(polyline) -> list[tuple[float, float]]:
+        return [tuple(map(float, p.split(","))) for p in polyline.get("points").split()]
 
 
 def test_history_chart_needs_two_samples():
-    assert render.history_chart([]) == ""
-    assert render.history_chart([(NOW, 1, 2)]) == ""
-    chart = render.history_chart([(NOW, 0, 4), (NOW + 900, 2, 0)])
-    page = Page(chart)
+    assert render.history_chart([], PACKAGED) == ""
+    assert render.history_chart([(NOW, 1, 2)], PACKAGED) == ""
+    assert Page(render.history_chart([(NOW, 0, 4), (NOW + 900, 2, 0)], PACKAGED)).errors == []
+
+
+def test_each_point_sits_where_the_axes_say():
+    chart = Chart([(NOW, 0, 4), (NOW + 900, 2, 0), (NOW + 1800, 4, 4)])
+    assert list(chart.counts) == ["0", "1", "2", "3", "4"]
+    assert chart.counts["0"] == chart.bottom and chart.counts["4"] == chart.top
+    middle = (chart.left + chart.right) / 2
+    y = chart.counts
+    assert Chart.points(chart.seeds) == [(chart.left, y["0"]), (middle, y["2"]), (chart.right, y["4"])]
+    assert Chart.points(chart.leechers) == [(chart.left, y["4"]), (middle, y["0"]), (chart.right, y["4"])]
+    # NOW is 22:13:20 UTC: round five minutes, each where its time falls on the axis.
+    assert list(chart.times) == ["22:15", "22:20", "22:25", "22:30", "22:35", "22:40"]
+    for label, x in chart.times.items():
+        hour, minute = map(int, label.split(":"))
+        offset = (hour * 3600 + minute * 60) - NOW % 86400
+        assert x == pytest.approx(chart.left + offset / 1800 * (chart.right - chart.left), abs=0.05)
+
+
+@pytest.mark.parametrize(("peak", "labels"), [
+    (0, ["0", "1"]),
+    (1, ["0", "1"]),
+    (4, ["0", "1", "2", "3", "4"]),
+    (5, ["0", "1", "2", "3", "4", "5"]),
+    (7, ["0", "2", "4", "6", "8"]),
+    (12, ["0", "5", "10", "15"]),
+    (1234, ["0", "500", "1000", "1500"]),
+])
+def test_the_count_axis_has_a_round_scale(peak, labels):
+    assert list(Chart([(NOW, peak, 0), (NOW + 900, 0, 0)]).counts) == labels
+
+
+def test_the_time_axis_shows_days_for_a_week_and_hours_for_a_day():
+    week = [(NOW - 7 * 86400 + i * 900, i % 5, i % 3) for i in range(7 * 96 + 1)]
+    assert list(Chart(week).times) == ["8 Nov", "9 Nov", "10 Nov", "11 Nov", "12 Nov", "13 Nov", "14 Nov"]
+    day = [(NOW - 86400 + i * 900, 1, 1) for i in range(97)]
+    assert list(Chart(day).times) == ["14 Nov", "03:00", "06:00", "09:00", "12:00", "15:00", "18:00", "21:00"]
+
+
+def test_equal_seeds_and_leechers_stay_distinguishable_and_the_legend_says_which_is_which():
+    chart = Chart([(NOW, 3, 3), (NOW + 900, 5, 5)])
+    assert chart.seeds.get("points") == chart.leechers.get("points")
+
+    def style(element):
+        return tuple(element.get(a) for a in ("stroke", "stroke-width", "stroke-dasharray"))
+
+    # Leechers are drawn over seeds, narrower and dashed: the seeds' wider line shows through.
+    assert style(chart.seeds)[0] != style(chart.leechers)[0]
+    assert float(chart.leechers.get("stroke-width")) < float(chart.seeds.get("stroke-width"))
+    assert chart.leechers.get("stroke-dasharray") and not chart.seeds.get("stroke-dasharray")
+    legend = {}
+    for group in chart.svg.iter(f"{SVG}g"):
+        children = list(group)
+        legend.update({label.text: style(line) for line, label in zip(children, children[1:])
+                       if line.tag == f"{SVG}line" and label.tag == f"{SVG}text"})
+    assert legend == {"seeds": style(chart.seeds), "leechers": style(chart.leechers)}
+
+
+def test_the_chart_has_a_title_and_a_caption_that_says_what_it_shows():
+    chart = Chart([(NOW, 1, 0), (NOW + 900, 3, 1), (NOW + 1800, 2, 1)])
+    assert chart.svg.get("role") == "img"
+    title = next(e for e in chart.svg.iter(f"{SVG}title") if e.get("id") == chart.svg.get("aria-labelledby"))
+    assert title.text == "Seeds and leechers, 14 Nov 2023 22:13 to 14 Nov 2023 22:43 UTC"
+    caption = chart.figure.find("figcaption")
+    assert caption.get("id") == chart.svg.get("aria-describedby")
+    assert caption.text == ("Seeds and leechers from 14 Nov 2023 22:13 to 14 Nov 2023 22:43 UTC, one sample "
+                            "per refresh: now 2 seeds and 1 leecher; at most 3 seeds and 1 leecher.")
+
+
+# -- the admin's templates --------------------------------------------------------------------
+
+def test_an_admins_template_replaces_the_packaged_one_file_by_file(tmp_path):
+    row = '<tr class="mine"><td>$seeds</td><td class="name">$torrent</td></tr>\n'
+    (tmp_path / "bt_stats_row.html").write_text(row)
+    (tmp_path / "bt_stats.css").write_text("table.bt-stats { color: navy; }\n")
+    templates = render.load_templates(str(tmp_path))
+    out = render.stats_table([report(1, name=HOSTILE, seeds=7)], NOW, 0, BASE, {}, [], templates)
+    page = Page(out)
     assert page.errors == []
-    lines = [attrs["points"] for tag, attrs in page.tags if tag == "polyline"]
-    # x from 30 to 570, y from 130 (zero) to 30 (the peak, 4)
-    assert lines == ["30.0,130.0 570.0,80.0", "30.0,30.0 570.0,130.0"]
+    assert ("tr", {"class": "mine"}) in page.tags  # the admin's row
+    assert ("table", {"class": "bt-stats"}) in page.tags  # the packaged page around it
+    assert page.rows[1] == ["7", HOSTILE]  # values are escaped whatever the template
+    assert "<script" not in out
+    assert templates.stylesheet == "table.bt-stats { color: navy; }\n"
+    assert render.load_templates().stylesheet != templates.stylesheet
+
+
+@pytest.mark.parametrize(("file", "text", "message"), [
+    ("bt_stats_row.html", "<tr><td>$sede</td></tr>",
+     "bt_stats_row.html: unknown placeholder $sede; this template knows"),
+    ("bt_stats.html", "<p>costs $5</p>", "bt_stats.html: a '$' starts no placeholder; write $$ for a dollar sign"),
+])
+def test_a_template_mistake_is_one_line_naming_the_file(tmp_path, file, text, message):
+    (tmp_path / file).write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        render.load_templates(str(tmp_path))
+    assert str(caught.value).startswith(f"{tmp_path}/{message}") and "\n" not in str(caught.value)
+
+
+def test_template_dir_is_an_absolute_directory(tmp_path):
+    assert from_dict({"template_dir": str(tmp_path)}).template_dir == str(tmp_path)
+    assert from_dict({}).template_dir == ""
+    with pytest.raises(ConfigError, match="template_dir = 'templates' is not allowed; .* absolute path"):
+        from_dict({"template_dir": "templates"})
+    with pytest.raises(ConfigError, match="template_dir = '/nowhere/x' is not a directory"):
+        render.load_templates("/nowhere/x")
+
+
+# -- valid HTML: the Nu Html Checker (the W3C's validator) -------------------------------------
+
+# Installed by scripts/bootstrap --test (npm's vnu-jar, run by Java).
+VNU_JAR = Path(sys.prefix) / "vnu" / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar"
+
+
+def nu_check(*paths: Path) -> list[str]:
+    """Every error and warning the Nu Html Checker finds in these HTML and CSS files."""
+    assert VNU_JAR.exists(), f"{VNU_JAR} is missing: run scripts/bootstrap --test"
+    result = subprocess.run(
+        ["java", "-jar", str(VNU_JAR), "--also-check-css", "--format", "gnu", *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )
+    return result.stderr.splitlines() + ([f"exit {result.returncode}"] if result.returncode else [])
+
+
+def sample_page(include: str) -> str:
+    """The shipped index.shtml with the include in place, as Apache's SSI serves it."""
+    return re.sub(r"<!--#include[^>]*-->", lambda _: include, SAMPLE_INDEX.read_text())
+
+
+def test_the_sample_page_with_its_include_and_the_stylesheet_are_valid(tmp_path):
+    rows = [
+        report(1, name=HOSTILE, path="a b/c.torrent", seeds=3, leechers=2, bytes_left=10, transferred=5 << 20),
+        report(2, name=QUOTES, path='x"><img src=x>.torrent'),
+        report(3, name="hand", path="/srv/elsewhere/x.torrent", leechers=1, bytes_left=1000),
+    ]
+    history = [(NOW - 7 * 86400 + i * 900, i % 7, i % 4) for i in range(7 * 96 + 1)]
+    full = tmp_path / "full.html"
+    info_links = {"a b/c.torrent": "a b/c.nfo"}
+    full.write_text(sample_page(render.stats_table(rows, NOW, 900, BASE, info_links, history, PACKAGED)))
+    empty = tmp_path / "empty.html"
+    empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [], PACKAGED)))
+    stylesheet = tmp_path / "bt_stats.css"
+    stylesheet.write_text(render.load_templates().stylesheet)
+    assert nu_check(full, empty, stylesheet) == []
+
+
+def test_the_checker_finds_what_the_old_include_did_wrong(tmp_path):
+    """The check can fail: a <style> in the body (as the include once had) is an error."""
+    page = tmp_path / "old.html"
+    page.write_text(sample_page("<p>x</p>\n<style>td { color: red; }</style>\n<table><tr><td>1</td></tr></table>"))
+    assert any("style" in message for message in nu_check(page))
 
 
 # -- through a real refresh: the files the site includes ------------------------------------
@@ -312,6 +519,54 @@ def test_rss_feed_parses_with_titles_links_dates_and_enclosures(site):
     ]
 
 
+def libtorrent_torrent(directory: Path, name: str, flags: int) -> tuple[bytes, lt.info_hash_t]:
+    """A .torrent as a real client makes it: libtorrent's hybrid (flags 0), v1-only or v2-only."""
+    content = directory / name
+    content.write_bytes(name.encode() * 5000)
+    creator = lt.create_torrent(lt.list_files(str(content)), 0, flags)
+    creator.add_tracker("http://h/tracker/announce")
+    lt.set_piece_hashes(creator, str(directory))
+    data = lt.bencode(creator.generate())
+    return data, lt.torrent_info(lt.bdecode(data)).info_hashes()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "mysql"])
+def test_rss_guids_name_the_v1_hash_as_btih_and_the_v2_hash_as_btmh(db, request, shared_dir, tmp_path):
+    """BEP 9: urn:btih: and the SHA-1 of a v1 or hybrid torrent; urn:btmh: and the whole
+    SHA-256 as a multihash (1220 + 64 hex digits), never the 20 bytes trackers see."""
+    url = request.getfixturevalue(f"{db}_url")
+    torrents = shared_dir / "torrents"
+    torrents.mkdir()
+    config = Config(database=url, torrent_dir=str(torrents), output_dir=str(shared_dir / "output"), base_url=BASE)
+    store = open_store(url, config.peer_timeout)
+    store.create_tables()
+    made = {}
+    for added, (name, flags) in enumerate([("hybrid", 0), ("v1", lt.create_torrent.v1_only),
+                                           ("v2", lt.create_torrent.v2_only)]):
+        data, hashes = libtorrent_torrent(tmp_path, name, flags)
+        (torrents / f"{name}.torrent").write_bytes(data)
+        made[name] = hashes
+        refresh(config, store, force=True, now=NOW + added)
+    store.close()
+    document = rss_document((shared_dir / "output" / "bt_rss.inc").read_text())
+    dc = "{http://purl.org/dc/elements/1.1/}"
+    items = {item.findtext("title"): item for item in ET.fromstring(document.encode()).iter("item")}
+    btih, btmh = {}, {}
+    for name, hashes in made.items():
+        btih[name] = f"urn:btih:{hashes.v1.to_bytes().hex()}"
+        btmh[name] = f"urn:btmh:1220{hashes.v2.to_bytes().hex()}"
+        assert len(btmh[name]) == len("urn:btmh:") + 4 + 64
+    assert made["v1"].has_v2() is False and made["v2"].has_v1() is False and made["hybrid"].has_v1()
+    assert {name: (item.findtext("guid"), [e.text for e in item.iter(f"{dc}identifier")])
+            for name, item in items.items()} == {
+        "hybrid": (btih["hybrid"], [btih["hybrid"], btmh["hybrid"]]),
+        "v1": (btih["v1"], [btih["v1"]]),
+        "v2": (btmh["v2"], [btmh["v2"]]),
+    }
+    feed = feedparser.parse(document)
+    assert feed.bozo == 0 and sorted(e.id for e in feed.entries) == sorted([btih["hybrid"], btih["v1"], btmh["v2"]])
+
+
 def test_stats_include_is_a_table_and_gains_a_chart_with_two_samples(site):
     config, store, torrents, output = site
     write_torrent(torrents, "a.torrent", "A")
@@ -323,13 +578,15 @@ def test_stats_include_is_a_table_and_gains_a_chart_with_two_samples(site):
     assert ("table", {"class": "bt-stats"}) in first.tags
     assert "svg" not in {tag for tag, _ in first.tags}
     assert first.links == [(f"{BASE}/a.html", "info"), (f"{BASE}/a.torrent", "A")]
-    assert len(first.rows) == 3 and first.rows[-1][-1] == "1 torrents"
+    assert len(first.rows) == 3 and first.rows[-1][-1] == "1 torrent"
 
     refresh(config, store, force=True, now=NOW + 900)
     second = Page((output / "bt_stats.inc").read_text())
     assert second.errors == []
-    assert [attrs.get("class") for tag, attrs in second.tags if tag == "svg"] == ["bt-history"]
+    assert [attrs.get("class") for tag, attrs in second.tags if tag == "figure"] == ["bt-history"]
     assert len([tag for tag, _ in second.tags if tag == "polyline"]) == 2
+    # The page's stylesheet, beside the include: the packaged one.
+    assert (output / "bt_stats.css").read_text() == render.load_templates().stylesheet
 
 
 # -- atomic replacement -----------------------------------------------------------------------

@@ -15,7 +15,9 @@ import pytest
 from bencoder import bencode
 
 from conftest import APACHE_DIR, announce_query, decode, give_to_www_data
+from test_render import nu_check
 from tracker_wsgi import config as config_module
+from tracker_wsgi import render
 from tracker_wsgi.refresh import refresh
 from tracker_wsgi.store import open_configured, open_store
 
@@ -53,8 +55,10 @@ def site(shared_dir, apache_factory, sqlite_url):
     (apache.run_dir / "tracker.toml").write_text(config_text)
     config = config_module.load(str(apache.run_dir / "tracker.toml"))
     store = open_configured(config)
-    report = refresh(config, store, force=True)
+    # Two refreshes a quarter of an hour apart: two history samples, so the page has its chart.
+    report = refresh(config, store, force=True, now=int(time.time()) - 900)
     assert (report.registered, report.warnings) == (2, [])
+    refresh(config, store, force=True)
     give_to_www_data(shared_dir)
     return apache
 
@@ -63,12 +67,27 @@ def test_index_shows_the_included_stats_table(site):
     status, headers, body = site.get("/torrents/")
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
-    assert '<table class="bt-stats">' in page and "2 torrents" in page
+    assert '<table class="bt-stats">' in page and '<td class="name">2 torrents</td>' in page
     # Names are escaped text, links point at the .torrent and the info file beside it.
     assert "Album &lt;b&gt;&amp; friends&lt;/b&gt;" in page and "<b>&" not in page
     assert f'href="{site.base}/torrents/music/album.torrent"' in page
     assert f'href="{site.base}/torrents/music/album.nfo"' in page
     assert "<!--#include" not in page
+
+
+def test_the_page_as_served_is_valid_html_and_its_stylesheet_is_served(site, tmp_path):
+    _, _, body = site.get("/torrents/")
+    head, _, page_body = body.decode().partition("<body>")
+    # The include lands in the body, so its look comes from a stylesheet linked in the head.
+    assert '<link rel="stylesheet" href="/tracker-output/bt_stats.css">' in head
+    assert "<style" not in page_body
+    assert '<figure class="bt-history">' in page_body and "<title id=" in page_body
+    (tmp_path / "index.html").write_bytes(body)
+    status, headers, css = site.get("/tracker-output/bt_stats.css")
+    assert status == 200 and headers["Content-Type"].startswith("text/css")
+    assert css.decode() == render.load_templates().stylesheet
+    (tmp_path / "bt_stats.css").write_bytes(css)
+    assert nu_check(tmp_path / "index.html", tmp_path / "bt_stats.css") == []
 
 
 def test_rss_is_a_valid_feed_with_enclosures(site):

@@ -66,6 +66,9 @@ class Config:
     refresh_secret: str = ""
     # When set, a .torrent is registered only if it announces this URL.
     announce_url: str = ""
+    # The admin's stats page templates: any of the files in tracker_wsgi/templates/
+    # (bt_stats.html, bt_stats.css, ...) found here replace the packaged one. Empty: packaged.
+    template_dir: str = ""
     # Bounds on what clients can make each daemon process hold (live.py, limits.py; the
     # defaults fit the shipped memory-limit). Beyond them new swarms and peers are answered
     # `retry in` (BEP 31) until room is made.
@@ -177,6 +180,8 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE")
     if key in ("torrent_dir", "output_dir") and not os.path.isabs(value):
         raise bad("an absolute path")
+    if key == "template_dir" and value and not os.path.isabs(value):
+        raise bad("empty (the packaged templates) or an absolute path")
     if key == "refresh_secret" and value and (
         len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT_CHARACTERS
     ):

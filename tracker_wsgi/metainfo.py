@@ -152,7 +152,8 @@ def parse_torrent(data: bytes, path: str = "") -> Metainfo:
         raise MetainfoError("info has neither v1 pieces and lengths nor a v2 file tree")
     if not isinstance(info.get(b"piece length"), int):
         raise MetainfoError("info has no piece length")
-    v2_hash = hashlib.sha256(raw_info).digest()[:20] if is_v2 else None
+    info_sha256 = hashlib.sha256(raw_info).digest() if is_v2 else None
+    v2_hash = info_sha256[:20] if info_sha256 else None
     if has_v1:
         info_hash, info_hash_v2, size = hashlib.sha1(raw_info).digest(), v2_hash, v1_size
     else:
@@ -168,5 +169,6 @@ def parse_torrent(data: bytes, path: str = "") -> Metainfo:
         name=_text(info.get(b"name")),
         size=size,
         path=path,
+        info_sha256=info_sha256,
     )
     return Metainfo(torrent, tuple(u for u in dict.fromkeys(urls) if u))

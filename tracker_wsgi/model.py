@@ -184,6 +184,7 @@ class Torrent:
     path: str = ""  # .torrent file: relative to the torrent directory, or absolute if added by hand
     file_size: int = 0  # the .torrent file's size and mtime (ns) when it was parsed
     file_mtime: int = 0
+    info_sha256: bytes | None = None  # v2 and hybrid: the whole SHA-256 of info (BEP 52), for urn:btmh
 
     @property
     def info_hashes(self) -> tuple[bytes, ...]:
@@ -194,7 +195,7 @@ class Torrent:
 class TorrentReport:
     """One torrent's line in the stats table and the RSS feed, as of one refresh."""
 
-    info_hash: bytes
+    info_hash: bytes  # the v1 SHA-1, or a v2-only torrent's truncated SHA-256
     name: str
     path: str
     size: int
@@ -208,3 +209,4 @@ class TorrentReport:
     bytes_left: int  # summed over peers that are not seeds
     last_transfer: int  # `transferred` at the previous refresh
     last_done: int  # `downloaded` at the previous refresh
+    info_sha256: bytes | None = None  # v2 and hybrid: the whole SHA-256 of info (BEP 52)

@@ -1,6 +1,6 @@
 """refresh and force-refresh: expire silent peers, recount, remove idle torrents of
 whitelist mode `open`, sample history, rescan the torrent directory, rewrite bt_stats.inc
-and bt_rss.inc.
+(and its bt_stats.css) and bt_rss.inc.
 
 One refresh at a time across every process and host sharing the database: the lock is a
 lease row in the database (store.take_refresh_lock). Cron runs it (`tracker-wsgi refresh`),
@@ -26,7 +26,7 @@ from .files import write_atomically
 LOCK_LEASE_SECONDS = 600  # a refresh that dies holding the lock loses it after this long
 HISTORY_SECONDS = 30 * 86400  # history samples kept for the chart
 CHART_SECONDS = 7 * 86400  # the chart shows the last week
-STATS_FILE, RSS_FILE = "bt_stats.inc", "bt_rss.inc"
+STATS_FILE, STYLESHEET_FILE, RSS_FILE = "bt_stats.inc", "bt_stats.css", "bt_rss.inc"
 
 
 class RefreshBusy(Exception):
@@ -78,6 +78,7 @@ def refresh(
         previous = store.last_refresh()
         if not force and now < previous + config.refresh_interval:
             return RefreshReport(ran=False)
+        templates = render.load_templates(config.template_dir)  # a broken one stops us before any work
         report = RefreshReport(ran=True)
         report.expired = store.expire_peers(now)
         if config.whitelist == "open":  # torrents nobody announces to leave, as their peers did
@@ -108,8 +109,9 @@ def refresh(
         store.record_refresh(now, seeds, leechers, HISTORY_SECONDS)
         history = store.history(now - CHART_SECONDS)
         period = now - previous if previous else 0
-        stats = render.stats_table(torrents, now, period, config.base_url, info_links, history)
+        stats = render.stats_table(torrents, now, period, config.base_url, info_links, history, templates)
         os.makedirs(config.output_dir, exist_ok=True)
+        write_atomically(os.path.join(config.output_dir, STYLESHEET_FILE), templates.stylesheet.encode())
         write_atomically(os.path.join(config.output_dir, STATS_FILE), stats.encode())
         rss = render.rss_items(torrents, config.base_url)
         write_atomically(os.path.join(config.output_dir, RSS_FILE), rss.encode())

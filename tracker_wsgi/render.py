@@ -1,5 +1,10 @@
-"""The two include files for the site: bt_stats.inc (HTML table and chart) and bt_rss.inc
-(RSS items). Pure: rows in, text out. All HTML and XML escaping happens here and only here.
+"""The site's generated files: bt_stats.inc (the stats table and chart, an HTML fragment for
+the page's body), its stylesheet bt_stats.css, and bt_rss.inc (RSS items).
+
+The stats markup and its look are template files (tracker_wsgi/templates/, string.Template
+syntax), which an admin overrides file by file from `template_dir`. Values reach markup in
+one place, `_fill`, which escapes every value that is not itself a filled template; the
+RSS items use the same `escape`. Everything but `load_templates` is pure: rows in, text out.
 
 The columns are the original's (BitTorrent::TrackerCGI v0.02, reference §9), with its
 bugs fixed: transfer counts uploaded bytes only (the original added uploads and downloads,
@@ -9,19 +14,96 @@ counting every byte twice), and the rate's denominator includes the peers that l
 from __future__ import annotations
 
 import html
+import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
+from importlib import resources
+from string import Template
 from urllib.parse import quote
 
 from . import __version__
+from .config import ConfigError
 from .model import TorrentReport
 
 UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 # Characters XML 1.0 forbids; a torrent name may carry any of them.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-CHART_WIDTH, CHART_HEIGHT = 600, 160
+
+# Each template file and the placeholders it may use; an unknown one is an admin's typo.
+STATS_TEMPLATES = {
+    "page": ("bt_stats.html", {"rows", "seeds", "leechers", "transferred", "completed", "size",
+                               "torrents", "refreshed", "refreshed_iso", "chart"}),
+    "row": ("bt_stats_row.html", {"rate", "progress", "seeds", "leechers", "transferred", "elapsed",
+                                  "completed", "size", "info", "torrent"}),
+    "link": ("bt_stats_link.html", {"href", "text"}),
+    "chart": ("bt_stats_chart.svg", {"width", "height", "left", "right", "top", "bottom", "plot_width",
+                                     "plot_height", "ticks", "seeds", "leechers", "title", "summary"}),
+    "tick": ("bt_stats_tick.svg", {"x1", "y1", "x2", "y2", "text_x", "text_y", "anchor", "label"}),
+}
+STYLESHEET = "bt_stats.css"  # copied as it is: CSS has no placeholders
+
+# The chart, in SVG user units (pixels at 100%): the plot area leaves room on the left for
+# the peer counts, above for the legend, below for the times.
+CHART_WIDTH, CHART_HEIGHT = 640, 240
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 48, 616, 40, 200
+MAX_COUNT_TICKS = 5  # gridlines up the count axis: enough to read a value off, still far apart
+MAX_TIME_TICKS = 8  # labels along the time axis: "14 Nov" is about 40 px; 8 leave room between
+# Time axis steps, seconds: whole minutes, hours and days, so the labels are round times.
+TIME_STEPS = (60, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
+              2 * 86400, 7 * 86400)
+
+
+class Html(str):
+    """Markup: a filled template. `_fill` inserts it as it is; any other value is escaped."""
+
+
+@dataclass(frozen=True)
+class Templates:
+    page: Template
+    row: Template
+    link: Template
+    chart: Template
+    tick: Template
+    stylesheet: str
+
+
+def load_templates(directory: str = "") -> Templates:
+    """The stats templates: each file from `directory` (the admin's template_dir) when it is
+    there, else the packaged one. Raises ConfigError naming the file and what to fix."""
+    if directory and not os.path.isdir(directory):
+        raise ConfigError(f"template_dir = {directory!r} is not a directory; create it or unset template_dir")
+
+    def read(name: str) -> tuple[str, str]:
+        path = os.path.join(directory, name) if directory else ""
+        if path and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return path, f.read()
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot read the template: {exc.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}: the template is not UTF-8 text") from None
+        return name, resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+
+    def template(name: str, allowed: set[str]) -> Template:
+        path, text = read(name)
+        # Fragments go inside lines of their own; the file's final newline is the editor's.
+        parsed = Template(text.removesuffix("\n"))
+        if not parsed.is_valid():
+            raise ConfigError(f"{path}: a '$' starts no placeholder; write $$ for a dollar sign")
+        unknown = sorted(set(parsed.get_identifiers()) - allowed)
+        if unknown:
+            known = ", ".join("$" + p for p in sorted(allowed))
+            raise ConfigError(f"{path}: unknown placeholder ${unknown[0]}; this template knows {known}")
+        return parsed
+
+    return Templates(
+        **{field: template(name, allowed) for field, (name, allowed) in STATS_TEMPLATES.items()},
+        stylesheet=read(STYLESHEET)[1],
+    )
 
 
 def escape(text: str) -> str:
@@ -29,12 +111,26 @@ def escape(text: str) -> str:
     return html.escape(_XML_FORBIDDEN.sub("", text), quote=True)
 
 
-def human_bytes(n: float, digits: int = 2) -> str:
-    unit = 0
-    while n >= 1024 and unit < len(UNITS) - 1:
+def _fill(template: Template, **values: object) -> Html:
+    """The one place values meet markup: text is escaped, filled templates go in as they are."""
+    return Html(template.substitute(
+        {key: value if isinstance(value, Html) else escape(str(value)) for key, value in values.items()}
+    ))
+
+
+def human_bytes(n: float) -> str:
+    """Three significant figures in binary units: 1000 B, 1.50 KiB, 19.5 MiB, 700 GiB."""
+    for unit in UNITS:
+        decimals = 0 if unit == "B" or n >= 99.95 else 1 if n >= 9.995 else 2
+        text = f"{n:.{decimals}f}"
+        if float(text) < 1024 or unit == UNITS[-1]:  # 1023.7 B shows as 1.00 KiB, not 1024 B
+            return f"{text} {unit}"
         n /= 1024
-        unit += 1
-    return f"{n:.{digits}f} {UNITS[unit]}"
+    raise AssertionError("unreachable")
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def elapsed(seconds: int) -> str:
@@ -64,10 +160,6 @@ def average_progress(r: TorrentReport) -> float | None:
     return max(0.0, 1 - r.bytes_left / (incomplete * r.size))
 
 
-HEADERS = ("current avg. rate", "average progress", "seeds", "leechers", "total transfer",
-           "time elapsed", "times completed", "size", "", "torrent")
-
-
 def stats_table(
     reports: Sequence[TorrentReport],
     now: int,
@@ -75,93 +167,151 @@ def stats_table(
     base_url: str,
     info_links: dict[str, str],
     history: Sequence[tuple[int, int, int]],
+    templates: Templates,
 ) -> str:
     """bt_stats.inc: the table, one row per torrent sorted by path, a totals row, the
     refresh time, and a chart of seeds and leechers over time."""
-    rows = sorted(reports, key=lambda r: (r.path, r.name))
-    out = [
-        '<style>\n'
-        'table.bt-stats { border-collapse: collapse; }\n'
-        'table.bt-stats td, table.bt-stats th { padding: 2px 6px; white-space: nowrap; text-align: right; }\n'
-        'table.bt-stats tr:nth-child(odd) td { background: #e6e6e6; }\n'
-        'table.bt-stats tr:nth-child(even) td { background: #f2f2f2; }\n'
-        'table.bt-stats td.name, table.bt-stats th.name { text-align: left; }\n'
-        '</style>\n',
-        '<table class="bt-stats">\n<tr>'
-        + "".join(f"<th>{escape(h) or '&nbsp;'}</th>" for h in HEADERS[:-1])
-        + f'<th class="name">{HEADERS[-1]}</th></tr>\n',
-    ]
-    for r in rows:
+    reports = sorted(reports, key=lambda r: (r.path, r.name))
+    rows = []
+    for r in reports:
         progress = average_progress(r)
         url = torrent_url(base_url, r.path) if r.path and not r.path.startswith("/") else ""
-        name = escape(r.name or r.path.rsplit("/", 1)[-1] or r.info_hash.hex())
+        name = r.name or r.path.rsplit("/", 1)[-1] or r.info_hash.hex()
         info = info_links.get(r.path)
-        cells = [
-            human_bytes(average_rate(r, period)) + "/s",
-            "&ndash;" if progress is None else f"{progress * 100:.2f} %",
-            str(r.seeds),
-            str(r.leechers + r.partial_seeds),
-            human_bytes(r.transferred, 3),
-            elapsed(now - r.added),
-            str(r.downloaded),
-            human_bytes(r.size),
-            f'<a href="{escape(torrent_url(base_url, info))}">info</a>' if info else "",
-        ]
-        link = f'<a href="{escape(url)}">{name}</a>' if url else name
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="name">{link}</td></tr>\n')
-    totals = [
-        "", "",
-        str(sum(r.seeds for r in rows)),
-        str(sum(r.leechers + r.partial_seeds for r in rows)),
-        human_bytes(sum(r.transferred for r in rows), 3),
-        "",
-        str(sum(r.downloaded for r in rows)),
-        human_bytes(sum(r.size for r in rows)),
-        "",
-    ]
-    out.append("<tr>" + "".join(f"<td>{c}</td>" for c in totals) + f'<td class="name">{len(rows)} torrents</td></tr>\n')
-    out.append("</table>\n")
-    refreshed = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    out.append(f'<p class="bt-refreshed"><small>refreshed {refreshed}</small></p>\n')
-    out.append(history_chart(history))
-    return "".join(out)
+        rows.append(_fill(
+            templates.row,
+            rate=human_bytes(average_rate(r, period)) + "/s",
+            progress="\u2013" if progress is None else f"{progress * 100:.2f} %",
+            seeds=r.seeds,
+            leechers=r.leechers + r.partial_seeds,
+            transferred=human_bytes(r.transferred),
+            elapsed=elapsed(now - r.added),
+            completed=r.downloaded,
+            size=human_bytes(r.size),
+            info=_fill(templates.link, href=torrent_url(base_url, info), text="info") if info else "",
+            torrent=_fill(templates.link, href=url, text=name) if url else name,
+        ))
+    refreshed = datetime.fromtimestamp(now, timezone.utc)
+    return _fill(
+        templates.page,
+        rows=Html("\n".join(rows)),
+        seeds=sum(r.seeds for r in reports),
+        leechers=sum(r.leechers + r.partial_seeds for r in reports),
+        transferred=human_bytes(sum(r.transferred for r in reports)),
+        completed=sum(r.downloaded for r in reports),
+        size=human_bytes(sum(r.size for r in reports)),
+        torrents=plural(len(reports), "torrent"),
+        refreshed=f"{refreshed:%Y-%m-%d %H:%M} UTC",
+        refreshed_iso=f"{refreshed:%Y-%m-%dT%H:%M:%SZ}",
+        chart=history_chart(history, templates),
+    ) + "\n"
 
 
-def history_chart(samples: Sequence[tuple[int, int, int]]) -> str:
-    """An inline SVG line chart of seeds and leechers per history sample."""
+def count_step(peak: int) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that reaches `peak` in MAX_COUNT_TICKS steps."""
+    power = 1
+    while True:
+        for step in (power, 2 * power, 5 * power):
+            if peak <= step * MAX_COUNT_TICKS:
+                return step
+        power *= 10
+
+
+def time_step(span: int) -> int:
+    """The shortest of TIME_STEPS that crosses `span` seconds in MAX_TIME_TICKS steps."""
+    return next((s for s in TIME_STEPS if span <= s * MAX_TIME_TICKS), TIME_STEPS[-1])
+
+
+def _utc(timestamp: int) -> datetime:
+    return datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+def _time_label(timestamp: int, step: int) -> str:
+    """A day for daily steps and at midnight, else the time of day."""
+    when = _utc(timestamp)
+    return f"{when.day} {when:%b}" if step >= 86400 or timestamp % 86400 == 0 else f"{when:%H:%M}"
+
+
+def _coordinate(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates) -> Html:
+    """An SVG line chart of seeds and leechers per history sample (time, seeds, leechers),
+    with both axes, gridlines, a legend and a caption saying what it shows; nothing until
+    there are two samples."""
     if len(samples) < 2:
-        return ""
+        return Html("")
     t0, t1 = samples[0][0], samples[-1][0]
-    top = max(1, max(max(s, l) for _, s, l in samples))
-    pad = 30
+    span = max(1, t1 - t0)
+    peak = max(max(seeds, leechers) for _, seeds, leechers in samples)
+    step = count_step(peak)
+    top = max(step, -(-peak // step) * step)
 
-    def points(column: int) -> str:
-        return " ".join(
-            f"{pad + (t - t0) / max(1, t1 - t0) * (CHART_WIDTH - 2 * pad):.1f},"
-            f"{CHART_HEIGHT - pad - row[column] / top * (CHART_HEIGHT - 2 * pad):.1f}"
-            for row in samples for t in (row[0],)
-        )
+    def x(timestamp: int) -> float:
+        return PLOT_LEFT + (timestamp - t0) / span * (PLOT_RIGHT - PLOT_LEFT)
 
-    start = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d %H:%M")
-    end = datetime.fromtimestamp(t1, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (
-        f'<svg class="bt-history" xmlns="http://www.w3.org/2000/svg" width="{CHART_WIDTH}" '
-        f'height="{CHART_HEIGHT}" viewBox="0 0 {CHART_WIDTH} {CHART_HEIGHT}" role="img" '
-        f'aria-label="seeds and leechers from {start} to {end}">\n'
-        f'<rect x="0" y="0" width="{CHART_WIDTH}" height="{CHART_HEIGHT}" fill="#fafafa" stroke="#ccc"/>\n'
-        f'<text x="{pad}" y="16" font-size="12" fill="#333">peak {top} &#8212; '
-        f'<tspan fill="#2a7">seeds</tspan> / <tspan fill="#c52">leechers</tspan></text>\n'
-        f'<polyline fill="none" stroke="#2a7" stroke-width="2" points="{points(1)}"/>\n'
-        f'<polyline fill="none" stroke="#c52" stroke-width="2" points="{points(2)}"/>\n'
-        f'<text x="{pad}" y="{CHART_HEIGHT - 8}" font-size="11" fill="#666">{start}</text>\n'
-        f'<text x="{CHART_WIDTH - pad}" y="{CHART_HEIGHT - 8}" font-size="11" fill="#666" '
-        f'text-anchor="end">{end}</text>\n'
-        "</svg>\n"
+    def y(count: int) -> float:
+        return PLOT_BOTTOM - count / top * (PLOT_BOTTOM - PLOT_TOP)
+
+    ticks = [
+        _fill(templates.tick, x1=PLOT_LEFT, y1=_coordinate(y(count)), x2=PLOT_RIGHT, y2=_coordinate(y(count)),
+              text_x=PLOT_LEFT - 6, text_y=_coordinate(y(count) + 4), anchor="end", label=count)
+        for count in range(0, top + 1, step)
+    ]
+    seconds = time_step(span)
+    ticks += [
+        _fill(templates.tick, x1=_coordinate(x(when)), y1=PLOT_TOP, x2=_coordinate(x(when)), y2=PLOT_BOTTOM + 4,
+              text_x=_coordinate(x(when)), text_y=PLOT_BOTTOM + 18, anchor="middle",
+              label=_time_label(when, seconds))
+        for when in range(-(-t0 // seconds) * seconds, t1 + 1, seconds)
+    ]
+
+    def line(column: int) -> str:
+        return " ".join(f"{_coordinate(x(row[0]))},{_coordinate(y(row[column]))}" for row in samples)
+
+    def when(timestamp: int) -> str:
+        return f"{_utc(timestamp).day} {_utc(timestamp):%b %Y %H:%M}"
+
+    _, seeds_now, leechers_now = samples[-1]
+    summary = (
+        f"Seeds and leechers from {when(t0)} to {when(t1)} UTC, one sample per refresh: now "
+        f"{plural(seeds_now, 'seed')} and {plural(leechers_now, 'leecher')}; at most "
+        f"{plural(max(s for _, s, _ in samples), 'seed')} and "
+        f"{plural(max(l for _, _, l in samples), 'leecher')}."
+    )
+    return _fill(
+        templates.chart,
+        width=CHART_WIDTH, height=CHART_HEIGHT,
+        left=PLOT_LEFT, right=PLOT_RIGHT, top=PLOT_TOP, bottom=PLOT_BOTTOM,
+        plot_width=PLOT_RIGHT - PLOT_LEFT, plot_height=PLOT_BOTTOM - PLOT_TOP,
+        ticks=Html("\n".join(ticks)),
+        seeds=line(1), leechers=line(2),
+        title=f"Seeds and leechers, {when(t0)} to {when(t1)} UTC",
+        summary=summary,
     )
 
 
+# BEP 9 URNs: urn:btih: and a v1 SHA-1 in hex; urn:btmh: and a v2 SHA-256 as a multihash,
+# hex of <0x12 sha2-256><0x20 bytes long><digest>.
+SHA256_MULTIHASH_PREFIX = "1220"
+DUBLIN_CORE = "http://purl.org/dc/elements/1.1/"
+
+
+def info_hash_urns(r: TorrentReport) -> list[str]:
+    """The torrent's info hashes as URNs: the v1 one (v1 and hybrid torrents), then the v2."""
+    urns = []
+    if r.info_sha256 is None or r.info_hash != r.info_sha256[:20]:
+        urns.append(f"urn:btih:{r.info_hash.hex()}")
+    if r.info_sha256 is not None:
+        urns.append(f"urn:btmh:{SHA256_MULTIHASH_PREFIX}{r.info_sha256.hex()}")
+    return urns
+
+
 def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
-    """bt_rss.inc: the inside of the site's <channel>, newest torrent first."""
+    """bt_rss.inc: the inside of the site's <channel>, newest torrent first. Each item's guid
+    is its first info hash URN, and a dc:identifier names each (the namespace is declared
+    on the element, so a site's rss.xml needs no change)."""
     listed = sorted((r for r in reports if r.path and not r.path.startswith("/")),
                     key=lambda r: (-r.added, r.path))
     out = [f"<generator>tracker_wsgi {__version__}</generator>\n"]
@@ -169,11 +319,13 @@ def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
         out.append(f"<lastBuildDate>{_rfc822(listed[0].added)}</lastBuildDate>\n")
     for r in listed:
         url = escape(torrent_url(base_url, r.path))
+        urns = info_hash_urns(r)
+        identifiers = "".join(f'<dc:identifier xmlns:dc="{DUBLIN_CORE}">{urn}</dc:identifier>' for urn in urns)
         out.append(
             "<item>"
             f"<title>{escape(r.name or r.path)}</title>"
             f"<link>{url}</link>"
-            f'<guid isPermaLink="false">urn:btih:{r.info_hash.hex()}</guid>'
+            f'<guid isPermaLink="false">{urns[0]}</guid>{identifiers}'
             f"<pubDate>{_rfc822(r.added)}</pubDate>"
             # RSS 2.0: length is the enclosure's own size, the .torrent file (the original
             # gave the content's size).

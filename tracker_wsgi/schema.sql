@@ -29,8 +29,10 @@ CREATE TABLE IF NOT EXISTS torrents (
     transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes uploaded by peers that have left
     last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total uploaded at the last refresh (for the rate)
     last_done   INT UNSIGNED    NOT NULL DEFAULT 0,   -- downloaded at the last refresh
-    version     BIGINT UNSIGNED NOT NULL DEFAULT 0    -- +1 by every transaction that writes its peers:
+    version     BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- +1 by every transaction that writes its peers:
                                                       --   a process whose view knows it knows the swarm
+    info_sha256 BINARY(32)      NULL                  -- v2 and hybrid: the whole SHA-256 of info (BEP 52),
+                                                      --   named in the feed as urn:btmh
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Every info hash that names a torrent: the v1 SHA-1 and, for v2 and hybrid torrents, the

@@ -160,7 +160,8 @@ class SqlStore:
     )
     WRITTEN = "SELECT id, version, leechers, seeders, partial_seeds, downloaded FROM torrents WHERE id IN ({})"
     INSERT_TORRENT = (
-        "INSERT INTO torrents (name, size, path, added, file_size, file_mtime) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO torrents (name, size, path, added, file_size, file_mtime, info_sha256) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     INSERT_HASH = "INSERT INTO info_hashes (info_hash, torrent_id) VALUES (?, ?)"
     COUNT_TORRENTS = "SELECT COUNT(*) FROM torrents"
@@ -216,9 +217,12 @@ class SqlStore:
         "INSERT INTO skipped_files (path_hash, path, file_size, file_mtime, reason) VALUES (?, ?, ?, ?, ?)"
     )
     REPORT_TORRENTS = (
-        "SELECT t.id, (SELECT MIN(info_hash) FROM info_hashes WHERE torrent_id = t.id), t.name, "
+        # The v1 hash: the one that is not the truncated SHA-256; a v2-only torrent has none.
+        "SELECT t.id, COALESCE((SELECT MIN(h.info_hash) FROM info_hashes h WHERE h.torrent_id = t.id "
+        "AND (t.info_sha256 IS NULL OR h.info_hash <> SUBSTR(t.info_sha256, 1, 20))), "
+        "SUBSTR(t.info_sha256, 1, 20)), t.name, "
         "t.path, t.size, t.file_size, t.added, t.downloaded, t.transferred, t.last_transfer, "
-        "t.last_done FROM torrents t"
+        "t.last_done, t.info_sha256 FROM torrents t"
     )
     REPORT_PEERS = (
         "SELECT torrent_id, state, COUNT(*), {total}(bytes_left), {total}(uploaded) FROM peers "
@@ -530,7 +534,8 @@ class SqlStore:
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
         cur.execute(
             self.INSERT_TORRENT,
-            (torrent.name, torrent.size, torrent.path, now, torrent.file_size, torrent.file_mtime),
+            (torrent.name, torrent.size, torrent.path, now, torrent.file_size, torrent.file_mtime,
+             torrent.info_sha256),
         )
         torrent_id = cur.lastrowid
         for info_hash in torrent.info_hashes:
@@ -687,7 +692,7 @@ class SqlStore:
             cur.execute(self.REPORT_TORRENTS)
             reports = []
             for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
-                 last_transfer, last_done) in cur.fetchall():
+                 last_transfer, last_done, info_sha256) in cur.fetchall():
                 by_state = peers.get(torrent_id, {})
                 seeds, leechers, partial = (
                     by_state.get(s, (0, 0, 0)) for s in (PeerState.SEED, PeerState.LEECHER, PeerState.PARTIAL_SEED)
@@ -700,6 +705,7 @@ class SqlStore:
                     transferred=min(transferred + seeds[2] + leechers[2] + partial[2], MAX_TOTAL_BYTES),
                     bytes_left=min(leechers[1] + partial[1], MAX_TOTAL_BYTES),
                     last_transfer=last_transfer, last_done=last_done,
+                    info_sha256=bytes(info_sha256) if info_sha256 else None,
                 ))
             return reports
 
@@ -721,7 +727,11 @@ class SqlStore:
 
     # Columns added since a database could first be created: create_tables adds them to a
     # database made by an older version, which CREATE TABLE IF NOT EXISTS leaves alone.
-    ADDED_COLUMNS = (("torrents", "version", "BIGINT NOT NULL DEFAULT 0"),)
+    ADDED_COLUMNS = (
+        ("torrents", "version", "BIGINT NOT NULL DEFAULT 0"),
+        # Torrents registered before keep no SHA-256, and so their feed guid (urn:btih).
+        ("torrents", "info_sha256", "BINARY(32) NULL"),
+    )
 
     def _add_missing_columns(self, cur: Any) -> None:
         for table, column, definition in self.ADDED_COLUMNS:

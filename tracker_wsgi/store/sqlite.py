@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS torrents (
     transferred INTEGER NOT NULL DEFAULT 0,
     last_transfer INTEGER NOT NULL DEFAULT 0,
     last_done INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    info_sha256 BLOB
 );
 CREATE TABLE IF NOT EXISTS info_hashes (
     info_hash BLOB NOT NULL PRIMARY KEY,
