@@ -165,7 +165,7 @@ def test_add_list_remove_and_what_reaches_the_feed(site):
     assert header.split() == ["info", "hash", "seeds", "leechers", "completed", "size", "torrent", "file", "name"]
     assert [row.split(None, 4) for row in rows] == [
         [other, "0", "0", "0", f"4.88 KiB  {outside} (added by hand)  Outside"],
-        [alpha, "0", "0", "0", "1000.00 B  a.torrent  Alpha"],
+        [alpha, "0", "0", "0", "1000 B  a.torrent  Alpha"],
     ]
     assert summary == "2 torrents: 1 from torrent_dir, 1 added by hand, 0 registered by announces"
 
@@ -208,7 +208,7 @@ def test_show_and_remove_find_a_hybrid_torrent_by_either_hash_or_its_file(site):
         f"info hash     {lowest}",
         f"info hash     {highest}",
         "torrent file  h.torrent",
-        "size          1000 bytes (1000.00 B)",
+        "size          1000 bytes (1000 B)",
     ]
     for target in (v1, v2, v2_full, v1.upper(), str(path)):
         shown = run("show", target, "--config", config)
@@ -217,7 +217,7 @@ def test_show_and_remove_find_a_hybrid_torrent_by_either_hash_or_its_file(site):
         assert lines(shown.stdout)[6:] == [
             "peers         0 seeds, 0 leechers, 0 partial seeds (announced in the last 2700 s)",
             "completed     0 times",
-            "transferred   0.00 B uploaded",
+            "transferred   0 B uploaded",
         ]
     # With the file gone, the store still knows both hashes name the torrent.
     path.unlink()
@@ -264,7 +264,7 @@ def test_stats_counts_live_peers_and_completions_in_text_and_json(site):
     text = run("stats", "--config", config)
     refreshed = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_refresh))
     assert (text.returncode, text.stdout) == (0, (
-        "2 torrents (3.91 KiB), 1 seeds, 1 leechers, 1 partial seeds, 1 completed, 750.00 B uploaded; "
+        "2 torrents (3.91 KiB), 1 seeds, 1 leechers, 1 partial seeds, 1 completed, 750 B uploaded; "
         f"last refresh {refreshed}\n"))
 
 
