@@ -15,7 +15,8 @@
 -- reverse proxy passes it on (bench/run.py makes the tracker trust 127.0.0.1 as its proxy), so
 -- the tracker's per-address limits see many clients, as on the internet, not one.
 -- Errors: any non-200 answer, and any 200 whose body holds "failure reason" (bencoded error),
--- are counted per thread and printed by done().
+-- are counted per thread and printed by done(), with each thread's first such answer (which
+-- rule refused it).
 
 local bit = require("bit")
 local band, bor, bxor, bnot, rol, tobit, tohex = bit.band, bit.bor, bit.bxor, bit.bnot, bit.rol, bit.tobit, bit.tohex
@@ -76,6 +77,7 @@ local slots = {}    -- peer pool of this thread
 local pending = {}  -- slots whose peer stopped and will announce `started` next
 -- Globals, not locals: done() reads them from each thread with thread:get().
 errors, non200, failures, announces, scrapes, started, stopped = 0, 0, 0, 0, 0, 0, 0
+first_error = nil  -- "<status> <body's start>" of this thread's first error
 
 -- Torrent index (1-based) for u in [0, 1): first i with cdf[i] >= u * cdf[N].
 local function pick_torrent(u)
@@ -197,11 +199,15 @@ end
 
 function response(status, headers, body)
    if status ~= 200 then
-      errors = errors + 1
       non200 = non200 + 1
    elseif body and body:find("failure reason", 1, true) then
-      errors = errors + 1
       failures = failures + 1
+   else
+      return
+   end
+   errors = errors + 1
+   if not first_error then
+      first_error = status .. " " .. (body or ""):sub(1, 120):gsub("%c", " ")
    end
 end
 
@@ -218,5 +224,9 @@ function done(summary, latency, requests)
    end
    io.write(string.format("BENCH errors=%d non200=%d failure_reason=%d announces_sent=%d scrapes_sent=%d started=%d stopped=%d\n",
       e, n, f, a, s, st, sp))
+   for _, thread in ipairs(threads) do
+      local first = thread:get("first_error")
+      if first then io.write("BENCH first_error ", first, "\n") end
+   end
 end
 

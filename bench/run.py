@@ -340,6 +340,7 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
                   r"scrapes_sent=(\d+) started=(\d+) stopped=(\d+)", out)
     result.update(zip(("errors", "non200", "failures", "announces", "scrapes", "started", "stopped"),
                       map(int, m.groups())))
+    result["first_errors"] = sorted(set(re.findall(r"^BENCH first_error (.*)$", out, re.M)))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     result["socket"] = sum(map(int, m.groups())) if m else 0
     result["socket_detail"] = m.group(0) if m else ""
@@ -418,6 +419,12 @@ def tracker_config(root: Path, url: str) -> str:
     (root / "output").chmod(0o777)
     return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
             f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
+
+
+def print_first_errors(result: dict) -> None:
+    """Which rule refused: each wrk thread's first error answer, as its status and body's start."""
+    for first in result["first_errors"]:
+        print(f"  first error of a wrk thread: {first}", flush=True)
 
 
 def fmt_ms(v: float) -> str:
@@ -547,6 +554,7 @@ def main() -> None:
                           f"{c['rps']:.0f} req/s, ratio {t['rps'] / c['rps']:.2f}, errors {t['errors']} "
                           f"{t['socket_detail']}; started {t['started']} stopped {t['stopped']} scrapes "
                           f"{t['scrapes']} of {t['announces'] + t['scrapes']}", flush=True)
+                    print_first_errors(t)
                 rows.append(combine(kind, mode, pairs))
             problems = [line for line in tracker.error_log().splitlines() 
                         if "Traceback" in line or (":error]" in line and "tracker_wsgi: ready" not in line)]
@@ -578,6 +586,7 @@ def main() -> None:
                 scale_rows.append({"store": kind, "peers": peers, "bytes": size, "t": t, "small": small})
                 print(f"[{kind} scale keepalive] {t['rps']:.0f} req/s (small: {small['rps']:.0f}), "
                       f"errors {t['errors']}", flush=True)
+                print_first_errors(t)
                 tracker.stop()
 
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, {args.torrents} torrents, "
