@@ -11,8 +11,12 @@
 -- event=stopped (the slot becomes a new peer with a random peer_id, whose next announce is
 -- event=started, so ~5% started too), the rest regular re-announces; ~10% of requests are
 -- scrapes of one torrent. compact=1, numwant=50.
+-- Addresses: every peer announces from its own IPv4 address, sent as X-Forwarded-For the way a
+-- reverse proxy passes it on (bench/run.py makes the tracker trust 127.0.0.1 as its proxy), so
+-- the tracker's per-address limits see many clients, as on the internet, not one.
 -- Errors: any non-200 answer, and any 200 whose body holds "failure reason" (bencoded error),
--- are counted per thread and printed by done().
+-- are counted per thread and printed by done(), with each thread's first such answer (which
+-- rule refused it).
 
 local bit = require("bit")
 local band, bor, bxor, bnot, rol, tobit, tohex = bit.band, bit.bor, bit.bxor, bit.bnot, bit.rol, bit.tobit, bit.tohex
@@ -73,6 +77,7 @@ local slots = {}    -- peer pool of this thread
 local pending = {}  -- slots whose peer stopped and will announce `started` next
 -- Globals, not locals: done() reads them from each thread with thread:get().
 errors, non200, failures, announces, scrapes, started, stopped = 0, 0, 0, 0, 0, 0, 0
+first_error = nil  -- "<status> <body's start>" of this thread's first error
 
 -- Torrent index (1-based) for u in [0, 1): first i with cdf[i] >= u * cdf[N].
 local function pick_torrent(u)
@@ -91,6 +96,7 @@ end
 --   peer_id = "-BN0001-" .. h[1..12]   port = 1024 + (h[13]*256 + h[14]) % 64000
 --   seed when h[15] % 3 == 0 (left=0), else left = (h[20] + 1) * 262144
 --   torrent = pick_torrent(h[16..19] as big-endian uint32 / 2^32)   key = hex(h[1..4])
+--   address = 10.<t>.<j div 256>.<j mod 256> (one per slot while t < 256 and j < 65536)
 local function slot_peer(t, j)
    local h = sha1("bench-peer-" .. t .. "-" .. j)
    local b = { h:byte(1, 20) }
@@ -101,12 +107,15 @@ local function slot_peer(t, j)
       port = 1024 + (b[13] * 256 + b[14]) % 64000,
       torrent = pick_torrent(u),
       left = (b[15] % 3 == 0) and 0 or (b[20] + 1) * 262144,
+      address = string.format("10.%d.%d.%d", t, math.floor(j / 256), j % 256),
       uploaded = 0,
       fresh = false,
    }
 end
 
--- A client that stopped and comes back: a new random peer_id, same torrent and role.
+-- A client that stopped and comes back: a new random peer_id and address (a random one in
+-- 10.0.0.0/8: it may meet a slot's address, and a few peers sharing one is what NAT does
+-- anyway), same torrent and role.
 local function restarted_peer(old)
    return {
       peer_id = urlencode("-BN0001-" .. random_bytes(12)),
@@ -114,6 +123,7 @@ local function restarted_peer(old)
       port = math.random(1024, 65535),
       torrent = old.torrent,
       left = old.left,
+      address = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255), math.random(0, 255)),
       uploaded = 0,
       fresh = true,
    }
@@ -147,14 +157,19 @@ function init(args)
       -- run.py checks this against Python's hashlib and the tracker's view of a request.
       io.write("SELFTEST sha1(bench-torrent-0)=", (sha1("bench-torrent-0"):gsub(".", function(c)
          return string.format("%02x", c:byte()) end)), " hash[1]=", hashes[1],
-         " slot1=", slots[1].peer_id, ",", slots[1].port, ",", slots[1].torrent, ",", slots[1].left, ",", slots[1].key, "\n")
+         " slot1=", slots[1].peer_id, ",", slots[1].port, ",", slots[1].torrent, ",", slots[1].left, ",", slots[1].key,
+         ",", slots[1].address, "\n")
    end
 end
 
 function request()
    local r = math.random()
+   -- wrk.format's headers argument would replace wrk.headers (and `-H "Connection: close"` in
+   -- them), so each request sets its address in this thread's own wrk.headers instead.
+   local headers = wrk.headers
    if r < 0.10 then
       scrapes = scrapes + 1
+      headers["X-Forwarded-For"] = slots[math.random(1, pool_size)].address  -- a client scrapes from its own
       return wrk.format("GET", "/tracker/scrape?info_hash=" .. hashes[pick_torrent()])
    end
    announces = announces + 1
@@ -178,16 +193,21 @@ function request()
       .. "&peer_id=" .. p.peer_id .. "&port=" .. p.port
       .. "&uploaded=" .. p.uploaded .. "&downloaded=0&left=" .. p.left
       .. "&corrupt=0&key=" .. p.key .. event .. "&numwant=50&compact=1&no_peer_id=1"
+   headers["X-Forwarded-For"] = p.address  -- p's: a stopped slot still speaks as the peer that stops
    return wrk.format("GET", path)
 end
 
 function response(status, headers, body)
    if status ~= 200 then
-      errors = errors + 1
       non200 = non200 + 1
    elseif body and body:find("failure reason", 1, true) then
-      errors = errors + 1
       failures = failures + 1
+   else
+      return
+   end
+   errors = errors + 1
+   if not first_error then
+      first_error = status .. " " .. (body or ""):sub(1, 120):gsub("%c", " ")
    end
 end
 
@@ -204,5 +224,9 @@ function done(summary, latency, requests)
    end
    io.write(string.format("BENCH errors=%d non200=%d failure_reason=%d announces_sent=%d scrapes_sent=%d started=%d stopped=%d\n",
       e, n, f, a, s, st, sp))
+   for _, thread in ipairs(threads) do
+      local first = thread:get("first_error")
+      if first then io.write("BENCH first_error ", first, "\n") end
+   end
 end
 

@@ -7,7 +7,8 @@ Including apache/tracker.conf): (a) the tracker on each store, (b) bench/hello.w
 a copy of apache/ whose tracker.wsgi is the hello app, so mod_wsgi's daemon settings are
 identical. Torrents are registered in the store first (info hash i = sha1("bench-torrent-<i>"),
 as bench/announce.lua computes them), and so are the wrk script's starting peers, so swarms
-are in steady state. Then, in one run, alternating tracker/ceiling (--rounds pairs, the
+are in steady state. Each peer announces from its own address (X-Forwarded-For, the tracker
+trusting 127.0.0.1 as its reverse proxy), so every per-address limit stays as shipped. Then, in one run, alternating tracker/ceiling (--rounds pairs, the
 median ratio reported), wrk drives each with bench/announce.lua, keep-alive and one
 connection per request. Run as root (Apache drops to
 www-data; MariaDB at 127.0.0.1:3306, root without password).
@@ -46,7 +47,11 @@ from tracker_wsgi.model import Torrent  # noqa: E402
 from tracker_wsgi.store import open_store  # noqa: E402
 
 MYSQL_USER, MYSQL_PASSWORD = "tracker_test", "tracker-test-only"  # as tests/conftest.py
-LOCALHOST = bytes([127, 0, 0, 1])
+# The tracker believes X-Forwarded-For from here: wrk, as a reverse proxy would be.
+BENCH_PROXY = "127.0.0.1/32"
+# announce.lua's slot addresses, 10.<thread>.<slot div 256>.<slot mod 256>, are one per slot
+# only within these.
+MAX_THREADS, MAX_POOL = 255, 65535
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
 
@@ -65,13 +70,14 @@ def zipf_cdf(n: int, s: float) -> list[float]:
     return cdf
 
 
-def slot_peer(t: int, j: int, cdf: list[float]) -> tuple[int, bytes, int, int, bytes]:
-    """(torrent index, peer_id, port, left, key) of announce.lua's slot_peer(t, j)."""
+def slot_peer(t: int, j: int, cdf: list[float]) -> tuple[int, bytes, int, int, bytes, bytes]:
+    """(torrent index, peer_id, port, left, key, packed address) of announce.lua's slot_peer(t, j)."""
     h = hashlib.sha1(f"bench-peer-{t}-{j}".encode()).digest()
     u = int.from_bytes(h[15:19], "big") / 4294967296
     torrent = bisect.bisect_left(cdf, u * cdf[-1])
     left = 0 if h[14] % 3 == 0 else (h[19] + 1) * 262144
-    return torrent, b"-BN0001-" + h[:12], 1024 + (h[12] * 256 + h[13]) % 64000, left, h[:4].hex().upper().encode()
+    return (torrent, b"-BN0001-" + h[:12], 1024 + (h[12] * 256 + h[13]) % 64000, left, h[:4].hex().upper().encode(),
+            bytes([10, t, j // 256, j % 256]))
 
 
 # -- stores ------------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class BenchStore:
         return {bytes(h): t for h, t in self.store._fetchall("SELECT info_hash, torrent_id FROM info_hashes")}
 
     def add_peers(self, rows: list[tuple]) -> None:
-        """rows: (torrent_id, peer_id, port, left, key); bulk, multi-row inserts."""
+        """rows: (torrent_id, peer_id, port, left, key, packed address); bulk, multi-row inserts."""
         now = int(time.time())
         m = ", ".join([self.mark] * 12)
         sql = (f"INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, "
@@ -145,9 +151,9 @@ class BenchStore:
         self.store._begin(conn, read_only=False)
         cur = conn.cursor()
         for start in range(0, len(rows), 10000):
-            cur.executemany(sql, [(t, pid, LOCALHOST, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,
+            cur.executemany(sql, [(t, pid, ip, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,
                                    rank.getrandbits(32))
-                                  for t, pid, port, left, key in rows[start:start + 10000]])
+                                  for t, pid, port, left, key, ip in rows[start:start + 10000]])
         conn.commit()
         cur.close()
         self.store.expire_peers(now)  # expires nothing; recounts the torrents' counters
@@ -158,12 +164,13 @@ class BenchStore:
         rows = []
         for t in range(1, threads + 1):
             for j in range(1, pool + 1):
-                torrent, pid, port, left, key = slot_peer(t, j, cdf)
-                rows.append((ids[info_hash(torrent)], pid, port, left, key))
+                torrent, *peer = slot_peer(t, j, cdf)
+                rows.append((ids[info_hash(torrent)], *peer))
         self.add_peers(rows)
 
     def random_peers(self, n: int, torrents: int, zipf_s: float) -> None:
-        """n more peers, random ids, spread over the torrents by the same popularity."""
+        """n more peers, random ids and addresses in 10.0.0.0/8, spread over the torrents by the
+        same popularity."""
         rng = random.Random(1)
         cdf = zipf_cdf(torrents, zipf_s)
         ids = self.torrent_ids()
@@ -172,7 +179,8 @@ class BenchStore:
             k = min(200000, n - start)
             chosen = rng.choices(tids, cum_weights=cdf, k=k)
             self.add_peers([(t, b"-BN0002-" + rng.randbytes(12), rng.randrange(1024, 65536),
-                             0 if rng.random() < 1 / 3 else rng.randrange(1, 4000) * 262144, None)
+                             0 if rng.random() < 1 / 3 else rng.randrange(1, 4000) * 262144, None,
+                             b"\x0a" + rng.randbytes(3))
                             for t in chosen])
 
     def hold_refresh(self) -> None:
@@ -247,8 +255,9 @@ class Apache:
     def error_log(self) -> str:
         return (self.run_dir / "error.log").read_text(errors="replace")
 
-    def get(self, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
 
     def processes(self) -> tuple[list[int], list[int]]:
@@ -331,6 +340,7 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
                   r"scrapes_sent=(\d+) started=(\d+) stopped=(\d+)", out)
     result.update(zip(("errors", "non200", "failures", "announces", "scrapes", "started", "stopped"),
                       map(int, m.groups())))
+    result["first_errors"] = sorted(set(re.findall(r"^BENCH first_error (.*)$", out, re.M)))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     result["socket"] = sum(map(int, m.groups())) if m else 0
     result["socket_detail"] = m.group(0) if m else ""
@@ -391,13 +401,15 @@ def summarize_profile(raws: list[Path], out: Path) -> None:
 
 
 def check_announce(apache: Apache, torrents: int, zipf_s: float) -> None:
-    """One announce of announce.lua's first peer, as the tracker sees it: must be a real answer."""
-    torrent, pid, port, left, key = slot_peer(1, 1, zipf_cdf(torrents, zipf_s))
+    """One announce of announce.lua's first peer, as the tracker sees it: must be a real answer,
+    and the tracker must have taken the address from X-Forwarded-For (BEP 24 `external ip`)."""
+    torrent, pid, port, left, key, ip = slot_peer(1, 1, zipf_cdf(torrents, zipf_s))
     query = urllib.parse.urlencode({"info_hash": info_hash(torrent), "peer_id": pid, "port": port,
                                     "uploaded": 0, "downloaded": 0, "left": left, "key": key,
                                     "compact": 1, "numwant": 50})
-    status, body = apache.get("/tracker/announce?" + query)
-    if status != 200 or b"failure reason" in body or b"5:peers" not in body:
+    status, body = apache.get("/tracker/announce?" + query, {"X-Forwarded-For": socket.inet_ntoa(ip)})
+    if (status != 200 or b"failure reason" in body or b"5:peers" not in body
+            or b"11:external ip4:" + ip not in body):
         raise RuntimeError(f"sanity announce failed: {status} {body[:200]!r}\n{apache.error_log()}")
 
 
@@ -406,7 +418,13 @@ def tracker_config(root: Path, url: str) -> str:
     (root / "output").mkdir(exist_ok=True)
     (root / "output").chmod(0o777)
     return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
-            f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\n')
+            f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
+
+
+def print_first_errors(result: dict) -> None:
+    """Which rule refused: each wrk thread's first error answer, as its status and body's start."""
+    for first in result["first_errors"]:
+        print(f"  first error of a wrk thread: {first}", flush=True)
 
 
 def fmt_ms(v: float) -> str:
@@ -483,6 +501,9 @@ def main() -> None:
                if (tool == "wrk" or args.profile) and shutil.which(tool) is None]
     if missing:
         sys.exit("; ".join(f"bench/run.py needs {tool} on PATH: {fix}" for tool, fix in missing))
+    if not (1 <= args.threads <= MAX_THREADS and 1 <= args.pool <= MAX_POOL):
+        sys.exit(f"bench/run.py: --threads {args.threads} --pool {args.pool}: each peer needs its own "
+                 f"10.<thread>.x.y address; use --threads 1..{MAX_THREADS} and --pool 1..{MAX_POOL}")
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
     root.chmod(0o755)
@@ -533,6 +554,7 @@ def main() -> None:
                           f"{c['rps']:.0f} req/s, ratio {t['rps'] / c['rps']:.2f}, errors {t['errors']} "
                           f"{t['socket_detail']}; started {t['started']} stopped {t['stopped']} scrapes "
                           f"{t['scrapes']} of {t['announces'] + t['scrapes']}", flush=True)
+                    print_first_errors(t)
                 rows.append(combine(kind, mode, pairs))
             problems = [line for line in tracker.error_log().splitlines() 
                         if "Traceback" in line or (":error]" in line and "tracker_wsgi: ready" not in line)]
@@ -564,6 +586,7 @@ def main() -> None:
                 scale_rows.append({"store": kind, "peers": peers, "bytes": size, "t": t, "small": small})
                 print(f"[{kind} scale keepalive] {t['rps']:.0f} req/s (small: {small['rps']:.0f}), "
                       f"errors {t['errors']}", flush=True)
+                print_first_errors(t)
                 tracker.stop()
 
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, {args.torrents} torrents, "
