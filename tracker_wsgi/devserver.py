@@ -17,7 +17,7 @@ APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
 # Modules the snippets use; mpm_event is Debian's default MPM.
 BASE_MODULES = ("mpm_event", "authz_core", "mime", "headers", "include", "expires", "filter",
-                "deflate", "dir", "alias", "env", "setenvif")
+                "deflate", "dir", "alias", "env", "setenvif", "reqtimeout")
 
 
 def wsgi_module() -> str:
@@ -56,6 +56,7 @@ Define TRACKER_WSGI_VENV "{venv}"
 Define TRACKER_WSGI_APACHE "{apache_dir}"
 Define TRACKER_WSGI_CONFIG "{config_path}"
 Include "{apache_dir}/tracker.conf"
+Include "{apache_dir}/tracker-host.conf"
 """
 
 
