@@ -1,7 +1,8 @@
 """A real Apache for development and tests, built around the shipped snippets in apache/.
 
-It writes a minimal httpd.conf into a run directory (modules, one Listen, logs there) that
-`Include`s apache/tracker.conf exactly as an admin would, with the Defines it needs, and
+It writes a minimal httpd.conf into a run directory (modules, one Listen, logs there, a
+worker pool sized for slow clients) that `Include`s apache/tracker.conf and
+apache/tracker-host.conf exactly as an admin would, with the Defines they need, and
 runs Debian's apache2 in the foreground. `tracker-wsgi serve` and the tests both use it,
 so the snippets an admin installs are the ones that are tested.
 """
@@ -15,9 +16,11 @@ from pathlib import Path
 
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
-# Modules the snippets use; mpm_event is Debian's default MPM.
+# Modules the snippets use; mpm_event is Debian's default MPM, reqtimeout is on in Debian too.
 BASE_MODULES = ("mpm_event", "authz_core", "mime", "headers", "include", "expires", "filter",
-                "deflate", "dir", "alias", "env", "setenvif")
+                "deflate", "dir", "alias", "env", "setenvif", "reqtimeout")
+MPM_PROCESSES = 16  # ServerLimit: 16 x 128 = 2048 workers, see httpd_conf
+MPM_THREADS_PER_PROCESS = 128  # per process fewer threads cost more memory per thread
 
 
 def wsgi_module() -> str:
@@ -49,6 +52,17 @@ Group {user}
 {modules}
 LoadModule wsgi_module "{wsgi_module()}"
 TypesConfig /etc/mime.types
+# The event MPM holds a worker thread for each connection whose headers are still arriving,
+# so MaxRequestWorkers is how many slow clients it takes to stall every announce (Debian's
+# default is 150): 2048 outlast 1,000 slowloris connections. 128 threads a process cost
+# about 13 MB each; Apache starts processes as they are needed.
+ServerLimit {MPM_PROCESSES}
+ThreadLimit {MPM_THREADS_PER_PROCESS}
+ThreadsPerChild {MPM_THREADS_PER_PROCESS}
+MaxRequestWorkers {MPM_PROCESSES * MPM_THREADS_PER_PROCESS}
+StartServers 2
+MinSpareThreads {MPM_THREADS_PER_PROCESS}
+MaxSpareThreads {4 * MPM_THREADS_PER_PROCESS}
 WSGISocketPrefix "{run_dir}/wsgi"
 DocumentRoot "{run_dir}"
 {site_conf}
@@ -56,6 +70,7 @@ Define TRACKER_WSGI_VENV "{venv}"
 Define TRACKER_WSGI_APACHE "{apache_dir}"
 Define TRACKER_WSGI_CONFIG "{config_path}"
 Include "{apache_dir}/tracker.conf"
+Include "{apache_dir}/tracker-host.conf"
 """
 
 
