@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import resource
+import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from bencoder import bdecode
 
 from conftest import APACHE_DIR, announce_query, ih, pid
-from test_e2e_apache import config_text, register
+from test_e2e_apache import _daemon_pids, config_text, register
 from tracker_wsgi import devserver
 
 ERRORS = APACHE_DIR / "errors"
@@ -160,6 +163,47 @@ def test_a_small_post_reaches_the_tracker(tracker):
         assert bdecode(answer)[b"failure reason"]
     status, _, answer = raw(tracker, form_post(b"secret=" + b"a" * (4096 - 6)))
     assert (status, answer) == (413, (ERRORS / "too-large").read_bytes())
+
+
+DAEMON_LISTEN_BACKLOG = 100  # mod_wsgi's default listen-backlog
+CONNECT_TIMEOUT = 5  # tracker.conf: connect-timeout
+
+
+def test_a_stopped_daemon_is_a_quick_bencoded_503(tracker):
+    """With both daemon processes frozen, the requests their sockets cannot queue get a
+    bencoded 503 with `retry in` after connect-timeout; the queued ones are answered once
+    the daemons run again."""
+    daemons = _daemon_pids(tracker)
+    assert len(daemons) == 2
+    requests = 2 * DAEMON_LISTEN_BACKLOG
+
+    def announce(n: int):
+        started = time.monotonic()
+        status, headers, body = raw(tracker, request("/tracker/announce?" + announce_query(ih(1), pid(n), 7000), HOST))
+        return status, headers.get("Content-Type"), body, time.monotonic() - started
+
+    def resume() -> None:
+        for daemon in daemons:
+            os.kill(daemon, signal.SIGCONT)
+
+    for daemon in daemons:
+        os.kill(daemon, signal.SIGSTOP)
+    thaw = threading.Timer(CONNECT_TIMEOUT + 3, resume)  # after the 503s, before the queue times out
+    thaw.start()
+    try:
+        with ThreadPoolExecutor(requests) as pool:
+            answers = list(pool.map(announce, range(requests)))
+    finally:
+        thaw.join()
+    unavailable = (ERRORS / "unavailable").read_bytes()
+    refused = [(content_type, body, seconds) for status, content_type, body, seconds in answers if status == 503]
+    answered = [body for status, _, body, _ in answers if status == 200]
+    assert len(refused) >= requests // 4 and len(refused) + len(answered) == requests, [a[:2] for a in answers]
+    for content_type, body, seconds in refused:
+        assert content_type.startswith("text/plain") and body == unavailable
+        assert bdecode(body)[b"retry in"] >= 1
+        assert CONNECT_TIMEOUT - 1 < seconds < CONNECT_TIMEOUT + 5, seconds
+    assert all(b"failure reason" not in bdecode(body) for body in answered)
 
 
 # -- slow clients ------------------------------------------------------------------------------

@@ -54,8 +54,8 @@ LoadModule wsgi_module "{wsgi_module()}"
 TypesConfig /etc/mime.types
 # The event MPM holds a worker thread for each connection whose headers are still arriving,
 # so MaxRequestWorkers is how many slow clients it takes to stall every announce (Debian's
-# default is 150): 2048 outlast 1,000 slowloris connections. 128 threads a process cost
-# about 13 MB each; Apache starts processes as they are needed.
+# default is 150): 2048 outlast 1,000 slowloris connections. A process of 128 threads takes
+# about 13 MB; Apache starts processes as they are needed.
 ServerLimit {MPM_PROCESSES}
 ThreadLimit {MPM_THREADS_PER_PROCESS}
 ThreadsPerChild {MPM_THREADS_PER_PROCESS}
