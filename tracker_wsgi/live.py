@@ -26,12 +26,20 @@ hash names, so a swarm normally lives in one of them) and several hosts per data
   PRUNE_SECONDS) and stays in the counts until the refresh expires it, as the original.
 - A view holds at most VIEW_LIMIT peers; beyond that, peers whose announces are already
   written make room (they stay in the store and the counts).
-- While the database is down, swarms this process holds go on being answered from memory;
-  only a completion and a swarm it has not read yet get `retry in`.
+- While the database is down or hung, swarms this process holds go on being answered from
+  memory; only a completion, a swarm it has not read yet and a scrape of one get `retry
+  in`. Requests reach the database through a StoreGate: a short wait, a few threads at a
+  time, and none for a while after it failed.
 - A process killed without warning loses at most its last sync_interval of announces:
   peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
-- The key rule (swarm.plan_announce) is checked against the view when it holds the peer,
-  and again in the store against the stored row.
+- The key rule (swarm.plan_announce) is checked before the answer: against the view when
+  it holds the peer, else against the stored row (store.find_peer). Only while the
+  database cannot say is a new peer taken on trust; if the batch then finds the row
+  belongs to another address, the write is set aside and the peer leaves the view.
+- Bounds (limits.Limits, from the config): views, peers held, unwritten announces, peers
+  per address in a swarm, completions and (whitelist `open`) new swarms per address and
+  minute, and the process's data size against its memory-limit. Past one, new swarms and
+  peers get `retry in` (limits.Shed) while known peers are answered as ever.
 """
 
 from __future__ import annotations
