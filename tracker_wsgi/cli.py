@@ -555,7 +555,8 @@ def cmd_serve(options: Options) -> int:
     site, output = Path(config.torrent_dir).resolve(), Path(config.output_dir).resolve()
     database = sqlite_path(config)
     refuse_serving_state(config_path, state, site, output, database)
-    if not config.base_url.startswith(server_url.rstrip("/")):
+    base = urlsplit(config.base_url)
+    if base.hostname not in ("127.0.0.1", "localhost") or base.port != args.port:
         warn(f"{config_path}: base_url = {config.base_url!r} is not this server ({server_url}): the page's "
              "links and the /tracker redirect go there")
 
@@ -700,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("refresh", cmd_refresh, "refresh if refresh_interval has passed", refresh_text, force=False)
     command("force-refresh", cmd_refresh, "refresh now", refresh_text, force=True)
     serve = command(
-        "serve", cmd_serve, "run the tracker, its stats page and feed in a real Apache (development)",
+        "serve", cmd_serve, "run the tracker, stats page and feed in Apache (development)",
         "Apache with the shipped snippets, as production: the tracker at /tracker, the stats page\n"
         "and the RSS feed of torrent_dir at /. A fresh --state-dir gets a config (SQLite), the\n"
         "sample site and a sample torrent; each start refreshes first, as "
