@@ -544,8 +544,12 @@ def cmd_serve(options: Options) -> int:
     if os.geteuid() != 0:
         raise ConfigError(f"serve must run as root: Apache starts as root and drops to {APACHE_USER}; "
                           "run: sudo scripts/serve")
-    state = Path(args.state_dir).resolve()
+    state, apache_dir = Path(args.state_dir).resolve(), Path(args.apache_dir).resolve()
+    www = pwd.getpwnam(APACHE_USER)
     devserver.prepare_run_dir(state)
+    unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
+    if unreachable:
+        raise ConfigError(f"--state-dir {state}: {unreachable}")
     config_path = Path(options.config_path or state / "tracker.toml").resolve()
     server_url = f"http://127.0.0.1:{args.port}/"
     fresh = not config_path.exists()
@@ -564,21 +568,10 @@ def cmd_serve(options: Options) -> int:
         if directory and not directory.exists():
             directory.mkdir(parents=True)
             directory.chmod(0o755)
-    copied = devserver.add_site_pages(site, Path(args.apache_dir) / "sample-site", config.base_url)
+    copied = devserver.add_site_pages(site, apache_dir / "sample-site", config.base_url)
     if fresh:
         devserver.add_sample_torrent(site, f"{server_url}tracker/announce")
-    # What the tracker writes belongs to its user; the rest (this config, Apache's config and
-    # logs, the torrents) stays root's, as in production.
-    www = pwd.getpwnam(APACHE_USER)
-    unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
-    if unreachable:
-        raise ConfigError(f"--state-dir {state}: {unreachable}")
-    writable = [output, *output.iterdir()]
-    if database:
-        writable += [Path(database).parent, *Path(database).parent.glob(Path(database).name + "*")]
-    for path in writable:
-        if path == state or state in path.parents:
-            os.chown(path, www.pw_uid, www.pw_gid)
+    give_tracker_its_files(state, output, database, www)
     # The first refresh, as www-data (files it makes stay the tracker's): registers what
     # torrent_dir holds and writes the page's include files.
     first_refresh = [sys.executable, "-m", "tracker_wsgi.cli", "--config", str(config_path), "force-refresh"]
@@ -586,16 +579,15 @@ def cmd_serve(options: Options) -> int:
         raise ConfigError(f"the first refresh (run as {APACHE_USER}) failed: see its error above")
 
     conf = devserver.httpd_conf(
-        state, args.port, config_path, Path(args.apache_dir).resolve(),
-        site_conf=devserver.public_site_conf(Path(args.apache_dir).resolve(), str(site), str(output)),
-        document_root=site,
+        state, args.port, config_path, apache_dir,
+        site_conf=devserver.public_site_conf(apache_dir, str(site), str(output)), document_root=site,
     )
     added = f" (added {', '.join(copied)})" if copied else ""
     options.summary(
         f"serving {server_url}: the stats page, the feed {server_url}rss.xml and the .torrent files of {site}"
         f"{added}\n  tracker at {server_url}tracker/announce; log {state}/error.log; config {config_path}\n"
         f"  drop .torrent files into {site}: each start registers them (or run, as root: runuser -u "
-        f"{APACHE_USER} -- {sys.argv[0]} --config {config_path} force-refresh)\nCtrl-C stops it."
+        f"{APACHE_USER} -- {Path(sys.executable).parent / 'tracker-wsgi'} --config {config_path} force-refresh)\nCtrl-C stops it."
     )
     # A service manager stops us with SIGTERM: stop Apache with us, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -605,6 +597,18 @@ def cmd_serve(options: Options) -> int:
     except KeyboardInterrupt:
         devserver.stop(server)
         return 0
+
+
+def give_tracker_its_files(state: Path, output: Path, database: str | None, www: pwd.struct_passwd) -> None:
+    """What the tracker writes in the state directory (output_dir, the SQLite database's
+    directory and files) belongs to its user; the rest (the config, Apache's config and
+    logs, the torrents) stays root's, as in production."""
+    writable = [output, *output.iterdir()]
+    if database:
+        writable += [Path(database).parent, *Path(database).parent.glob(Path(database).name + "*")]
+    for path in writable:
+        if path == state or state in path.parents:
+            os.chown(path, www.pw_uid, www.pw_gid)
 
 
 def refuse_serving_state(config_path: Path, state: Path, site: Path, output: Path, database: str | None) -> None:

@@ -162,7 +162,9 @@ def add_site_pages(site_dir: Path, sample_site: Path, base_url: str) -> list[str
 
 
 def add_sample_torrent(site_dir: Path, announce_url: str) -> None:
-    for name, data in ((f"{SAMPLE_NAME}.txt", SAMPLE_PAYLOAD), (f"{SAMPLE_NAME}.torrent", sample_torrent(announce_url))):
+    """The sample torrent and its payload (the file a client seeds it from), in site_dir."""
+    for name, data in ((f"{SAMPLE_NAME}.txt", SAMPLE_PAYLOAD),
+                       (f"{SAMPLE_NAME}.torrent", sample_torrent(announce_url))):
         (site_dir / name).write_bytes(data)
         (site_dir / name).chmod(0o644)
 
