@@ -177,16 +177,24 @@ def test_what_the_tracker_writes_is_www_datas_and_the_rest_roots(served):
     assert {name: uid for name, uid in owners.items() if name not in tracker_writes and uid != 0} == {}
 
 
-def test_refuses_a_config_that_would_publish_the_state(tmp_path):
+def test_refuses_a_config_that_would_publish_the_state():
     state = Path(tempfile.mkdtemp(prefix="tracker-wsgi-serve-"))
     try:
         config = state / "tracker.toml"
         config.write_text(f'database = "sqlite:///{state}/tracker.sqlite"\ntorrent_dir = "{state}"\n'
                           f'output_dir = "{state}/output"\n')
-        done = subprocess.run([TRACKER_WSGI, "serve", "--config", str(config), "--state-dir", str(state)],
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 1 and done.stdout == ""
-        assert done.stderr == (f"tracker-wsgi: {config}: torrent_dir = '{state}' would publish {state}: keep the "
+        serve = subprocess.Popen(
+            [TRACKER_WSGI, "serve", "--config", str(config), "--state-dir", str(state), "--port", str(free_port())],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            stdout, stderr = serve.communicate(timeout=START_SECONDS)
+        except subprocess.TimeoutExpired:  # it serves: stop it, and its Apache with it
+            serve.send_signal(signal.SIGTERM)
+            serve.communicate(timeout=STOP_SECONDS)
+            raise
+        assert serve.returncode == 1 and stdout == ""
+        assert stderr == (f"tracker-wsgi: {config}: torrent_dir = '{state}' would publish {state}: keep the "
                                "state directory, the config and the database outside it\n")
     finally:
         shutil.rmtree(state)
