@@ -529,40 +529,96 @@ def cmd_refresh(options: Options) -> int:
 
 
 def cmd_serve(options: Options) -> int:
-    """Development server: the shipped Apache snippet in a real Apache, SQLite by default."""
+    """Development server: the whole product on one port, as production sets it up -- the
+    tracker (apache/tracker.conf) and the public site at / (apache/site.conf: the stats
+    page and the feed of torrent_dir), in a real Apache. A fresh state directory gets a
+    config, the sample site's pages and a sample torrent; every start refreshes first, as
+    www-data, so the page shows what torrent_dir holds."""
+    import subprocess
+
     from . import devserver
 
     args = options.args
     if shutil.which(devserver.APACHE_BIN) is None:
         raise ConfigError(f"{devserver.APACHE_BIN} not found: install apache2 (scripts/bootstrap does)")
-    state = Path(args.state_dir).resolve()
-    devserver.prepare_run_dir(state)
-    config_path = Path(options.config_path or state / "tracker.toml")
-    if not config_path.exists():
-        config_path.write_text(
-            f'database = "sqlite:///{state}/tracker.sqlite"\n'
-            f'torrent_dir = "{state}/torrents"\n'
-            f'output_dir = "{state}/output"\n'
-            f'base_url = "http://127.0.0.1:{args.port}"\n'
-        )
-    config_module.load(str(config_path))
-    (state / "torrents").mkdir(exist_ok=True)
-    (state / "output").mkdir(exist_ok=True)
-    # The daemon runs as www-data and writes the SQLite file and its WAL beside it.
+    if os.geteuid() != 0:
+        raise ConfigError(f"serve must run as root: Apache starts as root and drops to {APACHE_USER}; "
+                          "run: sudo scripts/serve")
+    state, apache_dir = Path(args.state_dir).resolve(), Path(args.apache_dir).resolve()
     www = pwd.getpwnam(APACHE_USER)
-    for path in (state, *state.iterdir()):
-        os.chown(path, www.pw_uid, www.pw_gid)
-    apache_dir = Path(args.apache_dir).resolve()
-    conf = devserver.httpd_conf(state, args.port, config_path, apache_dir)
-    options.summary(f"tracker at http://127.0.0.1:{args.port}/tracker/announce (config {config_path}); Ctrl-C stops")
-    server = devserver.start(state, conf)
+    devserver.prepare_run_dir(state)
+    unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
+    if unreachable:
+        raise ConfigError(f"--state-dir {state}: {unreachable}")
+    config_path = Path(options.config_path or state / "tracker.toml").resolve()
+    server_url = f"http://127.0.0.1:{args.port}/"
+    fresh = not config_path.exists()
+    if fresh:
+        config_path.write_text(devserver.dev_config(state, args.port))
+    config = config_module.load(str(config_path))
+    site, output = Path(config.torrent_dir).resolve(), Path(config.output_dir).resolve()
+    database = sqlite_path(config)
+    refuse_serving_state(config_path, state, site, output, database)
+    base = urlsplit(config.base_url)
+    if base.hostname not in ("127.0.0.1", "localhost") or base.port != args.port:
+        warn(f"{config_path}: base_url = {config.base_url!r} is not this server ({server_url}): the page's "
+             "links and the /tracker redirect go there")
+
+    for directory in (site, output, Path(database).parent if database else None):
+        if directory and not directory.exists():
+            directory.mkdir(parents=True)
+            directory.chmod(0o755)
+    copied = devserver.add_site_pages(site, apache_dir / "sample-site", config.base_url)
+    if fresh:
+        devserver.add_sample_torrent(site, f"{server_url}tracker/announce")
+    give_tracker_its_files(state, output, database, www)
+    # The first refresh, as www-data (files it makes stay the tracker's): registers what
+    # torrent_dir holds and writes the page's include files.
+    first_refresh = [sys.executable, "-m", "tracker_wsgi.cli", "--config", str(config_path), "force-refresh"]
+    if subprocess.run(first_refresh, user=www.pw_uid, group=www.pw_gid, extra_groups=[], cwd=state).returncode:
+        raise ConfigError(f"the first refresh (run as {APACHE_USER}) failed: see its error above")
+
+    conf = devserver.httpd_conf(
+        state, args.port, config_path, apache_dir,
+        site_conf=devserver.public_site_conf(apache_dir, str(site), str(output)), document_root=site,
+    )
+    added = f" (added {', '.join(copied)})" if copied else ""
+    options.summary(
+        f"serving {server_url}: the stats page, the feed {server_url}rss.xml and the .torrent files of {site}"
+        f"{added}\n  tracker at {server_url}tracker/announce; log {state}/error.log; config {config_path}\n"
+        f"  drop .torrent files into {site}: each start registers them (or run, as root: runuser -u "
+        f"{APACHE_USER} -- {Path(sys.executable).parent / 'tracker-wsgi'} --config {config_path} force-refresh)\nCtrl-C stops it."
+    )
     # A service manager stops us with SIGTERM: stop Apache with us, as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = devserver.start(state, conf)
     try:
         return server.wait()
     except KeyboardInterrupt:
-        server.terminate()
-        return server.wait()
+        devserver.stop(server)
+        return 0
+
+
+def give_tracker_its_files(state: Path, output: Path, database: str | None, www: pwd.struct_passwd) -> None:
+    """What the tracker writes in the state directory (output_dir, the SQLite database's
+    directory and files) belongs to its user; the rest (the config, Apache's config and
+    logs, the torrents) stays root's, as in production."""
+    writable = [output, *output.iterdir()]
+    if database:
+        writable += [Path(database).parent, *Path(database).parent.glob(Path(database).name + "*")]
+    for path in writable:
+        if path == state or state in path.parents:
+            os.chown(path, www.pw_uid, www.pw_gid)
+
+
+def refuse_serving_state(config_path: Path, state: Path, site: Path, output: Path, database: str | None) -> None:
+    """serve publishes torrent_dir at / and output_dir at /tracker-output: neither may hold
+    the state directory (Apache's config and logs), the config file or the database."""
+    for served, key in ((site, "torrent_dir"), (output, "output_dir")):
+        for private in (state, config_path, Path(database) if database else None):
+            if private and (private == served or served in private.parents):
+                raise ConfigError(f"{config_path}: {key} = {str(served)!r} would publish {private}: "
+                                  "keep the state directory, the config and the database outside it")
 
 
 # -- the parser ------------------------------------------------------------------------------
@@ -649,12 +705,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("refresh", cmd_refresh, "refresh if refresh_interval has passed", refresh_text, force=False)
     command("force-refresh", cmd_refresh, "refresh now", refresh_text, force=True)
     serve = command(
-        "serve", cmd_serve, "run the tracker in a real Apache (development)",
-        "Apache with the shipped snippet, SQLite and the state in --state-dir; run as root\n"
-        f"(Apache drops to {APACHE_USER}). Ctrl-C stops it.", store=False,
+        "serve", cmd_serve, "run the tracker, stats page and feed in Apache (development)",
+        "Apache with the shipped snippets, as production: the tracker at /tracker, the stats page\n"
+        "and the RSS feed of torrent_dir at /. A fresh --state-dir gets a config (SQLite), the\n"
+        "sample site and a sample torrent; each start refreshes first, as "
+        f"{APACHE_USER}.\nRun as root (Apache drops to {APACHE_USER}). Ctrl-C or SIGTERM stops it.", store=False,
     )
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--state-dir", default="var", help="config, SQLite file and logs (default: var)")
+    serve.add_argument("--state-dir", default="var",
+                       help="config, Apache's config and log, SQLite database, torrents (default: var)")
     serve.add_argument("--apache-dir", default=str(Path(__file__).resolve().parent.parent / "apache"))
     return parser
 

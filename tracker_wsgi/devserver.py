@@ -1,18 +1,23 @@
 """A real Apache for development and tests, built around the shipped snippets in apache/.
 
 It writes a minimal httpd.conf into a run directory (modules, one Listen, logs there, a
-worker pool sized for slow clients) that `Include`s apache/tracker.conf and
+worker pool sized for slow clients, every directory closed unless a snippet opens it, as
+Debian's apache2.conf does) that `Include`s apache/tracker.conf and
 apache/tracker-host.conf exactly as an admin would, with the Defines they need, and
 runs Debian's apache2 in the foreground. `tracker-wsgi serve` and the tests both use it,
-so the snippets an admin installs are the ones that are tested.
+so the snippets an admin installs are the ones that are tested. `tracker-wsgi serve` adds
+the public site (apache/site.conf) at / and a sample torrent to show on it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from bencoder import bencode
 
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
@@ -38,7 +43,14 @@ def httpd_conf(
     venv: str = sys.prefix,
     user: str = "www-data",
     site_conf: str = "",
+    document_root: Path | None = None,
 ) -> str:
+    """httpd.conf for one Apache. document_root None: the run directory itself, open to
+    all, where tests put the pages they fetch (and which then serves the run directory's
+    config and logs); `tracker-wsgi serve` passes the site's directory instead."""
+    if document_root is None:
+        document_root = run_dir
+        site_conf = f'<Directory "{run_dir}">\n    Require all granted\n</Directory>\n{site_conf}'
     modules = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in BASE_MODULES)
     return f"""\
 ServerName localhost
@@ -64,7 +76,12 @@ StartServers 2
 MinSpareThreads {MPM_THREADS_PER_PROCESS}
 MaxSpareThreads {4 * MPM_THREADS_PER_PROCESS}
 WSGISocketPrefix "{run_dir}/wsgi"
-DocumentRoot "{run_dir}"
+# As Debian's apache2.conf: no directory is served unless a snippet opens it.
+<Directory />
+    Require all denied
+    AllowOverride None
+</Directory>
+DocumentRoot "{document_root}"
 {site_conf}
 Define TRACKER_WSGI_VENV "{venv}"
 Define TRACKER_WSGI_APACHE "{apache_dir}"
@@ -72,6 +89,84 @@ Define TRACKER_WSGI_CONFIG "{config_path}"
 Include "{apache_dir}/tracker.conf"
 Include "{apache_dir}/tracker-host.conf"
 """
+
+
+def public_site_conf(apache_dir: Path, site_dir: str, output_dir: str) -> str:
+    """The public site of README's production section (stats page, feed, .torrent files:
+    apache/site.conf), here as the DocumentRoot, so at /."""
+    return (
+        f'Define TRACKER_WSGI_SITE "{site_dir}"\n'
+        f'Define TRACKER_WSGI_OUTPUT "{output_dir}"\n'
+        f'Include "{apache_dir}/site.conf"\n'
+    )
+
+
+# The sample torrent `tracker-wsgi serve` puts on a fresh site: one small text file, which
+# is also its info page (scanner.info_link: X.txt beside X.torrent).
+SAMPLE_NAME = "tracker-wsgi-sample"
+SAMPLE_PIECE_LENGTH = 16384  # BEP 3's customary smallest piece: the payload is one piece
+SAMPLE_PAYLOAD = b"""\
+This is the sample torrent of tracker-wsgi's development server (tracker-wsgi serve).
+
+The tracker tracks tracker-wsgi-sample.torrent, which holds this file. To try a client,
+open the .torrent with this file in the client's download directory (it then seeds), or
+on another machine that reaches this server (it then downloads from the seed).
+
+Drop .torrent files beside it; the next start of the server (or a force-refresh run as
+www-data) registers them, and the stats page and the RSS feed show them. Delete these two
+files to make the sample go away.
+"""
+
+
+def sample_torrent(announce_url: str) -> bytes:
+    """A v1 .torrent of SAMPLE_PAYLOAD named SAMPLE_NAME.txt. No creation date: the same
+    bytes, so the same info hash, every time."""
+    pieces = b"".join(
+        hashlib.sha1(SAMPLE_PAYLOAD[i : i + SAMPLE_PIECE_LENGTH]).digest()
+        for i in range(0, len(SAMPLE_PAYLOAD), SAMPLE_PIECE_LENGTH)
+    )
+    info = {b"name": f"{SAMPLE_NAME}.txt".encode(), b"length": len(SAMPLE_PAYLOAD),
+            b"piece length": SAMPLE_PIECE_LENGTH, b"pieces": pieces}
+    return bencode({b"announce": announce_url.encode(), b"created by": b"tracker-wsgi serve", b"info": info})
+
+
+def dev_config(state_dir: Path, port: int) -> str:
+    """The config `tracker-wsgi serve` writes on its first start: everything in state_dir."""
+    return f"""\
+# tracker-wsgi serve's config, written on its first start: edit freely, then restart.
+# The SQLite database has a directory of its own: the tracker (www-data) writes there.
+database = "sqlite:///{state_dir}/db/tracker.sqlite"
+# The site at /: the .torrent files, index.shtml (the stats page) and rss.xml (the feed).
+torrent_dir = "{state_dir}/torrents"
+output_dir = "{state_dir}/output"
+# The site's URL: the page's links start with it; a bare /tracker redirects here.
+base_url = "http://127.0.0.1:{port}/"
+"""
+
+
+# The placeholder link of apache/sample-site/rss.xml, which an admin edits.
+SAMPLE_SITE_LINK = "http://www.example.com/torrents/"
+
+
+def add_site_pages(site_dir: Path, sample_site: Path, base_url: str) -> list[str]:
+    """Copy the sample site's pages into site_dir where missing, linked to base_url, as
+    README's production section has the admin do. Returns the names copied."""
+    copied = []
+    for page in sorted(sample_site.iterdir()):
+        target = site_dir / page.name
+        if not target.exists():
+            target.write_text(page.read_text().replace(SAMPLE_SITE_LINK, base_url))
+            target.chmod(0o644)
+            copied.append(page.name)
+    return copied
+
+
+def add_sample_torrent(site_dir: Path, announce_url: str) -> None:
+    """The sample torrent and its payload (the file a client seeds it from), in site_dir."""
+    for name, data in ((f"{SAMPLE_NAME}.txt", SAMPLE_PAYLOAD),
+                       (f"{SAMPLE_NAME}.torrent", sample_torrent(announce_url))):
+        (site_dir / name).write_bytes(data)
+        (site_dir / name).chmod(0o644)
 
 
 def prepare_run_dir(run_dir: Path) -> None:
