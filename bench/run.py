@@ -329,6 +329,9 @@ class Apache:
                     os.sched_setaffinity(int(tid), cpus)
             except (FileNotFoundError, ProcessLookupError):
                 pass  # a child or thread that ended meanwhile
+        unpinned = [pid for pid in sum(self.processes(), []) if affinity(pid) not in (cpus, None)]
+        if unpinned:
+            raise RuntimeError(f"apache processes {unpinned} not pinned to cores {sorted(cpus)}")
 
     def stop(self) -> None:
         devserver.stop(self.process)
@@ -397,7 +400,9 @@ class OpenTracker:
             raise RuntimeError(f"127.0.0.1:{self.port} has listeners {sorted(listeners)}, "
                                f"ours is {self.process.pid}: stop the strays")
 
-    url = property(lambda self: f"http://127.0.0.1:{self.port}/")
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
 
     def processes(self) -> tuple[list[int], list[int]]:
         return [], [self.process.pid]
@@ -433,13 +438,23 @@ class NpmTracker:
                                              str(whitelist)], stdout=log, stderr=subprocess.STDOUT)
         wait_listening(self.port, self.process, "npm tracker", self.log)
 
-    url = property(lambda self: f"http://127.0.0.1:{self.port}/")
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
 
     def processes(self) -> tuple[list[int], list[int]]:
         return [], [self.process.pid]
 
     def stop(self) -> None:
         devserver.stop(self.process)
+
+
+def affinity(pid: int) -> set[int] | None:
+    """The cores a process may run on; None once it has ended."""
+    try:
+        return os.sched_getaffinity(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _pids() -> list[int]:
@@ -477,10 +492,11 @@ def mariadb_pids() -> list[int]:
 # -- the peers' swarms: every starting peer announced once -----------------------------------
 
 def announce_path(base: str, torrent: int, peer_id: bytes, port: int, left: int, key: bytes) -> str:
-    """The announce announce.lua sends for a peer, under `base` ("/tracker" or "")."""
+    """The announce announce.lua sends for a peer, under `base` ("/tracker" or ""): every byte
+    outside the unreserved set as %XY, as clients send it (opentracker reads `+` as itself)."""
     query = urllib.parse.urlencode({"info_hash": info_hash(torrent), "peer_id": peer_id, "port": port,
                                     "uploaded": 0, "downloaded": 0, "left": left, "key": key,
-                                    "compact": 1, "numwant": 50})
+                                    "compact": 1, "numwant": 50}, quote_via=urllib.parse.quote)
     return f"{base}/announce?{query}"
 
 
@@ -574,7 +590,8 @@ def tracker_answers(apache: Apache, args) -> tuple[bytes, bytes]:
                     for torrent, pid, port, left, key, ip in (slot_peer(1, j, cdf) for j in range(1, args.pool + 1))
                     if torrent == 0)
     announce = apache.get(path, {"X-Forwarded-For": socket.inet_ntoa(ip)})[1]
-    scrape = apache.get("/scrape?" + urllib.parse.urlencode({"info_hash": info_hash(0)}))[1]
+    scrape = apache.get("/scrape?" + urllib.parse.urlencode({"info_hash": info_hash(0)},
+                                                           quote_via=urllib.parse.quote))[1]
     if len(compact_peers(announce)) != 50 or b"failure reason" in announce + scrape:
         raise RuntimeError(f"the tracker's answers for the static file: {announce[:100]!r} {scrape[:100]!r}")
     return announce, scrape
