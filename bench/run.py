@@ -461,16 +461,23 @@ def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """pid -> CPU seconds used so far, of the processes still there."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            used[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError):
             pass
-    return total / tick
+    return used
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings, of the processes in both (another engineer's tests
+    may restart mariadbd meanwhile)."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -675,9 +682,9 @@ def measure(args, system: System, close: bool, profile: Path | None = None) -> d
         summarize_profile(sorted(profile.parent.glob(f"{profile.name}.*.raw")), profile)
     after_t = os.times()
     result["cpu"] = {
-        "wsgi": (cpu_seconds(daemons) - before[0]) / wall,
-        "server": (cpu_seconds(others) - before[1]) / wall,
-        "mariadb": (cpu_seconds(db) - before[2]) / wall,
+        "wsgi": cpu_used(before[0], cpu_seconds(daemons)) / wall,
+        "server": cpu_used(before[1], cpu_seconds(others)) / wall,
+        "mariadb": cpu_used(before[2], cpu_seconds(db)) / wall,
         "wrk": (after_t.children_user + after_t.children_system
                 - before[3].children_user - before[3].children_system) / wall,
     }
@@ -930,8 +937,8 @@ def main() -> None:
               f"{next((s.server.version for s in systems if s.name == 'npm'), '(not run)')}; hello = bench/hello.wsgi "
               "in the shipped daemon snippet; tracker <store> = the shipped snippet; 1 core = Apache pinned to one "
               "core. x <system> = the median of each round's ratio to it. failure answers = non-200 or "
-              "`failure reason`. opentracker closes every connection itself: in keep-alive runs wrk counts each "
-              "close as a read error.")
+              "`failure reason`. opentracker closes every connection itself, without `Connection: close`: wrk "
+              "counts each close as a read socket error.")
         references = [s.name for s in systems if s.name in (*PEERS, "hello")]
         for mode, runs in tables.items():
             print_table(mode, runs, references)
