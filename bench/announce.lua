@@ -1,7 +1,9 @@
 -- wrk script: realistic announce/scrape traffic for tracker_wsgi.
 --
---   wrk -t2 -c64 -d10s --latency -s bench/announce.lua http://127.0.0.1:PORT -- [torrents] [peers_per_thread] [zipf_s]
+--   wrk -t2 -c64 -d10s --latency -s bench/announce.lua http://127.0.0.1:PORT/tracker -- [torrents] [peers_per_thread] [zipf_s]
 --
+-- The URL's path is where the tracker lives: requests go to <path>/announce and <path>/scrape
+-- (/tracker for tracker_wsgi, / for opentracker and the npm bittorrent-tracker).
 -- Torrents: info hash i = sha1("bench-torrent-<i>"), i = 0..torrents-1 (bench/run.py registers
 -- the same ones). Popularity is Zipf-like: torrent i is chosen with weight 1/(i+1)^s.
 -- Peers: each wrk thread keeps a pool of peer slots; a slot is a peer (20-byte peer_id, key,
@@ -75,6 +77,7 @@ local hashes = {}   -- encoded info hashes, 1-based
 local cdf = {}      -- cumulative popularity
 local slots = {}    -- peer pool of this thread
 local pending = {}  -- slots whose peer stopped and will announce `started` next
+local base = ""     -- the URL's path without its trailing slash: "/tracker", or "" for "/"
 -- Globals, not locals: done() reads them from each thread with thread:get().
 errors, non200, failures, announces, scrapes, started, stopped = 0, 0, 0, 0, 0, 0, 0
 first_error = nil  -- "<status> <body's start>" of this thread's first error
@@ -143,6 +146,7 @@ function init(args)
    torrents = tonumber(args[1]) or torrents
    pool_size = tonumber(args[2]) or pool_size
    zipf_s = tonumber(args[3]) or zipf_s
+   base = (wrk.path:gsub("/+$", ""))
    local total = 0
    for i = 1, torrents do
       hashes[i] = urlencode(sha1("bench-torrent-" .. (i - 1)))
@@ -170,7 +174,7 @@ function request()
    if r < 0.10 then
       scrapes = scrapes + 1
       headers["X-Forwarded-For"] = slots[math.random(1, pool_size)].address  -- a client scrapes from its own
-      return wrk.format("GET", "/tracker/scrape?info_hash=" .. hashes[pick_torrent()])
+      return wrk.format("GET", base .. "/scrape?info_hash=" .. hashes[pick_torrent()])
    end
    announces = announces + 1
    -- A peer that stopped comes back at once (event=started), so started ~ stopped ~ 5%.
@@ -189,7 +193,7 @@ function request()
    else
       p.uploaded = p.uploaded + math.random(0, 16) * 16384
    end
-   local path = "/tracker/announce?info_hash=" .. hashes[p.torrent]
+   local path = base .. "/announce?info_hash=" .. hashes[p.torrent]
       .. "&peer_id=" .. p.peer_id .. "&port=" .. p.port
       .. "&uploaded=" .. p.uploaded .. "&downloaded=0&left=" .. p.left
       .. "&corrupt=0&key=" .. p.key .. event .. "&numwant=50&compact=1&no_peer_id=1"

@@ -1,17 +1,24 @@
-"""Throughput benchmark: tracker_wsgi behind the shipped Apache snippet vs a hello-world ceiling.
+"""Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
     .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale]
 
-Builds real Apache instances with tracker_wsgi.devserver (the same httpd.conf the tests use,
-Including apache/tracker.conf): (a) the tracker on each store, (b) bench/hello.wsgi served from
-a copy of apache/ whose tracker.wsgi is the hello app, so mod_wsgi's daemon settings are
-identical. Torrents are registered in the store first (info hash i = sha1("bench-torrent-<i>"),
-as bench/announce.lua computes them), and so are the wrk script's starting peers, so swarms
-are in steady state. Each peer announces from its own address (X-Forwarded-For, the tracker
-trusting 127.0.0.1 as its reverse proxy), so every per-address limit stays as shipped. Then, in one run, alternating tracker/ceiling (--rounds pairs, the
-median ratio reported), wrk drives each with bench/announce.lua, keep-alive and one
-connection per request. Run as root (Apache drops to
-www-data; MariaDB at 127.0.0.1:3306, root without password).
+Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
+each peer from its own address by X-Forwarded-For) in the same run, one after the other in
+each round (--rounds), keep-alive and one connection per request:
+  - the tracker, on each store, in real Apache built by tracker_wsgi.devserver (the same
+    httpd.conf the tests use, Including apache/tracker.conf), trusting 127.0.0.1 as its
+    reverse proxy so every per-address limit stays as shipped; its torrents and the wrk
+    script's starting peers are in the store first, so swarms are in steady state;
+  - the same tracker with Apache pinned to one core (the core-scaling row);
+  - bench/hello.wsgi served by the same snippet (a copy of apache/ whose tracker.wsgi is the
+    hello app): what mod_wsgi's daemon mode itself allows;
+  - the same Apache answering every announce and scrape with a static file holding the
+    tracker's own answers: what anything inside Apache can reach;
+  - opentracker (Debian's package; a whitelist of the bench's info hashes);
+  - the npm bittorrent-tracker 11 (node, in memory, HTTP only; installed into a cache dir).
+opentracker and the npm tracker are sent every starting peer once before the rounds.
+Run as root (Apache drops to www-data; apt-get for opentracker; MariaDB at 127.0.0.1:3306,
+root without password).
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
@@ -21,6 +28,8 @@ from __future__ import annotations
 import argparse
 import bisect
 import hashlib
+import http.client
+import json
 import os
 import pwd
 import random
@@ -28,9 +37,11 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -54,7 +65,18 @@ BENCH_PROXY = "127.0.0.1/32"
 MAX_THREADS, MAX_POOL = 255, 65535
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
-
+# Where the tracker (and bench/hello.wsgi, bench/floor.wsgi) answer: the path in wrk's URL.
+TRACKER_PATH = "/tracker"
+# The systems besides ours, each measured in every round (--peers chooses).
+PEERS = ("static", "opentracker", "npm")
+# The npm tracker the issue compares with; --ignore-scripts because its optional WebRTC
+# module cannot build offline (server.js, HTTP only, never loads it).
+NPM_PACKAGE, NPM_MAJOR = "bittorrent-tracker@11", "11."
+NPM_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tracker-wsgi-bench" / "npm"
+# Connections the prefill of opentracker and the npm tracker uses at once.
+PREFILL_CONNECTIONS = 4
+# How long a server may take to listen after it is started.
+START_SECONDS = 30
 
 # -- the torrents and peers announce.lua sends (keep in step with it) ----------------------
 
@@ -216,12 +238,44 @@ class BenchStore:
             admin.close()
 
 
-# -- Apache ------------------------------------------------------------------------------
+# -- the servers -------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not listen on {port} in {START_SECONDS}s")
+            time.sleep(0.1)
+
+
+def listener_pids(port: int) -> set[int]:
+    """Every process listening on 127.0.0.1:port (SO_REUSEPORT lets several share one)."""
+    out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def command_pids(name: str) -> dict[int, str]:
+    """pid -> command line of every process whose comm is `name`."""
+    found = {}
+    for pid in _pids():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return found
 
 
 class Apache:
@@ -235,22 +289,15 @@ class Apache:
         self.run_dir = run_dir
         self.port = free_port()
         self.process = devserver.start(run_dir, devserver.httpd_conf(run_dir, self.port, config, apache_dir))
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"apache exited: {self.error_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.1)
+        try:
+            wait_listening(self.port, self.process, "apache", run_dir / "error.log")
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.port}{TRACKER_PATH}"
 
     def error_log(self) -> str:
         return (self.run_dir / "error.log").read_text(errors="replace")
@@ -273,24 +320,164 @@ class Apache:
                 (daemons if cmdline.startswith(DAEMON_PREFIX) else others).append(pid)
         return daemons, others
 
+    def pin(self, cpus: set[int]) -> None:
+        """`taskset -a -p` for the whole instance: every thread of the parent first (children it
+        forks later inherit that), then of every child and mod_wsgi daemon."""
+        for pid in [self.process.pid] + sum(self.processes(), []):
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    os.sched_setaffinity(int(tid), cpus)
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a child or thread that ended meanwhile
+        unpinned = [pid for pid in sum(self.processes(), []) if affinity(pid) not in (cpus, None)]
+        if unpinned:
+            raise RuntimeError(f"apache processes {unpinned} not pinned to cores {sorted(cpus)}")
+
     def stop(self) -> None:
         devserver.stop(self.process)
+
+
+# Replaces apache/tracker.conf in the static-file Apache: the same request URLs answered from
+# files (the tracker's own answers, fetched once), with the tracker's content type and headers.
+STATIC_CONF = """\
+Alias {path}/announce ${{TRACKER_WSGI_APACHE}}/static/announce
+Alias {path}/scrape ${{TRACKER_WSGI_APACHE}}/static/scrape
+<Directory ${{TRACKER_WSGI_APACHE}}/static>
+    Require all granted
+    Options None
+    ForceType "text/plain; charset=ISO-8859-1"
+    Header always set Cache-Control "no-cache, no-store, max-age=0"
+    Header always set Pragma "no-cache"
+</Directory>
+""".format(path=TRACKER_PATH)
+
+
+def static_apache(root: Path) -> tuple[Apache, Path]:
+    """Apache, with the same httpd.conf and apache/tracker-host.conf, answering every announce
+    and scrape with a file; returns it and the directory the answer files go in."""
+    conf_dir = root / "static-apache"
+    (conf_dir / "static").mkdir(parents=True)
+    shutil.copy(APACHE_DIR / "tracker-host.conf", conf_dir)
+    (conf_dir / "tracker.conf").write_text(STATIC_CONF)
+    for path in (conf_dir, conf_dir / "static"):
+        path.chmod(0o755)
+    return Apache(root / "static-run", conf_dir, ""), conf_dir / "static"
+
+
+class OpenTracker:
+    """Debian's opentracker: in memory, one event loop; it closes every connection itself, so
+    wrk counts one read error per answer in keep-alive runs. It chroots to -d, so -w names
+    the whitelist inside it; it binds with SO_REUSEPORT, so a stray instance on our port would
+    silently take half the connections: the port must have no other listener."""
+
+    def __init__(self, root: Path, whitelist: Path):
+        if shutil.which("opentracker") is None:
+            print("installing Debian's opentracker: apt-get install -y opentracker", flush=True)
+            done = subprocess.run(["apt-get", "install", "-y", "opentracker"], capture_output=True, text=True,
+                                  env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            if done.returncode != 0:
+                sys.exit(f"bench/run.py: apt-get install -y opentracker failed ({done.stderr.strip()[-200:]}); "
+                         "install it or leave it out with --peers static,npm")
+        strays = command_pids("opentracker")
+        for pid, cmdline in strays.items():
+            print(f"note: opentracker pid {pid} is running, not ours ({cmdline}); it takes CPU from this run",
+                  flush=True)
+        chroot = root / "opentracker"
+        chroot.mkdir()
+        chroot.chmod(0o755)
+        shutil.copy(whitelist, chroot / "whitelist.txt")
+        (chroot / "whitelist.txt").chmod(0o644)
+        self.port = free_port()
+        self.log = root / "opentracker.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(["opentracker", "-i", "127.0.0.1", "-p", str(self.port),
+                                             "-d", str(chroot), "-w", "/whitelist.txt"],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        wait_listening(self.port, self.process, "opentracker", self.log)
+        listeners = listener_pids(self.port)
+        if listeners != {self.process.pid}:
+            self.stop()
+            raise RuntimeError(f"127.0.0.1:{self.port} has listeners {sorted(listeners)}, "
+                               f"ours is {self.process.pid}: stop the strays")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def processes(self) -> tuple[list[int], list[int]]:
+        return [], [self.process.pid]
+
+    def stop(self) -> None:
+        devserver.stop(self.process)
+
+
+class NpmTracker:
+    """The npm bittorrent-tracker 11 (bench/npm_tracker.mjs): HTTP only, in memory, trusting
+    X-Forwarded-For, refusing info hashes not in the whitelist."""
+
+    def __init__(self, root: Path, whitelist: Path, cache: Path):
+        missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+        if missing:
+            sys.exit(f"bench/run.py needs {' and '.join(missing)} on PATH for the npm tracker: "
+                     "apt-get install -y nodejs npm, or leave it out with --peers static,opentracker")
+        modules = cache / "node_modules"
+        package = modules / "bittorrent-tracker" / "package.json"
+        if not (package.exists() and json.loads(package.read_text())["version"].startswith(NPM_MAJOR)):
+            cache.mkdir(parents=True, exist_ok=True)
+            print(f"installing {NPM_PACKAGE} into {cache}", flush=True)
+            done = subprocess.run(["npm", "install", "--prefix", str(cache), NPM_PACKAGE, "--ignore-scripts",
+                                   "--no-audit", "--no-fund"], capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"bench/run.py: npm install {NPM_PACKAGE} into {cache} failed "
+                         f"({done.stderr.strip()[-200:]}); or leave it out with --peers static,opentracker")
+        self.version = json.loads(package.read_text())["version"]
+        self.port = free_port()
+        self.log = root / "npm-tracker.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(["node", str(BENCH / "npm_tracker.mjs"), str(modules), str(self.port),
+                                             str(whitelist)], stdout=log, stderr=subprocess.STDOUT)
+        wait_listening(self.port, self.process, "npm tracker", self.log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def processes(self) -> tuple[list[int], list[int]]:
+        return [], [self.process.pid]
+
+    def stop(self) -> None:
+        devserver.stop(self.process)
+
+
+def affinity(pid: int) -> set[int] | None:
+    """The cores a process may run on; None once it has ended."""
+    try:
+        return os.sched_getaffinity(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """pid -> CPU seconds used so far, of the processes still there."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            used[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError):
             pass
-    return total / tick
+    return used
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two readings, of the processes in both (another engineer's tests
+    may restart mariadbd meanwhile)."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -306,20 +493,133 @@ def rss_kib(pids: list[int]) -> int:
 
 
 def mariadb_pids() -> list[int]:
-    found = []
-    for pid in _pids():
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() in ("mariadbd", "mysqld"):
-                found.append(pid)
-        except OSError:
-            pass
-    return found
+    return list(command_pids("mariadbd")) + list(command_pids("mysqld"))
+
+
+# -- the peers' swarms: every starting peer announced once -----------------------------------
+
+def announce_path(base: str, torrent: int, peer_id: bytes, port: int, left: int, key: bytes) -> str:
+    """The announce announce.lua sends for a peer, under `base` ("/tracker" or ""): every byte
+    outside the unreserved set as %XY, as clients send it (opentracker reads `+` as itself)."""
+    query = urllib.parse.urlencode({"info_hash": info_hash(torrent), "peer_id": peer_id, "port": port,
+                                    "uploaded": 0, "downloaded": 0, "left": left, "key": key,
+                                    "compact": 1, "numwant": 50}, quote_via=urllib.parse.quote)
+    return f"{base}/announce?{query}"
+
+
+def compact_peers(body: bytes) -> list[bytes]:
+    """The 6-byte compact peers of an announce answer."""
+    m = re.search(rb"5:peers(\d+):", body)
+    start, n = m.end(), int(m.group(1))
+    return [body[i:i + 6] for i in range(start, start + n, 6)]
+
+
+def prefill(url: str, args) -> None:
+    """Announce every one of announce.lua's starting peers once, from its own address, as the
+    tracker's store holds them before its runs; each must be a real answer."""
+    base = urllib.parse.urlsplit(url)
+    prefix = base.path.rstrip("/")
+    cdf = zipf_cdf(args.torrents, args.zipf)
+    peers = [slot_peer(t, j, cdf) for t in range(1, args.threads + 1) for j in range(1, args.pool + 1)]
+    failures: list[str] = []
+
+    def announce_all(chunk: list[tuple]) -> None:
+        conn = http.client.HTTPConnection(base.hostname, base.port, timeout=30)
+        for torrent, pid, port, left, key, ip in chunk:
+            for attempt in (1, 2):  # opentracker closes the connection after each answer
+                try:
+                    conn.request("GET", announce_path(prefix, torrent, pid, port, left, key),
+                                 headers={"X-Forwarded-For": socket.inet_ntoa(ip)})
+                    response = conn.getresponse()
+                    body = response.read()
+                    break
+                except (ConnectionError, http.client.HTTPException):
+                    conn.close()
+                    if attempt == 2:
+                        raise
+            if response.status != 200 or b"failure reason" in body or b"5:peers" not in body:
+                failures.append(f"{response.status} {body[:120]!r}")
+        conn.close()
+
+    workers = [threading.Thread(target=announce_all, args=(peers[i::PREFILL_CONNECTIONS],))
+               for i in range(PREFILL_CONNECTIONS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if failures:
+        raise RuntimeError(f"{url}: {len(failures)} of {len(peers)} starting peers refused, e.g. {failures[0]}")
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> bytes:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+        return response.read()
+
+
+def forwarded_address_seen(url: str, args) -> bool:
+    """Whether a peer's answer lists the other peers at their X-Forwarded-For addresses (10.x)
+    rather than at 127.0.0.1, where wrk connects from."""
+    torrent, pid, port, left, key, ip = slot_peer(1, 1, zipf_cdf(args.torrents, args.zipf))
+    body = fetch(url.rstrip("/") + announce_path("", torrent, pid, port, left, key),
+                 {"X-Forwarded-For": socket.inet_ntoa(ip)})
+    return any(peer[0] == 10 for peer in compact_peers(body))
+
+
+def shared_endpoints(args) -> int:
+    """How many starting peers share (torrent, port) with another: one peer to a tracker that
+    tells peers apart by address and port and sees every one at 127.0.0.1."""
+    cdf = zipf_cdf(args.torrents, args.zipf)
+    seen: dict[tuple[int, int], int] = {}
+    for t in range(1, args.threads + 1):
+        for j in range(1, args.pool + 1):
+            torrent, _, port, *_ = slot_peer(t, j, cdf)
+            seen[torrent, port] = seen.get((torrent, port), 0) + 1
+    return sum(n for n in seen.values() if n > 1)
+
+
+def check_announce(apache: Apache, torrents: int, zipf_s: float) -> None:
+    """One announce of announce.lua's first peer, as the tracker sees it: must be a real answer,
+    and the tracker must have taken the address from X-Forwarded-For (BEP 24 `external ip`)."""
+    torrent, pid, port, left, key, ip = slot_peer(1, 1, zipf_cdf(torrents, zipf_s))
+    status, body = apache.get(announce_path("", torrent, pid, port, left, key),
+                              {"X-Forwarded-For": socket.inet_ntoa(ip)})
+    if (status != 200 or b"failure reason" in body or b"5:peers" not in body
+            or b"11:external ip4:" + ip not in body):
+        raise RuntimeError(f"sanity announce failed: {status} {body[:200]!r}\n{apache.error_log()}")
+
+
+def tracker_answers(apache: Apache, args) -> tuple[bytes, bytes]:
+    """The tracker's own answers for the static file: a re-announce of a starting peer of the
+    most popular torrent (a full numwant=50 answer, as most announces under Zipf get) and a
+    scrape of that torrent."""
+    cdf = zipf_cdf(args.torrents, args.zipf)
+    ip, path = next((ip, announce_path("", torrent, pid, port, left, key))
+                    for torrent, pid, port, left, key, ip in (slot_peer(1, j, cdf) for j in range(1, args.pool + 1))
+                    if torrent == 0)
+    announce = apache.get(path, {"X-Forwarded-For": socket.inet_ntoa(ip)})[1]
+    scrape = apache.get("/scrape?" + urllib.parse.urlencode({"info_hash": info_hash(0)},
+                                                           quote_via=urllib.parse.quote))[1]
+    if len(compact_peers(announce)) != 50 or b"failure reason" in announce + scrape:
+        raise RuntimeError(f"the tracker's answers for the static file: {announce[:100]!r} {scrape[:100]!r}")
+    return announce, scrape
+
+
+def tracker_config(root: Path, url: str) -> str:
+    (root / "torrents").mkdir(exist_ok=True)
+    (root / "output").mkdir(exist_ok=True)
+    (root / "output").chmod(0o777)
+    return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
+            f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
 
 
 # -- wrk ---------------------------------------------------------------------------------
 
 def parse_duration(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_size(value: str, unit: str) -> float:
+    return float(value) * {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}[unit]
 
 
 def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = None) -> dict:
@@ -336,6 +636,8 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
         result[f"p{pct}"] = parse_duration(*m.groups())
+    m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB|TB) read", out)
+    result["bytes_per_answer"] = parse_size(*m.groups()[1:]) / max(1, int(m.group(1)))
     m = re.search(r"BENCH errors=(\d+) non200=(\d+) failure_reason=(\d+) announces_sent=(\d+) "
                   r"scrapes_sent=(\d+) started=(\d+) stopped=(\d+)", out)
     result.update(zip(("errors", "non200", "failures", "announces", "scrapes", "started", "stopped"),
@@ -347,10 +649,20 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
     return result
 
 
-def measure(args, apache: Apache, close: bool, torrents: int, profile: Path | None = None) -> dict:
+class System:
+    """One row of the tables: a server, the URL wrk drives (its path is where announce and
+    scrape live), and, for the core-scaling row, the cores its Apache is pinned to."""
+
+    def __init__(self, name: str, server, profile: Path | None = None, cpus: set[int] | None = None):
+        self.name, self.server, self.profile, self.cpus = name, server, profile, cpus
+
+
+def measure(args, system: System, close: bool, profile: Path | None = None) -> dict:
     """One wrk run, with the CPU each party used meanwhile (cores busy on average); with
     `profile`, py-spy samples the daemons' Python meanwhile and writes a summary there."""
-    daemons, others = apache.processes()
+    if system.cpus:
+        system.server.pin(system.cpus)
+    daemons, others = system.server.processes()
     db = mariadb_pids()
     spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(args.seconds), "-r", "200",
                                "-f", "raw", "-o", f"{profile}.{pid}.raw", "--nonblocking"],
@@ -358,7 +670,11 @@ def measure(args, apache: Apache, close: bool, torrents: int, profile: Path | No
              for pid in (daemons if profile else [])]
     before = (cpu_seconds(daemons), cpu_seconds(others), cpu_seconds(db), os.times())
     start = time.monotonic()
-    result = run_wrk(args, apache.url, close, torrents)
+    try:
+        result = run_wrk(args, system.server.url, close, args.torrents)
+    finally:
+        if system.cpus:
+            system.server.pin(os.sched_getaffinity(0))
     wall = time.monotonic() - start
     for spy in spies:
         spy.wait()
@@ -366,9 +682,9 @@ def measure(args, apache: Apache, close: bool, torrents: int, profile: Path | No
         summarize_profile(sorted(profile.parent.glob(f"{profile.name}.*.raw")), profile)
     after_t = os.times()
     result["cpu"] = {
-        "wsgi": (cpu_seconds(daemons) - before[0]) / wall,
-        "apache": (cpu_seconds(others) - before[1]) / wall,
-        "mariadb": (cpu_seconds(db) - before[2]) / wall,
+        "wsgi": cpu_used(before[0], cpu_seconds(daemons)) / wall,
+        "server": cpu_used(before[1], cpu_seconds(others)) / wall,
+        "mariadb": cpu_used(before[2], cpu_seconds(db)) / wall,
         "wrk": (after_t.children_user + after_t.children_system
                 - before[3].children_user - before[3].children_system) / wall,
     }
@@ -400,27 +716,6 @@ def summarize_profile(raws: list[Path], out: Path) -> None:
     print(f"profile: {out}", flush=True)
 
 
-def check_announce(apache: Apache, torrents: int, zipf_s: float) -> None:
-    """One announce of announce.lua's first peer, as the tracker sees it: must be a real answer,
-    and the tracker must have taken the address from X-Forwarded-For (BEP 24 `external ip`)."""
-    torrent, pid, port, left, key, ip = slot_peer(1, 1, zipf_cdf(torrents, zipf_s))
-    query = urllib.parse.urlencode({"info_hash": info_hash(torrent), "peer_id": pid, "port": port,
-                                    "uploaded": 0, "downloaded": 0, "left": left, "key": key,
-                                    "compact": 1, "numwant": 50})
-    status, body = apache.get("/tracker/announce?" + query, {"X-Forwarded-For": socket.inet_ntoa(ip)})
-    if (status != 200 or b"failure reason" in body or b"5:peers" not in body
-            or b"11:external ip4:" + ip not in body):
-        raise RuntimeError(f"sanity announce failed: {status} {body[:200]!r}\n{apache.error_log()}")
-
-
-def tracker_config(root: Path, url: str) -> str:
-    (root / "torrents").mkdir(exist_ok=True)
-    (root / "output").mkdir(exist_ok=True)
-    (root / "output").chmod(0o777)
-    return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
-            f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
-
-
 def print_first_errors(result: dict) -> None:
     """Which rule refused: each wrk thread's first error answer, as its status and body's start."""
     for first in result["first_errors"]:
@@ -431,59 +726,60 @@ def fmt_ms(v: float) -> str:
     return f"{v:.2f}ms" if v < 100 else f"{v:.0f}ms"
 
 
-def combine(store: str, mode: str, pairs: list[tuple[dict, dict]]) -> dict:
-    """Rounds of (tracker, ceiling) runs -> one row: the round with the median ratio (of an
-    even number of rounds, the lower of the middle two), the ratio of every round, and the
-    errors of all of them. The machine's speed drifts by tens of percent within a minute;
-    a ratio of runs taken side by side, several times over, is what stands."""
-    ordered = sorted(pairs, key=lambda pair: pair[0]["rps"] / pair[1]["rps"])
-    tracker, ceiling = ordered[(len(ordered) - 1) // 2]
-    return {"store": store, "mode": mode, "tracker": tracker, "ceiling": ceiling,
-            "ratios": [t["rps"] / c["rps"] for t, c in pairs],
-            "floor_ratios": [c["floor_ratio"] for _, c in pairs if "floor_ratio" in c],
-            "errors": sum(t["errors"] for t, _ in pairs), "socket": sum(t["socket"] for t, _ in pairs)}
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median rate (of an even number, the lower of the middle two)."""
+    return sorted(runs, key=lambda r: r["rps"])[(len(runs) - 1) // 2]
 
 
-def print_table(rows: list[dict]) -> None:
-    head = ("store", "mode", "tracker req/s", "ceiling req/s", "ratio (median)", "each round", "p50", "p99",
-            "errors", "ceil p50", "ceil p99")
+def median_ratio(runs: list[dict], references: list[dict]) -> float:
+    """The median of each round's ratio: the machine's speed drifts by tens of percent within
+    a minute, so only runs taken side by side, several times over, are compared."""
+    return statistics.median(r["rps"] / ref["rps"] for r, ref in zip(runs, references))
+
+
+def print_table(mode: str, runs: dict[str, list[dict]], references: list[str]) -> None:
+    """One row per system: the median round's rate and latency, the median of each round's
+    ratio to every reference, and the socket errors and failure answers of all rounds."""
+    head = ("system", "req/s", *(f"x {name}" for name in references), "p50", "p99", "socket errors",
+            "failure answers", "bytes/answer")
     lines = [head]
-    for r in rows:
-        t, c = r["tracker"], r["ceiling"]
-        err = f"{r['errors']}" + (f" (+{r['socket']} sock)" if r["socket"] else "")
-        lines.append((r["store"], r["mode"], f"{t['rps']:.0f}", f"{c['rps']:.0f}", f"{t['rps'] / c['rps']:.2f}",
-                      " ".join(f"{ratio:.2f}" for ratio in r["ratios"]),
-                      fmt_ms(t["p50"]), fmt_ms(t["p99"]), err, fmt_ms(c["p50"]), fmt_ms(c["p99"])))
-    if any(r["floor_ratios"] for r in rows):
-        lines = [line + (cell,) for line, cell in zip(lines, ["floor.wsgi, each round"] + [
-            " ".join(f"{ratio:.2f}" for ratio in r["floor_ratios"]) for r in rows])]
-        head = lines[0]
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    out = ["| " + " | ".join(str(v).ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
+    for name, system_runs in runs.items():
+        run = median_run(system_runs)
+        lines.append((name, f"{run['rps']:.0f}",
+                      *(f"{median_ratio(system_runs, runs[ref]):.2f}" for ref in references),
+                      fmt_ms(run["p50"]), fmt_ms(run["p99"]), str(sum(r["socket"] for r in system_runs)),
+                      str(sum(r["errors"] for r in system_runs)), f"{run['bytes_per_answer']:.0f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print(f"\n{mode}:")
     print("\n".join(out))
 
 
-def print_cpu(rows: list[dict]) -> None:
-    print("\nCPU during the median round (cores busy on average; the machine has "
-          f"{os.cpu_count()}): wsgi daemons / apache workers / mariadbd / wrk")
-    for r in rows:
-        for side in ("tracker", "ceiling"):
-            c = r[side]["cpu"]
-            print(f"  {r['store']:<14} {r['mode']:<10} {side:<8} wsgi {c['wsgi']:.2f}  apache {c['apache']:.2f}  "
-                  f"mariadb {c['mariadb']:.2f}  wrk {c['wrk']:.2f}  "
-                  f"(daemon RSS {r[side]['rss_kib'] / 1024:.0f} MiB)")
+def print_cpu(mode: str, runs: dict[str, list[dict]]) -> None:
+    print(f"CPU in the median round ({mode}; cores busy on average, of {os.cpu_count()}): "
+          "wsgi daemons / the server's other processes / mariadbd / wrk")
+    for name, system_runs in runs.items():
+        run = median_run(system_runs)
+        c = run["cpu"]
+        rss = f"  (daemon RSS {run['rss_kib'] / 1024:.0f} MiB)" if run["rss_kib"] else ""
+        print(f"  {name:<40} wsgi {c['wsgi']:.2f}  server {c['server']:.2f}  mariadb {c['mariadb']:.2f}  "
+              f"wrk {c['wrk']:.2f}{rss}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--stores", default="sqlite,mysql")
+    parser.add_argument("--stores", default="sqlite,mysql", help="the tracker on each; the first also "
+                        "with Apache on one core (the core-scaling row)")
     parser.add_argument("--modes", default="keepalive,close")
+    parser.add_argument("--peers", default=",".join(PEERS), help="the other systems measured beside the "
+                        f"tracker, of {','.join(PEERS)} ('' for none)")
+    parser.add_argument("--npm-cache", type=Path, default=NPM_CACHE, help=f"where {NPM_PACKAGE} is installed")
     parser.add_argument("--floor", action="store_true", help="also measure bench/floor.wsgi, the least a "
-                        "Python announce handler does, and print its ratio to the ceiling")
-    parser.add_argument("--rounds", type=int, default=3, help="tracker/ceiling pairs per store and mode; "
-                        "the table shows the median ratio")
+                        "Python announce handler does")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every system per mode, one after "
+                        "the other; the tables show the median")
     parser.add_argument("--torrents", type=int, default=1000)
     parser.add_argument("--pool", type=int, default=5000, help="peers per wrk thread")
     parser.add_argument("--zipf", type=float, default=1.0, help="popularity exponent s")
@@ -504,29 +800,56 @@ def main() -> None:
     if not (1 <= args.threads <= MAX_THREADS and 1 <= args.pool <= MAX_POOL):
         sys.exit(f"bench/run.py: --threads {args.threads} --pool {args.pool}: each peer needs its own "
                  f"10.<thread>.x.y address; use --threads 1..{MAX_THREADS} and --pool 1..{MAX_POOL}")
+    peers = [p for p in args.peers.split(",") if p]
+    if set(peers) - set(PEERS):
+        sys.exit(f"bench/run.py: --peers {args.peers}: choose among {','.join(PEERS)}")
+    kinds = args.stores.split(",")
+    cores = os.sched_getaffinity(0)
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
     root.chmod(0o755)
-    apaches: list[Apache] = []
+    servers: list = []
     stores: list[BenchStore] = []
-    rows: list[dict] = []
-    scale_rows: list[dict] = []
+    trackers: dict[str, Apache] = {}
     try:
+        print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+        whitelist = root / "whitelist.txt"
+        whitelist.write_text("".join(f"{info_hash(i).hex()}\n" for i in range(args.torrents)))
+        whitelist.chmod(0o644)
+
+        def started(server):
+            servers.append(server)
+            return server
+
         def serve(app: str) -> Apache:
             """bench/<app>.wsgi from a copy of apache/ whose tracker.wsgi it replaces."""
             app_dir = root / f"{app}-apache"
             shutil.copytree(APACHE_DIR, app_dir)
             shutil.copy(BENCH / f"{app}.wsgi", app_dir / "tracker.wsgi")
             app_dir.chmod(0o755)
-            apache = Apache(root / f"{app}-run", app_dir, "")
-            apaches.append(apache)
-            run_wrk(args, apache.url, False, args.torrents, seconds=2)  # warm up
-            return apache
+            return started(Apache(root / f"{app}-run", app_dir, ""))
 
-        hello = serve("hello")
-        floor = serve("floor") if args.floor else None
+        systems: list[System] = []
+        if "static" in peers:
+            static, static_dir = static_apache(root)
+            systems.append(System("static", started(static)))
+        for name, make in (("opentracker", lambda: OpenTracker(root, whitelist)),
+                           ("npm", lambda: NpmTracker(root, whitelist, args.npm_cache))):
+            if name in peers:
+                server = started(make())
+                t0 = time.monotonic()
+                prefill(server.url, args)
+                own = forwarded_address_seen(server.url, args)
+                print(f"[{name}] {args.threads * args.pool} starting peers announced in {time.monotonic() - t0:.1f}s; "
+                      + ("peers listed at their X-Forwarded-For addresses" if own else
+                         f"X-Forwarded-For ignored: every peer is 127.0.0.1, told apart by port, so "
+                         f"{shared_endpoints(args)} starting peers share (torrent, port) with another"), flush=True)
+                systems.append(System(name, server))
+        systems.append(System("hello", serve("hello")))
+        if args.floor:
+            systems.append(System("floor", serve("floor")))
 
-        for kind in args.stores.split(","):
+        for kind in kinds:
             t0 = time.monotonic()
             store = BenchStore(kind, root, "small")
             stores.append(store)
@@ -536,33 +859,50 @@ def main() -> None:
             print(f"[{kind}] {args.torrents} torrents, {store.peer_count()} peers in "
                   f"{time.monotonic() - t0:.1f}s", flush=True)
             store.hand_over()
-            tracker = Apache(root / f"tracker-{kind}", APACHE_DIR, tracker_config(root, store.url))
-            apaches.append(tracker)
+            tracker = started(Apache(root / f"tracker-{kind}", APACHE_DIR, tracker_config(root, store.url)))
+            trackers[kind] = tracker
             check_announce(tracker, args.torrents, args.zipf)
-            run_wrk(args, tracker.url, False, args.torrents, seconds=2)  # warm up both daemons
-            for mode in args.modes.split(","):
-                close = mode == "close"
-                profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-{mode}.txt")
-                pairs = []
-                for round_ in range(args.rounds):
-                    t = measure(args, tracker, close, args.torrents, profile if round_ == 0 else None)
-                    c = measure(args, hello, close, args.torrents)
-                    if floor is not None:
-                        c["floor_ratio"] = measure(args, floor, close, args.torrents)["rps"] / c["rps"]
-                    pairs.append((t, c))
-                    print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] tracker {t['rps']:.0f} req/s, ceiling "
-                          f"{c['rps']:.0f} req/s, ratio {t['rps'] / c['rps']:.2f}, errors {t['errors']} "
-                          f"{t['socket_detail']}; started {t['started']} stopped {t['stopped']} scrapes "
-                          f"{t['scrapes']} of {t['announces'] + t['scrapes']}", flush=True)
-                    print_first_errors(t)
-                rows.append(combine(kind, mode, pairs))
-            problems = [line for line in tracker.error_log().splitlines() 
+            systems.append(System(f"tracker {kind}", tracker, profile=args.profile and args.profile.with_name(
+                f"{args.profile.name}-{kind}")))
+            if kind == kinds[0] and len(cores) > 1:
+                systems.append(System(f"tracker {kind} 1 core", tracker, cpus={min(cores)}))
+        if "static" in peers:
+            announce, scrape = tracker_answers(trackers[kinds[0]], args)
+            (static_dir / "announce").write_bytes(announce)
+            (static_dir / "scrape").write_bytes(scrape)
+            print(f"[static] the tracker's answers: announce {len(announce)} bytes, scrape {len(scrape)} bytes",
+                  flush=True)
+        for system in systems:
+            if not system.cpus:
+                run_wrk(args, system.server.url, False, args.torrents, seconds=2)  # warm up
+
+        modes = args.modes.split(",")
+        tables: dict[str, dict[str, list[dict]]] = {}
+        for mode in modes:
+            close = mode == "close"
+            runs: dict[str, list[dict]] = {system.name: [] for system in systems}
+            for round_ in range(args.rounds):
+                for system in systems:
+                    profile = system.profile and round_ == 0 and system.profile.with_name(
+                        f"{system.profile.name}-{mode}.txt")
+                    r = measure(args, system, close, profile or None)
+                    runs[system.name].append(r)
+                    print(f"[{mode} {round_ + 1}/{args.rounds}] {system.name}: {r['rps']:.0f} req/s, p99 "
+                          f"{fmt_ms(r['p99'])}, failure answers {r['errors']}, {r['socket_detail'] or 'no socket errors'}; "
+                          f"started {r['started']} stopped {r['stopped']} scrapes {r['scrapes']} of "
+                          f"{r['announces'] + r['scrapes']}", flush=True)
+                    print_first_errors(r)
+            tables[mode] = runs
+        for kind, tracker in trackers.items():
+            problems = [line for line in tracker.error_log().splitlines()
                         if "Traceback" in line or (":error]" in line and "tracker_wsgi: ready" not in line)]
             if problems:
                 print(f"[{kind}] error.log: {len(problems)} problem lines, e.g. {problems[:3]}")
             tracker.stop()
 
-            if args.scale and kind in args.scale_stores.split(","):
+        scale_rows = []
+        for kind in kinds:
+            if args.scale and kind in args.scale_stores.split(",") and "keepalive" in tables:
                 t0 = time.monotonic()
                 big = BenchStore(kind, root, "scale")
                 stores.append(big)
@@ -570,30 +910,47 @@ def main() -> None:
                 big.slot_peers(args.scale_torrents, args.threads, args.pool, args.zipf)
                 big.random_peers(args.scale_peers - args.threads * args.pool, args.scale_torrents, args.zipf)
                 big.hold_refresh()
-                peers = big.peer_count()
+                peers_stored = big.peer_count()
                 size = big.size_bytes()
-                print(f"[{kind} scale] {args.scale_torrents} torrents, {peers} peers, peers table/file "
-                      f"{size / 2**20:.0f} MiB ({size / peers:.0f} B/peer), filled in "
+                print(f"[{kind} scale] {args.scale_torrents} torrents, {peers_stored} peers, peers table/file "
+                      f"{size / 2**20:.0f} MiB ({size / peers_stored:.0f} B/peer), filled in "
                       f"{time.monotonic() - t0:.1f}s", flush=True)
                 big.hand_over()
-                tracker = Apache(root / f"tracker-{kind}-scale", APACHE_DIR, tracker_config(root, big.url))
-                apaches.append(tracker)
+                tracker = started(Apache(root / f"tracker-{kind}-scale", APACHE_DIR, tracker_config(root, big.url)))
                 check_announce(tracker, args.scale_torrents, args.zipf)
-                run_wrk(args, tracker.url, False, args.scale_torrents, seconds=2)
+                scale_args = argparse.Namespace(**{**vars(args), "torrents": args.scale_torrents})
+                run_wrk(scale_args, tracker.url, False, args.scale_torrents, seconds=2)
                 profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-scale.txt")
-                t = measure(args, tracker, False, args.scale_torrents, profile)
-                small = next(r["tracker"] for r in rows if r["store"] == kind and r["mode"] == "keepalive")
-                scale_rows.append({"store": kind, "peers": peers, "bytes": size, "t": t, "small": small})
+                t = measure(scale_args, System(f"tracker {kind} scale", tracker), False, profile or None)
+                small = median_run(tables["keepalive"][f"tracker {kind}"])
+                scale_rows.append({"store": kind, "peers": peers_stored, "bytes": size, "t": t, "small": small})
                 print(f"[{kind} scale keepalive] {t['rps']:.0f} req/s (small: {small['rps']:.0f}), "
                       f"errors {t['errors']}", flush=True)
                 print_first_errors(t)
                 tracker.stop()
 
         print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s --latency, {args.torrents} torrents, "
-              f"{args.threads * args.pool} peers, Zipf s={args.zipf}, {args.rounds} rounds; ceiling = bench/hello.wsgi, "
-              "same snippet\n")
-        print_table(rows)
-        print_cpu(rows)
+              f"{args.threads * args.pool} peers, Zipf s={args.zipf}, {args.rounds} rounds of every system in turn; "
+              f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print("static = Apache answering with files of the tracker's own answers (a 50-peer announce, a scrape); "
+              "opentracker = Debian's; npm = bittorrent-tracker "
+              f"{next((s.server.version for s in systems if s.name == 'npm'), '(not run)')}; hello = bench/hello.wsgi "
+              "in the shipped daemon snippet; tracker <store> = the shipped snippet; 1 core = Apache pinned to one "
+              "core. x <system> = the median of each round's ratio to it. failure answers = non-200 or "
+              "`failure reason`. opentracker closes every connection itself, without `Connection: close`: wrk "
+              "counts each close as a read socket error.")
+        references = [s.name for s in systems if s.name in (*PEERS, "hello")]
+        for mode, runs in tables.items():
+            print_table(mode, runs, references)
+            one_core = next((s for s in systems if s.cpus), None)
+            if one_core:
+                full = f"tracker {kinds[0]}"
+                ratios = [a["rps"] / b["rps"] for a, b in zip(runs[full], runs[one_core.name])]
+                print(f"core scaling ({mode}): {full} with Apache on {len(cores)} cores / on 1 core = "
+                      f"{statistics.median(ratios):.2f} (each round: {' '.join(f'{r:.2f}' for r in ratios)})")
+        print()
+        for mode, runs in tables.items():
+            print_cpu(mode, runs)
         if scale_rows:
             print("\nScale (keep-alive): announce rate with the store pre-filled vs the small case")
             print("| store | peers | torrents | req/s | small req/s | ratio | p50 | p99 | errors | "
@@ -606,8 +963,8 @@ def main() -> None:
                       f"{fmt_ms(t['p99'])} | {t['errors']} | {s['bytes'] / s['peers']:.0f} | "
                       f"{t['rss_kib'] / 1024:.0f} MiB (small {s['small']['rss_kib'] / 1024:.0f} MiB) |")
     finally:
-        for apache in apaches:
-            apache.stop()
+        for server in servers:
+            server.stop()
         for store in stores:
             try:
                 store.drop()
