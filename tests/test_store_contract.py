@@ -638,3 +638,47 @@ def test_idle_torrents_of_open_mode_leave_the_store(store_url):
     assert set(store.scrape_all(NOW)) == {ih(1), ih(2), ih(6)}
     swarms.announce(ann(3, torrent=5), NOW)  # an announce registers it again
     assert ih(5) in store.scrape_all(NOW)
+
+
+def test_a_leecher_that_stops_with_nothing_left_has_finished_once(store, swarms):
+    """aria2 1.36 with --seed-time=0: `started` with left>0, the download, then only
+    `stopped` with left=0 — never `completed`. That is a completion, counted once."""
+    swarms.announce(ann(1, left=5_000_000, event=Event.STARTED), NOW)
+    swarms.flush()
+    swarms.announce(ann(1, left=5_000_000), NOW)
+    swarms.announce(ann(1, left=0, event=Event.STOPPED), NOW)
+    swarms.flush()
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)
+    # A peer the view never held (another process answered its `started`) counts the same.
+    other = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    swarms.announce(ann(2, left=10, event=Event.STARTED), NOW)
+    swarms.flush()
+    other.announce(ann(2, left=0, event=Event.STOPPED), NOW)
+    other.flush()
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 2
+
+
+def test_a_completion_counts_once_whatever_follows(store, swarms):
+    swarms.announce(ann(1, left=10, event=Event.STARTED), NOW)
+    swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW)
+    swarms.announce(ann(1, left=0, event=Event.COMPLETED), NOW)
+    swarms.announce(ann(1, left=0), NOW)
+    swarms.announce(ann(1, left=0, event=Event.STOPPED), NOW)
+    swarms.flush()
+    # The batch's own rule (a stored leecher reporting left=0) must not count it again.
+    swarms.announce(ann(1, left=0, event=Event.STOPPED), NOW)
+    swarms.flush()
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 1
+
+
+def test_the_batch_counts_a_stopped_finish_the_view_could_not_see(store):
+    """While the database could not say (the view took the peer on trust), the batch applies
+    the same rule against the stored row."""
+    batch = [(store.find_swarm(ih(1), NOW, 10).torrent_id, write)
+             for write in (PeerWrite(pid(1), V4, 6001, None, PeerState.LEECHER, 7, 0, 0, NOW, False),)]
+    store.write_batch(batch)
+    torrent_id = batch[0][0]
+    store.write_batch([(torrent_id, PeerWrite(pid(1), V4, 6001, None, PeerState.SEED, 0, 0, 7, NOW + 1, True))])
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)

@@ -93,17 +93,18 @@ def test_accepted_announces(announce, peer, expected):
 # stopped, and finished downloads
 # --------------------------------------------------------------------------------------
 
-STOPPED_CASES = [
-    ("known leecher", stored()),
-    ("known seed", stored(left=0)),
-    ("unknown peer", None),
+STOPPED_CASES = [  # (case, the peer as known, left in the `stopped`, whether it finished)
+    ("known leecher, stopped with nothing left (aria2 --seed-time=0)", stored(), 0, True),
+    ("known leecher, stopped half way", stored(), 50, False),
+    ("known seed", stored(left=0), 0, False),
+    ("unknown peer", None, 0, False),
 ]
 
 
-@pytest.mark.parametrize("peer", [c[1] for c in STOPPED_CASES], ids=[c[0] for c in STOPPED_CASES])
-def test_stopped_removes_the_peer_and_counts_nothing(peer):
-    """BEP 3 `stopped`: the peer leaves the swarm."""
-    assert plan_announce(request(event=Event.STOPPED, left=0), peer) == update(remove=True)
+@pytest.mark.parametrize("peer, left, finished", [c[1:] for c in STOPPED_CASES], ids=[c[0] for c in STOPPED_CASES])
+def test_stopped_removes_the_peer_and_a_known_leecher_with_nothing_left_has_finished(peer, left, finished):
+    """BEP 3 `stopped`: the peer leaves the swarm; swarm.finishes says whether it finished."""
+    assert plan_announce(request(event=Event.STOPPED, left=left), peer) == update(remove=True, counts=finished)
 
 
 def test_stopped_keeps_the_key_for_the_record():

@@ -38,20 +38,23 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
     - `key` protects a peer (BEP 3 "key"): an announce for a known peer_id from another
       address is accepted only with the key the peer registered; otherwise anyone could
       stop or move someone else's peer (the original only had the IP check).
-    - A download finishes on `completed` with left=0, or when a known leecher reports
-      left=0 without the event (the original's rule). Whether this peer's completion was
-      already counted is the store's to know: it counts one per peer (write_through).
+    - Whether the announce finishes a download: `finishes`. Whether this peer's completion
+      was already counted is the store's to know: it counts one per peer (write_through).
     """
     if known is not None and known.ip != request.ip:
         if known.key is None or known.key != request.key:
             raise ClientError(PEER_CONFLICT)
     key = request.key if request.key is not None else (known.key if known is not None else None)
-    if request.event is STOPPED:
-        return PeerUpdate(True, False, key)
-    finished = request.left == 0 and (
-        request.event is COMPLETED or (known is not None and known.left > 0)
-    )
-    return PeerUpdate(False, finished, key)
+    finished = finishes(request.event is COMPLETED, request.left, known.left if known is not None else None)
+    return PeerUpdate(request.event is STOPPED, finished, key)
+
+
+def finishes(completed_event: bool, left: int, known_left: int | None) -> bool:
+    """A download finishes on `completed` with left=0, or when a peer this tracker knew as a
+    leecher (left > 0) reports left=0, whatever the event (the original's rule) - `stopped`
+    included: aria2 with --seed-time=0 announces `started`, downloads, then only `stopped`
+    with left=0. The view (plan_announce) and the store's batches apply this one rule."""
+    return left == 0 and (completed_event or (known_left is not None and known_left > 0))
 
 
 def swarm_stats(leechers: int, seeds: int, partial_seeds: int, downloaded: int, name: str) -> SwarmStats:

@@ -32,7 +32,7 @@ from ..model import (
     TorrentReport,
 )
 from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
-from ..swarm import swarm_stats
+from ..swarm import finishes, swarm_stats
 
 T = TypeVar("T")
 
@@ -493,6 +493,10 @@ class SqlStore:
                     # Someone else's peer_id: the answer was sent, the write is not.
                     refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
                     continue
+                # A stored leecher reporting left=0 has finished, event or not (swarm.finishes);
+                # the view counts it before its answer when it can, this is the safety net.
+                if row is not None and not row[3] and finishes(False, write.left, row[2]):
+                    completions.append((torrent_id, write.peer_id))
                 if write.stopped:
                     if row is not None:
                         stops.append((torrent_id, write))
@@ -500,19 +504,17 @@ class SqlStore:
                         transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
                     continue
                 upserts.append((torrent_id, write))
-                # The original's rule: a known leecher reporting left=0 has completed, event or not.
-                if write.left == 0 and row is not None and row[2] > 0 and not row[3]:
-                    completions.append((torrent_id, write.peer_id))
+            # Before the stops: a stopped peer's completion is marked on its row first.
+            for torrent_id, peer_id in completions:
+                cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
+                if cur.rowcount == 1:
+                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
             if stops:
                 cur.execute(self._sql(self.DELETE_PEERS.format(self.dialect.pairs(len(stops)))), pairs(stops))
             for torrent_id, amount in transferred.items():
                 cur.execute(self.ADD_TRANSFERRED, (amount, torrent_id))
             if upserts:
                 self._upsert(cur, upserts)
-            for torrent_id, peer_id in completions:
-                cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
-                if cur.rowcount == 1:
-                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
             if not existing:
                 return {}, refused
             ids = sorted(existing)
