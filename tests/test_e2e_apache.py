@@ -650,3 +650,31 @@ def test_a_completed_survives_the_daemons_being_killed(mysql_url, apache_factory
         time.sleep(0.2)
     assert decode(body)[b"files"][ih(1)][b"downloaded"] == 1
     assert set(_daemon_pids(apache)).isdisjoint(pids)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "mysql"])
+def test_stopping_apache_right_after_a_burst_loses_no_announce(database, request, apache_factory):
+    """Announces wait in the daemons' memory for the next batch (here: a minute away). Apache
+    stopped (SIGTERM, as `systemctl stop` sends) right after a burst: each daemon process
+    writes its pending announces on mod_wsgi's shutdown event, and every one is stored."""
+    url = request.getfixturevalue(f"{database}_url")
+    hashes = [bytes([first]) + b"stop-test-torrent-x" for first in (0x10, 0x11, 0x42, 0x43)]  # both daemons
+    store = open_store(url, 2700)
+    store.create_tables()
+    for n, info_hash in enumerate(hashes):
+        assert store.register(Torrent(info_hash, None, f"t{n}", 1000), NOW)
+    store.close()
+    if database == "sqlite":
+        register(url)  # hands the files to www-data
+    apache = apache_factory(config_text(url, sync_interval="60"))
+    answered = 0
+    for n in range(200):
+        query = announce_query(hashes[n % 4], pid(n), port=7000 + n, event="started")
+        status, _, body = apache.get("/tracker/announce", query)
+        assert status == 200 and b"failure reason" not in body, body
+        answered += 1
+    apache.stop()
+    store = open_store(url, 2700)
+    stored = store._fetchall("SELECT COUNT(*) FROM peers")[0][0]
+    store.close()
+    assert (stored, answered) == (200, 200), apache.error_log()

@@ -686,8 +686,16 @@ class LiveSwarms:
                 return
             self._flusher = threading.Thread(target=self._flush_forever, name="tracker_wsgi flush", daemon=True)
         self._flusher.start()
-        # mod_wsgi runs atexit functions when a daemon process shuts down (restart, Apache
-        # stop), so a clean stop loses nothing.
+        # A clean stop (Apache stop or restart, a touched .wsgi file) writes what is pending.
+        # mod_wsgi's process_stopping event comes while the interpreter is still whole and
+        # before the force-kill after shutdown-timeout; atexit runs later, if at all, and
+        # stays for a process that is not mod_wsgi's (the CLI, tests).
+        try:
+            import mod_wsgi  # the module mod_wsgi gives its processes, not pip's package
+
+            mod_wsgi.subscribe_shutdown(lambda event, **details: self.close())
+        except (ImportError, AttributeError):
+            pass
         atexit.register(self.close)
 
     def _flush_forever(self) -> None:
@@ -696,7 +704,8 @@ class LiveSwarms:
             self.faults.flush_summaries()  # the counts of faults that have stopped coming
 
     def close(self) -> None:
-        """Stop the flush thread and write what is pending (the process is stopping)."""
+        """Stop the flush thread and write what is pending (the process is stopping).
+        Safe to call twice (mod_wsgi's shutdown event, then atexit)."""
         self._closed.set()
         if self._flusher is not None:
             self._flusher.join()
