@@ -1,7 +1,7 @@
 """Soak under hostile clients: the shipped Apache snippet, SQLite and MariaDB, an attack or a
 database fault at a time, with legitimate announces running beside it (issue 12).
 
-    .venv/bin/python bench/hostile.py                        # both stores, every scenario, 90 s each (~22 min)
+    .venv/bin/python bench/hostile.py                        # both stores, every scenario, 90 s each (~19 min)
     .venv/bin/python bench/hostile.py --seconds 20           # a quick look (~8 min)
     .venv/bin/python bench/hostile.py --stores sqlite --scenarios slow,db-hang --legit-rate 200
 
@@ -540,7 +540,7 @@ async def slow_connections(port: int, seconds: float, swarm: bytes) -> Counter:
                     await loop.sock_sendall(sock, b"GET " + _random_announce(lambda: swarm) + b" HTTP/1.1\r\n")
                 held, open_now = True, open_now + 1
                 counts["opened"] += 1
-                counts["held at most"] = max(counts["held at most"], open_now)
+                counts["connected at most"] = max(counts["connected at most"], open_now)
                 lines = 0
                 while (left := deadline - time.monotonic()) > 0:
                     try:
@@ -1114,7 +1114,7 @@ def print_tables(rows: list[Row], limit: int | None, args) -> None:
     for row in rows:
         kinds = "; ".join(f"{kind}: {counts_text(Counter(o for o, _ in row.legit[kind]))}"
                           for kind in (MEMORY, NEW, COMPLETION) if kind in row.legit)
-        answered = sum(row.attack[o] for o in OUTCOMES)
+        answered = sum(row.attack[o] for o in OUTCOMES if o != NO_ANSWER)
         rate = f"{answered / row.attack_seconds:.0f}" if row.attack_seconds else ""
         print(f"| {row.store} | {row.scenario} | {kinds} | {counts_text(row.attack)} | {rate} | "
               f"{row.rss_total / 2**20:.0f} MiB | {row.restarts} | {row.completions_answered} / "
