@@ -1107,7 +1107,7 @@ def print_tables(rows: list[Row], limit: int | None, args) -> None:
         cells = ["ERROR: " + row.error] + [""] * 8 if row.error and not row.legit else target_cells(row, limit)
         print(f"| {row.store} | {row.scenario} | " + " | ".join(cells) + " |")
 
-    print("\n| store | scenario | legitimate answers by kind | attacker's answers | attacker req/s | "
+    print("\n| store | scenario | legitimate answers by kind | attacker's answers | attacker's answers/s | "
           "daemons' RSS peak, sum | daemon restarts | completions answered / extra in store | "
           "stopped peers still stored | error log bytes | note |")
     print("|" + "---|" * 11)
