@@ -260,7 +260,9 @@ class Peer:
     peer_id: bytes
     torrent: int
     expect: str | None = None  # PRESENT or ABSENT since its last answered announce
-    certain: bool = True  # False: an announce went unanswered and may or may not have counted
+    # False: an announce went unanswered. It may have counted, or count later still (it can wait
+    # in the daemon's queue after the client gave up), so no answer since says what is stored.
+    certain: bool = True
     completed: bool = False  # a completion of it was answered with success
 
 
@@ -358,7 +360,6 @@ class LegitClient:
         """What the store must now hold of this peer, and what the client does next."""
         if outcome == SUCCESS:
             self.refused.pop(slot.index, None)
-            peer.certain = True
             if event == "stopped":
                 peer.expect, slot.gone = ABSENT, True
                 return
