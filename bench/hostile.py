@@ -25,7 +25,8 @@ The run of one scenario: legitimate traffic alone for LEAD_SECONDS, the fault, l
 traffic on to --seconds, refused completions retried, SETTLE_SYNC_INTERVALS x sync_interval
 for the last batch, then the store is read: legitimate peers answered (and not stopped since)
 must have their row, and each torrent's `downloaded` must equal the completions answered
-with success (counted once per peer). Figures of legitimate traffic count the announces sent
+with success (counted once per peer); while either is wrong, the store is read again for up
+to LATE_SECONDS, which tells late writes from lost ones. Figures of legitimate traffic count the announces sent
 from the fault's start to the end (fault and recovery). The table prints the issue's targets
 beside them.
 """
@@ -109,6 +110,7 @@ LEAD_SECONDS = 10  # legitimate traffic alone before the fault (and after an att
 DB_STOP_SECONDS = 60  # the issue's database stop
 DB_HANG_SECONDS = 45  # the issue's database hang
 SETTLE_SYNC_INTERVALS = 3  # wait this many sync_intervals for the last batch before reading the store
+LATE_SECONDS = 45  # then, while rows are missing, read again this long: late writes, or lost ones?
 SYNC_INTERVAL = Config().sync_interval  # the config below keeps the default
 REFRESH_INTERVAL = 60  # the least allowed: a default run meets one traffic-triggered refresh mid-fault
 MARIADB_BUFFER_POOL = "128M"  # room for a swarm flood's rows without making it disk-bound
@@ -730,8 +732,10 @@ class PrivateMariadb:
         os.chown(self.base, mysql_user.pw_uid, mysql_user.pw_gid)
         self.datadir, self.socket, self.port = self.base / "data", self.base / "mysqld.sock", free_port()
         self.process: subprocess.Popen | None = None
-        subprocess.run(["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.datadir}",
-                        "--auth-root-authentication-method=normal"], check=True, capture_output=True)
+        install = subprocess.run(["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.datadir}",
+                                  "--auth-root-authentication-method=normal"], capture_output=True, text=True)
+        if install.returncode:
+            raise RuntimeError(f"mariadb-install-db failed: {(install.stdout + install.stderr)[-2000:]}")
         self.start()
         admin = self.admin()
         cur = admin.cursor()
@@ -965,12 +969,9 @@ class Row:
     rss_process: int = 0
     rss_total: int = 0
     restarts: int = 0
-    peers_checked: int = 0
-    peers_lost: int = 0
-    peers_stale: int = 0  # answered `stopped`, still stored
-    completions_answered: int = 0
-    completions_lost: int = 0
-    completions_extra: int = 0
+    rows: StoreCheck | None = None  # the store read SETTLE_SYNC_INTERVALS after the run
+    late: StoreCheck | None = None  # read again, while something is missing (LATE_SECONDS at most)
+    late_seconds: int = 0
     log_bytes: int = 0
     attack: Counter = field(default_factory=Counter)
     attack_seconds: float = 0.0
@@ -982,6 +983,40 @@ class Row:
     @property
     def non_bencoded(self) -> int:
         return sum(o == NON_BENCODED for o, _ in self.outcomes(MEMORY, NEW, COMPLETION)) + self.attack[NON_BENCODED]
+
+
+@dataclass
+class StoreCheck:
+    """What the store holds of the legitimate peers against the answers they got."""
+
+    peers_checked: int = 0  # answered with success, not stopped since, nothing unanswered
+    peers_lost: int = 0  # of those, with no row
+    peers_stale: int = 0  # answered `stopped`, nothing unanswered, still stored
+    completions_answered: int = 0  # with success, once per peer
+    completions_lost: int = 0  # per torrent, answered minus stored `downloaded`
+    completions_extra: int = 0  # per torrent, stored `downloaded` minus answered
+
+    @property
+    def wrong(self) -> bool:
+        return bool(self.peers_lost or self.peers_stale or self.completions_lost)
+
+
+def check_store(db: Database, hashes: list[bytes], peers: list[Peer]) -> StoreCheck:
+    present, downloaded = db.legit_rows(hashes)
+    check = StoreCheck()
+    for peer in peers:
+        stored = (hashes[peer.torrent], peer.peer_id) in present
+        if peer.certain and peer.expect == PRESENT:
+            check.peers_checked += 1
+            check.peers_lost += not stored
+        elif peer.certain and peer.expect == ABSENT:
+            check.peers_stale += stored
+    answered = Counter(peer.torrent for peer in peers if peer.completed)
+    check.completions_answered = sum(answered.values())
+    for torrent, h in enumerate(hashes):
+        check.completions_lost += max(0, answered[torrent] - downloaded.get(h, 0))
+        check.completions_extra += max(0, downloaded.get(h, 0) - answered[torrent])
+    return check
 
 
 def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMariadb | None,
@@ -1033,25 +1068,18 @@ def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMar
         legit.run(legit.retry_completions(COMPLETION_RETRY_LIMIT)).result()
         time.sleep(SETTLE_SYNC_INTERVALS * SYNC_INTERVAL)
 
-        present, downloaded = db.legit_rows(hashes)
+        row.rows = check_store(db, hashes, legit.peers)
         row.log_bytes = apache.error_log_size() - log_before
         sampler.sample()
         row.rss_process, row.rss_total, row.restarts = sampler.peak_process, sampler.peak_total, sampler.restarts
         for sent, kind, outcome, seconds in legit.results:
             if sent >= fault_start:
                 row.legit.setdefault(kind, []).append((outcome, seconds))
-        for peer in legit.peers:
-            stored = (hashes[peer.torrent], peer.peer_id) in present
-            if peer.certain and peer.expect == PRESENT:
-                row.peers_checked += 1
-                row.peers_lost += not stored
-            elif peer.certain and peer.expect == ABSENT:
-                row.peers_stale += stored
-        answered = Counter(peer.torrent for peer in legit.peers if peer.completed)
-        row.completions_answered = sum(answered.values())
-        for torrent, h in enumerate(hashes):
-            row.completions_lost += max(0, answered[torrent] - downloaded.get(h, 0))
-            row.completions_extra += max(0, downloaded.get(h, 0) - answered[torrent])
+        late = row.rows
+        while late.wrong and row.late_seconds < LATE_SECONDS:  # late, or lost?
+            time.sleep(SYNC_INTERVAL)
+            row.late_seconds += SYNC_INTERVAL
+            late = row.late = check_store(db, hashes, legit.peers)
         if isinstance(fault, Attack):
             row.attack, row.attack_seconds = fault.counts, duration
         if legit.refused:
@@ -1070,6 +1098,7 @@ def share(answers: list[tuple[str, float]]) -> float | None:
 
 
 def target_cells(row: Row, limit: int | None) -> list[str]:
+    rows = row.rows
     memory = row.outcomes(MEMORY)
     ok, slowest = share(memory), p99([s for _, s in memory])
     rest = row.outcomes(NEW, COMPLETION)
@@ -1084,8 +1113,8 @@ def target_cells(row: Row, limit: int | None) -> list[str]:
         f"{slowest:.2f} s {verdict(slowest < TARGET_P99)}" if slowest is not None else "none FAIL",
         (f"{100 * rest_ok:.1f} % / {rest_p99:.2f} s" if rest_ok is not None else "none"),
         rss,
-        f"{row.completions_lost} of {row.completions_answered} {verdict(row.completions_lost == 0)}",
-        f"{row.peers_lost} of {row.peers_checked}",
+        f"{rows.completions_lost} of {rows.completions_answered} {verdict(rows.completions_lost == 0)}",
+        f"{rows.peers_lost} of {rows.peers_checked}",
         f"{row.non_bencoded} {verdict(row.non_bencoded == 0)}",
         f"{log_rate:.1f} {verdict(log_rate <= TARGET_LOG_KB_PER_MINUTE)}",
     ]
@@ -1105,21 +1134,27 @@ def print_tables(rows: list[Row], limit: int | None, args) -> None:
           "peers lost | non-bencoded (0) | error log KB/min of fault (<= 100) |")
     print("|" + "---|" * 11)
     for row in rows:
-        cells = ["ERROR: " + row.error] + [""] * 8 if row.error and not row.legit else target_cells(row, limit)
+        cells = ["ERROR: " + row.error] + [""] * 8 if row.rows is None else target_cells(row, limit)
         print(f"| {row.store} | {row.scenario} | " + " | ".join(cells) + " |")
 
     print("\n| store | scenario | legitimate answers by kind | attacker's answers | attacker's answers/s | "
           "daemons' RSS peak, sum | daemon restarts | completions answered / extra in store | "
-          "stopped peers still stored | error log bytes | note |")
-    print("|" + "---|" * 11)
+          "stopped peers still stored | read again: still wrong | error log bytes | note |")
+    print("|" + "---|" * 12)
     for row in rows:
+        if row.rows is None:
+            continue
         kinds = "; ".join(f"{kind}: {counts_text(Counter(o for o, _ in row.legit[kind]))}"
                           for kind in (MEMORY, NEW, COMPLETION) if kind in row.legit)
         answered = sum(row.attack[o] for o in OUTCOMES if o != NO_ANSWER)
         rate = f"{answered / row.attack_seconds:.0f}" if row.attack_seconds else ""
+        late = row.late and (f"after {row.late_seconds} s more: {row.late.peers_lost} peers lost, "
+                             f"{row.late.completions_lost} completions lost, {row.late.peers_stale} stopped "
+                             "still stored")
         print(f"| {row.store} | {row.scenario} | {kinds} | {counts_text(row.attack)} | {rate} | "
-              f"{row.rss_total / 2**20:.0f} MiB | {row.restarts} | {row.completions_answered} / "
-              f"{row.completions_extra} | {row.peers_stale} | {row.log_bytes} | {row.error} |")
+              f"{row.rss_total / 2**20:.0f} MiB | {row.restarts} | {row.rows.completions_answered} / "
+              f"{row.rows.completions_extra} | {row.rows.peers_stale} | {late or ''} | {row.log_bytes} | "
+              f"{row.error} |")
 
     print("\nWhat each fault is:")
     seen = set()
