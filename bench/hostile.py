@@ -26,9 +26,9 @@ traffic on to --seconds, refused completions retried, SETTLE_SYNC_INTERVALS x sy
 for the last batch, then the store is read: legitimate peers answered (and not stopped since)
 must have their row, and each torrent's `downloaded` must equal the completions answered
 with success (counted once per peer); while either is wrong, the store is read again for up
-to LATE_SECONDS, which tells late writes from lost ones. Figures of legitimate traffic count the announces sent
-from the fault's start to the end (fault and recovery). The table prints the issue's targets
-beside them.
+to LATE_SECONDS, which tells late writes from lost ones. Figures of legitimate traffic count
+the announces sent from the fault's start to the end (fault and recovery). The table prints
+the issue's targets beside them.
 """
 
 from __future__ import annotations
