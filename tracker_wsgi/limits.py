@@ -40,7 +40,7 @@ class Limits:
     max_unwritten: int = 100_000  # announces waiting for the database (outage included)
     peers_per_address: int = 256  # one address's peers in one swarm
     new_swarms_per_minute: int = 60  # one address's registrations in whitelist mode `open`
-    completions_per_minute: int = 60  # one address's completions counted
+    completions_per_minute: int = 120  # one address's completions counted
 
 
 class Shed(Exception):
