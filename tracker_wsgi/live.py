@@ -584,6 +584,9 @@ class LiveSwarms:
                     for swarm in swarms:
                         if swarm.torrent_id in self._by_id:
                             self._dirty[swarm.torrent_id] = swarm
+                    # Re-announces while the batch failed were counted as new; the backlog
+                    # is what pending and flushing hold.
+                    self._unwritten = sum(len(s.pending) + len(s.flushing) for s in self._by_id.values())
                 raise
             self._gate.works()
             written = result.written
