@@ -21,7 +21,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -298,3 +298,39 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
     while ("warn", "writing announces to the database works again") not in tracker_lines(apache.error_log()):
         assert time.monotonic() < deadline, apache.error_log()
         time.sleep(0.2)
+
+
+# -- the access log: the README's recipes ----------------------------------------------------------
+
+# As the README gives them for the tracker's <VirtualHost>; `combined` as Debian's apache2.conf
+# defines it. Announces name who (address, peer_id) downloads what (info_hash).
+DEBIAN_COMBINED = r'LogFormat "%h %l %u %t \"%r\" %>s %O \"%{Referer}i\" \"%{User-Agent}i\"" combined'
+TRACKER_REQUESTS = "SetEnvIf Request_URI ^/tracker(/|$) tracker_request"
+KEEP_OUT = "CustomLog LOG_DIR/access.log combined env=!tracker_request"
+TRIMMED = r'CustomLog LOG_DIR/tracker-access.log "%h %l %u %t \"%m %U %H\" %>s %O" env=tracker_request'
+
+
+def test_the_access_log_recipes_keep_announces_out_or_trimmed(sqlite_url, shared_dir, apache_factory):
+    register(sqlite_url, 1)
+    log_dir = shared_dir / "apache"  # apache_factory's run directory, where Apache writes its logs
+    recipe = "\n".join([DEBIAN_COMBINED, TRACKER_REQUESTS, KEEP_OUT, TRIMMED]).replace("LOG_DIR", str(log_dir))
+    apache = apache_factory(config_text(sqlite_url), site_conf=recipe)
+    requests = [
+        ("/tracker/announce", announce_query(ih(1), pid(1), 6881, event="started")),
+        ("/tracker", announce_query(ih(1), pid(2), 6882)),  # the original's announce URL
+        ("/tracker/scrape", urlencode({"info_hash": ih(1)})),
+        ("/tracker", ""),  # the redirect to the torrents
+        ("/elsewhere", "q=kept"),  # the rest of the site
+    ]
+    for path, query in requests:
+        apache.get(path, query)
+    time.sleep(0.5)
+    kept = (log_dir / "access.log").read_text().splitlines()
+    trimmed = (log_dir / "tracker-access.log").read_text().splitlines()
+    assert len(kept) == 1 and '"GET /elsewhere?q=kept HTTP/1.1" 404' in kept[0], kept
+    assert [re.search(r'"(GET \S+ HTTP/1.1)" (\d+)', line).groups() for line in trimmed] == [
+        ("GET /tracker/announce HTTP/1.1", "200"), ("GET /tracker HTTP/1.1", "200"),
+        ("GET /tracker/scrape HTTP/1.1", "200"), ("GET /tracker HTTP/1.1", "302")]
+    everything = "\n".join(kept + trimmed)
+    for secret in ("info_hash", "peer_id", quote(pid(1)), "event=started"):
+        assert secret not in everything
