@@ -109,6 +109,10 @@ BOUNDARY_CASES = [
      "0123456789" * 3 + "ab"),
     ("empty refresh_secret turns web refresh off", 'refresh_secret = ""', "refresh_secret", ""),
     ("refresh_interval minimum", "refresh_interval = 60", "refresh_interval", 60),
+    ("log_level info", 'log_level = "info"', "log_level", "info"),
+    ("log_level error", 'log_level = "error"', "log_level", "error"),
+    ("syslog_facility local7", 'syslog_facility = "local7"', "syslog_facility", "local7"),
+    ("empty syslog_facility: no syslog", 'syslog_facility = ""', "syslog_facility", ""),
 ]
 
 
@@ -162,6 +166,11 @@ BAD_CASES = [
     ("refresh_interval below range", "refresh_interval = 59", "refresh_interval"),
     ("refresh_interval above range", "refresh_interval = 86401", "refresh_interval"),
     ("announce_url not a string", "announce_url = true", "announce_url"),
+    ("log_level debug: nothing logs at it", 'log_level = "debug"', "log_level"),
+    ("log_level is lower case", 'log_level = "WARNING"', "log_level"),
+    ("log_level as a number", "log_level = 30", "log_level"),
+    ("syslog_facility of the system's", 'syslog_facility = "kern"', "syslog_facility"),
+    ("syslog_facility local8", 'syslog_facility = "local8"', "syslog_facility"),
     ("numwant_default above numwant_max", "numwant_default = 300\nnumwant_max = 200", "numwant_default"),
     ("numwant_default above the default numwant_max", "numwant_default = 201", "numwant_default"),
     ("min_interval above interval", "interval = 600\nmin_interval = 601", "min_interval"),

@@ -103,6 +103,12 @@ def scrape_entry(complete: int, incomplete: int, downloaded: int, downloaders: i
             b"downloaders": downloaders, b"name": name.encode()}
 
 
+# The tracker's info lines ("ready", "refreshed") in Apache's error log: log_level = "info"
+# in the tracker's config, and Apache's LogLevel letting mod_wsgi's info level through.
+LOG_INFO = {"log_level": '"info"'}
+APACHE_LOG_INFO = "LogLevel warn wsgi:info"
+
+
 def wait_for_log(apache, text: str, seconds: float = 5) -> str:
     deadline = time.monotonic() + seconds
     while True:
@@ -301,7 +307,7 @@ def test_one_host_keeps_each_swarm_in_one_process_whatever_the_escapes(mysql_url
     for info_hash in hashes:
         store.register(Torrent(info_hash, None, "routed", 1), NOW)
     store.close()
-    apache = apache_factory(config_text(mysql_url, sync_interval="60"))
+    apache = apache_factory(config_text(mysql_url, sync_interval="60", **LOG_INFO), site_conf=APACHE_LOG_INFO)
 
     def escaped(data: bytes, style: str) -> str:
         if style == "upper":
@@ -332,7 +338,7 @@ def test_one_host_keeps_each_swarm_in_one_process_whatever_the_escapes(mysql_url
 
 def test_daemon_uses_the_mysql_c_extension(mysql_url, apache_factory):
     register(mysql_url, 1)
-    apache = apache_factory(config_text(mysql_url))
+    apache = apache_factory(config_text(mysql_url, **LOG_INFO), site_conf=APACHE_LOG_INFO)
     assert "CMySQLConnection" not in apache.error_log()
     announce(apache, 1, 1, 6881)
     log = wait_for_log(apache, "CMySQLConnection")
@@ -441,7 +447,7 @@ def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
     url = f"mysql://{user}:{password}@127.0.0.1:{server.port}/{db}"
     tcp = {"user": user, "password": password, "host": "127.0.0.1", "port": server.port, "database": db}
     register(url, 1)
-    apache = apache_factory(config_text(url))
+    apache = apache_factory(config_text(url, **LOG_INFO), site_conf=APACHE_LOG_INFO)
 
     # Ten leechers, announced at once so that many daemon threads hold a connection.
     with ThreadPoolExecutor(10) as pool:

@@ -6,6 +6,7 @@ background thread after the answer) and from the web (`/tracker?refresh`, X-Refr
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pty
 import re
@@ -441,19 +442,24 @@ def call(app, environ) -> tuple[str, bytes, float]:
 
 
 @pytest.fixture
-def app_parts(sqlite_url, dirs):
+def app_parts(sqlite_url, dirs, caplog):
+    """(app, its background refresh, logged() -> [(level, message)] of the refresh's log, tracker)"""
+    caplog.set_level(logging.INFO, logger="tracker_wsgi")
     config = make_config(sqlite_url, dirs)
     tracker = build_tracker(config)
-    logs: list[str] = []
-    background = BackgroundRefresh(config, tracker.store, logs.append)
-    yield Application(tracker, background), background, logs, tracker
+    background = BackgroundRefresh(config, tracker.store)
+
+    def logged() -> list[tuple[str, str]]:
+        return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "tracker_wsgi.refresh"]
+
+    yield Application(tracker, background), background, logged, tracker
     if background.thread is not None:
         background.thread.join(10)
     tracker.close()
 
 
 def test_traffic_refresh_runs_after_the_answer_and_never_twice_at_once(app_parts, monkeypatch):
-    app, background, logs, _ = app_parts
+    app, background, logged, _ = app_parts
     calls: list[str] = []
     running = threading.Event()
 
@@ -478,8 +484,8 @@ def test_traffic_refresh_runs_after_the_answer_and_never_twice_at_once(app_parts
     first.join(5)
     assert not first.is_alive()
     assert calls == ["tracker_wsgi refresh"]
-    assert logs == ["refreshed in 2.00 s: 0 files scanned, 3 torrents, 0 new, 0 updated, 0 removed, "
-                    "0 peers expired, 0 idle open torrents removed, 0 files skipped"]
+    assert logged() == [("INFO", "refreshed in 2.00 s: 0 files scanned, 3 torrents, 0 new, 0 updated, 0 removed, "
+                                 "0 peers expired, 0 idle open torrents removed, 0 files skipped")]
 
     call(app, scrape_environ())  # the refresh is over: the next request may start one
     background.thread.join(5)
@@ -497,17 +503,21 @@ def test_traffic_checks_for_an_overdue_refresh_at_most_once_a_minute(app_parts, 
 
 
 def test_traffic_refresh_does_the_real_work(app_parts, dirs):
-    app, background, logs, tracker = app_parts
+    app, background, logged, tracker = app_parts
     h = torrent_file(dirs[0], "a.torrent", "a")
+    (dirs[0] / "junk.torrent").write_bytes(b"not bencoded")
     call(app, scrape_environ())
     background.thread.join(10)
     assert (dirs[1] / "bt_stats.inc").exists() and (dirs[1] / "bt_rss.inc").exists()
     assert set(tracker.store.scrape([h], int(time.time()))) == {h}
-    assert len(logs) == 1 and SUMMARY.fullmatch(logs[0]).groups() == ("1", "1", "1", "0", "0", "0", "0", "0")
+    # The summary is routine (info); a file the admin should look at is a warning.
+    [(level, summary), skipped] = logged()
+    assert level == "INFO" and SUMMARY.fullmatch(summary).groups() == ("2", "1", "1", "0", "0", "0", "0", "1")
+    assert skipped[0] == "WARNING" and skipped[1].startswith("junk.torrent: skipped: ")
 
 
 def test_traffic_refresh_failure_is_logged_in_one_line(app_parts, dirs, monkeypatch):
-    app, background, logs, _ = app_parts
+    app, background, logged, _ = app_parts
 
     def failing(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/srv/out")
@@ -516,7 +526,7 @@ def test_traffic_refresh_failure_is_logged_in_one_line(app_parts, dirs, monkeypa
     status, _, _ = call(app, scrape_environ())
     background.thread.join(5)
     assert status == "200 OK"
-    assert logs == ["background refresh failed: [Errno 13] Permission denied: '/srv/out'"]
+    assert logged() == [("ERROR", "background refresh failed: [Errno 13] Permission denied: '/srv/out'")]
 
 
 # -- refresh over the web ------------------------------------------------------------------

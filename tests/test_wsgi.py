@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import logging
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
@@ -40,7 +42,6 @@ from tracker_wsgi.wsgi import (
     Application,
     RefreshGate,
     build_tracker,
-    log,
 )
 
 BINARY = "application/octet-stream"
@@ -58,6 +59,19 @@ class Answer:
     @property
     def decoded(self) -> dict:
         return decode(self.body)
+
+
+@pytest.fixture(autouse=True)
+def tracker_log(caplog):
+    """tracker_log() -> (level, message) of each record the tracker logged since the last call."""
+    caplog.set_level(logging.INFO, logger="tracker_wsgi")
+
+    def records() -> list[tuple[str, str]]:
+        logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("tracker_wsgi")]
+        caplog.clear()
+        return logged
+
+    return records
 
 
 def call(app, path: str = "/announce", query: str = "", method: str = "GET", remote: str = "198.51.100.1",
@@ -302,17 +316,18 @@ def broken(info_hash, now, limit):
     raise RuntimeError("database on fire at /var/lib/secret/path")
 
 
-def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_app, monkeypatch, capsys):
+def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_app, monkeypatch, tracker_log):
     """BEP 31: a fault of ours tells the client when to come back; the traceback goes to
-    the error log (stderr under mod_wsgi), never to the client."""
+    the error log as an error, never to the client."""
     app, tracker = make_app()
     register(tracker, 1)
     monkeypatch.setattr(tracker.store, "find_swarm", broken)
     answer = announce(app, 1)
     assert (answer.status, answer.decoded) == ("200 OK", failure(SERVER_FAULT, 1))
     assert b"fire" not in answer.body and b"Traceback" not in answer.body
-    logged = capsys.readouterr().err
-    assert logged.startswith("tracker_wsgi: unexpected fault answering a request:\nTraceback (most recent call last)")
+    [(level, logged)] = tracker_log()
+    assert level == "ERROR"
+    assert logged.startswith("unexpected fault answering a request:\nTraceback (most recent call last)")
     assert "RuntimeError: database on fire at /var/lib/secret/path" in logged
 
 
@@ -324,36 +339,34 @@ class FakeClock:
         return self.now
 
 
-def test_a_fault_on_every_request_logs_one_traceback_then_a_count_a_minute(make_app, monkeypatch, capsys):
+def test_a_fault_on_every_request_logs_one_traceback_then_a_count_a_minute(make_app, monkeypatch, tracker_log):
     """Issue 12: 2,000 announces during a database fault wrote 20 MB of tracebacks. Now the
     first is logged in full and the rest are counted, one line a minute."""
     _, tracker = make_app()
     register(tracker, 1)
     clock = FakeClock()
-    app = Application(tracker, faults=FaultLog(log, clock=clock))
+    app = Application(tracker, faults=FaultLog(logging.getLogger("tracker_wsgi.wsgi").error, clock=clock))
     monkeypatch.setattr(tracker.store, "find_swarm", broken)
     for n in range(2000):
         assert announce(app, n % 250 + 1).decoded == failure(SERVER_FAULT, 1)
-    first_minute = capsys.readouterr().err
-    assert first_minute.count("Traceback") == 1
+    [(level, first_minute)] = tracker_log()
+    assert level == "ERROR" and first_minute.count("Traceback") == 1
     assert len(first_minute.encode()) < 4096, len(first_minute.encode())
 
     clock.now += 61  # the next fault after the interval brings the count
     announce(app, 1)
-    assert capsys.readouterr().err == (
-        "tracker_wsgi: 2000 more request faults in the last 61 s "
-        "(last: RuntimeError: database on fire at /var/lib/secret/path)\n")
+    assert tracker_log() == [("ERROR", "2000 more request faults in the last 61 s "
+                                       "(last: RuntimeError: database on fire at /var/lib/secret/path)")]
     for _ in range(500):
         announce(app, 1)
-    assert capsys.readouterr().err == ""
+    assert tracker_log() == []
     clock.now += 60  # the faults stopped: the background thread's flush brings the count
     app.faults.flush_summaries()
-    assert capsys.readouterr().err == (
-        "tracker_wsgi: 500 more request faults in the last 60 s "
-        "(last: RuntimeError: database on fire at /var/lib/secret/path)\n")
+    assert tracker_log() == [("ERROR", "500 more request faults in the last 60 s "
+                                       "(last: RuntimeError: database on fire at /var/lib/secret/path)")]
 
 
-def test_a_bad_config_file_is_a_failure_with_retry_in_logged_once(tmp_path, monkeypatch, capsys):
+def test_a_bad_config_file_is_a_failure_with_retry_in_logged_once(tmp_path, monkeypatch, tracker_log):
     """The config error is one line in the error log, once per process, not once per request."""
     monkeypatch.delenv(config_module.ENV_VAR, raising=False)
     path = tmp_path / "tracker.toml"
@@ -364,21 +377,20 @@ def test_a_bad_config_file_is_a_failure_with_retry_in_logged_once(tmp_path, monk
     for answer in answers:
         assert (answer.status, answer.decoded) == ("200 OK", failure(SERVER_FAULT, 1))
         assert answer.errors == ""  # a config error is no crash: no traceback
-    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tracker_wsgi:")]
-    assert len(logged) == 1
-    assert logged[0].startswith(f"tracker_wsgi: configuration error: {path}: unknown key 'intervall'")
+    [(level, logged)] = tracker_log()
+    assert level == "ERROR"
+    assert logged.startswith(f"configuration error: {path}: unknown key 'intervall'")
 
 
-def test_a_missing_config_file_is_logged_once_too(tmp_path, monkeypatch, capsys):
+def test_a_missing_config_file_is_logged_once_too(tmp_path, monkeypatch, tracker_log):
     monkeypatch.delenv(config_module.ENV_VAR, raising=False)
     path = tmp_path / "missing.toml"
     app = Application()
     for _ in range(2):
         answer = call(app, "/scrape", extra={config_module.ENVIRON_KEY: str(path)})
         assert answer.decoded == failure(SERVER_FAULT, 1)
-    assert capsys.readouterr().err == (
-        f"tracker_wsgi: configuration error: {path}: cannot read the config file: No such file or directory\n"
-    )
+    assert tracker_log() == [
+        ("ERROR", f"configuration error: {path}: cannot read the config file: No such file or directory")]
 
 
 # --------------------------------------------------------------------------------------
@@ -549,23 +561,25 @@ class RefreshApp:
     app: Application
     output: Path  # where a refresh that ran wrote its files
     clock: FakeClock  # the refresh gate's
-    capsys: pytest.CaptureFixture
+    tracker_log: Callable[[], list[tuple[str, str]]]
 
     def logged(self) -> list[str]:
-        """The tracker's log lines since the last call."""
-        return [line.removeprefix("tracker_wsgi: ") for line in self.capsys.readouterr().err.splitlines()]
+        """The tracker's log messages since the last call; every one a warning."""
+        records = self.tracker_log()
+        assert {level for level, _ in records} <= {"WARNING"}, records
+        return [message for _, message in records]
 
 
 @pytest.fixture
-def refresh_app(make_app, shared_dir, capsys) -> RefreshApp:
+def refresh_app(make_app, shared_dir, tracker_log) -> RefreshApp:
     """An app with refresh_secret set, whose refresh gate has a clock the test turns."""
     torrents, output = shared_dir / "torrents", shared_dir / "output"
     torrents.mkdir()
     app, tracker = make_app(refresh_secret=SECRET, torrent_dir=str(torrents), output_dir=str(output))
     clock = FakeClock()
-    tracker.refresh_gate = RefreshGate(SECRET.encode(), log, clock)
-    capsys.readouterr()
-    return RefreshApp(app, output, clock, capsys)
+    tracker.refresh_gate = RefreshGate(SECRET.encode(), clock)
+    tracker_log()
+    return RefreshApp(app, output, clock, tracker_log)
 
 
 def post(app, query: str = "refresh", body: bytes = b"", remote: str = "198.51.100.1", **environ) -> Answer:
@@ -649,11 +663,11 @@ def test_a_wrong_or_missing_secret_is_refused_and_logged_with_the_address(refres
     assert logged() == [f"web refresh refused from 198.51.100.1: {why}"]
 
 
-def test_web_refresh_off_says_so_and_logs_nothing(make_app, capsys):
+def test_web_refresh_off_says_so_and_logs_nothing(make_app, tracker_log):
     app, _ = make_app()
     for answer in (with_header(app), post(app, body=b"secret=x"), call(app, "", "refresh&secret=x")):
         assert answer.decoded == failure(REFRESH_OFF)
-    assert capsys.readouterr().err == ""
+    assert tracker_log() == []
 
 
 class Body(io.BytesIO):

@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from . import config as config_module
+from . import logs
 from .config import Config, ConfigError
 from .metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
 from .model import Torrent, TorrentReport
@@ -721,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     options = Options(build_parser().parse_args(argv), argv)
+    logs.to_stderr("tracker-wsgi")  # what the tracker's modules log reads as the command's own warnings
     try:
         return options.args.run(options)
     except (ConfigError, LookupError) as exc:

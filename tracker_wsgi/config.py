@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
+from . import logs
 from .limits import OPEN_MAX_TORRENTS, Limits
 from .netaddr import Network, parse_networks
 
@@ -69,6 +70,12 @@ class Config:
     # The admin's stats page templates: any of the files in tracker_wsgi/templates/
     # (bt_stats.html, bt_stats.css, ...) found here replace the packaged one. Empty: packaged.
     template_dir: str = ""
+    # The lowest level logged to Apache's error log: "error", "warning" (what needs the
+    # admin's eye) or "info" (also "ready" and every refresh's summary). logs.py.
+    log_level: str = logs.DEFAULT_LEVEL
+    # Also send log lines to the local syslog (/dev/log) with this facility: "local0" to
+    # "local7", "daemon" or "user". Empty: Apache's error log only.
+    syslog_facility: str = ""
     # Bounds on what clients can make each daemon process hold (live.py, limits.py; the
     # defaults fit the shipped memory-limit). Beyond them new swarms and peers are answered
     # `retry in` (BEP 31) until room is made.
@@ -182,6 +189,10 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad("an absolute path")
     if key == "template_dir" and value and not os.path.isabs(value):
         raise bad("empty (the packaged templates) or an absolute path")
+    if key == "log_level" and value not in logs.LEVELS:
+        raise bad(" or ".join(repr(level) for level in logs.LEVELS))
+    if key == "syslog_facility" and value and value not in logs.SYSLOG_FACILITIES:
+        raise bad("empty (no syslog) or one of " + ", ".join(repr(f) for f in logs.SYSLOG_FACILITIES))
     if key == "refresh_secret" and value and (
         len(value) < MIN_SECRET_LENGTH or len(set(value)) < MIN_SECRET_DISTINCT_CHARACTERS
     ):

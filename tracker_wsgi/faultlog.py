@@ -34,7 +34,8 @@ class _Kind:
 
 
 class FaultLog:
-    """Where the code reports faults it answered for; thread-safe (daemon threads share one)."""
+    """Where the code reports faults it answered for; thread-safe (daemon threads share one).
+    `log` writes one message, a logger's `error` in the tracker: each is a fault of ours."""
 
     def __init__(self, log: Callable[[str], None], interval: float = SUMMARY_INTERVAL,
                  clock: Callable[[], float] = time.monotonic):

@@ -45,6 +45,7 @@ hash names, so a swarm normally lives in one of them) and several hosts per data
 from __future__ import annotations
 
 import atexit
+import logging
 import random
 import threading
 import time
@@ -89,6 +90,7 @@ DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it a
 DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
 T = TypeVar("T")
 SET_ASIDE_SHOWN = 5  # set-aside writes named in a batch's log line (the count says the rest)
+_log = logging.getLogger(__name__)
 
 
 def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
@@ -354,7 +356,6 @@ class LiveSwarms:
         self,
         store: Store,
         sync_interval: int,
-        log: Callable[[str], None] = lambda message: None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits = Limits(),
@@ -365,8 +366,7 @@ class LiveSwarms:
         self.store = store  # the requests' store: short waits (wsgi.REQUEST_WAIT_SECONDS)
         self.batch_store = batch_store or store  # the flush thread's: waits as long as it must
         self.sync_interval = sync_interval
-        self.log = log
-        self.faults = faults or FaultLog(log)
+        self.faults = faults or FaultLog(_log.error)
         self.rng = rng or random.Random()
         self.clock = clock
         self.limits = limits
@@ -667,7 +667,7 @@ class LiveSwarms:
                 if swarm is not None:
                     swarm.forget(row.peer_id)
         shown = ", ".join(f"torrent {row.torrent_id} peer {row.peer_id.hex()}" for row in rows[:SET_ASIDE_SHOWN])
-        self.log(f"{len(rows)} announces set aside, not written: {shown}; the first because: {rows[0].reason}")
+        _log.warning(f"{len(rows)} announces set aside, not written: {shown}; the first because: {rows[0].reason}")
 
     def _in_turns(self, swarms: list[Swarm], work: Callable[[Swarm], None]) -> None:
         for start in range(0, len(swarms), TURN):
@@ -724,5 +724,6 @@ class LiveSwarms:
             self._failing = True
             return
         if self._failing:
-            self.log("writing announces to the database works again")
+            # A warning, not info: it must show wherever the failure (an error) showed.
+            _log.warning("writing announces to the database works again")
             self._failing = False

@@ -10,12 +10,12 @@ thread of its daemon process (BackgroundRefresh), as the original did after answ
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +27,7 @@ LOCK_LEASE_SECONDS = 600  # a refresh that dies holding the lock loses it after 
 HISTORY_SECONDS = 30 * 86400  # history samples kept for the chart
 CHART_SECONDS = 7 * 86400  # the chart shows the last week
 STATS_FILE, STYLESHEET_FILE, RSS_FILE = "bt_stats.inc", "bt_stats.css", "bt_rss.inc"
+_log = logging.getLogger(__name__)
 
 
 class RefreshBusy(Exception):
@@ -133,8 +134,8 @@ class BackgroundRefresh:
 
     CHECK_SECONDS = 60
 
-    def __init__(self, config: Config, store, log: Callable[[str], None]):
-        self.config, self.store, self.log = config, store, log
+    def __init__(self, config: Config, store):
+        self.config, self.store = config, store
         self._next_check = 0.0
         self._running = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -151,15 +152,15 @@ class BackgroundRefresh:
         try:
             report = refresh(self.config, self.store)
             if report.ran:
-                self.log(report.summary())
-                for warning in report.warnings:
-                    self.log(warning)
+                _log.info(report.summary())  # routine: every refresh_interval
+                for warning in report.warnings:  # a file skipped (once), a directory unreadable
+                    _log.warning(warning)
         except RefreshBusy:
             pass
         except OSError as exc:  # output_dir or torrent_dir: the admin's to fix, one line
-            self.log(f"background refresh failed: {exc}")
+            _log.error(f"background refresh failed: {exc}")
         except Exception:
-            self.log("background refresh failed:\n" + traceback.format_exc())
+            _log.exception("background refresh failed:")
         finally:
             self.store.close()  # this thread's connection
             self._running.release()

@@ -7,14 +7,15 @@ tracker is built then, once per process, under a lock; every later request reuse
 Every answer under /tracker is bencoded: a client's mistake is HTTP 200 with a `failure
 reason`, our own fault is logged with its traceback to Apache's error log and answered
 with a `failure reason` plus `retry in` (BEP 31). Nothing internal reaches the client.
-Faults are logged at a bounded rate (faultlog.py): one traceback, then counts.
+Faults are logged at a bounded rate (faultlog.py): one traceback, then counts. Where log
+lines go, and at which level, is set up once the config is read (logs.py).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import random
-import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import config as config_module
+from . import logs
 from .config import Config, ConfigError
 from .faultlog import FaultLog
 from .limits import Shed
@@ -70,7 +72,7 @@ MAX_REFRESH_FAILURES = 10
 REFRESH_FAILURE_WINDOW = 60.0  # seconds
 
 Response = tuple[str, list[tuple[str, str]], bytes]
-Log = Callable[[str], None]
+_log = logging.getLogger(__name__)
 
 # Compact answers are binary; text ones may be compressed by mod_deflate (apache/).
 BINARY = "application/octet-stream"
@@ -95,15 +97,15 @@ class Tracker:
         faults: FaultLog | None = None,
     ):
         self.config = config
-        self.faults = faults or FaultLog(log)
+        self.faults = faults or FaultLog(_log.error)
         self.store = store
         self.batch_store = batch_store or store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.swarms = LiveSwarms(store, config.sync_interval, log, self.rng, clock, config.limits, self.batch_store,
-                                 faults=self.faults)
+        self.swarms = LiveSwarms(store, config.sync_interval, rng=self.rng, clock=clock, limits=config.limits,
+                                 batch_store=self.batch_store, faults=self.faults)
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
-        self.refresh_gate = RefreshGate(config.refresh_secret.encode(), log)
+        self.refresh_gate = RefreshGate(config.refresh_secret.encode())
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
         self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {
@@ -233,12 +235,11 @@ def _given_refresh_secret(environ: dict[str, Any], fields: dict[bytes, bytes]) -
 class RefreshGate:
     """Who may run a web refresh. The secret is compared in constant time; a secret in the
     URL is refused unread. Failures are limited per process (MAX_REFRESH_FAILURES a
-    minute, all clients together), so guessing is hopeless, and each is logged with the
-    client's address; past the limit every attempt is refused unread and only counted."""
+    minute, all clients together), so guessing is hopeless, and each is logged (a warning)
+    with the client's address; past the limit every attempt is refused unread and only counted."""
 
-    def __init__(self, secret: bytes, log: Log, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.monotonic):
         self._secret = secret
-        self._log = log
         self._clock = clock
         self._failures: deque[float] = deque(maxlen=MAX_REFRESH_FAILURES)  # when, oldest first
         self._refused_unread = 0  # attempts refused since the limit was reached
@@ -252,12 +253,12 @@ class RefreshGate:
                        and now - self._failures[0] < REFRESH_FAILURE_WINDOW)
             if limited:
                 if self._refused_unread == 0:
-                    self._log(f"web refresh: {MAX_REFRESH_FAILURES} failed attempts within "
-                              f"{REFRESH_FAILURE_WINDOW:.0f} s; refusing every attempt for up to a minute")
+                    _log.warning(f"web refresh: {MAX_REFRESH_FAILURES} failed attempts within "
+                                 f"{REFRESH_FAILURE_WINDOW:.0f} s; refusing every attempt for up to a minute")
                 self._refused_unread += 1
                 raise ClientError(REFRESH_TOO_MANY)
             if self._refused_unread:
-                self._log(f"web refresh: attempts refused while over the limit: {self._refused_unread}")
+                _log.warning(f"web refresh: attempts refused while over the limit: {self._refused_unread}")
                 self._refused_unread = 0
             if where == "query":
                 failure, why = REFRESH_SECRET_IN_QUERY, (
@@ -268,7 +269,7 @@ class RefreshGate:
             else:
                 failure, why = REFRESH_REFUSED, f"wrong secret in the {where}" if given else "no secret"
             self._failures.append(now)
-            self._log(f"web refresh refused from {client}: {why}")
+            _log.warning(f"web refresh refused from {client}: {why}")
         raise ClientError(failure)
 
 
@@ -279,11 +280,6 @@ def build_tracker(config: Config, faults: FaultLog | None = None) -> Tracker:
                    batch_store=open_configured(config), faults=faults)
 
 
-def log(message: str) -> None:
-    # Under mod_wsgi, stderr is Apache's error log.
-    print(f"tracker_wsgi: {message}", file=sys.stderr, flush=True)
-
-
 class Application:
     """The WSGI callable. Builds its Tracker on first use, once per process."""
 
@@ -291,8 +287,9 @@ class Application:
                  faults: FaultLog | None = None):
         self._tracker = tracker
         self._background = background
-        self.faults = faults or FaultLog(log)
+        self.faults = faults or FaultLog(_log.error)
         self._config_error: ConfigError | None = None
+        self._logging: tuple[str, str] | None = None  # (log_level, syslog_facility) set up
         self._lock = threading.Lock()
 
     def _build(self, environ: dict[str, Any]) -> Tracker:
@@ -302,21 +299,33 @@ class Application:
             if self._config_error is not None:
                 raise self._config_error
             path = config_module.config_path(environ)
+            config = None
             try:
-                tracker = build_tracker(config_module.load(path), self.faults)
+                config = config_module.load(path)
+                self._log_to(config.log_level, config.syslog_facility)
+                tracker = build_tracker(config, self.faults)
             except ConfigError as exc:
                 # Logged once; a fixed file takes effect when the daemon restarts
                 # (touch the .wsgi file). Store errors are not kept: the next request retries.
                 self._config_error = exc
-                log(f"configuration error: {exc}")
+                if config is None:
+                    self._log_to(logs.DEFAULT_LEVEL, "")  # the file's own log_level is unknown
+                _log.error(f"configuration error: {exc}")
                 raise
-            log(
+            _log.info(
                 f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
                 f"over {tracker.store.connection_type()}"
             )
-            self._background = BackgroundRefresh(tracker.config, tracker.batch_store, log)
+            self._background = BackgroundRefresh(tracker.config, tracker.batch_store)
             self._tracker = tracker
             return tracker
+
+    def _log_to(self, level: str, syslog_facility: str) -> None:
+        # Once: a daemon that cannot reach its database at start reads its config again on
+        # every request, and handlers swapped under other threads could lose their lines.
+        if self._logging != (level, syslog_facility):
+            logs.to_error_log(level, syslog_facility)
+            self._logging = (level, syslog_facility)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         try:
