@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -684,3 +685,59 @@ def test_stopping_apache_right_after_a_burst_loses_no_announce(database, request
     stored = store._fetchall("SELECT COUNT(*) FROM peers")[0][0]
     store.close()
     assert (stored, answered) == (200, 200), apache.error_log()
+
+
+def test_a_hung_database_holds_no_announce_that_memory_can_answer(private_mariadb, apache_factory):
+    """Issue 12, finding 4: with MariaDB stopped by SIGSTOP (hung: connections open, no
+    answers), completions once held every daemon thread for the 30 s read timeout and
+    re-announces fell to 0.5/s. Now a request waits for the database at most the request
+    store's short wait, a few at a time, and re-announces are answered from memory
+    throughout; a completion gets a quick `retry in` and counts once it comes back."""
+    server = private_mariadb
+    user, password, db = "tracker", "s3cret-Pw", "tracker"
+    admin = server.admin()
+    cur = admin.cursor()
+    cur.execute(f"CREATE DATABASE {db}")
+    cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
+    cur.execute(f"GRANT ALL ON {db}.* TO '{user}'@'127.0.0.1'")
+    admin.close()
+    url = f"mysql://{user}:{password}@127.0.0.1:{server.port}/{db}"
+    register(url, 1)
+    apache = apache_factory(config_text(url, sync_interval="2"))
+    for n in range(1, 21):
+        announce(apache, 1, n, 7000 + n, event="started", left=100)
+    time.sleep(3)  # one batch: the swarm is written and fresh
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        def reannounce(n: int) -> tuple[float, dict]:
+            start = time.monotonic()
+            answer = announce(apache, 1, n, 7000 + n, left=100)
+            return time.monotonic() - start, answer
+
+        def complete(n: int) -> tuple[float, dict]:
+            start = time.monotonic()
+            status, _, body = apache.get("/tracker/announce", announce_query(
+                ih(1), pid(n), port=7000 + n, event="completed", left=0))
+            return time.monotonic() - start, decode(body)
+
+        with ThreadPoolExecutor(40) as pool:
+            completions = [pool.submit(complete, n) for n in range(1, 11)]  # 10 threads' worth
+            answers = list(pool.map(reannounce, [n for _ in range(15) for n in range(11, 21)]))
+            finished = [c.result() for c in completions]
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    slow = sorted(seconds for seconds, _ in answers)
+    assert all(b"failure reason" not in answer for _, answer in answers), answers[:3]
+    assert slow[int(len(slow) * 0.99) - 1] < 1.0, slow[-10:]
+    for seconds, answer in finished:
+        assert seconds < 8 and answer[b"failure reason"] and answer[b"retry in"] >= 1, (seconds, answer)
+    # The database is back: the completions come again (as BEP 31 asked) and count.
+    deadline = time.monotonic() + 30
+    while True:
+        done = [decode(apache.get("/tracker/announce", announce_query(
+            ih(1), pid(n), port=7000 + n, event="completed", left=0))[2]) for n in range(1, 11)]
+        if all(b"failure reason" not in answer for answer in done) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert scrape(apache, 1)[b"files"][ih(1)][b"downloaded"] == 10

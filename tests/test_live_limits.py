@@ -9,6 +9,7 @@ import pytest
 from conftest import ih
 from test_store_contract import NOW, SYNC, TIMEOUT, V4, ann
 from tracker_wsgi.limits import Limits, MemoryGuard, Shed
+from tracker_wsgi import live as live_module
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import ClientError, Event, StoreUnavailable, Torrent
 from tracker_wsgi.protocol import PEER_CONFLICT, TOO_MANY_PEERS
@@ -184,3 +185,26 @@ def test_while_the_database_cannot_say_a_new_peer_is_answered_from_memory(store)
     result = swarms.announce(ann(1), NOW)
     assert [peer.peer_id for peer in result.peers] == [ann(0).peer_id]
     assert swarms.flush() == 2
+
+
+def test_the_key_rule_holds_for_a_peer_the_view_forgot_beyond_its_limit(store, monkeypatch):
+    """A swarm bigger than a view holds: written peers make room and leave the view (they
+    stay in the store and the counts). A stranger announcing one of their peer_ids from
+    another address is refused before any answer; the peer itself goes on as ever."""
+    monkeypatch.setattr(live_module, "VIEW_LIMIT", 5)
+    swarms = live(store)
+    for n in range(5):
+        swarms.announce(ann(n, ip=bytes([198, 51, 100, n])), NOW)
+    swarms.flush()
+    for n in range(5, 40):  # each new peer makes room: written peers leave the view
+        swarms.announce(ann(n, ip=bytes([198, 51, 100, n])), NOW)
+    view = swarms._by_hash[ih(1)]
+    forgotten = [n for n in range(5) if ann(n).peer_id not in view.members]
+    assert forgotten  # unwritten peers stay: only the written ones made room
+    victim = forgotten[0]
+    assert refused(swarms, ann(victim, ip=OTHER_V4)) == PEER_CONFLICT
+    assert ann(victim).peer_id not in view.members
+    swarms.announce(ann(victim, ip=bytes([198, 51, 100, victim])), NOW)  # the peer itself
+    swarms.flush()
+    assert store.find_peer(view.torrent_id, ann(victim).peer_id).ip == bytes([198, 51, 100, victim])
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 40
