@@ -46,6 +46,8 @@ def application(environ, start_response):
     return [b"hello from " + (environ["mod_wsgi.process_group"] or "embedded mode").encode()]
 """
 APACHE_START_SECONDS = 30
+# What a fresh clone has not: the build copies the checkout without them.
+CHECKOUT_ONLY = (".git", ".venv", "var", "build", "*.egg-info", "__pycache__", ".pytest_cache")
 SITE_NAME = "Installed sample"
 
 
@@ -71,7 +73,11 @@ def relocate(text: str, root: Path) -> str:
 
 
 def build_wheel(out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(REPO)],
+    """The wheel of this checkout, built from a copy: setuptools' build/ directory keeps files
+    of earlier builds and would ship them again, and the checkout stays as it was."""
+    source = out / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*CHECKOUT_ONLY))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("tracker_wsgi-*.whl")
     return wheel
