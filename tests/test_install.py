@@ -67,6 +67,14 @@ def run_as_www_data(command: str, environment: dict[str, str]) -> subprocess.Com
                           capture_output=True, text=True, timeout=120)
 
 
+def run(*command: str | Path, timeout: float = 300) -> str:
+    """The stdout of a command that must succeed; on failure, an error showing what it printed."""
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, command))}: exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
 def relocate(text: str, root: Path) -> str:
     """The shipped file with each absolute path of the install (/opt, /etc, /var, /srv) below root."""
     return re.sub(r"(?<![\w.-])/(opt|etc|var|srv)/", f"{root}/\\1/", text)
@@ -77,24 +85,21 @@ def build_wheel(out: Path) -> Path:
     of earlier builds and would ship them again, and the checkout stays as it was."""
     source = out / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*CHECKOUT_ONLY))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
-                   check=True, capture_output=True, timeout=300)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", out, source)
     (wheel,) = out.glob("tracker_wsgi-*.whl")
     return wheel
 
 
 def install(wheel: Path, venv: Path) -> None:
     """python -m venv, pip install the wheel with its server extra (pip's mod_wsgi)."""
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    run(sys.executable, "-m", "venv", venv)
     constraints = venv / "constraints.txt"
     constraints.write_text("".join(f"{name}=={metadata.version(name)}\n" for name in PINNED))
-    subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--constraint", str(constraints), f"{wheel}[server]"],
-                   check=True, capture_output=True, timeout=600)
+    run(venv / "bin/pip", "install", "--quiet", "--constraint", constraints, f"{wheel}[server]", timeout=600)
 
 
 def installed_output(venv: Path, *args: str) -> str:
-    return subprocess.run([str(venv / "bin/tracker-wsgi"), *args], check=True, capture_output=True, text=True,
-                          timeout=60).stdout.strip()
+    return run(venv / "bin/tracker-wsgi", *args)
 
 
 def torrent(name: str) -> tuple[bytes, bytes]:
@@ -131,8 +136,7 @@ def unit_settings(unit_file: Path) -> dict[str, list[str]]:
 def httpd_conf(root: Path, venv: Path, port: int, run_dir: Path, other_dir: Path) -> str:
     modules = "\n".join(f"LoadModule {m}_module {devserver.MODULES}/mod_{m}.so" for m in devserver.BASE_MODULES)
     # The README's way to load pip's mod_wsgi: the LoadModule (and WSGIPythonHome) it prints.
-    wsgi_module = subprocess.run([str(venv / "bin/mod_wsgi-express"), "module-config"], check=True,
-                                 capture_output=True, text=True).stdout
+    wsgi_module = run(venv / "bin/mod_wsgi-express", "module-config")
     return f"""\
 ServerName localhost
 ServerRoot "{run_dir}"
@@ -187,8 +191,7 @@ def machine():
                 text = shipped.read_text()
                 target.write_text(text if "tmpfiles.d" in target.parts else relocate(text, root))
         (root / "opt/tracker-wsgi/apache").symlink_to(installed_output(venv, "paths", "apache"))
-        subprocess.run(["systemd-tmpfiles", "--create", f"--root={root}", "tracker-wsgi.conf"], check=True,
-                       capture_output=True, timeout=60)
+        run("systemd-tmpfiles", "--create", f"--root={root}", "tracker-wsgi.conf")
 
         # The admin's config (in the file tmpfiles made), a torrent and the sample site's pages.
         torrents = root / "srv/torrents"
@@ -266,8 +269,7 @@ def test_the_wheel_carries_the_apache_files_and_the_files_for_etc(machine):
     ]
     assert Path(installed_output(machine.venv, "paths", "venv")) == machine.venv
     # What Apache loads is the installed package, not this checkout.
-    imported = subprocess.run([str(machine.venv / "bin/python"), "-c", "import tracker_wsgi; print(tracker_wsgi.__file__)"],
-                              check=True, capture_output=True, text=True, cwd="/").stdout.strip()
+    imported = run(machine.venv / "bin/python", "-I", "-c", "import tracker_wsgi; print(tracker_wsgi.__file__)")
     assert imported == str(site_packages / "tracker_wsgi/__init__.py")
 
 
@@ -288,8 +290,8 @@ def test_tmpfiles_gives_the_config_to_root_and_the_state_to_www_data(machine):
 
 
 def test_the_cron_job_refreshes_quietly_as_www_data(machine):
-    run = machine.cron_run
-    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+    done = machine.cron_run
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     output = machine.root / "var/lib/tracker-wsgi/output"
     for name in ("bt_stats.inc", "bt_rss.inc"):
         assert owner_and_mode(output / name)[0] == "www-data"
@@ -300,8 +302,8 @@ def test_the_cron_job_refreshes_quietly_as_www_data(machine):
 
 def test_the_config_passes_check_config_as_www_data(machine):
     config = machine.root / "etc/tracker-wsgi/tracker.toml"
-    run = run_as_www_data(f"{machine.venv}/bin/tracker-wsgi --config {config} check-config", {})
-    assert run.returncode == 0, run.stderr
+    done = run_as_www_data(f"{machine.venv}/bin/tracker-wsgi --config {config} check-config", {})
+    assert done.returncode == 0, done.stderr
 
 
 def test_the_systemd_units_verify_and_the_service_runs_its_refresh(machine):
@@ -310,17 +312,16 @@ def test_the_systemd_units_verify_and_the_service_runs_its_refresh(machine):
     verify = subprocess.run(["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True,
                             timeout=60)
     assert (verify.returncode, verify.stderr) == (0, "")
-    calendar = subprocess.run(["systemd-analyze", "calendar", *unit_settings(timer)["OnCalendar"]],
-                              check=True, capture_output=True, text=True).stdout
+    calendar = run("systemd-analyze", "calendar", *unit_settings(timer)["OnCalendar"])
     assert "Normalized form: *-*-* *:00/15:00" in calendar
 
     settings = unit_settings(service)
     assert settings["User"] == ["www-data"] and settings["Type"] == ["oneshot"]
     environment = dict(value.partition("=")[::2] for line in settings["Environment"] for value in line.split())
     (command,) = settings["ExecStart"]
-    run = run_as_www_data(command, environment)
-    assert run.returncode in {0, *map(int, settings["SuccessExitStatus"])}, run.stderr
-    assert run.stderr == ""
+    done = run_as_www_data(command, environment)
+    assert done.returncode in {0, *map(int, settings["SuccessExitStatus"])}, done.stderr
+    assert done.stderr == ""
 
 
 # -- the tracker under Apache, from the installed files --------------------------------------
