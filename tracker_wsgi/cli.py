@@ -10,6 +10,7 @@
   tracker-wsgi refresh                if due: expire peers, recount, rescan, write include files
   tracker-wsgi force-refresh          the same, now
   tracker-wsgi serve                  run the tracker in a real Apache, for development
+  tracker-wsgi paths [NAME]           where the installed Apache files and files for /etc are
 
 Options go before or after the command. The config file is --config FILE, else
 $TRACKER_WSGI_CONFIG, else the built-in defaults. Every command ends with a one-line
@@ -622,6 +623,29 @@ def refuse_serving_state(config_path: Path, state: Path, site: Path, output: Pat
                                   "keep the state directory, the config and the database outside it")
 
 
+def installed_paths() -> dict[str, tuple[Path, str]]:
+    """What `paths` prints: name -> (path, what is there)."""
+    from . import installed
+
+    return {
+        "apache": (installed.APACHE_DIR, "tracker.conf, tracker-host.conf, site.conf, tracker.wsgi: TRACKER_WSGI_APACHE"),
+        "system": (installed.SYSTEM_DIR, "files for /etc, each at its path below /etc: Apache site, cron.d, systemd, tmpfiles.d"),
+        "venv": (Path(sys.prefix), "the virtualenv tracker-wsgi runs in: TRACKER_WSGI_VENV"),
+    }
+
+
+def cmd_paths(options: Options) -> int:
+    """One path for `paths NAME` (for scripts), else every one with what it holds."""
+    paths = installed_paths()
+    if options.args.name:
+        print(paths[options.args.name][0])
+        return 0
+    width = max(map(len, paths))
+    for name, (path, holds) in paths.items():
+        print(f"{name:<{width}}  {path}  ({holds})")
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 def package_version() -> str:
@@ -715,7 +739,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--state-dir", default="var",
                        help="config, Apache's config and log, SQLite database, torrents (default: var)")
-    serve.add_argument("--apache-dir", default=str(Path(__file__).resolve().parent.parent / "apache"))
+    serve.add_argument("--apache-dir", default=str(installed_paths()["apache"][0]))
+    paths = command(
+        "paths", cmd_paths, "print where the installed Apache files and the files for /etc are",
+        "apache: the snippets Apache includes (link it to a stable place once:\n"
+        "  ln -sfn \"$(tracker-wsgi paths apache)\" /opt/tracker-wsgi/apache);\n"
+        "system: the Apache site, cron.d file, systemd service and timer and tmpfiles.d file,\n"
+        "each at its path below /etc; venv: this installation's virtualenv.", store=False,
+    )
+    paths.add_argument("name", nargs="?", choices=installed_paths(), help="print only this path")
     return parser
 
 
