@@ -76,6 +76,9 @@ StartServers 2
 MinSpareThreads {MPM_THREADS_PER_PROCESS}
 MaxSpareThreads {4 * MPM_THREADS_PER_PROCESS}
 WSGISocketPrefix "{run_dir}/wsgi"
+# This Apache serves only the tracker, whose Python runs in daemon processes: keep Python out
+# of Apache's own workers (server-wide, so production leaves it to the admin: README).
+WSGIRestrictEmbedded On
 # As Debian's apache2.conf: no directory is served unless a snippet opens it.
 <Directory />
     Require all denied
