@@ -133,8 +133,10 @@ class BackgroundRefresh:
 
     CHECK_SECONDS = 60
 
-    def __init__(self, config: Config, store, log: Callable[[str], None]):
+    def __init__(self, config: Config, store, log: Callable[[str], None],
+                 observe: Callable[[float], None] | None = None):
         self.config, self.store, self.log = config, store, log
+        self.observe = observe  # told each refresh's duration (metrics.py)
         self._next_check = 0.0
         self._running = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -151,6 +153,8 @@ class BackgroundRefresh:
         try:
             report = refresh(self.config, self.store)
             if report.ran:
+                if self.observe is not None:
+                    self.observe(report.seconds)
                 self.log(report.summary())
                 for warning in report.warnings:
                     self.log(warning)
