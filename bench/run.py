@@ -1,6 +1,6 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet vs a hello-world ceiling.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale]
+    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale] [--metrics]
 
 Builds real Apache instances with tracker_wsgi.devserver (the same httpd.conf the tests use,
 Including apache/tracker.conf): (a) the tracker on each store, (b) bench/hello.wsgi served from
@@ -12,6 +12,11 @@ trusting 127.0.0.1 as its reverse proxy), so every per-address limit stays as sh
 median ratio reported), wrk drives each with bench/announce.lua, keep-alive and one
 connection per request. Run as root (Apache drops to
 www-data; MariaDB at 127.0.0.1:3306, root without password).
+
+With --metrics, each round also measures the same tracker with its metrics off (a second
+Apache on a store filled alike, whose tracker.wsgi turns counting into a no-op call and
+keeps no prometheus_client values), right beside the one with them on, first one then the
+other in turn, and prints on/off per round and the median.
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
@@ -52,6 +57,14 @@ BENCH_PROXY = "127.0.0.1/32"
 # announce.lua's slot addresses, 10.<thread>.<slot div 256>.<slot mod 256>, are one per slot
 # only within these.
 MAX_THREADS, MAX_POOL = 255, 65535
+# --metrics: tracker.wsgi of the tracker with its metrics off. What is left of them on the
+# request path is a call to a function that does nothing (Counts.add's call itself).
+METRICS_OFF_WSGI = """\
+from tracker_wsgi import metrics, wsgi
+metrics.Counts.add = lambda self, key: None
+wsgi.Tracker.start_metrics = lambda self: None
+from tracker_wsgi.wsgi import application  # noqa: F401
+"""
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
 
@@ -441,6 +454,7 @@ def combine(store: str, mode: str, pairs: list[tuple[dict, dict]]) -> dict:
     return {"store": store, "mode": mode, "tracker": tracker, "ceiling": ceiling,
             "ratios": [t["rps"] / c["rps"] for t, c in pairs],
             "floor_ratios": [c["floor_ratio"] for _, c in pairs if "floor_ratio" in c],
+            "metrics_ratios": [t["metrics_ratio"] for t, _ in pairs if "metrics_ratio" in t],
             "errors": sum(t["errors"] for t, _ in pairs), "socket": sum(t["socket"] for t, _ in pairs)}
 
 
@@ -464,6 +478,15 @@ def print_table(rows: list[dict]) -> None:
     print("\n".join(out))
 
 
+def print_metrics(rows: list[dict]) -> None:
+    """The tracker with metrics on over the same with them off, as measured beside each other."""
+    print("\nMetrics on / off (req/s of the tracker with its metrics over the same without; target >= 0.97):")
+    for r in rows:
+        ratios = sorted(r["metrics_ratios"])
+        print(f"  {r['store']:<8} {r['mode']:<10} median {ratios[(len(ratios) - 1) // 2]:.3f}, each round "
+              + " ".join(f"{ratio:.3f}" for ratio in r["metrics_ratios"]))
+
+
 def print_cpu(rows: list[dict]) -> None:
     print("\nCPU during the median round (cores busy on average; the machine has "
           f"{os.cpu_count()}): wsgi daemons / apache workers / mariadbd / wrk")
@@ -482,6 +505,8 @@ def main() -> None:
     parser.add_argument("--modes", default="keepalive,close")
     parser.add_argument("--floor", action="store_true", help="also measure bench/floor.wsgi, the least a "
                         "Python announce handler does, and print its ratio to the ceiling")
+    parser.add_argument("--metrics", action="store_true", help="also measure the tracker with its metrics "
+                        "off, beside it in every round, and print the on/off ratio")
     parser.add_argument("--rounds", type=int, default=3, help="tracker/ceiling pairs per store and mode; "
                         "the table shows the median ratio")
     parser.add_argument("--torrents", type=int, default=1000)
@@ -525,10 +550,15 @@ def main() -> None:
 
         hello = serve("hello")
         floor = serve("floor") if args.floor else None
+        if args.metrics:
+            metrics_off_dir = root / "metrics-off-apache"
+            shutil.copytree(APACHE_DIR, metrics_off_dir)
+            (metrics_off_dir / "tracker.wsgi").write_text(METRICS_OFF_WSGI)
+            metrics_off_dir.chmod(0o755)
 
-        for kind in args.stores.split(","):
+        def tracker_store(kind: str, label: str) -> BenchStore:
             t0 = time.monotonic()
-            store = BenchStore(kind, root, "small")
+            store = BenchStore(kind, root, label)
             stores.append(store)
             store.register(args.torrents)
             store.slot_peers(args.torrents, args.threads, args.pool, args.zipf)
@@ -536,16 +566,37 @@ def main() -> None:
             print(f"[{kind}] {args.torrents} torrents, {store.peer_count()} peers in "
                   f"{time.monotonic() - t0:.1f}s", flush=True)
             store.hand_over()
+            return store
+
+        for kind in args.stores.split(","):
+            store = tracker_store(kind, "small")
             tracker = Apache(root / f"tracker-{kind}", APACHE_DIR, tracker_config(root, store.url))
             apaches.append(tracker)
             check_announce(tracker, args.torrents, args.zipf)
             run_wrk(args, tracker.url, False, args.torrents, seconds=2)  # warm up both daemons
+            metrics_off = None
+            if args.metrics:
+                off_store = tracker_store(kind, "metrics-off")
+                metrics_off = Apache(root / f"tracker-{kind}-metrics-off", metrics_off_dir,
+                                     tracker_config(root, off_store.url))
+                apaches.append(metrics_off)
+                check_announce(metrics_off, args.torrents, args.zipf)
+                run_wrk(args, metrics_off.url, False, args.torrents, seconds=2)
             for mode in args.modes.split(","):
                 close = mode == "close"
                 profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-{mode}.txt")
                 pairs = []
                 for round_ in range(args.rounds):
+                    if metrics_off is not None and round_ % 2:  # the other one first: drift cancels out
+                        off = measure(args, metrics_off, close, args.torrents)
                     t = measure(args, tracker, close, args.torrents, profile if round_ == 0 else None)
+                    if metrics_off is not None:
+                        if not round_ % 2:
+                            off = measure(args, metrics_off, close, args.torrents)
+                        t["metrics_ratio"] = t["rps"] / off["rps"]
+                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] metrics on {t['rps']:.0f} req/s, "
+                              f"off {off['rps']:.0f} req/s, on/off {t['metrics_ratio']:.3f}, errors off "
+                              f"{off['errors']}", flush=True)
                     c = measure(args, hello, close, args.torrents)
                     if floor is not None:
                         c["floor_ratio"] = measure(args, floor, close, args.torrents)["rps"] / c["rps"]
@@ -561,6 +612,8 @@ def main() -> None:
             if problems:
                 print(f"[{kind}] error.log: {len(problems)} problem lines, e.g. {problems[:3]}")
             tracker.stop()
+            if metrics_off is not None:
+                metrics_off.stop()
 
             if args.scale and kind in args.scale_stores.split(","):
                 t0 = time.monotonic()
@@ -593,6 +646,8 @@ def main() -> None:
               f"{args.threads * args.pool} peers, Zipf s={args.zipf}, {args.rounds} rounds; ceiling = bench/hello.wsgi, "
               "same snippet\n")
         print_table(rows)
+        if args.metrics:
+            print_metrics(rows)
         print_cpu(rows)
         if scale_rows:
             print("\nScale (keep-alive): announce rate with the store pre-filled vs the small case")
