@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -90,6 +92,17 @@ def daemons(apache: Apache) -> list[int]:
             if int(stat.rpartition(b")")[2].split()[1]) == apache.process.pid and cmdline.startswith(DAEMON):
                 found.append(int(entry))
     return sorted(found)
+
+
+def wait_for_port(apache: Apache) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", apache.port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline and apache.process.poll() is None, apache.error_log()
+            time.sleep(0.1)
 
 
 def key(name: str, **labels: str) -> tuple[str, tuple]:
@@ -245,14 +258,7 @@ def test_health_and_metrics_answer_only_the_hosts_require_names(sqlite_url, shar
     port = free_port()
     apache = Apache(port, run_dir, devserver.start(run_dir, devserver.httpd_conf(run_dir, port, config, apache_dir)))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and apache.process.poll() is None, apache.error_log()
-                time.sleep(0.1)
+        wait_for_port(apache)
 
         def get(path: str, source: str) -> int:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
@@ -267,5 +273,75 @@ def test_health_and_metrics_answer_only_the_hosts_require_names(sqlite_url, shar
             assert get(path, "127.0.0.1") == 200, path
             assert get(path, "127.0.0.2") == 403, path
         assert get(announce_path, "127.0.0.2") == 200  # clients are not touched
+    finally:
+        apache.stop()
+
+
+# Embedded mode: the tracker in Apache's own children (the other topology mod_wsgi offers),
+# prefork, each child gone after one connection. Every announce is then answered by a
+# process of its own that exits after it: the sums must still hold every one.
+EMBEDDED_CONF = """\
+ServerName localhost
+ServerRoot "{run_dir}"
+Listen 127.0.0.1:{port}
+PidFile "{run_dir}/httpd.pid"
+ErrorLog "{run_dir}/error.log"
+LogLevel warn
+User www-data
+Group www-data
+LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
+LoadModule authz_core_module /usr/lib/apache2/modules/mod_authz_core.so
+LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so
+LoadModule env_module /usr/lib/apache2/modules/mod_env.so
+LoadModule wsgi_module "{wsgi}"
+StartServers 3
+MinSpareServers 3
+MaxSpareServers 6
+MaxConnectionsPerChild 1
+WSGIPythonHome "{venv}"
+WSGIScriptAlias /tracker "{apache_dir}/tracker.wsgi" application-group=%{{GLOBAL}}
+<Directory "{apache_dir}">
+    Require all granted
+</Directory>
+<Location /tracker>
+    SetEnv tracker_wsgi.config "{config}"
+</Location>
+<LocationMatch "^/tracker/+(health|metrics)">
+    Require local
+</LocationMatch>
+"""
+
+
+def test_embedded_mode_children_that_come_and_go_are_summed(sqlite_url, shared_dir):
+    register(sqlite_url, ODD, EVEN)
+    store = open_store(sqlite_url, 2700)
+    now = int(time.time())
+    assert store.take_refresh_lock("test", now, 600)  # no refresh threads in the children
+    store.release_refresh_lock("test", finished_at=now)
+    store.close()
+    run_dir = shared_dir / "embedded"
+    devserver.prepare_run_dir(run_dir)
+    config = shared_dir / "tracker.toml"
+    config.write_text(config_text(sqlite_url, sync_interval="1"))
+    config.chmod(0o644)
+    port = free_port()
+    conf = EMBEDDED_CONF.format(run_dir=run_dir, port=port, wsgi=devserver.wsgi_module(), venv=sys.prefix,
+                                apache_dir=APACHE_DIR, config=config)
+    (run_dir / "httpd.conf").write_text(conf)
+    # A session of its own: prefork's parent stops by signalling its whole process group.
+    process = subprocess.Popen([devserver.APACHE_BIN, "-f", str(run_dir / "httpd.conf"), "-DFOREGROUND"],
+                               start_new_session=True, env={**os.environ, "LANG": "C.UTF-8"})
+    apache = Apache(port, run_dir, process)
+    try:
+        wait_for_port(apache)
+        for peer in range(1, 5):
+            announce(apache, ODD if peer % 2 else EVEN, peer)
+        samples = wait_for(apache, {ANNOUNCES_OK: 4, key("tracker_wsgi_processes"): 1})
+        # Every child that answered left its counts; only the one answering this scrape is alive.
+        directory = Path(f"/tmp/{DIRECTORY_PREFIX}{apache.process.pid}")
+        assert len(list(directory.glob("counter_*.db"))) >= 5, sorted(os.listdir(directory))
+        assert samples[key("tracker_wsgi_swarms_held")] <= 1
+        ready = [line for line in apache.error_log().splitlines() if "tracker_wsgi: ready" in line]
+        assert len(ready) >= 5, apache.error_log()
     finally:
         apache.stop()
