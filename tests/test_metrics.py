@@ -140,11 +140,18 @@ m.flushed(0.02, True)
 m.flushed(3.0, False)
 m.refreshed(0.3)
 # What a process that is gone left behind: its counters count, its gauges do not.
-for kind in ("counter", "gauge_livesum"):
-    shutil.copy(os.path.join(directory, f"{kind}_{os.getpid()}.db"), os.path.join(directory, f"{kind}_{sys.argv[2]}.db"))
+def gone(pid):
+    for kind in ("counter", "histogram", "gauge_livesum"):
+        shutil.copy(os.path.join(directory, f"{kind}_{os.getpid()}.db"), os.path.join(directory, f"{kind}_{pid}.db"))
+gone(sys.argv[2])
+first = m.exposition().decode()
+# Its counters and histograms went into the archives; scraping again counts them once.
+assert sorted(os.listdir(directory)) == sorted([f"{kind}_{os.getpid()}.db" for kind in
+    ("counter", "histogram", "gauge_livesum")] + ["counter_archive.db", "histogram_archive.db", "lock"]), os.listdir(directory)
+assert m.exposition().decode() == first
+gone(sys.argv[3])  # a second one, added to the archive
 text = m.exposition().decode()
 from prometheus_client.parser import text_string_to_metric_families  # after Metrics chose multiprocess mode
-assert not os.path.exists(os.path.join(directory, f"gauge_livesum_{sys.argv[2]}.db"))
 for family in text_string_to_metric_families(text):
     for s in family.samples:
         print(s.name, sorted(s.labels.items()), s.value)
@@ -152,26 +159,29 @@ for family in text_string_to_metric_families(text):
 
 
 def test_fold_gives_each_count_once_and_a_scrape_sums_the_processes(tmp_path):
-    out = subprocess.run([sys.executable, "-c", FOLD_AND_SCRAPE, str(tmp_path), str(dead_pid())],
+    out = subprocess.run([sys.executable, "-c", FOLD_AND_SCRAPE, str(tmp_path), str(dead_pid()), str(dead_pid())],
                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     samples = set(out.stdout.splitlines())
-    # The gone process's counter file is a copy of this one's (4 announces) beside this one's 5.
+    # Each gone process's files are copies of this one's: the first with 4 announces, the
+    # second with 5 (and one flush, failed flush and refresh each), beside this one's 5.
     for line in [
-        "tracker_wsgi_announces_total [('outcome', 'ok')] 9.0",
-        "tracker_wsgi_failure_reasons_total [('reason', 'Nope.')] 2.0",
-        "tracker_wsgi_database_errors_total [] 8.0",
-        "tracker_wsgi_database_reconnects_total [] 4.0",
+        "tracker_wsgi_announces_total [('outcome', 'ok')] 14.0",
+        "tracker_wsgi_failure_reasons_total [('reason', 'Nope.')] 3.0",
+        "tracker_wsgi_database_errors_total [] 12.0",
+        "tracker_wsgi_database_reconnects_total [] 6.0",
         # Gauges: this process's only.
         "tracker_wsgi_processes [] 1.0",
         "tracker_wsgi_swarms_held [] 3.0",
         "tracker_wsgi_peers_held [] 40.0",
         "tracker_wsgi_flush_backlog [] 5.0",
         "tracker_wsgi_flush_failing [] 1.0",
-        "tracker_wsgi_flush_seconds_count [] 1.0",
-        "tracker_wsgi_flush_seconds_bucket [('le', '0.025')] 1.0",
-        "tracker_wsgi_flush_failures_total [] 2.0",
-        "tracker_wsgi_refresh_seconds_count [] 1.0",
+        "tracker_wsgi_flush_seconds_count [] 3.0",
+        "tracker_wsgi_flush_seconds_bucket [('le', '0.01')] 0.0",
+        "tracker_wsgi_flush_seconds_bucket [('le', '0.025')] 3.0",
+        "tracker_wsgi_flush_seconds_bucket [('le', '+Inf')] 3.0",
+        "tracker_wsgi_flush_failures_total [] 3.0",
+        "tracker_wsgi_refresh_seconds_count [] 3.0",
     ]:
         assert line in samples, (line, out.stdout)
 

@@ -337,11 +337,12 @@ def test_embedded_mode_children_that_come_and_go_are_summed(sqlite_url, shared_d
         for peer in range(1, 5):
             announce(apache, ODD if peer % 2 else EVEN, peer)
         samples = wait_for(apache, {ANNOUNCES_OK: 4, key("tracker_wsgi_processes"): 1})
-        # Every child that answered left its counts; only the one answering this scrape is alive.
-        directory = Path(f"/tmp/{DIRECTORY_PREFIX}{apache.process.pid}")
-        assert len(list(directory.glob("counter_*.db"))) >= 5, sorted(os.listdir(directory))
-        assert samples[key("tracker_wsgi_swarms_held")] <= 1
+        assert samples[key("tracker_wsgi_swarms_held")] <= 1  # only the child answering the scrape is alive
         ready = [line for line in apache.error_log().splitlines() if "tracker_wsgi: ready" in line]
-        assert len(ready) >= 5, apache.error_log()
+        assert len(ready) >= 5, apache.error_log()  # a process of its own for each request
+        # What the children that are gone counted is in the archive, their own files are gone.
+        directory = Path(f"/tmp/{DIRECTORY_PREFIX}{apache.process.pid}")
+        left = {path.name for path in directory.glob("counter_*.db")}
+        assert "counter_archive.db" in left and len(left) <= 2, left
     finally:
         apache.stop()

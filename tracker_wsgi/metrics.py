@@ -28,6 +28,8 @@ no total ever goes down while Apache runs, and its gauges are dropped at the nex
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -35,13 +37,15 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from .limits import Shed
 from .model import ClientError, StoreUnavailable
 
 DIRECTORY_PREFIX = "tracker-wsgi-metrics-"  # + Apache's parent pid, in the temporary directory
+LOCK_FILE = "lock"  # in the directory: one collection at a time
+ARCHIVE = "archive"  # counter_archive.db, histogram_archive.db: what processes that are gone counted
 # What generate_latest writes; every Prometheus server reads it.
 EXPOSITION_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Batches take milliseconds; one that waits on a slow database, seconds (a batch store waits
@@ -251,42 +255,93 @@ class Metrics:
             self._folded[key] = total
 
     def flushed(self, seconds: float, written: bool) -> None:
-        """A batch write ended (live.LiveSwarms.on_flush; the flush thread)."""
-        if written:
-            self.flush_seconds.observe(seconds)
-        else:
-            self.flush_failures.inc()
-        self.flush_failing.set(0 if written else 1)
+        """A batch write ended (live.LiveSwarms.on_flush, in the flush thread: never raises)."""
+        try:
+            if written:
+                self.flush_seconds.observe(seconds)
+            else:
+                self.flush_failures.inc()
+            self.flush_failing.set(0 if written else 1)
+        except Exception as exc:
+            self.log(f"metrics: recording a batch write in {self.directory} failed: {exc}")
 
     def refreshed(self, seconds: float) -> None:
-        """A refresh ran (refresh.BackgroundRefresh, a web refresh)."""
-        self.refresh_seconds.observe(seconds)
+        """A refresh ran (refresh.BackgroundRefresh, a web refresh); never raises."""
+        try:
+            self.refresh_seconds.observe(seconds)
+        except Exception as exc:
+            self.log(f"metrics: recording a refresh in {self.directory} failed: {exc}")
 
     # -- every process's values ------------------------------------------------------------
 
     def exposition(self) -> bytes:
         """The scrape: every process's values, summed, in Prometheus's text format."""
-        registry = self._pc.CollectorRegistry()
-        self._multiprocess.MultiProcessCollector(registry, path=self.collect_ready())
-        return self._pc.generate_latest(registry)
-
-    def collect_ready(self) -> str:
-        """Fold this process's counts and drop the gauges of processes that are gone; returns
-        the directory to collect."""
-        self.fold()
-        for path in glob.glob(os.path.join(self.directory, "gauge_live*_*.db")):
-            pid = int(path[:-3].rpartition("_")[2])
-            if _parent_of(pid) != self.parent:  # gone, or the pid now someone else's
-                self._multiprocess.mark_process_dead(pid, self.directory)
-        return self.directory
+        with self._collecting():
+            registry = self._pc.CollectorRegistry()
+            self._multiprocess.MultiProcessCollector(registry, path=self.directory)
+            return self._pc.generate_latest(registry)
 
     def host(self) -> Host:
         """The gauges the health check reads, summed over the processes."""
-        path = self.collect_ready()
-        families = self._multiprocess.MultiProcessCollector.merge(glob.glob(os.path.join(path, "gauge_*.db")))
+        with self._collecting():
+            files = glob.glob(os.path.join(self.directory, "gauge_*.db"))
+            families = self._multiprocess.MultiProcessCollector.merge(files)
         sums = {family.name: int(sum(s.value for s in family.samples)) for family in families}
         return Host(sums.get("tracker_wsgi_flush_backlog", 0), sums.get("tracker_wsgi_flush_failing", 0),
                     sums.get("tracker_wsgi_processes", 0))
+
+    @contextlib.contextmanager
+    def _collecting(self) -> Iterator[None]:
+        """Fold this process's counts; then, holding the directory's lock (one collection at a
+        time, whichever process makes it), tidy what gone processes left, and collect."""
+        self.fold()
+        with open(os.path.join(self.directory, LOCK_FILE), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._tidy_gone()
+            yield
+
+    def _tidy_gone(self) -> None:
+        """Files of processes that are gone (no process of that pid is Apache's child): their
+        gauges go (prometheus_client's mark_process_dead); their counters and histograms are
+        added into one archive file per kind, so totals never go down and the directory does
+        not grow with every daemon restart or, in embedded mode, every child Apache replaces
+        (a scrape read 1,460 files, a year of daily reloads, in 0.5 s)."""
+        gone: dict[str, list[str]] = {}
+        for path in glob.glob(os.path.join(self.directory, "*_*.db")):
+            kind, _, pid = os.path.basename(path)[:-3].rpartition("_")
+            if pid.isdigit() and _parent_of(int(pid)) != self.parent:
+                gone.setdefault(kind, []).append(path)
+                if kind.startswith("gauge_"):
+                    self._multiprocess.mark_process_dead(int(pid), self.directory)
+        for kind in ("counter", "histogram"):
+            if gone.get(kind):
+                self._archive(kind, gone[kind])
+
+    def _archive(self, kind: str, paths: list[str]) -> None:
+        """Add these files' values into `kind`_archive.db, then remove them. The new archive
+        replaces the old in one rename; a process killed between that and the removals
+        would count those files twice (the lock keeps every scrape out meanwhile)."""
+        from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+        archive = os.path.join(self.directory, f"{kind}_{ARCHIVE}.db")
+        sources = paths + ([archive] if os.path.exists(archive) else [])
+        # accumulate=False: histogram buckets as each file keeps them, not cumulative.
+        families = self._multiprocess.MultiProcessCollector.merge(sources, accumulate=False)
+        building = archive + ".new"  # not *.db: no scrape reads it
+        if os.path.exists(building):
+            os.unlink(building)
+        merged = MmapedDict(building)
+        try:
+            for family in families:
+                for sample in family.samples:
+                    key = mmap_key(family.name, sample.name, list(sample.labels), list(sample.labels.values()),
+                                   family.documentation)
+                    merged.write_value(key, sample.value, 0.0)
+        finally:
+            merged.close()
+        os.replace(building, archive)
+        for path in paths:
+            os.unlink(path)
 
 
 def start(counts: Counts, held: Callable[[], Any], stores: list[Any], interval: float,
