@@ -20,9 +20,11 @@ Apache (a restart, not a reload) has a new parent and so a new, empty directory.
 apache2.service runs Apache with PrivateTmp, so systemd removes the old one when Apache
 stops; elsewhere the first process of a new Apache removes those whose Apache is gone.
 A daemon process that restarts on its own (a graceful reload, a touched tracker.wsgi,
-request-timeout) gets a new pid and new files: the old pid's counters stay in the sums, so
-no total ever goes down while Apache runs, and its gauges are dropped at the next scrape
-(`live` gauges, prometheus_client's mark_process_dead) once no such process is Apache's child.
+request-timeout) gets a new pid and new files. Once no process of the old pid is Apache's
+child, the next scrape drops its gauges (`livesum` gauges and prometheus_client's
+mark_process_dead) and adds its counters and histograms into an archive file (one per kind):
+no total goes down while Apache runs, and the directory does not grow with every restart
+(nor, in embedded mode, with every child Apache replaces).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -102,20 +103,11 @@ class Counts:
         return total
 
 
-def apache_parent() -> int:
-    """Apache's parent process: the parent of every process that serves the tracker."""
-    return os.getppid()
-
-
-def directory_for(parent: int, base: str | None = None) -> str:
-    return os.path.join(base or tempfile.gettempdir(), f"{DIRECTORY_PREFIX}{parent}")
-
-
 def make_directory(parent: int, base: str | None = None) -> str:
     """This Apache's metrics directory, made if missing (0700), and the directories of Apache
     parents that are gone removed. Raises OSError with a one-line reason if it cannot be
     used: not a directory of ours, or open to other users (they could forge the counts)."""
-    path = directory_for(parent, base)
+    path = os.path.join(base or tempfile.gettempdir(), f"{DIRECTORY_PREFIX}{parent}")
     try:
         os.mkdir(path, 0o700)
         _remove_stale(os.path.dirname(path), parent)
@@ -131,8 +123,11 @@ def make_directory(parent: int, base: str | None = None) -> str:
 def _remove_stale(base: str, parent: int) -> None:
     for path in glob.glob(os.path.join(base, DIRECTORY_PREFIX + "*")):
         pid = path.rpartition("-")[2]
-        if pid.isdigit() and int(pid) != parent and not _alive(int(pid)) and os.stat(path).st_uid == os.geteuid():
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            if pid.isdigit() and int(pid) != parent and not _alive(int(pid)) and os.lstat(path).st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # another process removed it first
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -157,8 +152,8 @@ def _parent_of(pid: int) -> int | None:
 class Metrics:
     """prometheus_client's values of this process, and the scrape of every process's.
 
-    `sources` are read by `fold`: the request counters, the swarms (live.LiveSwarms.held)
-    and the stores (their `errors` and `reconnects`)."""
+    `fold` reads the request counters (`counts`), what the swarms hold (`held`:
+    live.LiveSwarms.held) and the stores' `errors` and `reconnects` (store/sql.py)."""
 
     def __init__(self, directory: str, parent: int, counts: Counts, held: Callable[[], Any],
                  stores: list[Any], interval: float, log: Callable[[str], None]):
@@ -348,7 +343,7 @@ def start(counts: Counts, held: Callable[[], Any], stores: list[Any], interval: 
           log: Callable[[str], None]) -> Metrics | None:
     """The metrics of a process under Apache, folding; None (logged once) if they cannot be
     kept, for the tracker serves all the same."""
-    parent = apache_parent()
+    parent = os.getppid()  # Apache's parent process: the parent of every process serving the tracker
     try:
         metrics = Metrics(make_directory(parent), parent, counts, held, stores, interval, log)
     except (OSError, RuntimeError) as exc:
