@@ -31,8 +31,10 @@ def test_counts_from_many_threads_add_up_exactly():
     sys.setswitchinterval(1e-6)  # switch threads as often as possible: a shared `+= 1` would lose some
     try:
         def work():
+            announced = counts.tally(("announce", "ok"))
             for _ in range(20_000):
-                counts.add(("announce", "ok"))
+                counts.add(("announce", "refused"))
+                announced()
             counts.add(("failure", "x"))
 
         threads = [threading.Thread(target=work) for _ in range(8)]
@@ -42,7 +44,7 @@ def test_counts_from_many_threads_add_up_exactly():
             thread.join()
     finally:
         sys.setswitchinterval(old)
-    assert counts.totals() == {("announce", "ok"): 160_000, ("failure", "x"): 8}
+    assert counts.totals() == {("announce", "ok"): 160_000, ("announce", "refused"): 160_000, ("failure", "x"): 8}
 
 
 @pytest.mark.parametrize("exc, outcome", [

@@ -33,6 +33,7 @@ import atexit
 import contextlib
 import fcntl
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -77,12 +78,21 @@ class Counts:
     """The request path's counters, as plain integers: each thread adds to a dict of its
     own (no lock, no lost update between threads) and `totals` adds the dicts up (a dict
     copy is atomic under the GIL). mod_wsgi's threads live as long as their process, so
-    the dicts are few."""
+    the dicts are few. What nearly every request counts (an announce answered) has a
+    `tally` of its own instead: one call of C code, a fifth of `add`'s cost."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._threads: list[dict[tuple[str, str], int]] = []
-        self._lock = threading.Lock()  # guards _threads only
+        self._tallies: dict[tuple[str, str], itertools.count] = {}
+        self._lock = threading.Lock()  # guards _threads and _tallies
+
+    def tally(self, key: tuple[str, str]) -> Callable[[], int]:
+        """A function that counts one `key` each call: itertools.count's increment, atomic
+        under the GIL."""
+        with self._lock:
+            count = self._tallies.setdefault(key, itertools.count())
+        return count.__next__
 
     def add(self, key: tuple[str, str]) -> None:
         try:
@@ -95,8 +105,9 @@ class Counts:
 
     def totals(self) -> dict[tuple[str, str], int]:
         with self._lock:
-            threads = list(self._threads)
-        total: dict[tuple[str, str], int] = {}
+            threads, tallies = list(self._threads), dict(self._tallies)
+        # "count(N)": N calls so far; the one way to read a count without moving it.
+        total = {key: int(repr(count)[6:-1]) for key, count in tallies.items()}
         for counts in threads:
             for key, n in counts.copy().items():
                 total[key] = total.get(key, 0) + n

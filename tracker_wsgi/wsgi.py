@@ -111,6 +111,7 @@ class Tracker:
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
         self.counts = Counts()
+        self._announced, self._scraped = self.counts.tally(ANNOUNCED), self.counts.tally(SCRAPED)
         self.metrics: Metrics | None = None  # start_metrics, under Apache
         self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {
             "": self.announce_or_redirect,
@@ -221,7 +222,7 @@ class Tracker:
         except Exception as exc:
             self.counts.add((ANNOUNCE, outcome(exc)))
             raise
-        self.counts.add(ANNOUNCED)
+        self._announced()
         return _answer(body, BINARY if request.compact else TEXT)
 
     def scrape(self, environ: dict[str, Any]) -> Response:
@@ -232,7 +233,7 @@ class Tracker:
         except Exception as exc:
             self.counts.add((SCRAPE, outcome(exc)))
             raise
-        self.counts.add(SCRAPED)
+        self._scraped()
         return _answer(encode_scrape(files))
 
     def health(self, environ: dict[str, Any]) -> Response:
