@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
