@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -170,12 +171,11 @@ class Metrics:
                  stores: list[Any], interval: float, log: Callable[[str], None]):
         # Multiprocess mode is chosen when prometheus_client is imported: set the directory
         # first. Nothing else in a tracker process imports it.
+        if "prometheus_client" in sys.modules and not sys.modules["prometheus_client"].values.ValueClass._multiprocess:
+            raise RuntimeError("prometheus_client was imported before the tracker set PROMETHEUS_MULTIPROC_DIR")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
         import prometheus_client
         from prometheus_client import multiprocess
-
-        if not prometheus_client.values.ValueClass._multiprocess:
-            raise RuntimeError("prometheus_client was imported before the tracker set PROMETHEUS_MULTIPROC_DIR")
         self._pc = prometheus_client
         self._multiprocess = multiprocess
         self.directory = directory
