@@ -13,10 +13,10 @@ median ratio reported), wrk drives each with bench/announce.lua, keep-alive and 
 connection per request. Run as root (Apache drops to
 www-data; MariaDB at 127.0.0.1:3306, root without password).
 
-With --metrics, each round also measures the same tracker with its metrics off (a second
-Apache on a store filled alike, whose tracker.wsgi turns counting into a no-op call and
-keeps no prometheus_client values), right beside the one with them on, first one then the
-other in turn, and prints on/off per round and the median.
+With --metrics, each round also drives the tracker and the same tracker with its metrics
+off (a second Apache on a store filled alike, whose tracker.wsgi turns counting into a
+no-op call and keeps no prometheus_client values) at the same time, each with its own wrk,
+and prints the rate on/off and the daemons' CPU per request off/on, per round and the median.
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
@@ -39,6 +39,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -600,20 +601,20 @@ def main() -> None:
                 profile = args.profile and args.profile.with_name(f"{args.profile.name}-{kind}-{mode}.txt")
                 pairs = []
                 for round_ in range(args.rounds):
-                    if metrics_off is not None and round_ % 2:  # the other one first: drift cancels out
-                        off = measure(args, metrics_off, close, args.torrents)
                     t = measure(args, tracker, close, args.torrents, profile if round_ == 0 else None)
                     if metrics_off is not None:
-                        if not round_ % 2:
-                            off = measure(args, metrics_off, close, args.torrents)
-                        t["metrics_ratio"] = t["rps"] / off["rps"]
-                        # The daemons' CPU per request: what a shared machine's other work
-                        # disturbs far less than the rate.
-                        t["metrics_cpu_ratio"] = cpu_per_request(off) / cpu_per_request(t)
-                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] metrics on {t['rps']:.0f} req/s "
-                              f"{cpu_per_request(t):.1f} us CPU/req, off {off['rps']:.0f} req/s "
+                        # Both at once, each with its own wrk: whatever else the machine runs
+                        # meanwhile weighs on both alike, as it would not on two runs in a row.
+                        with ThreadPoolExecutor(2) as pool:
+                            on, off = pool.map(lambda apache: measure(args, apache, close, args.torrents),
+                                               (tracker, metrics_off))
+                        t["metrics_ratio"] = on["rps"] / off["rps"]
+                        t["metrics_cpu_ratio"] = cpu_per_request(off) / cpu_per_request(on)
+                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] at once: metrics on {on['rps']:.0f} "
+                              f"req/s {cpu_per_request(on):.1f} us CPU/req, off {off['rps']:.0f} req/s "
                               f"{cpu_per_request(off):.1f} us CPU/req: on/off rate {t['metrics_ratio']:.3f}, "
-                              f"CPU off/on {t['metrics_cpu_ratio']:.3f}; errors off {off['errors']}", flush=True)
+                              f"CPU off/on {t['metrics_cpu_ratio']:.3f}; errors on {on['errors']} off "
+                              f"{off['errors']}", flush=True)
                     c = measure(args, hello, close, args.torrents)
                     if floor is not None:
                         c["floor_ratio"] = measure(args, floor, close, args.torrents)["rps"] / c["rps"]
