@@ -22,7 +22,7 @@ from bencoder import bencode
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
 # Modules the snippets use; mpm_event is Debian's default MPM, reqtimeout is on in Debian too.
-BASE_MODULES = ("mpm_event", "authz_core", "mime", "headers", "include", "expires", "filter",
+BASE_MODULES = ("mpm_event", "authz_core", "authz_host", "mime", "headers", "include", "expires", "filter",
                 "deflate", "dir", "alias", "env", "setenvif", "reqtimeout")
 MPM_PROCESSES = 16  # ServerLimit: 16 x 128 = 2048 workers, see httpd_conf
 MPM_THREADS_PER_PROCESS = 128  # per process fewer threads cost more memory per thread

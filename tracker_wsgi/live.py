@@ -342,6 +342,15 @@ class StoreGate:
             self._failures, self._away_until = 0, 0.0
 
 
+class Held(NamedTuple):
+    """What a process holds (metrics.py counts it)."""
+
+    swarms: int  # views
+    peers: int  # peers in them
+    unwritten: int  # announces answered, not written yet
+    failing: bool  # the last batch failed
+
+
 class LiveSwarms:
     """The swarms of one process, in front of the store. Thread-safe.
 
@@ -384,6 +393,8 @@ class LiveSwarms:
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
         self._failing = False
+        # Told how long each batch took and whether it was written (metrics.py), in the flush thread.
+        self.on_flush: Callable[[float, bool], None] = lambda seconds, written: None
 
     # -- announces and scrapes --------------------------------------------------------------
 
@@ -421,7 +432,7 @@ class LiveSwarms:
             if not self._completions.allow(request.ip):
                 raise Shed("completions from this address")
             try:
-                downloaded = self._ask_store(self.store.write_through, swarm.torrent_id, write, True)
+                downloaded = self.ask_store(self.store.write_through, swarm.torrent_id, write, True)
             except ClientError as exc:
                 if exc.reason == UNKNOWN_TORRENT:
                     self._forget(swarm)
@@ -433,6 +444,10 @@ class LiveSwarms:
                 swarm.downloaded = max(swarm.downloaded, downloaded)
                 swarm.stats_cache = None
             return self._take(swarm, request, write)
+
+    def held(self) -> Held:
+        with self._lock:
+            return Held(len(self._by_id), self._held_peers, self._unwritten, self._failing)
 
     def _admit(self, swarm: Swarm, ip: bytes) -> None:
         """Refuse a new peer beyond its address's share of the swarm, or when the process
@@ -447,7 +462,7 @@ class LiveSwarms:
         """The stored row of a peer the view does not hold; None if there is none, or if
         the database cannot say now (the batch then checks the key rule, see _set_aside)."""
         try:
-            return self._ask_store(self.store.find_peer, swarm.torrent_id, peer_id)
+            return self.ask_store(self.store.find_peer, swarm.torrent_id, peer_id)
         except StoreUnavailable:
             return None
 
@@ -474,13 +489,13 @@ class LiveSwarms:
         """Stats from fresh views; the rest from the store, in one query."""
         fresh = self._fresh_stats(info_hashes, now)
         rest = [h for h in info_hashes if h not in fresh]
-        return {**self._ask_store(self.store.scrape, rest, now), **fresh} if rest else fresh
+        return {**self.ask_store(self.store.scrape, rest, now), **fresh} if rest else fresh
 
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
         """Every torrent from the store, after writing this process's announces (a full
         scrape reads every torrent anyway; one batch more is nothing beside it)."""
         self.flush()
-        return self._ask_store(self.store.scrape_all, now)
+        return self.ask_store(self.store.scrape_all, now)
 
     def _fresh_stats(self, info_hashes: Iterable[bytes], now: int) -> dict[bytes, SwarmStats]:
         result = {}
@@ -491,8 +506,8 @@ class LiveSwarms:
                     result[info_hash] = swarm.stats()
         return result
 
-    def _ask_store(self, call: Callable[..., T], *args: Any) -> T:
-        """A store call on the request path, through the database gate."""
+    def ask_store(self, call: Callable[..., T], *args: Any) -> T:
+        """A store call on the request path (or the health check), through the database gate."""
         return self._gate.call(call, *args)
 
     def _swarm(self, request: AnnounceRequest, now: int) -> Swarm:
@@ -512,9 +527,9 @@ class LiveSwarms:
             raise Shed("new swarms from this address")  # whitelist `open`: a read may register
         try:
             if swarm is None:  # one read: the info hash's torrent, its counters and peers
-                snapshot = self._ask_store(self.store.find_swarm, info_hash, now, VIEW_PEERS)
+                snapshot = self.ask_store(self.store.find_swarm, info_hash, now, VIEW_PEERS)
             else:
-                snapshot = self._ask_store(self.store.load_swarm, swarm.torrent_id, now, VIEW_PEERS)
+                snapshot = self.ask_store(self.store.load_swarm, swarm.torrent_id, now, VIEW_PEERS)
         except ClientError:
             raise
         except Exception:
@@ -717,12 +732,15 @@ class LiveSwarms:
 
     def _flush_logged(self) -> None:
         """Flush; log failures at a bounded rate (FaultLog), and the recovery."""
+        started = time.monotonic()
         try:
             self.flush()
         except Exception:
             self.faults.fault("batch", "writing announces to the database failed; they are kept and retried:")
             self._failing = True
+            self.on_flush(time.monotonic() - started, False)
             return
+        self.on_flush(time.monotonic() - started, True)
         if self._failing:
             # A warning, not info: it must show wherever the failure (an error) showed.
             _log.warning("writing announces to the database works again")

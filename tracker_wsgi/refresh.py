@@ -134,8 +134,9 @@ class BackgroundRefresh:
 
     CHECK_SECONDS = 60
 
-    def __init__(self, config: Config, store):
+    def __init__(self, config: Config, store, observe: Callable[[float], None] | None = None):
         self.config, self.store = config, store
+        self.observe = observe  # told each refresh's duration (metrics.py)
         self._next_check = 0.0
         self._running = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -152,6 +153,8 @@ class BackgroundRefresh:
         try:
             report = refresh(self.config, self.store)
             if report.ran:
+                if self.observe is not None:
+                    self.observe(report.seconds)
                 _log.info(report.summary())  # routine: every refresh_interval
                 for warning in report.warnings:  # a file skipped (once), a directory unreadable
                     _log.warning(warning)

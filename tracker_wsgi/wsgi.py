@@ -24,8 +24,9 @@ from typing import Any
 
 from . import config as config_module
 from . import logs
+from . import metrics as metrics_module
 from .config import Config, ConfigError
-from .faultlog import FaultLog
+from .faultlog import FaultLog, _one_line
 from .limits import Shed
 from .model import ClientError, StoreUnavailable
 from .netaddr import client_address, is_trusted, unpack_ip
@@ -45,6 +46,7 @@ from .protocol import (
     FULL_SCRAPE_DISABLED,
 )
 from .live import LiveSwarms
+from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics, outcome
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .store import Store, open_configured
 
@@ -77,6 +79,8 @@ _log = logging.getLogger(__name__)
 # Compact answers are binary; text ones may be compressed by mod_deflate (apache/).
 BINARY = "application/octet-stream"
 TEXT = "text/plain; charset=ISO-8859-1"
+ANNOUNCED, SCRAPED = (ANNOUNCE, OK), (SCRAPE, OK)  # Counts keys of the usual answers
+METRICS_OFF = b"Metrics are off in this process; Apache's error log says why.\n"
 
 
 def _answer(body: bytes, content_type: str = TEXT, status: str = "200 OK") -> Response:
@@ -108,25 +112,45 @@ class Tracker:
         self.refresh_gate = RefreshGate(config.refresh_secret.encode())
         self.trusted = config.trusted_proxies
         self.redirect_to = config.base_url.rstrip("/") + "/"
+        self.counts = Counts()
+        self._announced, self._scraped = self.counts.tally(ANNOUNCED), self.counts.tally(SCRAPED)
+        self.metrics: Metrics | None = None  # start_metrics, under Apache
         self.routes: dict[str, Callable[[dict[str, Any]], Response]] = {
             "": self.announce_or_redirect,
             "/": self.announce_or_redirect,
             "/announce": self.announce,
             "/scrape": self.scrape,
+            # For monitoring, not clients: apache/tracker.conf lets only its hosts reach them.
+            "/health": self.health,
+            "/metrics": self.metrics_page,
         }
         # BEP 48: a scrape naming no info_hash lists every torrent, if the admin allows it.
         self.full_scrape = self.swarms.scrape_all if config.full_scrape else self._no_full_scrape
 
+    def start_metrics(self) -> None:
+        """Keep Prometheus metrics, shared with the other processes of this Apache (metrics.py)."""
+        self.metrics = metrics_module.start(self.counts, self.swarms.held, [self.store, self.batch_store],
+                                            self.config.sync_interval, _log.warning)
+        if self.metrics is not None:
+            self.swarms.on_flush = self.metrics.flushed
+
     def close(self) -> None:
         """Write the pending announces and close this thread's connections."""
         self.swarms.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.store.close()
         self.batch_store.close()
+
+    def failure(self, reason: str, retry_in: int | None = None, status: str = "200 OK") -> Response:
+        """A bencoded failure reason, counted by reason."""
+        self.counts.add((FAILURE, reason))
+        return _answer(encode_failure(reason, retry_in), status=status)
 
     def handle(self, environ: dict[str, Any]) -> Response:
         method = environ.get("REQUEST_METHOD")
         if method not in ("GET", "HEAD") and not (method == "POST" and self._is_web_refresh(environ)):
-            status, headers, body = _answer(encode_failure(METHOD_NOT_ALLOWED), status="405 Method Not Allowed")
+            status, headers, body = self.failure(METHOD_NOT_ALLOWED, status="405 Method Not Allowed")
             return status, headers + [("Allow", "GET, HEAD")], body
         route = self.routes.get(environ.get("PATH_INFO", ""))
         try:
@@ -134,12 +158,12 @@ class Tracker:
                 raise ClientError(UNKNOWN_PATH)
             return route(environ)
         except ClientError as exc:
-            return _answer(encode_failure(exc.reason))
+            return self.failure(exc.reason)
         except Shed:
-            return _answer(encode_failure(BUSY, RETRY_IN_MINUTES))
+            return self.failure(BUSY, RETRY_IN_MINUTES)
         except StoreUnavailable:
             self.faults.fault("database", "the database did not answer a request in time:")
-            return _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+            return self.failure(SERVER_FAULT, RETRY_IN_MINUTES)
 
     def _client(self, environ: dict[str, Any]) -> bytes:
         return client_address(environ["REMOTE_ADDR"], environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
@@ -182,6 +206,8 @@ class Tracker:
             report = refresh(self.config, self.batch_store, force=force)  # long statements: no short waits
         except RefreshBusy:
             raise ClientError(REFRESH_BUSY) from None
+        if report.ran and self.metrics is not None:
+            self.metrics.refreshed(report.seconds)
         text = "\n".join([report.summary(), *report.warnings, ""])
         return _answer(text.encode("utf-8"), "text/plain; charset=utf-8")
 
@@ -189,18 +215,51 @@ class Tracker:
         return self._announce(environ, parse_query(self._query(environ)))
 
     def _announce(self, environ: dict[str, Any], fields: dict[bytes, bytes]) -> Response:
-        client_ip = self._client(environ)
-        request = parse_announce(fields, client_ip, self.policy, is_trusted(client_ip, self.trusted))
-        result = self.swarms.announce(request, int(self.clock()))
-        interval = jittered_interval(self.config.interval, self.rng)
-        body = encode_announce(request, result, interval, self.config.min_interval)
+        try:
+            client_ip = self._client(environ)
+            request = parse_announce(fields, client_ip, self.policy, is_trusted(client_ip, self.trusted))
+            result = self.swarms.announce(request, int(self.clock()))
+            interval = jittered_interval(self.config.interval, self.rng)
+            body = encode_announce(request, result, interval, self.config.min_interval)
+        except Exception as exc:
+            self.counts.add((ANNOUNCE, outcome(exc)))
+            raise
+        self._announced()
         return _answer(body, BINARY if request.compact else TEXT)
 
     def scrape(self, environ: dict[str, Any]) -> Response:
-        hashes = parse_scrape(self._query(environ))
-        now = int(self.clock())
-        files = self.swarms.scrape(hashes, now) if hashes else self.full_scrape(now)
+        try:
+            hashes = parse_scrape(self._query(environ))
+            now = int(self.clock())
+            files = self.swarms.scrape(hashes, now) if hashes else self.full_scrape(now)
+        except Exception as exc:
+            self.counts.add((SCRAPE, outcome(exc)))
+            raise
+        self._scraped()
         return _answer(encode_scrape(files))
+
+    def health(self, environ: dict[str, Any]) -> Response:
+        """JSON: the database answers (through the requests' gate and short wait, so a hung
+        database holds this for seconds at most), the last refresh, the announces waiting to
+        be written in every process; 503 when the tracker cannot do its work."""
+        try:
+            last_refresh, database_error = self.swarms.ask_store(self.store.last_refresh), None
+        except Exception as exc:  # whatever stops the database answering is the finding
+            last_refresh, database_error = None, _one_line(exc)
+        if self.metrics is not None:
+            host = self.metrics.host()
+        else:
+            host = metrics_module.Host.of(self.swarms.held())
+        healthy, report = metrics_module.health(database_error, last_refresh, self.clock(),
+                                                self.config.refresh_interval, host, self.config.max_unwritten)
+        return _answer(metrics_module.health_body(report), "application/json",
+                       "200 OK" if healthy else "503 Service Unavailable")
+
+    def metrics_page(self, environ: dict[str, Any]) -> Response:
+        """Prometheus's scrape: every process's counts and gauges, summed."""
+        if self.metrics is None:
+            return _answer(METRICS_OFF, "text/plain; charset=utf-8", "503 Service Unavailable")
+        return _answer(self.metrics.exposition(), metrics_module.EXPOSITION_TYPE)
 
     @staticmethod
     def _no_full_scrape(now: int) -> dict:
@@ -312,11 +371,13 @@ class Application:
                     self._log_to(logs.DEFAULT_LEVEL, "")  # the file's own log_level is unknown
                 _log.error(f"configuration error: {exc}")
                 raise
+            tracker.start_metrics()
             _log.info(
                 f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
                 f"over {tracker.store.connection_type()}"
             )
-            self._background = BackgroundRefresh(tracker.config, tracker.batch_store)
+            observe = tracker.metrics.refreshed if tracker.metrics is not None else None
+            self._background = BackgroundRefresh(tracker.config, tracker.batch_store, observe)
             self._tracker = tracker
             return tracker
 
@@ -336,7 +397,9 @@ class Application:
         except Exception:
             # Not the request's path or query in the kind: kinds must stay a small fixed set.
             self.faults.fault("request", "unexpected fault answering a request:")
-            status, headers, body = _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES))
+            tracker = self._tracker
+            status, headers, body = (tracker.failure(SERVER_FAULT, RETRY_IN_MINUTES) if tracker is not None
+                                     else _answer(encode_failure(SERVER_FAULT, RETRY_IN_MINUTES)))
         start_response(status, headers)
         if self._background is not None:
             self._background.poke()  # starts an overdue refresh in a thread; never waits

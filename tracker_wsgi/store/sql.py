@@ -252,6 +252,10 @@ class SqlStore:
         self.open_max_torrents = open_max_torrents
         self._torrents_counted = (0, float("-inf"))  # (count, time.monotonic() then)
         self._local = threading.local()
+        # For the metrics (metrics.py): statements and connections that failed, and connections
+        # made again in a thread whose connection failed. Counted under a lock: rare paths.
+        self.errors = self.reconnects = 0
+        self._counting = threading.Lock()
 
     # -- connection handling: subclasses implement these four --------------------------
 
@@ -277,6 +281,10 @@ class SqlStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            if getattr(self._local, "failed", False):
+                self._local.failed = False
+                with self._counting:
+                    self.reconnects += 1
             # One cursor for the connection's life: the MySQL connector pings the server
             # (a round trip) every time a cursor is made.
             self._local.cursor = conn.cursor()
@@ -309,6 +317,7 @@ class SqlStore:
             try:
                 conn = self._connection()
             except Exception as exc:
+                self._failed()
                 raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
             try:
                 self._begin(conn, read_only)
@@ -320,12 +329,18 @@ class SqlStore:
                 raise
             except Exception as exc:
                 self.close()
+                self._failed()
                 if attempt == 1 and self._is_transient(exc):
                     continue
                 if self._is_unavailable(exc):
                     raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
                 raise
         raise AssertionError("unreachable")
+
+    def _failed(self) -> None:
+        self._local.failed = True
+        with self._counting:
+            self.errors += 1
 
     # -- the store interface --------------------------------------------------------------
 
