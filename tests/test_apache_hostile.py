@@ -173,7 +173,9 @@ def test_a_stopped_daemon_is_a_quick_bencoded_503(tracker):
     """With both daemon processes frozen, the requests their sockets cannot queue get a
     bencoded 503 with `retry in` after connect-timeout; the queued ones are answered once
     the daemons run again."""
-    daemons = _daemon_pids(tracker)
+    deadline = time.monotonic() + 10  # Apache listens before mod_wsgi has forked its daemons
+    while len(daemons := _daemon_pids(tracker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(daemons) == 2
     requests = 2 * DAEMON_LISTEN_BACKLOG
 
