@@ -787,6 +787,9 @@ class SqlStore:
         cur.execute(self.dialect.tables)
         tables = {row[0] for row in cur.fetchall()}
         before = self._schema_version(cur)
+        if before == schema.LATEST:  # another process did it while this one waited
+            self.dialect.unlock_schema(cur)
+            return SchemaChange(before, before, ())
         records: list[tuple[int, str]] = []
         if before is None and schema.VERSION_TABLE not in tables and "torrents" in tables:
             for table, column in schema.FIRST_RELEASE_COLUMNS.items():
