@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mysql.connector
 import pytest
 
-from conftest import pid
+from conftest import announce_query, decode, give_to_www_data, pid
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store, schema
@@ -334,3 +336,26 @@ def test_migrate_says_what_it_did_and_init_db_is_the_same(mysql_url, shared_dir)
     assert done.stderr == (
         f"tracker-wsgi: {config}: database = '{shown}': the database's schema is at version 4, newer than this "
         "tracker-wsgi (0.1.0, schema version 3) knows: a newer release migrated it; install that release here too\n")
+
+
+# -- in Apache --------------------------------------------------------------------------------
+
+
+def test_the_tracker_migrates_an_earlier_releases_database_when_its_daemons_start(kind, url, shared_dir,
+                                                                                 apache_factory):
+    """After an upgrade, the first requests start both daemon processes at once; they migrate
+    the database once between them and answer from the data it held."""
+    load(url, kind, "0.1.0")
+    if kind == "sqlite":
+        give_to_www_data(shared_dir)
+    apache = apache_factory(f'database = "{url}"\nbase_url = "http://h/"\n')
+    known = announce_query(HASH_V1, pid(5), left=10)  # first byte even: daemon process 0
+    unknown = announce_query(b"\x01" * 20, pid(6))  # odd: daemon process 1
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda q: decode(apache.get("/tracker/announce", q)[2]), [known, unknown] * 2))
+    assert answers[0][b"complete"] == 1 and answers[0][b"incomplete"] == 2, answers[0]
+    assert answers[1] == {b"failure reason": b"Requested torrent not available on this tracker."}
+    assert versions(url) == [1, 2, 3]
+    log = apache.error_log()
+    assert len(re.findall(r"tracker_wsgi: ready:", log)) == 2, log
+    assert "Traceback" not in log and "error" not in log.replace("[wsgi:error]", "").lower(), log
