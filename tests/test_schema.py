@@ -30,7 +30,8 @@ CLI = str(Path(sys.executable).parent / "tracker-wsgi")
 NOW = 1_700_000_200
 TIMEOUT = 2700
 # The fixtures' swarm: torrent 7, known by two hashes, a seed and a leecher.
-HASH_V1, HASH_V2 = bytes.fromhex("00252b20ff0000000000000000000000000000a1"), bytes.fromhex("00252b20ff0000000000000000000000000000a2")
+HASH_V1 = bytes.fromhex("00252b20ff0000000000000000000000000000a1")
+HASH_V2 = bytes.fromhex("00252b20ff0000000000000000000000000000a2")
 # Each earlier release whose databases must migrate: its fixture, and the version it is.
 RELEASES = {"0.1.0": 1, "unversioned-3": 3}
 
@@ -76,7 +77,8 @@ def structure(url: str) -> dict:
     cur = conn.cursor()
     tables = {}
     if url.startswith("sqlite:"):
-        cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                    "ORDER BY name")
         for table, sql in cur.fetchall():
             cur.execute(f"PRAGMA table_info({table})")
             columns = [row[1:] for row in cur.fetchall()]  # name, type, notnull, default, pk
@@ -90,8 +92,9 @@ def structure(url: str) -> dict:
         cur.execute("SELECT table_name, engine, table_collation FROM information_schema.tables "
                     "WHERE table_schema = DATABASE() ORDER BY table_name")
         for table, engine, collation in cur.fetchall():
-            cur.execute("SELECT column_name, column_type, is_nullable, column_default, extra FROM information_schema.columns "
-                        "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position", (table,))
+            cur.execute("SELECT column_name, column_type, is_nullable, column_default, extra "
+                        "FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = %s "
+                        "ORDER BY ordinal_position", (table,))
             columns = cur.fetchall()
             cur.execute("SELECT index_name, non_unique, GROUP_CONCAT(column_name ORDER BY seq_in_index) "
                         "FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = %s "
@@ -273,7 +276,8 @@ def test_a_newer_releases_schema_is_refused_with_the_fix(url):
 
 def test_tables_older_than_the_first_release_are_refused(kind, url):
     """The development schema before the first release (commit b454f2c) had no swarm counters."""
-    ddl = "CREATE TABLE IF NOT EXISTS torrents (id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, name VARCHAR(255) NOT NULL)"
+    ddl = ("CREATE TABLE IF NOT EXISTS torrents (id INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY, "
+           "name VARCHAR(255) NOT NULL)")
     execute(url, *(sqlite_statements(ddl) if kind == "sqlite" else [ddl]))
     with pytest.raises(SchemaError, match=r"^these tables were made by a development version older than the first "
                                           r"release \(torrents has no seeders\); drop them"):
@@ -283,7 +287,8 @@ def test_tables_older_than_the_first_release_are_refused(kind, url):
 def test_a_column_removed_by_hand_is_named(kind, url):
     load(url, kind, "unversioned-3")
     execute(url, "ALTER TABLE skipped_files DROP COLUMN reason")
-    with pytest.raises(SchemaError, match=r"^table skipped_files lacks reason at schema version 3: it was changed by hand"):
+    with pytest.raises(SchemaError, match=r"^table skipped_files lacks reason at schema version 3: it was changed "
+                                          r"by hand"):
         open_store(url, TIMEOUT).create_tables()
     assert execute(url, "SELECT COUNT(*) FROM torrents") == [(1,)]
     tables = {r[0] for r in execute(url, "SELECT name FROM sqlite_master WHERE type = 'table'" if kind == "sqlite"
@@ -321,8 +326,9 @@ def test_migrate_says_what_it_did_and_init_db_is_the_same(mysql_url, shared_dir)
     shown = mysql_url.replace(":tracker-test-only@", ":***@")
     done = cli("migrate", "--config", str(config))
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == (f"{shown}: schema migrated from version 1 to 3 (2: torrents.version: swarm views kept by "
-                           "version; 3: torrents.info_sha256: the whole SHA-256 of v2 and hybrid torrents, for the feed)\n")
+    assert done.stdout == (f"{shown}: schema migrated from version 1 to 3 (2: torrents.version: swarm views kept "
+                           "by version; 3: torrents.info_sha256: the whole SHA-256 of v2 and hybrid torrents, for "
+                           "the feed)\n")
     for command in ("migrate", "init-db"):
         done = cli(command, "--config", str(config))
         assert (done.returncode, done.stdout, done.stderr) == (0, f"{shown}: schema at version 3: nothing to do\n", "")

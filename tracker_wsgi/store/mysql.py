@@ -70,9 +70,8 @@ class MysqlDialect(Dialect):
     by_primary_key = " FORCE INDEX (PRIMARY)"
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
     # A named lock (server-wide, so named after the database too; at most 64 characters),
-    # held by the connection: one that dies gives it back. It does not reach the other nodes
-    # of a Galera cluster; there the version rows' primary key lets one migrator win and the
-    # others retry (ER_DUP_ENTRY is transient) and find the work done.
+    # held by the connection: one that dies gives it back. It holds on one node of a Galera
+    # cluster only: there, run `tracker-wsgi migrate` once before restarting the daemons.
     _SCHEMA_LOCK = "LEFT(CONCAT('tracker_wsgi schema ', DATABASE()), 64)"
 
     @staticmethod

@@ -60,7 +60,8 @@ def schema_statements() -> tuple[str, ...]:
     return tuple(statements(resources.files("tracker_wsgi").joinpath("schema.sql").read_text()))
 
 
-_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\s*(ENGINE=InnoDB(?: DEFAULT CHARSET=utf8mb4)?)?$", re.S)
+_CREATE_TABLE = re.compile(
+    r"CREATE TABLE IF NOT EXISTS (\w+) \((.*)\)\s*(ENGINE=InnoDB(?: DEFAULT CHARSET=utf8mb4)?)?$", re.S)
 _ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (.*)$", re.S)
 _INSERT_IGNORE = re.compile(r"INSERT IGNORE INTO ", re.S)
 _COLUMN = re.compile(r"(\w+)\s+([A-Z]+(?:\(\d+\))?(?: UNSIGNED)?)(.*)$", re.S)
@@ -137,7 +138,8 @@ def schema_columns() -> dict[str, tuple[str, ...]]:
     for statement in schema_statements():
         if create := _CREATE_TABLE.fullmatch(statement):
             table, body, _ = create.groups()
-            tables[table] = tuple(item.split()[0] for item in _items(body) if not item.startswith(("KEY ", "PRIMARY KEY (")))
+            tables[table] = tuple(item.split()[0] for item in _items(body)
+                                  if not item.startswith(("KEY ", "PRIMARY KEY (")))
     return tables
 
 

@@ -839,7 +839,8 @@ class SqlStore:
         cur.execute(self.dialect.tables)
         tables = {row[0] for row in cur.fetchall()}
         for table, columns in schema.schema_columns().items():
-            missing = [c for c in columns if c not in self._columns(cur, table)] if table in tables else ["(the table)"]
+            found = self._columns(cur, table) if table in tables else []
+            missing = [c for c in columns if c not in found] if found else ["(the table)"]
             if missing:
                 raise SchemaError(
                     f"table {table} lacks {', '.join(missing)} at schema version {schema.LATEST}: it was changed "
