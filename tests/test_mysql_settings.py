@@ -93,6 +93,29 @@ def test_localhost_settings():
                               "client; write 127.0.0.1:3307 for TCP, or leave the port out")
 
 
+def test_www_data_by_the_socket_needs_no_password_at_all(mysql_url, shared_dir):
+    """One host: MariaDB's unix_socket authentication knows the tracker by its Unix user, so
+    no password is kept anywhere (Debian's root account works so)."""
+    db = database_of(mysql_url)
+    admin = _admin()
+    cur = admin.cursor()
+    cur.execute("CREATE USER 'www-data'@'localhost' IDENTIFIED VIA unix_socket")
+    cur.execute(f"GRANT ALL ON {db}.* TO 'www-data'@'localhost'")
+    try:
+        config = shared_dir / "tracker.toml"
+        config.write_text(f'database = "mysql://www-data@localhost/{db}"\n')
+        config.chmod(0o644)
+        done = subprocess.run(["runuser", "-u", "www-data", "--", CLI, "migrate", "--config", str(config)],
+                              capture_output=True, text=True)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert done.stdout == f"mysql://www-data@localhost/{db}: schema created at version 3\n"
+        done = subprocess.run([CLI, "migrate", "--config", str(config)], capture_output=True, text=True)  # root
+        assert done.returncode == 1 and "Access denied for user 'www-data'@'localhost'" in done.stderr
+    finally:
+        cur.execute("DROP USER 'www-data'@'localhost'")
+        admin.close()
+
+
 # -- the URL, checked when the config is read --------------------------------------------------
 
 
