@@ -324,7 +324,7 @@ def test_as_root_refresh_and_add_refuse_rather_than_leave_files_www_data_cannot_
 
     # Once www-data has made the database, root may add to it: SQLite gives the files it
     # makes beside it the database's owner, and our lock file is there already.
-    assert run("init-db", "--config", config).stdout == f"tables ready in {site.url}\n"
+    assert run("init-db", "--config", config).stdout == f"{site.url}: schema created at version 3\n"
     done = run("add", str(torrent), "--config", config, user=None)
     assert (done.returncode, done.stderr) == (0, "")
     owners = {p.name: pwd.getpwuid(p.stat().st_uid).pw_name for p in site.root.glob("tracker.sqlite*")}

@@ -77,15 +77,6 @@ def ann(n: int, *, torrent: int = 1, left: int = 100, event: Event = Event.NONE,
     )
 
 
-def test_a_database_made_before_swarm_versions_gets_the_column(store, swarms):
-    store._transaction(lambda cur: cur.execute("ALTER TABLE torrents DROP COLUMN version"))
-    store.close()
-    store.create_tables()
-    swarms.announce(ann(1), NOW)
-    assert swarms.flush() == 1
-    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
-
-
 def test_unknown_torrent_is_refused(store, swarms):
     with pytest.raises(ClientError) as err:
         swarms.announce(ann(1, torrent=99), NOW)

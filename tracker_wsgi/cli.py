@@ -1,7 +1,8 @@
 """`tracker-wsgi`: the admin's command line.
 
   tracker-wsgi check-config [FILE]    check the config, the database and the directories
-  tracker-wsgi init-db                create the tables (the tracker also does this itself)
+  tracker-wsgi migrate                create the tables, or migrate them to this release's
+                                      schema (init-db: the same; the tracker does it at start)
   tracker-wsgi add FILE.torrent...    register .torrent files by hand
   tracker-wsgi list                   every registered torrent, one a line
   tracker-wsgi show HASH|PATH         one torrent: its hashes, file and swarm
@@ -36,7 +37,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from . import config as config_module
 from . import logs
@@ -45,7 +45,8 @@ from .metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
 from .model import Torrent, TorrentReport
 from .refresh import STATS_FILE, RefreshBusy, refresh, terminal_progress
 from .render import human_bytes
-from .store import Store, open_configured, open_store
+from .store import Store, masked, migrate, open_configured, open_store
+from .store.schema import describe
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
 # The user Apache runs the tracker's daemon processes as (Debian's; the snippet sets none).
@@ -82,15 +83,6 @@ def warn(message: str) -> None:
     print(f"tracker-wsgi: {message}", file=sys.stderr)
 
 
-def masked(url: str) -> str:
-    """A database URL with its password hidden, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
-
-
 def sqlite_path(config: Config) -> str | None:
     """The SQLite database file, written as messages should show it (one leading slash)."""
     if not config.database.startswith("sqlite:"):
@@ -119,7 +111,7 @@ def open_checked(options: Options, config: Config, creates: bool, writes_output:
 
 def database_error(source: str, config: Config, exc: Exception) -> ConfigError:
     """Failing to reach the database, in one line naming the config file and the key."""
-    reason = " ".join(str(exc).removeprefix(f"database = {config.database!r}: ").split())
+    reason = " ".join(str(exc).removeprefix(f"database = {masked(config.database)!r}: ").split())
     return ConfigError(f"{source}: database = {masked(config.database)!r}: {reason}")
 
 
@@ -288,10 +280,15 @@ def _group_name(gid: int) -> str:
 
 # -- torrents: add, list, show, remove, stats -------------------------------------------------
 
-def cmd_init_db(options: Options) -> int:
+def cmd_migrate(options: Options) -> int:
+    """init-db and migrate: create the tables, or bring them to this release's schema."""
     config = options.load()
-    open_checked(options, config, creates=True).close()
-    options.summary(f"tables ready in {masked(config.database)}")
+    refuse_root(options, config, writes_output=False)
+    try:
+        change = migrate(config)
+    except Exception as exc:  # bad URL, password, server down, unwritable file: all the same key's
+        raise database_error(options.source, config, exc) from None
+    options.summary(f"{masked(config.database)}: schema {describe(change)}")
     return 0
 
 
@@ -696,8 +693,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", help="the config file (the same as --config)")
     check.add_argument("--apache-user", default=APACHE_USER, metavar="USER",
                        help=f"the user the tracker's daemons run as (default: {APACHE_USER})")
-    command("init-db", cmd_init_db, "create the tables",
-            "Creates any missing table; safe to repeat. The tracker also does this on its first request.")
+    migrate_text = (
+        "Creates the tables in an empty database, or migrates those an earlier release made to\n"
+        "this release's schema, and prints what it did. Safe to repeat, and while the tracker\n"
+        "runs. The tracker's daemons do the same when they start; run it yourself after an\n"
+        "upgrade to see it done, before restarting them."
+    )
+    command("init-db", cmd_migrate, "create the tables, or migrate them (as migrate)", migrate_text)
+    command("migrate", cmd_migrate, "bring the tables to this release's schema", migrate_text)
     add = command(
         "add", cmd_add, "register .torrent files by hand",
         "A file inside torrent_dir is registered as the directory scan would register it (the\n"

@@ -33,7 +33,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    # Where swarms and peers live: sqlite:///ABSOLUTE/PATH or mysql://user:pass@host:port/db
+    # Where swarms and peers live: sqlite:///ABSOLUTE/PATH, or mysql://USER@localhost/DATABASE
+    # (the unix socket) with options: option_file, unix_socket, ssl_ca, ssl_cert, ssl_key
+    # (store/mysql_settings.py).
     database: str = "sqlite:///var/lib/tracker-wsgi/tracker.sqlite"
     # The .torrent files this tracker serves (whitelist mode `directory`).
     torrent_dir: str = "/srv/torrents"
@@ -183,8 +185,8 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad("a string")
     if key == "whitelist" and value not in WHITELIST_MODES:
         raise bad(" or ".join(repr(m) for m in WHITELIST_MODES))
-    if key == "database" and not value.startswith(("sqlite:///", "mysql://")):
-        raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER:PASSWORD@HOST:PORT/DATABASE")
+    if key == "database":
+        _check_database(path, value, bad)
     if key in ("torrent_dir", "output_dir") and not os.path.isabs(value):
         raise bad("an absolute path")
     if key == "template_dir" and value and not os.path.isabs(value):
@@ -203,3 +205,17 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
             f"or leave it empty to turn web refresh off"
         )
     return value
+
+
+def _check_database(path: str, value: str, bad) -> None:
+    """The URL's form (files it names are read when the store opens)."""
+    if not value.startswith(("sqlite:///", "mysql://")):
+        raise bad("sqlite:///ABSOLUTE/PATH or mysql://USER@HOST/DATABASE")
+    if value.startswith("mysql://"):
+        from .store import masked  # the store package imports this module
+        from .store.mysql_settings import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: database = {masked(value)!r}: {exc}") from None

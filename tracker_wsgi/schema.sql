@@ -1,8 +1,12 @@
--- tracker_wsgi schema for MySQL / MariaDB (InnoDB).
+-- tracker_wsgi schema, the one source for both stores: MySQL / MariaDB run it as written
+-- (InnoDB), SQLite runs it translated (store/schema.py: types, AUTO_INCREMENT, KEY lines).
 --
--- The tracker runs these statements itself at start-up and from `tracker-wsgi init-db`;
--- every one is CREATE TABLE IF NOT EXISTS, so running them again is harmless. To create
--- the tables by hand instead:  mysql tracker < schema.sql
+-- The tracker creates these tables itself in an empty database, at start-up and from
+-- `tracker-wsgi migrate`, and records the schema's version in schema_version. A database
+-- made by an earlier release is brought up to this one by the numbered migrations in
+-- store/schema.py. To create the tables by hand instead:
+--   mysql tracker < schema.sql && tracker-wsgi migrate
+-- (migrate then records the version). Change this file only together with a migration.
 --
 -- Differences from BitTorrent::TrackerCGI's bt_* tables, and why:
 --  * hashes and peer ids are BINARY(20), not CHAR(20) BINARY (MySQL stripped trailing
@@ -68,7 +72,7 @@ CREATE TABLE IF NOT EXISTS peers (
 -- A lease in the database, not a file lock, so one refresh runs at a time across every
 -- process and every host; a refresh that dies loses the lock when its lease runs out.
 CREATE TABLE IF NOT EXISTS refresh_state (
-    id           TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    id           TINYINT UNSIGNED PRIMARY KEY,
     last_refresh BIGINT UNSIGNED  NOT NULL DEFAULT 0,
     lock_owner   VARCHAR(128)     NOT NULL DEFAULT '',
     lock_until   BIGINT UNSIGNED  NOT NULL DEFAULT 0
@@ -77,16 +81,26 @@ INSERT IGNORE INTO refresh_state (id) VALUES (1);
 
 -- Swarm totals at each refresh, for the stats page's chart.
 CREATE TABLE IF NOT EXISTS history (
-    sampled_at BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    sampled_at BIGINT UNSIGNED PRIMARY KEY,
     seeds      INT UNSIGNED    NOT NULL,
     leechers   INT UNSIGNED    NOT NULL
 ) ENGINE=InnoDB;
 
 -- .torrent files the scanner refused, so each is reported once, not at every refresh.
 CREATE TABLE IF NOT EXISTS skipped_files (
-    path_hash  BINARY(20)      NOT NULL PRIMARY KEY,  -- SHA-1 of the path (paths are too long to key)
+    path_hash  BINARY(20)      PRIMARY KEY,  -- SHA-1 of the path (paths are too long to key)
     path       VARCHAR(1024)   NOT NULL,
     file_size  BIGINT UNSIGNED NOT NULL,
     file_mtime BIGINT UNSIGNED NOT NULL,
     reason     VARCHAR(255)    NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The schema's versions: one row for each version this database has been brought to (the
+-- highest is its version now). A database made before versions were kept (0.1.0) is
+-- recorded as version 1 when first migrated. Created last: a database with this table and
+-- no row is one whose creation was cut short, and is finished by the next start.
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INT UNSIGNED    PRIMARY KEY,
+    applied_at  BIGINT UNSIGNED NOT NULL,             -- unix time
+    description VARCHAR(255)    NOT NULL DEFAULT ''   -- what the migration changed
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

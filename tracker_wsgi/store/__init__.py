@@ -2,8 +2,12 @@
 
 `open_store(url)` picks the implementation from the URL scheme, once, at start-up:
   sqlite:///absolute/path.sqlite        embedded default (stdlib sqlite3, WAL)
-  mysql://user:password@host:port/db    MySQL / MariaDB (mysql-connector-python, C extension)
-  mysql://user:password@localhost/db?unix_socket=/run/mysqld/mysqld.sock
+  mysql://user@localhost/db             MySQL / MariaDB (mysql-connector-python, C extension)
+                                        by the unix socket; mysql_settings.py has the rest
+                                        (TCP, option file, TLS)
+
+The tables come from one source, schema.sql, and carry their version (schema.py):
+`create_tables` creates them, or migrates a database an earlier release made.
 
 The contract every implementation keeps (tests/test_store_contract.py runs it on both):
 - Connections are per thread and made on first use; a connection the server dropped is
@@ -39,17 +43,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config, ConfigError
 from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from .schema import SchemaChange
 from .sql import OPEN_MAX_TORRENTS
+
+# How long bringing the schema up to date may take (a migration of a large table, or the
+# wait for another process doing one): longer than any request waits for the database.
+MIGRATION_WAIT_SECONDS = 300.0
 
 
 class Store(Protocol):
     peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
 
-    def create_tables(self) -> None:
-        """Create missing tables; safe to repeat."""
+    def create_tables(self) -> SchemaChange:
+        """Bring the database to this release's schema: create the tables, or migrate those of
+        an earlier release. Safe to repeat, from any number of processes and hosts at once."""
 
     def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
         """The swarm an info hash names, as load_swarm reads it, in one read; raises
@@ -134,14 +145,38 @@ class Store(Protocol):
 
 
 def open_configured(config: Config, wait_seconds: float = 30.0) -> Store:
-    """The store a config names, its tables created. Raises ConfigError with one line."""
+    """The store a config names, its schema brought up to date (migrate). Raises ConfigError
+    with one line."""
+    migrate(config)
     try:
-        store = open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
-                           config.open_max_torrents)
-        store.create_tables()
+        return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
+                          config.open_max_torrents)
+    except ValueError as exc:
+        raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
+
+
+def migrate(config: Config) -> SchemaChange:
+    """Create the tables of the database a config names, or migrate them to this release's
+    schema, on a connection of its own that may wait MIGRATION_WAIT_SECONDS. Raises
+    ConfigError with one line for what only the admin can fix, StoreUnavailable when the
+    database cannot be reached (or another process is migrating it) now."""
+    try:
+        store = open_store(config.database, config.peer_timeout, wait_seconds=MIGRATION_WAIT_SECONDS)
+        try:
+            return store.create_tables()
+        finally:
+            store.close()
     except (ValueError, PermissionError) as exc:
-        raise ConfigError(f"database = {config.database!r}: {exc}") from None
-    return store
+        raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
+
+
+def masked(url: str) -> str:
+    """A database URL with its password hidden, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def open_store(url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,

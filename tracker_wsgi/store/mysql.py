@@ -7,13 +7,13 @@ persistent (the Apache::DBI equivalent), replaced when the server has dropped it
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import mysql.connector
 from mysql.connector import errorcode, errors
 
+from ..model import StoreUnavailable
+from .mysql_settings import connect_args
 from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
@@ -68,6 +68,27 @@ _UPDATE_PEER = ", ".join(
 class MysqlDialect(Dialect):
     lock_rows = " FOR UPDATE"
     by_primary_key = " FORCE INDEX (PRIMARY)"
+    tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
+    # A named lock (server-wide, so named after the database too; at most 64 characters),
+    # held by the connection: one that dies gives it back. It holds on one node of a Galera
+    # cluster only: there, run `tracker-wsgi migrate` once before restarting the daemons.
+    _SCHEMA_LOCK = "LEFT(CONCAT('tracker_wsgi schema ', DATABASE()), 64)"
+
+    @staticmethod
+    def lock_schema(cur: Any, wait_seconds: float) -> None:
+        # A second less than a read may take, so the server answers before the read times out.
+        wait = max(1, timeouts(wait_seconds)["read_timeout"] - 1)
+        cur.execute(f"SELECT GET_LOCK({MysqlDialect._SCHEMA_LOCK}, %s)", (wait,))
+        if cur.fetchone()[0] != 1:
+            raise StoreUnavailable(
+                f"another process has been changing the database's schema for {wait} s (a tracker starting, or "
+                "tracker-wsgi migrate); try again when it has finished"
+            )
+
+    @staticmethod
+    def unlock_schema(cur: Any) -> None:
+        cur.execute(f"SELECT RELEASE_LOCK({MysqlDialect._SCHEMA_LOCK})")
+        cur.fetchall()
 
     @staticmethod
     def pairs(n: int) -> str:
@@ -88,26 +109,6 @@ def _placeholders(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _placeholders(v) for k, v in value.items()}
     return tuple(_placeholders(v) for v in value)
-
-
-def connect_args(url: str) -> dict[str, Any]:
-    """Connector arguments from mysql://user:password@host:port/database[?unix_socket=PATH]."""
-    parts = urlsplit(url)
-    database = parts.path.lstrip("/")
-    if not database:
-        raise ValueError(f"mysql URL names no database: {url!r} (mysql://user:password@host/database)")
-    args: dict[str, Any] = {
-        "user": unquote(parts.username or ""),
-        "password": unquote(parts.password or ""),
-        "host": parts.hostname or "localhost",
-        "port": parts.port or 3306,
-        "database": database,
-    }
-    for name, values in parse_qs(parts.query).items():
-        if name != "unix_socket":
-            raise ValueError(f"unknown mysql URL option {name!r}: only unix_socket is allowed")
-        args["unix_socket"] = values[-1]
-    return args
 
 
 class MysqlStore(SqlStore):
@@ -157,19 +158,6 @@ class MysqlStore(SqlStore):
         return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
             isinstance(exc, errors.Error) and exc.errno in _UNAVAILABLE_ERRNOS
         )
-
-    def create_tables(self) -> None:
-        ddl = resources.files("tracker_wsgi").joinpath("schema.sql").read_text()
-        # Strip comments before splitting: a comment may contain a semicolon.
-        lines = [line.split("--", 1)[0] for line in ddl.splitlines()]
-        statements = [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-        def work(cur: Any) -> None:
-            for statement in statements:
-                cur.execute(statement)
-            self._add_missing_columns(cur)
-
-        self._transaction(work)
 
     @staticmethod
     def _sql(statement: str) -> str:

@@ -9,12 +9,14 @@ them into `%s` once, when its class is built. Every value is a bound parameter.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from .. import __version__
 from ..limits import OPEN_MAX_TORRENTS
 from ..model import (
     KEY_RULE_REFUSED,
@@ -33,8 +35,11 @@ from ..model import (
 )
 from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
 from ..swarm import finishes, swarm_stats
+from . import schema
+from .schema import SchemaChange, SchemaError, describe
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Random peer ranks and window starts. ORDER BY RAND() would sort the whole swarm on every
 # read (the original avoided it for the same reason); OFFSET would read up to it.
@@ -67,6 +72,23 @@ class Dialect:
     def upsert_peers(n: int) -> str:
         """Insert n peers or update their rows; an older announce never overwrites a newer."""
         raise NotImplementedError
+
+    # The names of this database's tables, one a row.
+    tables = ""
+
+    @staticmethod
+    def ddl(statement: str) -> list[str]:
+        """A statement of schema.sql or of a migration (MySQL's syntax) as this database runs it."""
+        return [statement]
+
+    @staticmethod
+    def lock_schema(cur: Any, wait_seconds: float) -> None:
+        """Take the one lock on changing the schema, held by this transaction's connection;
+        raises StoreUnavailable if another holds it longer than wait_seconds."""
+
+    @staticmethod
+    def unlock_schema(cur: Any) -> None:
+        """Give it back (a connection that closes gives it back too)."""
 
 
 BATCH_ROWS = 500  # rows per statement in a batch write
@@ -742,20 +764,105 @@ class SqlStore:
     def history(self, since: int) -> list[tuple[int, int, int]]:
         return [tuple(row) for row in self._fetchall(self.HISTORY, (since,))]
 
-    # Columns added since a database could first be created: create_tables adds them to a
-    # database made by an older version, which CREATE TABLE IF NOT EXISTS leaves alone.
-    ADDED_COLUMNS = (
-        ("torrents", "version", "BIGINT NOT NULL DEFAULT 0"),
-        # Torrents registered before keep no SHA-256, and so their feed guid (urn:btih).
-        ("torrents", "info_sha256", "BINARY(32) NULL"),
-    )
+    # -- the schema: created, or migrated to this release's (store/schema.py) -----------------
 
-    def _add_missing_columns(self, cur: Any) -> None:
-        for table, column, definition in self.ADDED_COLUMNS:
-            cur.execute(f"SELECT * FROM {table} LIMIT 0")
-            cur.fetchall()
-            if column not in [d[0] for d in cur.description]:
-                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    def create_tables(self) -> SchemaChange:
+        """Bring the database to this release's schema: create it in an empty database, or
+        run the migrations a database of an earlier release lacks. Safe to repeat, and to run
+        from many processes and hosts at once (one migrates, the others wait for it and find
+        it done). Costs two reads when the schema is current. Raises SchemaError for a
+        database this release cannot use: a newer release's, or one not made by a release."""
+        version = self._read(self._schema_version)
+        if version == schema.LATEST:
+            return SchemaChange(version, version, ())
+        change = self._transaction(self._migrate)
+        if change.before != change.after:
+            log.info("database schema %s", describe(change))
+        return change
+
+    def _schema_version(self, cur: Any) -> int | None:
+        """The schema's version; None if no version is recorded (yet)."""
+        cur.execute(self.dialect.tables)
+        if schema.VERSION_TABLE not in {row[0] for row in cur.fetchall()}:
+            return None
+        cur.execute(f"SELECT MAX(version) FROM {schema.VERSION_TABLE}")
+        version = cur.fetchone()[0]
+        if version is not None and version > schema.LATEST:
+            raise SchemaError(
+                f"the database's schema is at version {version}, newer than this tracker-wsgi "
+                f"({__version__}, schema version {schema.LATEST}) knows: a newer release migrated it; "
+                "install that release here too"
+            )
+        return version
+
+    def _migrate(self, cur: Any) -> SchemaChange:
+        """Under the schema lock, look again and do what is left. Versions are recorded last,
+        after the check, so a run cut short (a MySQL DDL statement commits by itself) is
+        finished by the next: an unversioned database is migrated again (every step finds its
+        work done), an empty version table means a creation to finish."""
+        self.dialect.lock_schema(cur, self.wait_seconds)
+        cur.execute(self.dialect.tables)
+        tables = {row[0] for row in cur.fetchall()}
+        before = self._schema_version(cur)
+        if before == schema.LATEST:  # another process did it while this one waited
+            self.dialect.unlock_schema(cur)
+            return SchemaChange(before, before, ())
+        records: list[tuple[int, str]] = []
+        if before is None and schema.VERSION_TABLE not in tables and "torrents" in tables:
+            for table, column in schema.FIRST_RELEASE_COLUMNS.items():
+                if table not in tables or column not in self._columns(cur, table):
+                    raise SchemaError(
+                        f"these tables were made by a development version older than the first release "
+                        f"({table} has no {column}); drop them (or the database) and let the tracker create "
+                        "its own"
+                    )
+            before = schema.FIRST_RELEASE
+            records.append((before, "found the first release's tables, which kept no version"))
+        if before is None:  # empty, or a creation cut short: every statement is IF NOT EXISTS
+            self._execute_ddl(cur, self._version_table_ddl())
+            for statement in schema.schema_statements():
+                self._execute_ddl(cur, statement)
+            records.append((schema.LATEST, f"created at version {schema.LATEST}"))
+        else:
+            for migration in schema.MIGRATIONS:
+                if migration.version > before:
+                    for step in migration.steps:
+                        step.apply(self, cur)
+                    records.append((migration.version, migration.description))
+            self._execute_ddl(cur, self._version_table_ddl())
+        self._check_columns(cur)
+        for version, description in records:
+            cur.execute(self._sql(f"INSERT INTO {schema.VERSION_TABLE} (version, applied_at, description) "
+                                  "VALUES (?, ?, ?)"), (version, int(time.time()), description[:255]))
+        self.dialect.unlock_schema(cur)
+        applied = tuple(f"{v}: {d}" for v, d in records if before is not None and v > before)
+        return SchemaChange(before, schema.LATEST, applied)
+
+    def _version_table_ddl(self) -> str:
+        return next(s for s in schema.schema_statements() if f" {schema.VERSION_TABLE} (" in s)
+
+    def _execute_ddl(self, cur: Any, statement: str) -> None:
+        for translated in self.dialect.ddl(statement):
+            cur.execute(translated)
+
+    def _columns(self, cur: Any, table: str) -> list[str]:
+        cur.execute(f"SELECT * FROM {table} LIMIT 0")
+        cur.fetchall()
+        return [d[0] for d in cur.description]
+
+    def _check_columns(self, cur: Any) -> None:
+        """Every table and column schema.sql creates is there: a migrated database must be
+        what a new one is, whatever was done to it by hand."""
+        cur.execute(self.dialect.tables)
+        tables = {row[0] for row in cur.fetchall()}
+        for table, columns in schema.schema_columns().items():
+            found = self._columns(cur, table) if table in tables else []
+            missing = [c for c in columns if c not in found] if found else ["(the table)"]
+            if missing:
+                raise SchemaError(
+                    f"table {table} lacks {', '.join(missing)} at schema version {schema.LATEST}: it was changed "
+                    "by hand; add what is missing as schema.sql has it"
+                )
 
     def _fetchall(self, statement: str, args: tuple = ()) -> list[tuple]:
         def work(cur: Any) -> list[tuple]:

@@ -12,71 +12,8 @@ import time
 from typing import Any
 
 from ..model import StoreUnavailable
+from .schema import SchemaChange, sqlite_statements
 from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
-
-# Mirrors schema.sql (the MySQL schema, which documents every column).
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS torrents (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL DEFAULT '',
-    size INTEGER NOT NULL DEFAULT 0,
-    path TEXT NOT NULL DEFAULT '',
-    added INTEGER NOT NULL,
-    file_size INTEGER NOT NULL DEFAULT 0,
-    file_mtime INTEGER NOT NULL DEFAULT 0,
-    seeders INTEGER NOT NULL DEFAULT 0,
-    leechers INTEGER NOT NULL DEFAULT 0,
-    partial_seeds INTEGER NOT NULL DEFAULT 0,
-    downloaded INTEGER NOT NULL DEFAULT 0,
-    transferred INTEGER NOT NULL DEFAULT 0,
-    last_transfer INTEGER NOT NULL DEFAULT 0,
-    last_done INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0,
-    info_sha256 BLOB
-);
-CREATE TABLE IF NOT EXISTS info_hashes (
-    info_hash BLOB NOT NULL PRIMARY KEY,
-    torrent_id INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS info_hashes_by_torrent ON info_hashes (torrent_id);
-CREATE TABLE IF NOT EXISTS peers (
-    torrent_id INTEGER NOT NULL,
-    peer_id BLOB NOT NULL,
-    ip BLOB NOT NULL,
-    port INTEGER NOT NULL,
-    peer_key BLOB,
-    state INTEGER NOT NULL,
-    bytes_left INTEGER NOT NULL,
-    uploaded INTEGER NOT NULL,
-    downloaded INTEGER NOT NULL,
-    completed INTEGER NOT NULL DEFAULT 0,
-    last_seen INTEGER NOT NULL,
-    peer_rank INTEGER NOT NULL,
-    PRIMARY KEY (torrent_id, peer_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS peers_by_rank ON peers (torrent_id, peer_rank);
-CREATE INDEX IF NOT EXISTS peers_by_state_rank ON peers (torrent_id, state, peer_rank);
-CREATE INDEX IF NOT EXISTS peers_by_last_seen ON peers (last_seen);
-CREATE TABLE IF NOT EXISTS refresh_state (
-    id INTEGER PRIMARY KEY,
-    last_refresh INTEGER NOT NULL DEFAULT 0,
-    lock_owner TEXT NOT NULL DEFAULT '',
-    lock_until INTEGER NOT NULL DEFAULT 0
-);
-INSERT OR IGNORE INTO refresh_state (id) VALUES (1);
-CREATE TABLE IF NOT EXISTS history (
-    sampled_at INTEGER PRIMARY KEY,
-    seeds INTEGER NOT NULL,
-    leechers INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS skipped_files (
-    path_hash BLOB PRIMARY KEY,
-    path TEXT NOT NULL,
-    file_size INTEGER NOT NULL,
-    file_mtime INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
 
 # How often a writer waiting for another process's write lock tries again: first soon (a
 # batch holds it for milliseconds), then less often. flock cannot wait with a time limit.
@@ -92,6 +29,10 @@ _PEER_ROW = "(" + ", ".join("?" * 11) + ")"
 class SqliteDialect(Dialect):
     least = "MIN"  # MIN with two arguments is SQLite's LEAST
     total = "TOTAL"  # a float sum: SUM of integers raises "integer overflow"
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    # The schema lock: create_tables migrates in a write transaction (BEGIN IMMEDIATE, and
+    # the writer file's flock across processes), and SQLite's DDL is transactional.
+    ddl = staticmethod(sqlite_statements)
 
     @staticmethod
     def pairs(n: int) -> str:
@@ -196,7 +137,7 @@ class SqliteStore(SqlStore):
         # database, not the statement's values (OverflowError, IntegrityError).
         return isinstance(exc, sqlite3.OperationalError)
 
-    def create_tables(self) -> None:
+    def create_tables(self) -> SchemaChange:
         # SQLite writes the database, its -wal and -shm files, and new ones beside them: all
         # must be writable by whoever runs the tracker, or every announce fails.
         directory = os.path.dirname(self.path)
@@ -208,6 +149,4 @@ class SqliteStore(SqlStore):
                     "and files to the user the tracker runs as (Apache's www-data), and run "
                     "tracker-wsgi as that user"
                 )
-        conn = self._connection()
-        conn.executescript(SCHEMA)
-        self._transaction(self._add_missing_columns)
+        return super().create_tables()
