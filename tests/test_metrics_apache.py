@@ -285,7 +285,7 @@ ServerRoot "{run_dir}"
 Listen 127.0.0.1:{port}
 PidFile "{run_dir}/httpd.pid"
 ErrorLog "{run_dir}/error.log"
-LogLevel warn
+LogLevel warn wsgi:info
 User www-data
 Group www-data
 LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so
@@ -321,7 +321,7 @@ def test_embedded_mode_children_that_come_and_go_are_summed(sqlite_url, shared_d
     run_dir = shared_dir / "embedded"
     devserver.prepare_run_dir(run_dir)
     config = shared_dir / "tracker.toml"
-    config.write_text(config_text(sqlite_url, sync_interval="1"))
+    config.write_text(config_text(sqlite_url, sync_interval="1", log_level='"info"'))  # "ready" is INFO
     config.chmod(0o644)
     port = free_port()
     conf = EMBEDDED_CONF.format(run_dir=run_dir, port=port, wsgi=devserver.wsgi_module(), venv=sys.prefix,
