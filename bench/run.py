@@ -1,6 +1,6 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale]
+    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale] [--metrics]
 
 Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
 each peer from its own address by X-Forwarded-For) in the same run, one after the other in
@@ -19,6 +19,11 @@ each round (--rounds), keep-alive and one connection per request:
 opentracker and the npm tracker are sent every starting peer once before the rounds.
 Run as root (Apache drops to www-data; apt-get for opentracker; MariaDB at 127.0.0.1:3306,
 root without password).
+
+With --metrics, each round also drives the tracker and the same tracker with its metrics
+off (a second Apache on a store filled alike, whose tracker.wsgi turns counting into a
+no-op call and keeps no prometheus_client values) at the same time, each with its own wrk,
+and prints the rate on/off and the daemons' CPU per request off/on, per round and the median.
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
@@ -45,6 +50,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +69,15 @@ BENCH_PROXY = "127.0.0.1/32"
 # announce.lua's slot addresses, 10.<thread>.<slot div 256>.<slot mod 256>, are one per slot
 # only within these.
 MAX_THREADS, MAX_POOL = 255, 65535
+# --metrics: tracker.wsgi of the tracker with its metrics off. What is left of them on the
+# request path is a call to a function that does nothing (the counting call itself).
+METRICS_OFF_WSGI = """\
+from tracker_wsgi import metrics, wsgi
+metrics.Counts.add = lambda self, key: None
+metrics.Counts.tally = lambda self, key: lambda: None
+wsgi.Tracker.start_metrics = lambda self: None
+from tracker_wsgi.wsgi import application  # noqa: F401
+"""
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
 # Where the tracker (and bench/hello.wsgi, bench/floor.wsgi) answer: the path in wrk's URL.
@@ -692,6 +707,21 @@ def measure(args, system: System, close: bool, profile: Path | None = None) -> d
     return result
 
 
+def cpu_per_request(result: dict) -> float:
+    """Microseconds of the mod_wsgi daemons' CPU per answered request."""
+    return result["cpu"]["wsgi"] / result["rps"] * 1e6
+
+
+def measure_metrics(args, on: System, off: System, close: bool) -> dict:
+    """The tracker with metrics on and the same with them off, both at once, each with its own
+    wrk: whatever else the machine runs meanwhile weighs on both alike, as it would not on two
+    runs in a row. Returns both runs, the rate on/off and the daemons' CPU per request off/on."""
+    with ThreadPoolExecutor(2) as pool:
+        on_run, off_run = pool.map(lambda system: measure(args, system, close), (on, off))
+    return {"on": on_run, "off": off_run, "rate": on_run["rps"] / off_run["rps"],
+            "cpu": cpu_per_request(off_run) / cpu_per_request(on_run)}
+
+
 def summarize_profile(raws: list[Path], out: Path) -> None:
     """py-spy raw stacks -> the functions most often on the stack (inclusive) and on top (self)."""
     inclusive: dict[str, int] = {}
@@ -756,6 +786,25 @@ def print_table(mode: str, runs: dict[str, list[dict]], references: list[str]) -
     print("\n".join(out))
 
 
+def print_metrics(kinds: list[str], modes: list[str], rounds: dict[tuple[str, str], list[dict]]) -> None:
+    """The tracker with metrics on against the same with them off, measured beside each other:
+    the rate on/off, and the daemons' CPU per request off/on (both 1.0 when counting is free).
+    Of an even number of rounds the median is the lower of the middle two: the target is a floor."""
+    print("\nMetrics on vs off (target >= 0.97): rate on/off, and daemon CPU per request off/on")
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[(len(values) - 1) // 2]
+
+    for kind in kinds:
+        for mode in modes:
+            rates = [r["rate"] for r in rounds[kind, mode]]
+            cpus = [r["cpu"] for r in rounds[kind, mode]]
+            print(f"  {kind:<8} {mode:<10} rate median {median(rates):.3f} (each round "
+                  + " ".join(f"{ratio:.3f}" for ratio in rates)
+                  + f"); CPU median {median(cpus):.3f} (each round "
+                  + " ".join(f"{ratio:.3f}" for ratio in cpus) + ")")
+
+
 def print_cpu(mode: str, runs: dict[str, list[dict]]) -> None:
     print(f"CPU in the median round ({mode}; cores busy on average, of {os.cpu_count()}): "
           "wsgi daemons / the server's other processes / mariadbd / wrk")
@@ -778,6 +827,8 @@ def main() -> None:
     parser.add_argument("--npm-cache", type=Path, default=NPM_CACHE, help=f"where {NPM_PACKAGE} is installed")
     parser.add_argument("--floor", action="store_true", help="also measure bench/floor.wsgi, the least a "
                         "Python announce handler does")
+    parser.add_argument("--metrics", action="store_true", help="also measure the tracker with its metrics "
+                        "off, beside it in every round, and print the on/off ratio")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every system per mode, one after "
                         "the other; the tables show the median")
     parser.add_argument("--torrents", type=int, default=1000)
@@ -821,13 +872,31 @@ def main() -> None:
             servers.append(server)
             return server
 
-        def serve(app: str) -> Apache:
-            """bench/<app>.wsgi from a copy of apache/ whose tracker.wsgi it replaces."""
-            app_dir = root / f"{app}-apache"
+        def apache_with(name: str, wsgi_text: str) -> Path:
+            """A copy of apache/ whose tracker.wsgi is `wsgi_text`: every daemon setting as shipped."""
+            app_dir = root / f"{name}-apache"
             shutil.copytree(APACHE_DIR, app_dir)
-            shutil.copy(BENCH / f"{app}.wsgi", app_dir / "tracker.wsgi")
+            (app_dir / "tracker.wsgi").write_text(wsgi_text)
             app_dir.chmod(0o755)
+            return app_dir
+
+        def serve(app: str) -> Apache:
+            """bench/<app>.wsgi in place of the tracker."""
+            app_dir = apache_with(app, (BENCH / f"{app}.wsgi").read_text())
             return started(Apache(root / f"{app}-run", app_dir, ""))
+
+        def tracker_store(kind: str, label: str) -> BenchStore:
+            """A store holding the bench's torrents and the wrk script's starting peers."""
+            t0 = time.monotonic()
+            store = BenchStore(kind, root, label)
+            stores.append(store)
+            store.register(args.torrents)
+            store.slot_peers(args.torrents, args.threads, args.pool, args.zipf)
+            store.hold_refresh()
+            print(f"[{kind}] {args.torrents} torrents, {store.peer_count()} peers in "
+                  f"{time.monotonic() - t0:.1f}s", flush=True)
+            store.hand_over()
+            return store
 
         systems: list[System] = []
         if "static" in peers:
@@ -849,16 +918,11 @@ def main() -> None:
         if args.floor:
             systems.append(System("floor", serve("floor")))
 
+        # --metrics: the name of the tracker's system -> its store kind and the same tracker with metrics off.
+        metrics_off: dict[str, tuple[str, System]] = {}
+        metrics_off_dir = apache_with("metrics-off", METRICS_OFF_WSGI) if args.metrics else None
         for kind in kinds:
-            t0 = time.monotonic()
-            store = BenchStore(kind, root, "small")
-            stores.append(store)
-            store.register(args.torrents)
-            store.slot_peers(args.torrents, args.threads, args.pool, args.zipf)
-            store.hold_refresh()
-            print(f"[{kind}] {args.torrents} torrents, {store.peer_count()} peers in "
-                  f"{time.monotonic() - t0:.1f}s", flush=True)
-            store.hand_over()
+            store = tracker_store(kind, "small")
             tracker = started(Apache(root / f"tracker-{kind}", APACHE_DIR, tracker_config(root, store.url)))
             trackers[kind] = tracker
             check_announce(tracker, args.torrents, args.zipf)
@@ -866,18 +930,25 @@ def main() -> None:
                 f"{args.profile.name}-{kind}")))
             if kind == kinds[0] and len(cores) > 1:
                 systems.append(System(f"tracker {kind} 1 core", tracker, cpus={min(cores)}))
+            if metrics_off_dir:
+                off_store = tracker_store(kind, "metrics-off")
+                off = started(Apache(root / f"tracker-{kind}-metrics-off", metrics_off_dir,
+                                     tracker_config(root, off_store.url)))
+                check_announce(off, args.torrents, args.zipf)
+                metrics_off[f"tracker {kind}"] = kind, System(f"tracker {kind} metrics off", off)
         if "static" in peers:
             announce, scrape = tracker_answers(trackers[kinds[0]], args)
             (static_dir / "announce").write_bytes(announce)
             (static_dir / "scrape").write_bytes(scrape)
             print(f"[static] the tracker's answers: announce {len(announce)} bytes, scrape {len(scrape)} bytes",
                   flush=True)
-        for system in systems:
+        for system in systems + [off for _, off in metrics_off.values()]:
             if not system.cpus:
                 run_wrk(args, system.server.url, False, args.torrents, seconds=2)  # warm up
 
         modes = args.modes.split(",")
         tables: dict[str, dict[str, list[dict]]] = {}
+        metrics_rounds: dict[tuple[str, str], list[dict]] = {}  # (store kind, mode) -> measure_metrics' rounds
         for mode in modes:
             close = mode == "close"
             runs: dict[str, list[dict]] = {system.name: [] for system in systems}
@@ -892,6 +963,16 @@ def main() -> None:
                           f"started {r['started']} stopped {r['stopped']} scrapes {r['scrapes']} of "
                           f"{r['announces'] + r['scrapes']}", flush=True)
                     print_first_errors(r)
+                    if system.name in metrics_off:
+                        kind, off = metrics_off[system.name]
+                        m = measure_metrics(args, system, off, close)
+                        metrics_rounds.setdefault((kind, mode), []).append(m)
+                        on_run, off_run = m["on"], m["off"]
+                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] at once: metrics on {on_run['rps']:.0f} "
+                              f"req/s {cpu_per_request(on_run):.1f} us CPU/req, off {off_run['rps']:.0f} req/s "
+                              f"{cpu_per_request(off_run):.1f} us CPU/req: on/off rate {m['rate']:.3f}, "
+                              f"CPU off/on {m['cpu']:.3f}; errors on {on_run['errors']} off "
+                              f"{off_run['errors']}", flush=True)
             tables[mode] = runs
         for kind, tracker in trackers.items():
             problems = [line for line in tracker.error_log().splitlines()
@@ -899,6 +980,8 @@ def main() -> None:
             if problems:
                 print(f"[{kind}] error.log: {len(problems)} problem lines, e.g. {problems[:3]}")
             tracker.stop()
+        for _, off in metrics_off.values():
+            off.server.stop()
 
         scale_rows = []
         for kind in kinds:
@@ -948,6 +1031,8 @@ def main() -> None:
                 ratios = [a["rps"] / b["rps"] for a, b in zip(runs[full], runs[one_core.name])]
                 print(f"core scaling ({mode}): {full} with Apache on {len(cores)} cores / on 1 core = "
                       f"{statistics.median(ratios):.2f} (each round: {' '.join(f'{r:.2f}' for r in ratios)})")
+        if args.metrics:
+            print_metrics(kinds, modes, metrics_rounds)
         print()
         for mode, runs in tables.items():
             print_cpu(mode, runs)
