@@ -353,9 +353,14 @@ def test_the_tracker_migrates_an_earlier_releases_database_when_its_daemons_star
     """After an upgrade, the first requests start both daemon processes at once; they migrate
     the database once between them and answer from the data it held."""
     load(url, kind, "0.1.0")
+    # The release's peers announced just now, and its refresh just ran: no background refresh
+    # expires them while the test reads their counts.
+    now = int(time.time())
+    execute(url, f"UPDATE peers SET last_seen = {now}", f"UPDATE refresh_state SET last_refresh = {now}")
     if kind == "sqlite":
         give_to_www_data(shared_dir)
-    apache = apache_factory(f'database = "{url}"\nbase_url = "http://h/"\n')
+    apache = apache_factory(f'database = "{url}"\nbase_url = "http://h/"\nlog_level = "info"\n',
+                            site_conf="LogLevel warn wsgi:info")  # "ready" is INFO
     known = announce_query(HASH_V1, pid(5), left=10)  # first byte even: daemon process 0
     unknown = announce_query(b"\x01" * 20, pid(6))  # odd: daemon process 1
     with ThreadPoolExecutor(4) as pool:

@@ -100,12 +100,13 @@ def call(app, path: str = "/announce", query: str = "", method: str = "GET", rem
 
 
 @pytest.fixture
-def make_app(sqlite_url):
+def make_app(sqlite_url, tracker_log):
     """make_app(**config) -> (Application, Tracker) on a fresh SQLite store."""
     made = []
 
     def make(**config):
         tracker = build_tracker(config_module.from_dict({"database": sqlite_url, "base_url": BASE_URL, **config}))
+        tracker_log()  # what building it logged (the schema created) is not the test's
         made.append(tracker)
         return Application(tracker), tracker
 

@@ -37,6 +37,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import config as config_module
 from . import logs

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from .. import __version__
-from ..limits import OPEN_MAX_TORRENTS
+from ..limits import OPEN_MAX_TORRENTS  # noqa: F401 - the stores import their default from here
 from ..model import (
     KEY_RULE_REFUSED,
     BatchResult,
