@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import announce_query, ih, pid
-from test_wsgi import call, make_app, register  # noqa: F401 (make_app is a fixture)
+from test_wsgi import call, make_app, register, tracker_log  # noqa: F401 (make_app and tracker_log are fixtures)
 from tracker_wsgi import metrics
 from tracker_wsgi.limits import Shed
 from tracker_wsgi.live import Held
