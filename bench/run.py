@@ -22,8 +22,9 @@ root without password).
 
 With --metrics, each round also drives the tracker and the same tracker with its metrics
 off (a second Apache on a store filled alike, whose tracker.wsgi turns counting into a
-no-op call and keeps no prometheus_client values) at the same time, each with its own wrk,
-and prints the rate on/off and the daemons' CPU per request off/on, per round and the median.
+no-op call and keeps no prometheus_client values) one right after the other, in an order
+swapped every round, and prints the rate on/off and the daemons' CPU per request off/on,
+per round and the median.
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
@@ -712,12 +713,16 @@ def cpu_per_request(result: dict) -> float:
     return result["cpu"]["wsgi"] / result["rps"] * 1e6
 
 
-def measure_metrics(args, on: System, off: System, close: bool) -> dict:
-    """The tracker with metrics on and the same with them off, both at once, each with its own
-    wrk: whatever else the machine runs meanwhile weighs on both alike, as it would not on two
-    runs in a row. Returns both runs, the rate on/off and the daemons' CPU per request off/on."""
-    with ThreadPoolExecutor(2) as pool:
-        on_run, off_run = pool.map(lambda system: measure(args, system, close), (on, off))
+def measure_metrics(args, on: System, off: System, close: bool, round_: int) -> dict:
+    """The tracker with metrics on and the same with them off, one right after the other, the
+    order swapped every round so that drift within a pair cancels over the rounds. (Driven at
+    once, each with its own wrk on 2 cores, they got a core each and a pair differed by up to
+    ±15% on a quiet machine.) Returns both runs, the rate on/off and the daemons' CPU per
+    request off/on."""
+    if round_ % 2:
+        off_run, on_run = measure(args, off, close), measure(args, on, close)
+    else:
+        on_run, off_run = measure(args, on, close), measure(args, off, close)
     return {"on": on_run, "off": off_run, "rate": on_run["rps"] / off_run["rps"],
             "cpu": cpu_per_request(off_run) / cpu_per_request(on_run)}
 
@@ -965,10 +970,10 @@ def main() -> None:
                     print_first_errors(r)
                     if system.name in metrics_off:
                         kind, off = metrics_off[system.name]
-                        m = measure_metrics(args, system, off, close)
+                        m = measure_metrics(args, system, off, close, round_)
                         metrics_rounds.setdefault((kind, mode), []).append(m)
                         on_run, off_run = m["on"], m["off"]
-                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] at once: metrics on {on_run['rps']:.0f} "
+                        print(f"[{kind} {mode} {round_ + 1}/{args.rounds}] pair: metrics on {on_run['rps']:.0f} "
                               f"req/s {cpu_per_request(on_run):.1f} us CPU/req, off {off_run['rps']:.0f} req/s "
                               f"{cpu_per_request(off_run):.1f} us CPU/req: on/off rate {m['rate']:.3f}, "
                               f"CPU off/on {m['cpu']:.3f}; errors on {on_run['errors']} off "
