@@ -4,6 +4,7 @@ temporary directories, because pytest's own tmp_path is private to root."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import secrets
@@ -23,6 +24,7 @@ import pytest
 from bencoder import bdecode
 
 from tracker_wsgi import devserver
+from tracker_wsgi.live import LiveSwarms
 
 REPO = Path(__file__).resolve().parent.parent
 APACHE_DIR = REPO / "apache"
@@ -46,6 +48,25 @@ def wait_for_mariadb(seconds: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+@pytest.fixture(autouse=True)
+def stop_flush_threads(monkeypatch):
+    """A LiveSwarms starts a flush thread (and an atexit flush) at its first announce. A
+    test's must end with the test, or they go on writing to, and logging about, a database
+    the test dropped, into later tests' logs."""
+    started = []
+    start = LiveSwarms._start_flusher
+
+    def start_and_remember(self):
+        started.append(self)
+        start(self)
+
+    monkeypatch.setattr(LiveSwarms, "_start_flusher", start_and_remember)
+    yield
+    for swarms in started:
+        swarms._closed.set()  # the thread ends at its next wait; no last flush into a dropped database
+        atexit.unregister(swarms.close)
 
 
 @pytest.fixture

@@ -393,6 +393,16 @@ class PrivateMariadb:
     def admin(self):
         return mysql.connector.connect(user="root", unix_socket=str(self.socket), connection_timeout=2)
 
+    def tracker_database(self, user: str = "tracker", password: str = "s3cret-Pw", db: str = "tracker") -> str:
+        """A database and a TCP account for the tracker on this server; returns its URL."""
+        admin = self.admin()
+        cur = admin.cursor()
+        cur.execute(f"CREATE DATABASE {db}")
+        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
+        cur.execute(f"GRANT ALL ON {db}.* TO '{user}'@'127.0.0.1'")
+        admin.close()
+        return f"mysql://{user}:{password}@127.0.0.1:{self.port}/{db}"
+
     def stop(self) -> None:
         if self.process is not None:
             devserver.stop(self.process, 30)
@@ -438,15 +448,8 @@ def stored_peers(tcp: dict) -> int:
 
 def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
     server = private_mariadb
-    user, password, db = "tracker", "s3cret-Pw", "tracker"
-    admin = server.admin()
-    cur = admin.cursor()
-    cur.execute(f"CREATE DATABASE {db}")
-    cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
-    cur.execute(f"GRANT ALL ON {db}.* TO '{user}'@'127.0.0.1'")
-    admin.close()
-    url = f"mysql://{user}:{password}@127.0.0.1:{server.port}/{db}"
-    tcp = {"user": user, "password": password, "host": "127.0.0.1", "port": server.port, "database": db}
+    url = server.tracker_database()
+    tcp = {"user": "tracker", "password": "s3cret-Pw", "host": "127.0.0.1", "port": server.port, "database": "tracker"}
     register(url, 1)
     apache = apache_factory(config_text(url, **LOG_INFO), site_conf=APACHE_LOG_INFO)
 
@@ -694,14 +697,7 @@ def test_a_hung_database_holds_no_announce_that_memory_can_answer(private_mariad
     store's short wait, a few at a time, and re-announces are answered from memory
     throughout; a completion gets a quick `retry in` and counts once it comes back."""
     server = private_mariadb
-    user, password, db = "tracker", "s3cret-Pw", "tracker"
-    admin = server.admin()
-    cur = admin.cursor()
-    cur.execute(f"CREATE DATABASE {db}")
-    cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
-    cur.execute(f"GRANT ALL ON {db}.* TO '{user}'@'127.0.0.1'")
-    admin.close()
-    url = f"mysql://{user}:{password}@127.0.0.1:{server.port}/{db}"
+    url = server.tracker_database()
     register(url, 1)
     apache = apache_factory(config_text(url, sync_interval="2"))
     for n in range(1, 21):

@@ -243,13 +243,7 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
     with its traceback, and then nothing more however many requests fail (a count comes a
     minute later); its recovery is a warning, so it shows wherever the error did."""
     server = private_mariadb
-    admin = server.admin()
-    cursor = admin.cursor()
-    cursor.execute("CREATE DATABASE tracker")
-    cursor.execute("CREATE USER 'tracker'@'127.0.0.1' IDENTIFIED BY 'pw'")
-    cursor.execute("GRANT ALL ON tracker.* TO 'tracker'@'127.0.0.1'")
-    admin.close()
-    url = f"mysql://tracker:pw@127.0.0.1:{server.port}/tracker"
+    url = server.tracker_database(password="pw")
     register(url, 1)
     apache = apache_factory(config_text(url, sync_interval="1", **directories(shared_dir)[2]))
     for n in range(1, 5):

@@ -174,13 +174,7 @@ def test_health_is_200_with_the_database_and_503_without(apache_factory):
     server = PrivateMariadb()
     try:
         server.start()
-        admin = server.admin()
-        cur = admin.cursor()
-        cur.execute("CREATE DATABASE tracker")
-        cur.execute("CREATE USER 'tracker'@'127.0.0.1' IDENTIFIED BY 'pw'")
-        cur.execute("GRANT ALL ON tracker.* TO 'tracker'@'127.0.0.1'")
-        admin.close()
-        url = f"mysql://tracker:pw@127.0.0.1:{server.port}/tracker"
+        url = server.tracker_database(password="pw")
         tcp = {"user": "tracker", "password": "pw", "host": "127.0.0.1", "port": server.port, "database": "tracker"}
         register(url, ODD, EVEN)
         apache = apache_factory(config_text(url, sync_interval="1"))

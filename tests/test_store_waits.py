@@ -123,13 +123,7 @@ def private_mariadb():
     server = PrivateMariadb()
     try:
         server.start()
-        admin = server.admin()
-        cur = admin.cursor()
-        cur.execute("CREATE DATABASE tracker")
-        cur.execute("CREATE USER 'tracker'@'127.0.0.1' IDENTIFIED BY 'pw'")
-        cur.execute("GRANT ALL ON tracker.* TO 'tracker'@'127.0.0.1'")
-        admin.close()
-        yield server, f"mysql://tracker:pw@127.0.0.1:{server.port}/tracker"
+        yield server, server.tracker_database(password="pw")
     finally:
         if server.process is not None and server.process.poll() is None:
             server.process.send_signal(signal.SIGCONT)
