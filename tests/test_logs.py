@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from conftest import announce_query, decode, give_to_www_data, ih, pid
-from test_e2e_apache import APACHE_LOG_INFO, LOG_INFO, PrivateMariadb, config_text, register
+from test_e2e_apache import APACHE_LOG_INFO, LOG_INFO, config_text, private_mariadb, register  # noqa: F401 (a fixture)
 from test_refresh import torrent_file
 from tracker_wsgi import cli, logs
 
@@ -223,19 +223,6 @@ def test_info_lines_come_at_apaches_info_level_when_asked_for(site, apache_facto
     found = tracker_lines(apache.error_log())  # one "ready" per daemon process, one refresh
     assert sorted((level, message.split()[0]) for level, message in found) == [
         ("info", "ready:"), ("info", "ready:"), ("info", "refreshed"), ("warn", "junk.torrent:")], found
-
-
-@pytest.fixture
-def private_mariadb():
-    server = PrivateMariadb()
-    try:
-        server.start()
-        yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
-        server.remove()
 
 
 def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mariadb, apache_factory, shared_dir):
