@@ -38,6 +38,18 @@ _UNAVAILABLE_ERRNOS = _CONNECTION_ERRNOS | {
 }
 
 
+def _connection_failed(exc: BaseException) -> bool:
+    """The connection, not the statement, failed. The connector raises OperationalError /
+    InterfaceError for a connection that is gone, sometimes with no errno at all ("MySQL
+    Connection not available."); and any client-library error (2000-2999: lost, timed out,
+    out of sync), of whatever type (the C extension lets its own MySQLInterfaceError through
+    on a few paths), is the connection's. Never to be taken for a bad row and set aside."""
+    errno = getattr(exc, "errno", None)
+    return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
+        isinstance(errno, int) and 2000 <= errno < 3000
+    )
+
+
 def timeouts(wait_seconds: float) -> dict[str, int]:
     """Connector timeouts (whole seconds, at least 1) so that a call on a hung server gives up
     in about wait_seconds: a read that times out (2013) is retried once on a new connection,
@@ -148,16 +160,10 @@ class MysqlStore(SqlStore):
             conn.commit()
 
     def _is_transient(self, exc: BaseException) -> bool:
-        # The connector raises OperationalError / InterfaceError for a connection that is gone,
-        # sometimes with no errno at all ("MySQL Connection not available.").
-        return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
-            isinstance(exc, errors.Error) and exc.errno in _TRANSIENT_ERRNOS
-        )
+        return _connection_failed(exc) or getattr(exc, "errno", None) in _TRANSIENT_ERRNOS
 
     def _is_unavailable(self, exc: BaseException) -> bool:
-        return isinstance(exc, (errors.OperationalError, errors.InterfaceError)) or (
-            isinstance(exc, errors.Error) and exc.errno in _UNAVAILABLE_ERRNOS
-        )
+        return _connection_failed(exc) or getattr(exc, "errno", None) in _UNAVAILABLE_ERRNOS
 
     @staticmethod
     def _sql(statement: str) -> str:
