@@ -41,12 +41,18 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
     - Whether the announce finishes a download: `finishes`. Whether this peer's completion
       was already counted is the store's to know: it counts one per peer (write_through).
     """
-    if known is not None and known.ip != request.ip:
-        if known.key is None or known.key != request.key:
-            raise ClientError(PEER_CONFLICT)
+    if known is not None and conflicts(known.ip, known.key, request.ip, request.key):
+        raise ClientError(PEER_CONFLICT)
     key = request.key if request.key is not None else (known.key if known is not None else None)
     finished = finishes(request.event is COMPLETED, request.left, known.left if known is not None else None)
     return PeerUpdate(request.event is STOPPED, finished, key)
+
+
+def conflicts(known_ip: bytes, known_key: bytes | None, ip: bytes, key: bytes | None) -> bool:
+    """The key rule: an announce for a known peer from another address must carry the key
+    the peer registered. The view (plan_announce) and the store (against the stored row)
+    apply this one function."""
+    return known_ip != ip and (known_key is None or known_key != key)
 
 
 def finishes(completed_event: bool, left: int, known_left: int | None) -> bool:

@@ -34,7 +34,7 @@ from ..model import (
     TorrentReport,
 )
 from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
-from ..swarm import finishes, swarm_stats
+from ..swarm import conflicts, finishes, swarm_stats
 from . import schema
 from .schema import SchemaChange, SchemaError, describe
 
@@ -109,8 +109,8 @@ def _marks(n: int) -> str:
 
 
 def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
-    """swarm.plan_announce's rule against a stored row: another address needs the peer's key."""
-    return bytes(stored_ip) != write.ip and (stored_key is None or bytes(stored_key) != write.key)
+    """The key rule (swarm.conflicts) against a stored row (the drivers return bytearrays)."""
+    return conflicts(bytes(stored_ip), None if stored_key is None else bytes(stored_key), write.ip, write.key)
 
 
 def _dialect_sql(value: Any, dialect: type[Dialect]) -> Any:
