@@ -36,8 +36,11 @@ def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
 
 
 def is_trusted(packed: bytes, trusted: Sequence[Network]) -> bool:
-    if not trusted:
-        return False
+    return bool(trusted) and _in_networks(packed, tuple(trusted))
+
+
+@functools.lru_cache(maxsize=4096)  # pure; behind a proxy every announce asks twice or more
+def _in_networks(packed: bytes, trusted: tuple[Network, ...]) -> bool:
     address = ipaddress.ip_address(packed)
     return any(address.version == net.version and address in net for net in trusted)
 
