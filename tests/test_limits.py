@@ -67,8 +67,25 @@ def test_the_memory_guard_reads_the_process_at_most_once_a_second():
     assert len(reads) == 2
 
 
-def test_without_a_memory_limit_the_guard_is_never_full():
-    assert not MemoryGuard(limit=None, data_bytes=lambda: 1 << 60).full() or MemoryGuard().threshold
+def test_without_a_memory_limit_the_guard_is_never_full(monkeypatch):
+    monkeypatch.setattr(limits.resource, "getrlimit", lambda which: (limits.resource.RLIM_INFINITY,) * 2)
+    assert not MemoryGuard(limit=None, data_bytes=lambda: 1 << 60).full()
+    assert MemoryGuard(limit=None).threshold is None
+
+
+def test_where_the_process_runs_chooses_what_the_guard_measures(monkeypatch):
+    """A daemon process: RLIMIT_DATA (mod_wsgi's memory-limit) against its data segment. An
+    Apache child (embedded, process group ""): the config's memory_limit against resident
+    memory, since its data segment holds every worker thread's reserved stack. Outside
+    Apache: RLIMIT_DATA if the process has one, else never full."""
+    monkeypatch.setattr(limits.resource, "getrlimit", lambda which: (1 << 30, 1 << 30))
+    daemon = MemoryGuard.for_this_process(64 << 20, process_group="tracker_wsgi_0")
+    assert daemon.threshold == int((1 << 30) * limits.MEMORY_SHARE) and daemon.data_bytes is limits._data_bytes
+    embedded = MemoryGuard.for_this_process(64 << 20, process_group="")
+    assert embedded.threshold == int((64 << 20) * limits.MEMORY_SHARE)
+    assert embedded.data_bytes is limits._resident_bytes
+    assert limits._resident_bytes() > 1 << 20  # this test process, measured
+    assert MemoryGuard.for_this_process(64 << 20).data_bytes is limits._data_bytes  # pytest: no mod_wsgi
 
 
 def test_the_memory_guard_reads_this_process():

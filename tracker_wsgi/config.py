@@ -92,6 +92,10 @@ class Config:
     completions_per_minute: int = _LIMITS.completions_per_minute
     # Whitelist `open`: the most torrents announces may register (the store's size).
     open_max_torrents: int = OPEN_MAX_TORRENTS
+    # Embedded mode (apache/tracker-embedded.conf) only: the resident memory, in bytes, of one
+    # Apache child past 70% of which it takes no new swarms or peers (limits.MemoryGuard).
+    # Daemon processes use their WSGIDaemonProcess memory-limit instead.
+    memory_limit: int = 512 * 1024 * 1024
 
     @property
     def limits(self) -> Limits:
@@ -115,6 +119,7 @@ _RANGES = {
     "new_swarms_per_minute": (1, 1_000_000),
     "completions_per_minute": (1, 1_000_000),
     "open_max_torrents": (1, 1_000_000_000),
+    "memory_limit": (64 * 1024 * 1024, 1 << 40),
 }
 # A refresh secret must outlast years of guessing at the web refresh's rate limit: 32
 # characters, and not a pattern such as "aaaa..." or "abab...".

@@ -82,14 +82,39 @@ class RateWindow:
 def _data_bytes() -> int:
     """The process's data segment as RLIMIT_DATA counts it (statm's `data`: heap, anonymous
     mappings and stacks)."""
+    return _statm(5)
+
+
+def _resident_bytes() -> int:
+    """The process's resident memory (statm's `resident`)."""
+    return _statm(1)
+
+
+def _statm(field: int) -> int:
     with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[5]) * PAGE_BYTES
+        return int(f.read().split()[field]) * PAGE_BYTES
+
+
+def _apache_process_group() -> str | None:
+    """mod_wsgi's process group: a daemon group's name, "" in an Apache child (embedded
+    mode), None outside Apache (the CLI, tests)."""
+    try:
+        import mod_wsgi  # the module mod_wsgi gives the processes it runs, not pip's package
+    except ImportError:
+        return None
+    return getattr(mod_wsgi, "process_group", None)
 
 
 class MemoryGuard:
-    """Whether the process is close to its memory limit (mod_wsgi's `memory-limit`, which
-    sets RLIMIT_DATA). Without a limit (embedded mode, tests) it is never full: the count
-    limits above bound memory there."""
+    """Whether the process is close to its memory bound; past it, it takes no new swarms or
+    peers. The count limits above bound memory first; this is the backstop.
+
+    - A daemon process: mod_wsgi's `memory-limit` sets RLIMIT_DATA, measured as statm's
+      data (heap, anonymous mappings, stacks), as the kernel counts it.
+    - An Apache child (embedded mode) has no RLIMIT_DATA (it would fail Apache's own
+      allocations), and its data segment holds every worker thread's reserved stack: there
+      the config's `memory_limit` is measured against resident memory instead.
+    - Outside Apache (the CLI, tests) a guard is never full unless given a limit."""
 
     def __init__(self, limit: int | None = None, clock: Callable[[], float] = time.monotonic,
                  data_bytes: Callable[[], int] = _data_bytes):
@@ -101,6 +126,15 @@ class MemoryGuard:
         self.data_bytes = data_bytes
         self._checked_at = -MEMORY_CHECK_SECONDS
         self._full = False
+
+    @classmethod
+    def for_this_process(cls, embedded_limit: int, process_group: str | None | bool = False) -> MemoryGuard:
+        """The guard for where this process runs (see the class); `embedded_limit` is the
+        config's memory_limit."""
+        group = _apache_process_group() if process_group is False else process_group
+        if group == "":
+            return cls(embedded_limit, data_bytes=_resident_bytes)
+        return cls()
 
     def full(self) -> bool:
         if self.threshold is None:
