@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from .model import COMPLETED, STOPPED, AnnounceRequest, ClientError, SwarmStats
-from .protocol import PEER_CONFLICT
+from .model import COMPLETED, STOPPED, AnnounceRequest, PeerConflict, SwarmStats
 
 
 class KnownPeer(Protocol):
@@ -42,7 +41,7 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
       was already counted is the store's to know: it counts one per peer (write_through).
     """
     if known is not None and conflicts(known.ip, known.key, request.ip, request.key):
-        raise ClientError(PEER_CONFLICT)
+        raise PeerConflict()
     key = request.key if request.key is not None else (known.key if known is not None else None)
     finished = finishes(request.event is COMPLETED, request.left, known.left if known is not None else None)
     return PeerUpdate(request.event is STOPPED, finished, key)
