@@ -7,7 +7,13 @@ is answered from the view with no database round trip; what it changed waits unt
 flush thread writes every waiting announce, every `sync_interval` seconds and when the
 process exits. XBT and Ocelot do the same (peer-trackers.md section 4); they run one
 process per host. We run two (apache/tracker.conf sends each announce to the one its info
-hash names, so a swarm normally lives in one of them) and several hosts per database, so:
+hash names, so a swarm normally lives in one of them) and several hosts per database.
+
+Who owns what: this module is the coordinator (LiveSwarms: finding, reading and dropping
+views, the locks, the flush cycle, the process's bounds) and the database gate
+(StoreGate). A view and every change to it: view.py. What an announce does to its peer
+(the key rule, the completion rule) and what counts say: swarm.py, whose functions the
+store applies too. The text a refusal is answered with: protocol.py. So:
 
 - A completion (`completed`, or a leecher the view knew reporting left=0) is written
   through and committed before the answer: a killed process never loses one.
@@ -23,19 +29,24 @@ hash names, so a swarm normally lives in one of them) and several hosts per data
   that holds only part of its swarm counts a re-announcing peer it did not hold as new,
   until the next batch corrects it.
 - A silent peer leaves the view's peer lists once it is `peer_timeout` old (checked every
-  PRUNE_SECONDS) and stays in the counts until the refresh expires it, as the original.
-- A view holds at most VIEW_LIMIT peers; beyond that, peers whose announces are already
+  view.PRUNE_SECONDS) and stays in the counts until the refresh expires it, as the original.
+- A view holds at most view.VIEW_LIMIT peers; beyond that, peers whose announces are already
   written make room (they stay in the store and the counts).
 - While the database is down or hung, swarms this process holds go on being answered from
-  memory; only a completion, a swarm it has not read yet and a scrape of one get `retry
-  in`. Requests reach the database through a StoreGate: a short wait, a few threads at a
+  memory; only a completion, a swarm it has not read yet, a peer its view does not hold
+  and a scrape of a swarm it does not hold get `retry in`. Requests reach the database through a StoreGate: a short wait, a few threads at a
   time, and none for a while after it failed.
 - A process killed without warning loses at most its last sync_interval of announces:
   peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
-- The key rule (swarm.plan_announce) is checked before the answer: against the view when
-  it holds the peer, else against the stored row (store.find_peer). Only while the
-  database cannot say is a new peer taken on trust; if the batch then finds the row
-  belongs to another address, the write is set aside and the peer leaves the view.
+- The key rule (swarm.conflicts, through swarm.plan_announce) is checked before every
+  answer: against the view when it holds the peer, else against the stored row
+  (store.find_peer): a peer the view forgot (beyond VIEW_LIMIT) or another process or
+  host took is in the store. While the database cannot say, the announce gets `retry
+  in`, never a success its batch could refuse later. (The store checks the rule again
+  as it writes; only two processes taking one new peer_id from two addresses in the same
+  sync_interval can still meet it there: the later write is set aside.)
+- Refusals are typed (model.UnknownTorrent, PeerConflict, TooManyPeers); `retry in` is
+  limits.Shed or model.StoreUnavailable. wsgi.py answers them; protocol.py says the text.
 - Bounds (limits.Limits, from the config): views, peers held, unwritten announces, peers
   per address in a swarm, completions and (whitelist `open`) new swarms per address and
   minute, and the process's data size against its memory-limit. Past one, new swarms and

@@ -1,7 +1,8 @@
 """The tracker's domain values: what a request asks and what an answer says.
 
 Every value here is frozen and already valid: `protocol.parse_*` builds them from a query
-and refuses anything else with a `ClientError`. Binary fields (info hashes, peer ids, keys,
+and refuses anything else with a `ClientError`. The errors the core and the store raise
+are here too, as types without text (protocol.failure_reason gives each its words). Binary fields (info hashes, peer ids, keys,
 packed addresses) are always `bytes`, never `str`.
 """
 

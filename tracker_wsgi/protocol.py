@@ -4,6 +4,8 @@ bencoded bytes out.
 Rules come from BEP 3 (announce), BEP 7 (IPv6 peers), BEP 21 (partial seeds), BEP 23
 (compact peers), BEP 24 (external ip), BEP 31 (retry in) and BEP 48 (scrape).
 Nothing here reads the clock, a socket, a file or `random`: the caller passes them in.
+This is the edge where a refusal gets its words: the core and the store raise typed
+refusals (model.py), and `failure_reason` chooses the `failure reason` for each.
 """
 
 from __future__ import annotations
