@@ -83,7 +83,7 @@ from .model import (
 )
 from .store import Store
 from .swarm import KnownPeer, PeerUpdate, conflicts, plan_announce
-from .view import SwarmView
+from .view import NOTHING_NEW, SwarmView
 
 VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
@@ -295,10 +295,13 @@ class LiveSwarms:
 
     def _take(self, view: SwarmView, request: AnnounceRequest, write: PeerWrite) -> AnnounceResult:
         """Take an announce into its view and answer it from there (lock held)."""
-        unwritten, joined = view.take(write, self.rng)
-        self._unwritten += unwritten
-        self._held_peers += joined
-        self._dirty[view] = None
+        taken = view.take(write, self.rng)
+        # A view with pending announces is in _dirty already (or in the batch under way,
+        # which takes its whole pending), so only a first one since the last batch marks it.
+        if taken is not NOTHING_NEW:
+            self._unwritten += taken[0]
+            self._held_peers += taken[1]
+            self._dirty[view] = None
         # Only a leecher wants seeds: a seed or a partial seed has nothing to download.
         peers = view.sample(write.peer_id, write.state is LEECHER, request.numwant, self.rng,
                             request.compact) if request.numwant else []

@@ -29,6 +29,7 @@ from .swarm import swarm_stats
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 PRUNE_SECONDS = 60  # how often a view drops its silent peers
 ROOM_TRIES = 4  # random draws per announce to find a written peer that makes room
+NOTHING_NEW = (0, 0)  # what SwarmView.take returns for nearly every announce: no new unwritten announce, no new peer
 
 
 class Member(NamedTuple):
@@ -212,7 +213,7 @@ class SwarmView:
         self._used_at = write.last_seen
         if joins and len(members) > VIEW_LIMIT:
             self.make_room(VIEW_LIMIT, rng)
-        return added, joins
+        return NOTHING_NEW if not (added or joins) else (added, joins)
 
     def completion_counted(self, downloaded: int) -> None:
         """The store counted a completion and says the swarm's `downloaded` now."""
