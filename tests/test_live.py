@@ -1,11 +1,11 @@
-"""A swarm's view in memory (tracker_wsgi/live.py), without a store."""
+"""A swarm's view in memory (tracker_wsgi/view.py), without a store."""
 
 from __future__ import annotations
 
 import random
 
 from conftest import pid
-from tracker_wsgi.live import Swarm
+from tracker_wsgi.view import SwarmView
 from tracker_wsgi.model import PeerState, PeerWrite
 
 V4 = bytes([192, 0, 2, 1])
@@ -18,14 +18,14 @@ def write(n: int, state: PeerState, stopped: bool = False) -> PeerWrite:
 def test_samples_never_hold_the_asker_or_a_peer_twice_and_seeds_get_only_leechers():
     rng = random.Random(3)
     for _ in range(300):
-        swarm = Swarm(1)
+        swarm = SwarmView(1)
         leechers, seeds = rng.randrange(0, 60), rng.randrange(0, 60)
         states = {n: PeerState.LEECHER for n in range(leechers)}
         states |= {n: rng.choice([PeerState.SEED, PeerState.PARTIAL_SEED]) for n in range(leechers, leechers + seeds)}
         for n, state in states.items():
-            swarm.apply(write(n, state))
+            swarm.take(write(n, state), rng)
         for n in rng.sample(sorted(states), min(5, len(states))):  # some leave: pools reorder
-            swarm.apply(write(n, states.pop(n), stopped=True))
+            swarm.take(write(n, states.pop(n), stopped=True), rng)
         for _ in range(10):
             asker = rng.choice([*states, 999])  # 999: not in the swarm
             numwant = rng.randrange(1, 80)
@@ -41,10 +41,10 @@ def test_samples_never_hold_the_asker_or_a_peer_twice_and_seeds_get_only_leecher
 
 
 def test_a_large_swarm_is_sampled_from_everywhere():
-    swarm = Swarm(1)
-    for n in range(500):
-        swarm.apply(write(n, PeerState.LEECHER if n % 2 else PeerState.SEED))
+    swarm = SwarmView(1)
     rng = random.Random(5)
+    for n in range(500):
+        swarm.take(write(n, PeerState.LEECHER if n % 2 else PeerState.SEED), rng)
     seen = set()
     for _ in range(200):
         seen |= {p.peer_id for p in swarm.sample(pid(1), True, 50, rng, compact=False)}

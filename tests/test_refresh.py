@@ -23,7 +23,7 @@ from conftest import announce_query, decode, ih, pid
 from tracker_wsgi import refresh as refresh_module
 from tracker_wsgi.config import Config
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.model import AnnounceRequest, ClientError, Event
+from tracker_wsgi.model import AnnounceRequest, Event, UnknownTorrent
 from tracker_wsgi.protocol import UNKNOWN_TORRENT
 from tracker_wsgi.refresh import BackgroundRefresh, RefreshBusy, RefreshReport, refresh
 from tracker_wsgi.store import open_store
@@ -161,9 +161,8 @@ def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
     assert (report.removed, report.torrents) == (1, 1)
     assert count_peers(store) == 1
     assert set(store.scrape([gone, kept], NOW + 20)) == {kept}
-    with pytest.raises(ClientError) as err:
+    with pytest.raises(UnknownTorrent):
         announce_written(store, ann(gone, 1), NOW + 30)
-    assert err.value.reason == UNKNOWN_TORRENT
     assert "Gone" not in (output / "bt_stats.inc").read_text()
     assert "gone.torrent" not in (output / "bt_rss.inc").read_text()
 

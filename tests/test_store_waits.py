@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ih, pid
 from test_e2e_apache import PrivateMariadb
+from tracker_wsgi.limits import Shed
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, PeerState, PeerWrite, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store
@@ -93,7 +94,9 @@ def test_sqlite_locked_by_another_process_is_unavailable_within_the_wait(sqlite_
 
 
 def test_sqlite_a_batch_the_store_cannot_take_stays_pending(sqlite_url):
-    """LiveSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it."""
+    """LiveSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it. A
+    peer the view holds goes on being answered meanwhile; a new one gets `retry in` (the
+    key rule cannot be checked against the store)."""
     store = opened(sqlite_url, 0.5)
     swarms = LiveSwarms(store, 2, clock=lambda: NOW)
     swarms.announce(ann(1), NOW)
@@ -101,11 +104,14 @@ def test_sqlite_a_batch_the_store_cannot_take_stays_pending(sqlite_url):
     process = holder(f"import fcntl; f = open({path + '-writer'!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)")
     try:
         timed_unavailable(swarms.flush)
-        swarms.announce(ann(2), NOW)
+        swarms.announce(ann(1)._replace(left=50), NOW)
+        with pytest.raises(Shed):
+            swarms.announce(ann(2), NOW)
     finally:
         release(process)
-    assert swarms.flush() == 2
-    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
+    assert swarms.flush() == 1
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
+    assert store.find_peer(1, pid(1)).left == 50  # the re-announce was written
 
 
 # -- MariaDB -------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ import ipaddress
 import pytest
 
 from conftest import ih, pid
-from tracker_wsgi.model import AnnounceRequest, ClientError, Event, PeerState
-from tracker_wsgi.protocol import PEER_CONFLICT
+from tracker_wsgi.model import AnnounceRequest, Event, PeerConflict, PeerState
 from typing import NamedTuple
 
 from tracker_wsgi.swarm import PeerUpdate, plan_announce, swarm_stats
@@ -48,7 +47,7 @@ def update(*, remove=False, counts=False, key=None) -> PeerUpdate:
 # --------------------------------------------------------------------------------------
 
 CONFLICT_CASES = [
-    # (id, announce, stored peer): all refused with PEER_CONFLICT
+    # (id, announce, stored peer): all refused with PeerConflict
     ("another IP, different key", request(ip=ELSEWHERE, key=b"other"), stored(key=b"secret")),
     ("another IP, no key", request(ip=ELSEWHERE), stored(key=b"secret")),
     ("another IP, peer registered no key", request(ip=ELSEWHERE, key=b"guess"), stored()),
@@ -63,9 +62,8 @@ CONFLICT_CASES = [
 def test_announce_from_another_ip_without_the_peers_key_is_refused(announce, peer):
     """BEP 3 `key`: only the registered key lets a known peer_id move to another address,
     so nobody can stop or move someone else's peer."""
-    with pytest.raises(ClientError) as exc:
+    with pytest.raises(PeerConflict):
         plan_announce(announce, peer)
-    assert exc.value.reason == PEER_CONFLICT
 
 
 ACCEPTED_CASES = [

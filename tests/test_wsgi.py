@@ -24,8 +24,9 @@ import pytest
 from conftest import announce_query, decode, ih, pid
 from tracker_wsgi import config as config_module
 from tracker_wsgi.faultlog import FaultLog
-from tracker_wsgi.model import Torrent
+from tracker_wsgi.model import StoreUnavailable, Torrent
 from tracker_wsgi.protocol import (
+    BUSY,
     FULL_SCRAPE_DISABLED,
     METHOD_NOT_ALLOWED,
     SERVER_FAULT,
@@ -330,6 +331,22 @@ def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_ap
     assert level == "ERROR"
     assert logged.startswith("unexpected fault answering a request:\nTraceback (most recent call last)")
     assert "RuntimeError: database on fire at /var/lib/secret/path" in logged
+
+
+def test_a_peer_the_view_lacks_while_the_database_cannot_say_gets_retry_in(make_app, monkeypatch):
+    """The key rule cannot be checked: no success that a batch could refuse later, but a
+    bencoded `retry in` (BEP 31). A peer the view holds is answered as ever."""
+    app, tracker = make_app()
+    register(tracker, 1)
+    assert b"interval" in announce(app, 1).decoded
+
+    def hung(torrent_id, peer_id):
+        raise StoreUnavailable("hung")
+
+    monkeypatch.setattr(tracker.store, "find_peer", hung)
+    answer = announce(app, 2)
+    assert (answer.status, answer.decoded) == ("200 OK", failure(BUSY, 1))
+    assert b"interval" in announce(app, 1).decoded
 
 
 class FakeClock:

@@ -1,7 +1,8 @@
 """The tracker's domain values: what a request asks and what an answer says.
 
 Every value here is frozen and already valid: `protocol.parse_*` builds them from a query
-and refuses anything else with a `ClientError`. Binary fields (info hashes, peer ids, keys,
+and refuses anything else with a `ClientError`. The errors the core and the store raise
+are here too, as types without text (protocol.failure_reason gives each its words). Binary fields (info hashes, peer ids, keys,
 packed addresses) are always `bytes`, never `str`.
 """
 
@@ -14,15 +15,35 @@ from typing import NamedTuple
 
 
 class ClientError(Exception):
-    """A failure the client caused; its text is sent as the bencoded `failure reason`.
+    """A failure the client caused: it is answered with a bencoded `failure reason`.
 
-    Messages are fixed strings (module constants at the raise sites), never request data,
-    so nothing a client sends is ever echoed back or logged as an error.
+    The core and the store raise the typed refusals below, which carry no text: the
+    protocol edge chooses the text for each type (protocol.failure_reason). Only the edge
+    itself (protocol.py's parsing, wsgi.py's routes) raises a ClientError with its text.
+    Texts are fixed strings, never request data, so nothing a client sends is ever echoed
+    back or logged as an error.
     """
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str = ""):
         super().__init__(reason)
         self.reason = reason
+
+
+class UnknownTorrent(ClientError):
+    """The info hash names no registered torrent (and the store registers none)."""
+
+
+class PeerConflict(ClientError):
+    """The key rule (swarm.conflicts): the peer_id is held by another address, and the
+    announce does not carry the key it registered."""
+
+
+class TooManyPeers(ClientError):
+    """The announcing address holds its share of the swarm's peers (limits.Limits)."""
+
+
+class TrackerFull(ClientError):
+    """Whitelist mode `open`: the store holds all the torrents it may, and registers none."""
 
 
 class StoreUnavailable(Exception):

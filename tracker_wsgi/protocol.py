@@ -4,6 +4,8 @@ bencoded bytes out.
 Rules come from BEP 3 (announce), BEP 7 (IPv6 peers), BEP 21 (partial seeds), BEP 23
 (compact peers), BEP 24 (external ip), BEP 31 (retry in) and BEP 48 (scrape).
 Nothing here reads the clock, a socket, a file or `random`: the caller passes them in.
+This is the edge where a refusal gets its words: the core and the store raise typed
+refusals (model.py), and `failure_reason` chooses the `failure reason` for each.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from urllib.parse import unquote_to_bytes
 
 from bencoder import bencode
 
-from .model import STOPPED, AnnounceRequest, AnnounceResult, ClientError, Event, Peer, SwarmStats
+from .model import (
+    STOPPED,
+    AnnounceRequest,
+    AnnounceResult,
+    ClientError,
+    Event,
+    Peer,
+    PeerConflict,
+    SwarmStats,
+    TooManyPeers,
+    TrackerFull,
+    UnknownTorrent,
+)
 from .netaddr import pack_ip, unpack_ip
 
 # Limits, each with the reason it exists.
@@ -51,6 +65,21 @@ SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
 BUSY = "The tracker is busy; please retry later."
 TOO_MANY_PEERS = "Too many peers from your address in this swarm."
 TRACKER_FULL = "This tracker is full: it takes no new torrents now."
+
+# The text of each typed refusal the core and the store raise (model.py): chosen here, at
+# the edge, and nowhere else.
+FAILURE_REASONS: dict[type[ClientError], str] = {
+    UnknownTorrent: UNKNOWN_TORRENT,
+    PeerConflict: PEER_CONFLICT,
+    TooManyPeers: TOO_MANY_PEERS,
+    TrackerFull: TRACKER_FULL,
+}
+
+
+def failure_reason(error: ClientError) -> str:
+    """The `failure reason` to answer a ClientError with: its type's text, or the text an
+    edge module raised it with."""
+    return FAILURE_REASONS.get(type(error)) or error.reason
 
 
 def _missing_or_bad(name: str) -> str:

@@ -1,20 +1,24 @@
 """Swarm rules: what one announce does to the peer it comes from, and what a swarm's counts
-say. Pure.
+say. Pure: each rule is one function here, and everything that applies it calls it.
 
-tracker_wsgi/live.py asks `plan_announce` what an announce does, given what its view knows
-of the peer; the store checks the key rule again against the stored row.
+- The key rule: `conflicts`. live.py applies it (through `plan_announce`) before every
+  answer, against the view's member or the stored row; the store applies it again as it
+  writes (store/sql.py).
+- The completion rule: `finishes`. live.py applies it before the answer (a completion is
+  written through); the store's batches apply it to a stored leecher that reports left=0.
+- What a swarm's counts say: `swarm_stats`. How the counts move with one announce is the
+  view's (view.SwarmView._move); the store recounts from its rows every batch.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from .model import COMPLETED, STOPPED, AnnounceRequest, ClientError, SwarmStats
-from .protocol import PEER_CONFLICT
+from .model import COMPLETED, STOPPED, AnnounceRequest, PeerConflict, SwarmStats
 
 
 class KnownPeer(Protocol):
-    """What a view knows of the peer an announce comes from (live.Member is one)."""
+    """What a view knows of the peer an announce comes from (view.Member is one)."""
 
     @property
     def ip(self) -> bytes: ...
@@ -42,7 +46,7 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
       was already counted is the store's to know: it counts one per peer (write_through).
     """
     if known is not None and conflicts(known.ip, known.key, request.ip, request.key):
-        raise ClientError(PEER_CONFLICT)
+        raise PeerConflict()
     key = request.key if request.key is not None else (known.key if known is not None else None)
     finished = finishes(request.event is COMPLETED, request.left, known.left if known is not None else None)
     return PeerUpdate(request.event is STOPPED, finished, key)

@@ -39,6 +39,7 @@ from .protocol import (
     encode_announce,
     encode_failure,
     encode_scrape,
+    failure_reason,
     jittered_interval,
     parse_announce,
     parse_query,
@@ -159,7 +160,7 @@ class Tracker:
                 raise ClientError(UNKNOWN_PATH)
             return route(environ)
         except ClientError as exc:
-            return self.failure(exc.reason)
+            return self.failure(failure_reason(exc))
         except Shed:
             return self.failure(BUSY, RETRY_IN_MINUTES)
         except StoreUnavailable:

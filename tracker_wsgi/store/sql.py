@@ -22,6 +22,7 @@ from ..model import (
     KEY_RULE_REFUSED,
     BatchResult,
     ClientError,
+    PeerConflict,
     PeerState,
     PeerWrite,
     SetAside,
@@ -32,8 +33,9 @@ from ..model import (
     SwarmWritten,
     Torrent,
     TorrentReport,
+    TrackerFull,
+    UnknownTorrent,
 )
-from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
 from ..swarm import conflicts, finishes, swarm_stats
 from . import schema
 from .schema import SchemaChange, SchemaError, describe
@@ -371,7 +373,7 @@ class SqlStore:
         if snapshot is not None:
             return snapshot
         if not self.register_unknown:
-            raise ClientError(UNKNOWN_TORRENT)
+            raise UnknownTorrent()
 
         def register(cur: Any) -> int:
             cur.execute(self.FIND_TORRENT, (info_hash,))
@@ -379,12 +381,12 @@ class SqlStore:
             if row:
                 return row[0]
             if not self._room_for_a_torrent(cur):
-                raise ClientError(TRACKER_FULL)
+                raise TrackerFull()
             return self._insert_torrent(cur, Torrent(info_hash, None, "", 0), now)
 
         snapshot = self.load_swarm(self._transaction(register), now, limit)
         if snapshot is None:  # unregistered again at once
-            raise ClientError(UNKNOWN_TORRENT)
+            raise UnknownTorrent()
         return snapshot
 
     def _room_for_a_torrent(self, cur: Any) -> bool:
@@ -436,12 +438,12 @@ class SqlStore:
             cur.execute(self.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
             row = cur.fetchone()
             if row is None:
-                raise ClientError(UNKNOWN_TORRENT)
+                raise UnknownTorrent()
             downloaded = row[0]
             cur.execute(self.STORED_PEER, (torrent_id, write.peer_id))
             stored = cur.fetchone()
             if stored is not None and _conflicts(stored[0], stored[1], write):
-                raise ClientError(PEER_CONFLICT)
+                raise PeerConflict()
             self._upsert(cur, [(torrent_id, write)])
             # The counters move with the row at once, so a swarm read by another thread or
             # process agrees with its peers; the next batch recounts anyway.
