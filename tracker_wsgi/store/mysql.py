@@ -78,6 +78,7 @@ _UPDATE_PEER = ", ".join(
 
 
 class MysqlDialect(Dialect):
+    placeholder = "%s"  # mysql-connector's paramstyle
     lock_rows = " FOR UPDATE"
     by_primary_key = " FORCE INDEX (PRIMARY)"
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -104,7 +105,7 @@ class MysqlDialect(Dialect):
 
     @staticmethod
     def pairs(n: int) -> str:
-        return ", ".join(["(?, ?)"] * n)
+        return ", ".join(["(%s, %s)"] * n)
 
     @staticmethod
     def upsert_peers(n: int) -> str:
@@ -112,15 +113,6 @@ class MysqlDialect(Dialect):
             f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES {', '.join([_PEER_ROW] * n)} "
             f"ON DUPLICATE KEY UPDATE {_UPDATE_PEER}"
         )
-
-
-def _placeholders(value: Any) -> Any:
-    """`?` -> `%s` (the connector's paramstyle) in a statement, or a tuple or dict of them."""
-    if isinstance(value, str):
-        return value.replace("?", "%s")
-    if isinstance(value, dict):
-        return {k: _placeholders(v) for k, v in value.items()}
-    return tuple(_placeholders(v) for v in value)
 
 
 class MysqlStore(SqlStore):
@@ -164,12 +156,3 @@ class MysqlStore(SqlStore):
 
     def _is_unavailable(self, exc: BaseException) -> bool:
         return _connection_failed(exc) or getattr(exc, "errno", None) in _UNAVAILABLE_ERRNOS
-
-    @staticmethod
-    def _sql(statement: str) -> str:
-        return _placeholders(statement)
-
-
-# The shared statements are written with `?`; convert them once, at import.
-for _name in [n for n in vars(SqlStore) if n.isupper()]:
-    setattr(MysqlStore, _name, _placeholders(getattr(MysqlStore, _name)))
