@@ -165,7 +165,6 @@ class BackgroundRefresh:
         except Exception:
             _log.exception("background refresh failed:")
         finally:
-            self.store.close()  # this thread's connection
             self._running.release()
 
 

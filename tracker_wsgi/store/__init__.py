@@ -10,9 +10,10 @@ The tables come from one source, schema.sql, and carry their version (schema.py)
 `create_tables` creates them, or migrates a database an earlier release made.
 
 The contract every implementation keeps (tests/test_store_contract.py runs it on both):
-- Connections are per thread and made on first use; a connection the server dropped is
-  replaced and the work retried once, so a database restart costs only the requests that
-  arrive while it is down.
+- A store opens at most `pool_size` connections per process, whatever the number of
+  threads (pool.py), each lent to one transaction at a time and kept open between them; a
+  connection the server dropped is replaced and the work retried once, so a database
+  restart costs only the requests that arrive while it is down.
 - No call waits for the database much longer than the store's `wait_seconds`: one that
   cannot reach it, or times out, raises StoreUnavailable (model.py).
 - Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
@@ -48,7 +49,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..config import Config, ConfigError
 from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
 from .schema import SchemaChange
-from .sql import OPEN_MAX_TORRENTS
+from .sql import OPEN_MAX_TORRENTS, POOL_SIZE
 
 # How long bringing the schema up to date may take (a migration of a large table, or the
 # wait for another process doing one): longer than any request waits for the database.
@@ -144,13 +145,13 @@ class Store(Protocol):
         """Close this thread's connection."""
 
 
-def open_configured(config: Config, wait_seconds: float = 30.0) -> Store:
+def open_configured(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
     """The store a config names, its schema brought up to date (migrate). Raises ConfigError
     with one line."""
     migrate(config)
     try:
         return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
-                          config.open_max_torrents)
+                          config.open_max_torrents, pool_size)
     except ValueError as exc:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
 
@@ -161,7 +162,7 @@ def migrate(config: Config) -> SchemaChange:
     ConfigError with one line for what only the admin can fix, StoreUnavailable when the
     database cannot be reached (or another process is migrating it) now."""
     try:
-        store = open_store(config.database, config.peer_timeout, wait_seconds=MIGRATION_WAIT_SECONDS)
+        store = open_store(config.database, config.peer_timeout, wait_seconds=MIGRATION_WAIT_SECONDS, pool_size=1)
         try:
             return store.create_tables()
         finally:
@@ -180,18 +181,20 @@ def masked(url: str) -> str:
 
 
 def open_store(url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
-               open_max_torrents: int = OPEN_MAX_TORRENTS) -> Store:
+               open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE) -> Store:
     """The store a database URL names. Raises ValueError with a one-line reason.
 
     wait_seconds: about the longest a call waits for the database before it raises
-    StoreUnavailable (the announce path wants a second or two, a batch writer more)."""
+    StoreUnavailable (the announce path wants a second or two, a batch writer more).
+    pool_size: the most connections the store opens in this process, however many threads
+    call it (pool.py); a call finding them all lent waits for one (up to wait_seconds)."""
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+        return SqliteStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
     if scheme == "mysql":
         from .mysql import MysqlStore
 
-        return MysqlStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+        return MysqlStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
     raise ValueError(f"unknown database URL scheme {scheme!r}: use sqlite:/// or mysql://")

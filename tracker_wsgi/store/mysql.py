@@ -1,8 +1,8 @@
 """The production store: MySQL or MariaDB through mysql-connector-python's C extension.
 
 Several Apache hosts may share one database; every front end is stateless, so a peer
-announced to one host is handed out by another. One connection per daemon thread,
-persistent (the Apache::DBI equivalent), replaced when the server has dropped it.
+announced to one host is handed out by another. A few connections per store and process
+(pool.py), persistent (the Apache::DBI equivalent), replaced when the server has dropped one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from mysql.connector import errorcode, errors
 
 from ..model import StoreUnavailable
 from .mysql_settings import connect_args
-from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
+from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
 
@@ -119,8 +119,8 @@ class MysqlStore(SqlStore):
     dialect = MysqlDialect
 
     def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
-                 open_max_torrents: int = OPEN_MAX_TORRENTS):
-        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+                 open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE):
+        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
         self.args = connect_args(url)
         self.timeouts = timeouts(wait_seconds)
 
@@ -156,3 +156,6 @@ class MysqlStore(SqlStore):
 
     def _is_unavailable(self, exc: BaseException) -> bool:
         return _connection_failed(exc) or getattr(exc, "errno", None) in _UNAVAILABLE_ERRNOS
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        return _connection_failed(exc)

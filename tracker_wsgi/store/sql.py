@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import __version__
 from ..limits import OPEN_MAX_TORRENTS  # noqa: F401 - the stores import their default from here
@@ -36,6 +36,7 @@ from ..model import (
 from ..protocol import PEER_CONFLICT, TRACKER_FULL, UNKNOWN_TORRENT
 from ..swarm import conflicts, finishes, swarm_stats
 from . import schema
+from .pool import ConnectionPool
 from .schema import SchemaChange, SchemaError, describe
 
 T = TypeVar("T")
@@ -104,6 +105,10 @@ class Dialect:
         """Give it back (a connection that closes gives it back too)."""
 
 
+# Connections a store keeps per process (pool.py), unless its opener says otherwise: enough
+# for a store used by a thread or two (the CLI; a flush thread and a refresh). The requests'
+# store has live.DB_WAITERS (wsgi.py): no more request threads than that call it at once.
+POOL_SIZE = 2
 BATCH_ROWS = 500  # rows per statement in a batch write
 # Every sum of what clients report (a torrent's bytes transferred, its peers' bytes left)
 # saturates here: 2 EiB, 2048 peers at protocol.COUNTER_CAP. Two of them added still fit
@@ -129,6 +134,13 @@ def _rendered(text: Any, dialect: type[Dialect]) -> Any:
     if isinstance(text, dict):
         return {k: _rendered(v, dialect) for k, v in text.items()}
     return tuple(_rendered(v, dialect) for v in text)
+
+
+class Connection(NamedTuple):
+    """A database connection and the one cursor it keeps for its life."""
+
+    conn: Any
+    cursor: Any
 
 
 class Statements:
@@ -283,18 +295,25 @@ class Statements:
 class SqlStore:
     dialect = Dialect
 
-    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int):
+    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int,
+                 pool_size: int):
         self.peer_timeout = peer_timeout
         self.register_unknown = register_unknown
         self.wait_seconds = wait_seconds  # the longest a store call waits for the database
         self.open_max_torrents = open_max_torrents
         self.sql = Statements(self.dialect)
         self._torrents_counted = (0, float("-inf"))  # (count, time.monotonic() then)
-        self._local = threading.local()
-        # For the metrics (metrics.py): statements and connections that failed, and connections
-        # made again in a thread whose connection failed. Counted under a lock: rare paths.
-        self.errors = self.reconnects = 0
+        self._pool: ConnectionPool[Connection] = ConnectionPool(self._open, self._close_quietly, pool_size,
+                                                                wait_seconds)
+        # For the metrics (metrics.py): statements and connections that failed. Counted
+        # under a lock: a rare path.
+        self.errors = 0
         self._counting = threading.Lock()
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made again after one failed (metrics.py)."""
+        return self._pool.reconnects
 
     # -- connection handling: subclasses implement these four --------------------------
 
@@ -316,68 +335,85 @@ class SqlStore:
     def _end(self, conn: Any, read_only: bool) -> None:
         conn.commit()
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            if getattr(self._local, "failed", False):
-                self._local.failed = False
-                with self._counting:
-                    self.reconnects += 1
-            # One cursor for the connection's life: the MySQL connector pings the server
-            # (a round trip) every time a cursor is made.
-            self._local.cursor = conn.cursor()
-        return conn
+    def _is_lost(self, exc: BaseException) -> bool:
+        """True when the error says the connection itself is gone (the pool's idle ones are
+        then closed too). A database with no server to lose (SQLite) keeps this."""
+        return False
+
+    def _open(self) -> Connection:
+        # One cursor for the connection's life: the MySQL connector pings the server (a
+        # round trip) every time a cursor is made.
+        conn = self._connect()
+        return Connection(conn, conn.cursor())
+
+    def _disconnect(self, conn: Any) -> None:
+        conn.close()
+
+    def _close_quietly(self, connection: Connection) -> None:
+        try:
+            self._disconnect(connection.conn)
+        except Exception:  # closing a dead connection may fail; it is gone either way
+            pass
 
     def close(self) -> None:
-        conn, self._local.conn, self._local.cursor = getattr(self._local, "conn", None), None, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # closing a dead connection may fail; it is gone either way
-                pass
+        self._pool.close()
 
     def connection_type(self) -> str:
-        return type(self._connection()).__name__
+        connection = self._pool.borrow()
+        self._pool.give_back(connection)
+        return type(connection.conn).__name__
 
     def _read(self, work: Callable[[Any], T]) -> T:
         """A transaction that only reads (where the database can, it runs beside the writer)."""
         return self._transaction(work, read_only=True)
 
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
-        """Run `work(cursor)` in one transaction; on a dropped connection, a deadlock or a
-        racing insert, start over once on a fresh connection. Every caller's work is
-        idempotent when repeated whole (completions are guarded per peer).
+        """Run `work(cursor)` in one transaction, on a connection borrowed from the pool for
+        it; on a dropped connection, a deadlock or a racing insert, start over once on
+        another (a fresh one, if the connection was lost). Every caller's work is idempotent
+        when repeated whole (completions are guarded per peer). `work` never calls the
+        store: a transaction holds one connection, never two.
 
         Raises StoreUnavailable when the database cannot be used now: no connection can be
-        made (not retried: it would only wait again), or the error says so, after the retry
-        if there was one. Any other error is raised as it is: something in the work is wrong."""
+        made (not retried: it would only wait again), every connection stayed lent for
+        wait_seconds, or the error says so, after the retry if there was one. Any other
+        error is raised as it is: something in the work is wrong."""
         for attempt in (1, 2):
             try:
-                conn = self._connection()
+                connection = self._pool.borrow()
+            except StoreUnavailable:
+                raise
             except Exception as exc:
                 self._failed()
                 raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            conn, cursor = connection
             try:
                 self._begin(conn, read_only)
-                result = work(self._local.cursor)
+                result = work(cursor)
                 self._end(conn, read_only)
-                return result
             except ClientError:
-                conn.rollback()
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._pool.discard(connection, lost=True)
+                else:
+                    self._pool.give_back(connection)
                 raise
-            except Exception as exc:
-                self.close()
+            except BaseException as exc:  # not only Exception: a connection mid-transaction is never lent again
+                self._pool.discard(connection, self._is_lost(exc))
+                if not isinstance(exc, Exception):
+                    raise
                 self._failed()
                 if attempt == 1 and self._is_transient(exc):
                     continue
                 if self._is_unavailable(exc):
                     raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
                 raise
+            self._pool.give_back(connection)
+            return result
         raise AssertionError("unreachable")
 
     def _failed(self) -> None:
-        self._local.failed = True
         with self._counting:
             self.errors += 1
 
