@@ -56,12 +56,15 @@ from .sql import OPEN_MAX_TORRENTS, POOL_SIZE
 MIGRATION_WAIT_SECONDS = 300.0
 
 
-class Store(Protocol):
-    peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
+class AnnounceStore(Protocol):
+    """The store as the announce path uses it: live.LiveSwarms (its requests' calls through
+    the StoreGate, its flush thread's batches) and wsgi.py's announce and scrape. Every call
+    is short, and the answers of most announces never reach it."""
 
-    def create_tables(self) -> SchemaChange:
-        """Bring the database to this release's schema: create the tables, or migrate those of
-        an earlier release. Safe to repeat, from any number of processes and hosts at once."""
+    peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
+    register_unknown: bool  # whitelist mode `open`: find_swarm registers an unknown hash
+    errors: int  # statements and connections that failed (metrics.py)
+    reconnects: int  # connections made again after one failed (metrics.py)
 
     def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
         """The swarm an info hash names, as load_swarm reads it, in one read; raises
@@ -90,6 +93,24 @@ class Store(Protocol):
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
         """Stats of every torrent, keyed by every hash that names it."""
 
+    def connection_type(self) -> str:
+        """Class name of the store's database connections (shows the MySQL C extension)."""
+
+    def close(self) -> None:
+        """Close the connections not lent at the moment; the store stays usable (the next
+        call connects again)."""
+
+
+class Catalog(Protocol):
+    """The store as the catalog's keepers use it: the refresh (refresh.py: the torrent
+    directory's scan, expiry, the stats page and feed rendered from `report` and `history`)
+    and the CLI (cli.py: add, list, remove, status, migrate). Calls may be long (a first scan
+    registers a whole directory); none is on an announce's path."""
+
+    def create_tables(self) -> SchemaChange:
+        """Bring the database to this release's schema: create the tables, or migrate those of
+        an earlier release. Safe to repeat, from any number of processes and hosts at once."""
+
     def register(self, torrent: Torrent, now: int) -> bool:
         """Register a torrent under all its hashes; False if one of them is already known."""
 
@@ -99,14 +120,15 @@ class Store(Protocol):
     def unregister(self, info_hashes: Iterable[bytes]) -> int:
         """Remove the torrents these hashes name, with all their peers; returns how many."""
 
+    def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
+        """As AnnounceStore.scrape: the CLI asks which of a torrent's hashes the store knows."""
+
     def expire_peers(self, now: int) -> int:
         """Delete peers silent longer than the peer timeout; returns how many."""
 
     def remove_idle_open_torrents(self, now: int) -> int:
         """Remove the torrents announces registered (whitelist `open`) that have no peers and
         were added more than the peer timeout ago; returns how many."""
-
-    # -- refresh (tracker_wsgi/refresh.py); not on the announce path -----------------------
 
     def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
         """Take the one refresh lock for `lease` seconds; False if someone else holds it."""
@@ -138,11 +160,14 @@ class Store(Protocol):
     def history(self, since: int) -> list[tuple[int, int, int]]:
         """History samples (time, seeds, leechers) since a time, oldest first."""
 
-    def connection_type(self) -> str:
-        """Class name of this thread's database connection (shows the MySQL C extension)."""
-
     def close(self) -> None:
-        """Close this thread's connection."""
+        """As AnnounceStore.close."""
+
+
+class Store(AnnounceStore, Catalog, Protocol):
+    """Both, as open_store returns them (one implementation, sql.SqlStore, keeps both). A
+    tracker process holds it whole (wsgi.py): its batch store writes the batches and runs
+    the web and background refresh, and /health reads last_refresh through the requests'."""
 
 
 def open_configured(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
