@@ -15,9 +15,10 @@ connection. One that failed is closed, not returned; when the failure says the c
 was lost (a restart, wait_timeout), the idle ones are closed too, since they are likely lost
 as well, so the store's one retry runs on a fresh connection.
 
-Why at most `size`: a new connection is made only by a borrower holding one of the `size`
-slots that finds no idle connection, so every open connection is either idle or held by a
-slot holder, and a connection being made is counted against its maker's slot.
+Why never more than `size` open: a connection is made only by a borrower that holds one of
+the `size` slots and found no idle connection. Then every open connection is lent to another
+slot holder, and each other holder has at most one (lent, or being made), so with the new
+one there are at most as many as slots held.
 """
 
 from __future__ import annotations
