@@ -1,4 +1,6 @@
-"""The store: where swarms and peers live. One small interface, two implementations.
+"""The store: where swarms and peers live. Two small interfaces, by who uses them
+(AnnounceStore: the announce path; Catalog: the refresh and the CLI), and two
+implementations of both (Store), which share their SQL (sql.py).
 
 `open_store(url)` picks the implementation from the URL scheme, once, at start-up:
   sqlite:///absolute/path.sqlite        embedded default (stdlib sqlite3, WAL)
