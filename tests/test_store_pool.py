@@ -234,3 +234,32 @@ def test_connection_type_gives_its_connection_back(store_url):
 def store_url(request):
     return request.getfixturevalue(f"{request.param}_url")
 
+
+
+def test_a_call_finding_every_connection_lent_is_unavailable_within_the_wait(store_url):
+    """The store's bounded wait holds for its pool too: a call that cannot borrow a
+    connection raises StoreUnavailable after wait_seconds, and the store goes on working."""
+    wait = 0.5
+    store = open_store(store_url, TIMEOUT, pool_size=1, wait_seconds=wait)
+    store.create_tables()
+    store.register(Torrent(ih(1), None, "one", 1000), NOW)
+    lent, release = threading.Event(), threading.Event()
+
+    def hold(cur) -> None:
+        lent.set()
+        release.wait(10)
+
+    holder = threading.Thread(target=lambda: store._read(hold))
+    holder.start()
+    try:
+        assert lent.wait(10)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="busy"):
+            store.scrape([ih(1)], NOW)
+        assert wait - 0.05 <= time.monotonic() - started < wait + SLACK
+    finally:
+        release.set()
+        holder.join()
+    assert ih(1) in store.scrape([ih(1)], NOW)
+    assert store.errors == 0  # a wait for a connection is not a database error
+    store.close()
