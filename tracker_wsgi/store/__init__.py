@@ -66,7 +66,10 @@ class AnnounceStore(Protocol):
     peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
     register_unknown: bool  # whitelist mode `open`: find_swarm registers an unknown hash
     errors: int  # statements and connections that failed (metrics.py)
-    reconnects: int  # connections made again after one failed (metrics.py)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made again after one failed (metrics.py)."""
 
     def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
         """The swarm an info hash names, as load_swarm reads it, in one read; raises
