@@ -350,10 +350,13 @@ class SqlStore:
         conn.close()
 
     def _close_quietly(self, connection: Connection) -> None:
-        try:
-            self._disconnect(connection.conn)
-        except Exception:  # closing a dead connection may fail; it is gone either way
-            pass
+        # The cursor first: a statement still open keeps a closed SQLite connection (its
+        # transaction, its WAL) alive until the cursor is collected.
+        for close in (connection.cursor.close, lambda: self._disconnect(connection.conn)):
+            try:
+                close()
+            except Exception:  # closing a dead connection may fail; it is gone either way
+                pass
 
     def close(self) -> None:
         self._pool.close()
