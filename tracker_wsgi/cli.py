@@ -46,7 +46,7 @@ from .metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
 from .model import Torrent, TorrentReport
 from .refresh import STATS_FILE, RefreshBusy, refresh, terminal_progress
 from .render import human_bytes
-from .store import Store, masked, migrate, open_configured, open_store
+from .store import Catalog, masked, migrate, open_configured, open_store
 from .store.schema import describe
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
@@ -93,7 +93,7 @@ def sqlite_path(config: Config) -> str | None:
 
 # -- opening the store ---------------------------------------------------------------------
 
-def open_checked(options: Options, config: Config, creates: bool, writes_output: bool = False) -> Store:
+def open_checked(options: Options, config: Config, creates: bool, writes_output: bool = False) -> Catalog:
     """The configured store, its tables created. Refuses as root what would leave files
     the tracker's user cannot write; `creates` False: never creates a missing SQLite file.
     Any failure to reach the database is one line naming the config file and the key."""
@@ -398,7 +398,7 @@ def hashes_of_file(path: str | None) -> tuple[bytes, ...]:
         return ()
 
 
-def find_torrent(store: Store, config: Config, target: str, now: int) -> tuple[TorrentReport, tuple[bytes, ...]]:
+def find_torrent(store: Catalog, config: Config, target: str, now: int) -> tuple[TorrentReport, tuple[bytes, ...]]:
     """The registered torrent an info hash (hex) or a .torrent file names, and every info
     hash known to name it. Raises LookupError."""
     rows = store.report(now)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from . import render, scanner
 from .config import Config
 from .files import write_atomically
+from .store import Catalog
 
 LOCK_LEASE_SECONDS = 600  # a refresh that dies holding the lock loses it after this long
 HISTORY_SECONDS = 30 * 86400  # history samples kept for the chart
@@ -60,7 +61,7 @@ class RefreshReport:
 
 def refresh(
     config: Config,
-    store,
+    store: Catalog,
     force: bool = False,
     now: int | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -134,7 +135,7 @@ class BackgroundRefresh:
 
     CHECK_SECONDS = 60
 
-    def __init__(self, config: Config, store, observe: Callable[[float], None] | None = None):
+    def __init__(self, config: Config, store: Catalog, observe: Callable[[float], None] | None = None):
         self.config, self.store = config, store
         self.observe = observe  # told each refresh's duration (metrics.py)
         self._next_check = 0.0
@@ -165,7 +166,6 @@ class BackgroundRefresh:
         except Exception:
             _log.exception("background refresh failed:")
         finally:
-            self.store.close()  # this thread's connection
             self._running.release()
 
 

@@ -46,7 +46,7 @@ from .protocol import (
     parse_scrape,
     FULL_SCRAPE_DISABLED,
 )
-from .live import LiveSwarms
+from .live import DB_WAITERS, LiveSwarms
 from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics, outcome
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .store import Store, open_configured
@@ -337,8 +337,10 @@ class RefreshGate:
 def build_tracker(config: Config, faults: FaultLog | None = None) -> Tracker:
     """Open the store the config names (for the requests, and for the flush thread's
     batches) and make sure its tables exist."""
-    return Tracker(config, open_configured(config, wait_seconds=REQUEST_WAIT_SECONDS),
-                   batch_store=open_configured(config), faults=faults)
+    # Connections per process: the requests' store needs one per thread StoreGate lets wait
+    # for the database; the batch store one for the flush thread and one for a refresh.
+    return Tracker(config, open_configured(config, wait_seconds=REQUEST_WAIT_SECONDS, pool_size=DB_WAITERS),
+                   batch_store=open_configured(config, pool_size=2), faults=faults)
 
 
 class Application:

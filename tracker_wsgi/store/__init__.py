@@ -1,4 +1,6 @@
-"""The store: where swarms and peers live. One small interface, two implementations.
+"""The store: where swarms and peers live. Two small interfaces, by who uses them
+(AnnounceStore: the announce path; Catalog: the refresh and the CLI), and two
+implementations of both (Store), which share their SQL (sql.py).
 
 `open_store(url)` picks the implementation from the URL scheme, once, at start-up:
   sqlite:///absolute/path.sqlite        embedded default (stdlib sqlite3, WAL)
@@ -10,9 +12,10 @@ The tables come from one source, schema.sql, and carry their version (schema.py)
 `create_tables` creates them, or migrates a database an earlier release made.
 
 The contract every implementation keeps (tests/test_store_contract.py runs it on both):
-- Connections are per thread and made on first use; a connection the server dropped is
-  replaced and the work retried once, so a database restart costs only the requests that
-  arrive while it is down.
+- A store opens at most `pool_size` connections per process, whatever the number of
+  threads (pool.py), each lent to one transaction at a time and kept open between them; a
+  connection the server dropped is replaced and the work retried once, so a database
+  restart costs only the requests that arrive while it is down.
 - No call waits for the database much longer than the store's `wait_seconds`: one that
   cannot reach it, or times out, raises StoreUnavailable (model.py).
 - Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
@@ -48,19 +51,25 @@ from urllib.parse import urlsplit, urlunsplit
 from ..config import Config, ConfigError
 from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
 from .schema import SchemaChange
-from .sql import OPEN_MAX_TORRENTS
+from .sql import OPEN_MAX_TORRENTS, POOL_SIZE
 
 # How long bringing the schema up to date may take (a migration of a large table, or the
 # wait for another process doing one): longer than any request waits for the database.
 MIGRATION_WAIT_SECONDS = 300.0
 
 
-class Store(Protocol):
-    peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
+class AnnounceStore(Protocol):
+    """The store as the announce path uses it: live.LiveSwarms (its requests' calls through
+    the StoreGate, its flush thread's batches) and wsgi.py's announce and scrape. Every call
+    is short, and the answers of most announces never reach it."""
 
-    def create_tables(self) -> SchemaChange:
-        """Bring the database to this release's schema: create the tables, or migrate those of
-        an earlier release. Safe to repeat, from any number of processes and hosts at once."""
+    peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
+    register_unknown: bool  # whitelist mode `open`: find_swarm registers an unknown hash
+    errors: int  # statements and connections that failed (metrics.py)
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made again after one failed (metrics.py)."""
 
     def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
         """The swarm an info hash names, as load_swarm reads it, in one read; raises
@@ -89,6 +98,24 @@ class Store(Protocol):
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
         """Stats of every torrent, keyed by every hash that names it."""
 
+    def connection_type(self) -> str:
+        """Class name of the store's database connections (shows the MySQL C extension)."""
+
+    def close(self) -> None:
+        """Close the connections not lent at the moment; the store stays usable (the next
+        call connects again)."""
+
+
+class Catalog(Protocol):
+    """The store as the catalog's keepers use it: the refresh (refresh.py: the torrent
+    directory's scan, expiry, the stats page and feed rendered from `report` and `history`)
+    and the CLI (cli.py: add, list, remove, status, migrate). Calls may be long (a first scan
+    registers a whole directory); none is on an announce's path."""
+
+    def create_tables(self) -> SchemaChange:
+        """Bring the database to this release's schema: create the tables, or migrate those of
+        an earlier release. Safe to repeat, from any number of processes and hosts at once."""
+
     def register(self, torrent: Torrent, now: int) -> bool:
         """Register a torrent under all its hashes; False if one of them is already known."""
 
@@ -98,14 +125,15 @@ class Store(Protocol):
     def unregister(self, info_hashes: Iterable[bytes]) -> int:
         """Remove the torrents these hashes name, with all their peers; returns how many."""
 
+    def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
+        """As AnnounceStore.scrape: the CLI asks which of a torrent's hashes the store knows."""
+
     def expire_peers(self, now: int) -> int:
         """Delete peers silent longer than the peer timeout; returns how many."""
 
     def remove_idle_open_torrents(self, now: int) -> int:
         """Remove the torrents announces registered (whitelist `open`) that have no peers and
         were added more than the peer timeout ago; returns how many."""
-
-    # -- refresh (tracker_wsgi/refresh.py); not on the announce path -----------------------
 
     def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
         """Take the one refresh lock for `lease` seconds; False if someone else holds it."""
@@ -137,20 +165,23 @@ class Store(Protocol):
     def history(self, since: int) -> list[tuple[int, int, int]]:
         """History samples (time, seeds, leechers) since a time, oldest first."""
 
-    def connection_type(self) -> str:
-        """Class name of this thread's database connection (shows the MySQL C extension)."""
-
     def close(self) -> None:
-        """Close this thread's connection."""
+        """As AnnounceStore.close."""
 
 
-def open_configured(config: Config, wait_seconds: float = 30.0) -> Store:
+class Store(AnnounceStore, Catalog, Protocol):
+    """Both, as open_store returns them (one implementation, sql.SqlStore, keeps both). A
+    tracker process holds it whole (wsgi.py): its batch store writes the batches and runs
+    the web and background refresh, and /health reads last_refresh through the requests'."""
+
+
+def open_configured(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
     """The store a config names, its schema brought up to date (migrate). Raises ConfigError
     with one line."""
     migrate(config)
     try:
         return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
-                          config.open_max_torrents)
+                          config.open_max_torrents, pool_size)
     except ValueError as exc:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
 
@@ -161,7 +192,7 @@ def migrate(config: Config) -> SchemaChange:
     ConfigError with one line for what only the admin can fix, StoreUnavailable when the
     database cannot be reached (or another process is migrating it) now."""
     try:
-        store = open_store(config.database, config.peer_timeout, wait_seconds=MIGRATION_WAIT_SECONDS)
+        store = open_store(config.database, config.peer_timeout, wait_seconds=MIGRATION_WAIT_SECONDS, pool_size=1)
         try:
             return store.create_tables()
         finally:
@@ -180,18 +211,20 @@ def masked(url: str) -> str:
 
 
 def open_store(url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
-               open_max_torrents: int = OPEN_MAX_TORRENTS) -> Store:
+               open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE) -> Store:
     """The store a database URL names. Raises ValueError with a one-line reason.
 
     wait_seconds: about the longest a call waits for the database before it raises
-    StoreUnavailable (the announce path wants a second or two, a batch writer more)."""
+    StoreUnavailable (the announce path wants a second or two, a batch writer more).
+    pool_size: the most connections the store opens in this process, however many threads
+    call it (pool.py); a call finding them all lent waits for one (up to wait_seconds)."""
     scheme = url.partition("://")[0]
     if scheme == "sqlite":
         from .sqlite import SqliteStore
 
-        return SqliteStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+        return SqliteStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
     if scheme == "mysql":
         from .mysql import MysqlStore
 
-        return MysqlStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+        return MysqlStore(url, peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
     raise ValueError(f"unknown database URL scheme {scheme!r}: use sqlite:/// or mysql://")

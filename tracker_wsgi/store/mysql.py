@@ -1,8 +1,8 @@
 """The production store: MySQL or MariaDB through mysql-connector-python's C extension.
 
 Several Apache hosts may share one database; every front end is stateless, so a peer
-announced to one host is handed out by another. One connection per daemon thread,
-persistent (the Apache::DBI equivalent), replaced when the server has dropped it.
+announced to one host is handed out by another. A few connections per store and process
+(pool.py), persistent (the Apache::DBI equivalent), replaced when the server has dropped one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from mysql.connector import errorcode, errors
 
 from ..model import StoreUnavailable
 from .mysql_settings import connect_args
-from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
+from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
 
@@ -78,6 +78,7 @@ _UPDATE_PEER = ", ".join(
 
 
 class MysqlDialect(Dialect):
+    placeholder = "%s"  # mysql-connector's paramstyle
     lock_rows = " FOR UPDATE"
     by_primary_key = " FORCE INDEX (PRIMARY)"
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()"
@@ -104,7 +105,7 @@ class MysqlDialect(Dialect):
 
     @staticmethod
     def pairs(n: int) -> str:
-        return ", ".join(["(?, ?)"] * n)
+        return ", ".join(["(%s, %s)"] * n)
 
     @staticmethod
     def upsert_peers(n: int) -> str:
@@ -114,21 +115,12 @@ class MysqlDialect(Dialect):
         )
 
 
-def _placeholders(value: Any) -> Any:
-    """`?` -> `%s` (the connector's paramstyle) in a statement, or a tuple or dict of them."""
-    if isinstance(value, str):
-        return value.replace("?", "%s")
-    if isinstance(value, dict):
-        return {k: _placeholders(v) for k, v in value.items()}
-    return tuple(_placeholders(v) for v in value)
-
-
 class MysqlStore(SqlStore):
     dialect = MysqlDialect
 
     def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
-                 open_max_torrents: int = OPEN_MAX_TORRENTS):
-        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+                 open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE):
+        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
         self.args = connect_args(url)
         self.timeouts = timeouts(wait_seconds)
 
@@ -165,11 +157,5 @@ class MysqlStore(SqlStore):
     def _is_unavailable(self, exc: BaseException) -> bool:
         return _connection_failed(exc) or getattr(exc, "errno", None) in _UNAVAILABLE_ERRNOS
 
-    @staticmethod
-    def _sql(statement: str) -> str:
-        return _placeholders(statement)
-
-
-# The shared statements are written with `?`; convert them once, at import.
-for _name in [n for n in vars(SqlStore) if n.isupper()]:
-    setattr(MysqlStore, _name, _placeholders(getattr(MysqlStore, _name)))
+    def _is_lost(self, exc: BaseException) -> bool:
+        return _connection_failed(exc)

@@ -1,9 +1,9 @@
 """What the SQLite and MySQL stores share: the queries' shape and the announce algorithm.
 
-A subclass supplies the connection (one per thread, made on first use), the few statements
-whose syntax differs between the two databases, and which errors mean "the connection is
-gone, reconnect and retry". SQL is written with `?` placeholders; the MySQL store turns
-them into `%s` once, when its class is built. Every value is a bound parameter.
+A subclass supplies the connection, the few statements whose syntax differs between the two
+databases (its Dialect), and which errors mean "the connection is gone, reconnect and
+retry". The shared statements (Statements) are written once, with `?` placeholders; each
+store renders them for its database when it is made. Every value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import __version__
 from ..limits import OPEN_MAX_TORRENTS  # noqa: F401 - the stores import their default from here
@@ -38,6 +38,7 @@ from ..model import (
 )
 from ..swarm import conflicts, finishes, swarm_stats
 from . import schema
+from .pool import ConnectionPool
 from .schema import SchemaChange, SchemaError, describe
 
 T = TypeVar("T")
@@ -51,11 +52,24 @@ _rng = random.Random()
 class Dialect:
     """Statements whose syntax differs between databases (subclasses override)."""
 
-    # In the shared statements below, `{least}(a, b)` is the smaller of two values and
-    # `{total}(column)` an aggregate sum that never fails on overflow (SQLite's SUM raises
-    # "integer overflow"; its TOTAL is a float). Each subclass store fills them in once.
+    # In the shared statements (Statements), `{least}(a, b)` is the smaller of two values
+    # and `{total}(column)` an aggregate sum that never fails on overflow (SQLite's SUM
+    # raises "integer overflow"; its TOTAL is a float); `?` is a bound value.
     least = "LEAST"
     total = "SUM"  # MySQL's SUM of integers is a DECIMAL: it cannot overflow
+    placeholder = "?"  # the driver's paramstyle
+
+    @classmethod
+    def render(cls, statement: str) -> str:
+        """A shared statement as this database runs it. (No statement has a `?` or a brace
+        in a string literal.)"""
+        return (statement.replace("{least}", cls.least).replace("{total}", cls.total)
+                .replace("{cap}", str(MAX_TOTAL_BYTES)).replace("?", cls.placeholder))
+
+    @classmethod
+    def marks(cls, n: int) -> str:
+        """n bound values, for `IN (...)`."""
+        return ", ".join([cls.placeholder] * n)
 
     # Appended to a SELECT of torrent rows that a transaction will write, where writers run
     # concurrently (MySQL); SQLite's BEGIN IMMEDIATE already makes the writer the only one.
@@ -93,6 +107,10 @@ class Dialect:
         """Give it back (a connection that closes gives it back too)."""
 
 
+# Connections a store keeps per process (pool.py), unless its opener says otherwise: enough
+# for a store used by a thread or two (the CLI; a flush thread and a refresh). The requests'
+# store has live.DB_WAITERS (wsgi.py): no more request threads than that call it at once.
+POOL_SIZE = 2
 BATCH_ROWS = 500  # rows per statement in a batch write
 # Every sum of what clients report (a torrent's bytes transferred, its peers' bytes left)
 # saturates here: 2 EiB, 2048 peers at protocol.COUNTER_CAP. Two of them added still fit
@@ -106,29 +124,32 @@ MAX_TOTAL_BYTES = 2**61
 TORRENTS_RECOUNT_SECONDS = 1.0
 
 
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
 def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
     """The key rule (swarm.conflicts) against a stored row (the drivers return bytearrays)."""
     return conflicts(bytes(stored_ip), None if stored_key is None else bytes(stored_key), write.ip, write.key)
 
 
-def _dialect_sql(value: Any, dialect: type[Dialect]) -> Any:
-    """A statement (or a tuple or dict of them) with {least}, {total} and {cap} filled in."""
-    if isinstance(value, str):
-        return (value.replace("{least}", dialect.least).replace("{total}", dialect.total)
-                .replace("{cap}", str(MAX_TOTAL_BYTES)))
-    if isinstance(value, dict):
-        return {k: _dialect_sql(v, dialect) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_dialect_sql(v, dialect) for v in value)
-    return value
+def _rendered(text: Any, dialect: type[Dialect]) -> Any:
+    """A statement (or a tuple or dict of them) as a database runs it (Dialect.render)."""
+    if isinstance(text, str):
+        return dialect.render(text)
+    if isinstance(text, dict):
+        return {k: _rendered(v, dialect) for k, v in text.items()}
+    return tuple(_rendered(v, dialect) for v in text)
 
 
-class SqlStore:
-    dialect = Dialect
+class Connection(NamedTuple):
+    """A database connection and the one cursor it keeps for its life."""
+
+    conn: Any
+    cursor: Any
+
+
+class Statements:
+    """Every statement the stores share, one text each: `?` placeholders, and `{least}`,
+    `{total}`, `{cap}` (see Dialect). A store renders them for its database once, when it is
+    made (`Statements(dialect)`); a `{}` is a list filled in per call, with Dialect.marks or
+    Dialect.pairs."""
 
     # A swarm's counters and live peers in one statement (one consistent read), by torrent
     # id or, for a swarm the process does not hold yet, by info hash.
@@ -264,22 +285,37 @@ class SqlStore:
     )
     HISTORY = "SELECT sampled_at, seeds, leechers FROM history WHERE sampled_at >= ? ORDER BY sampled_at"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        for name in [n for n in vars(SqlStore) if n.isupper()]:
-            setattr(cls, name, _dialect_sql(getattr(SqlStore, name), cls.dialect))
+    # How schema_version records a creation or a migration (SqlStore._migrate).
+    RECORD_VERSION = f"INSERT INTO {schema.VERSION_TABLE} (version, applied_at, description) VALUES (?, ?, ?)"
 
-    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int):
+    def __init__(self, dialect: type[Dialect]):
+        for name, text in vars(Statements).items():
+            if name.isupper():
+                setattr(self, name, _rendered(text, dialect))
+
+
+class SqlStore:
+    dialect = Dialect
+
+    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int,
+                 pool_size: int):
         self.peer_timeout = peer_timeout
         self.register_unknown = register_unknown
         self.wait_seconds = wait_seconds  # the longest a store call waits for the database
         self.open_max_torrents = open_max_torrents
+        self.sql = Statements(self.dialect)
         self._torrents_counted = (0, float("-inf"))  # (count, time.monotonic() then)
-        self._local = threading.local()
-        # For the metrics (metrics.py): statements and connections that failed, and connections
-        # made again in a thread whose connection failed. Counted under a lock: rare paths.
-        self.errors = self.reconnects = 0
+        self._pool: ConnectionPool[Connection] = ConnectionPool(self._open, self._close_quietly, pool_size,
+                                                                wait_seconds)
+        # For the metrics (metrics.py): statements and connections that failed. Counted
+        # under a lock: a rare path.
+        self.errors = 0
         self._counting = threading.Lock()
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made again after one failed (metrics.py)."""
+        return self._pool.reconnects
 
     # -- connection handling: subclasses implement these four --------------------------
 
@@ -301,82 +337,102 @@ class SqlStore:
     def _end(self, conn: Any, read_only: bool) -> None:
         conn.commit()
 
-    def _connection(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-            if getattr(self._local, "failed", False):
-                self._local.failed = False
-                with self._counting:
-                    self.reconnects += 1
-            # One cursor for the connection's life: the MySQL connector pings the server
-            # (a round trip) every time a cursor is made.
-            self._local.cursor = conn.cursor()
-        return conn
+    def _is_lost(self, exc: BaseException) -> bool:
+        """True when the error says the connection itself is gone (the pool's idle ones are
+        then closed too). A database with no server to lose (SQLite) keeps this."""
+        return False
 
-    def close(self) -> None:
-        conn, self._local.conn, self._local.cursor = getattr(self._local, "conn", None), None, None
-        if conn is not None:
+    def _open(self) -> Connection:
+        # One cursor for the connection's life: the MySQL connector pings the server (a
+        # round trip) every time a cursor is made.
+        conn = self._connect()
+        return Connection(conn, conn.cursor())
+
+    def _disconnect(self, conn: Any) -> None:
+        conn.close()
+
+    def _close_quietly(self, connection: Connection) -> None:
+        # The cursor first: a statement still open keeps a closed SQLite connection (its
+        # transaction, its WAL) alive until the cursor is collected.
+        for close in (connection.cursor.close, lambda: self._disconnect(connection.conn)):
             try:
-                conn.close()
+                close()
             except Exception:  # closing a dead connection may fail; it is gone either way
                 pass
 
+    def close(self) -> None:
+        self._pool.close()
+
     def connection_type(self) -> str:
-        return type(self._connection()).__name__
+        connection = self._pool.borrow()
+        self._pool.give_back(connection)
+        return type(connection.conn).__name__
 
     def _read(self, work: Callable[[Any], T]) -> T:
         """A transaction that only reads (where the database can, it runs beside the writer)."""
         return self._transaction(work, read_only=True)
 
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
-        """Run `work(cursor)` in one transaction; on a dropped connection, a deadlock or a
-        racing insert, start over once on a fresh connection. Every caller's work is
-        idempotent when repeated whole (completions are guarded per peer).
+        """Run `work(cursor)` in one transaction, on a connection borrowed from the pool for
+        it; on a dropped connection, a deadlock or a racing insert, start over once on
+        another (a fresh one, if the connection was lost). Every caller's work is idempotent
+        when repeated whole (completions are guarded per peer). `work` never calls the
+        store: a transaction holds one connection, never two.
 
         Raises StoreUnavailable when the database cannot be used now: no connection can be
-        made (not retried: it would only wait again), or the error says so, after the retry
-        if there was one. Any other error is raised as it is: something in the work is wrong."""
+        made (not retried: it would only wait again), every connection stayed lent for
+        wait_seconds, or the error says so, after the retry if there was one. Any other
+        error is raised as it is: something in the work is wrong."""
         for attempt in (1, 2):
             try:
-                conn = self._connection()
+                connection = self._pool.borrow()
+            except StoreUnavailable:
+                raise
             except Exception as exc:
                 self._failed()
                 raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            conn, cursor = connection
             try:
                 self._begin(conn, read_only)
-                result = work(self._local.cursor)
+                result = work(cursor)
                 self._end(conn, read_only)
-                return result
             except ClientError:
-                conn.rollback()
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._pool.discard(connection, lost=True)
+                else:
+                    self._pool.give_back(connection)
                 raise
-            except Exception as exc:
-                self.close()
+            except BaseException as exc:  # not only Exception: a connection mid-transaction is never lent again
+                self._pool.discard(connection, self._is_lost(exc))
+                if not isinstance(exc, Exception):
+                    raise
                 self._failed()
                 if attempt == 1 and self._is_transient(exc):
                     continue
                 if self._is_unavailable(exc):
                     raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
                 raise
+            self._pool.give_back(connection)
+            return result
         raise AssertionError("unreachable")
 
     def _failed(self) -> None:
-        self._local.failed = True
         with self._counting:
             self.errors += 1
 
     # -- the store interface --------------------------------------------------------------
 
     def find_swarm(self, info_hash: bytes, now: int, limit: int) -> SwarmSnapshot:
-        snapshot = self._read(lambda cur: self._load(cur, self.SWARM_BY_HASH, info_hash, now, limit))
+        snapshot = self._read(lambda cur: self._load(cur, self.sql.SWARM_BY_HASH, info_hash, now, limit))
         if snapshot is not None:
             return snapshot
         if not self.register_unknown:
             raise UnknownTorrent()
 
         def register(cur: Any) -> int:
-            cur.execute(self.FIND_TORRENT, (info_hash,))
+            cur.execute(self.sql.FIND_TORRENT, (info_hash,))
             row = cur.fetchone()  # another thread may have registered it meanwhile
             if row:
                 return row[0]
@@ -394,18 +450,18 @@ class SqlStore:
         here, at most every TORRENTS_RECOUNT_SECONDS (a race of threads only blurs it)."""
         count, counted_at = self._torrents_counted
         if time.monotonic() - counted_at >= TORRENTS_RECOUNT_SECONDS:
-            cur.execute(self.COUNT_TORRENTS)
+            cur.execute(self.sql.COUNT_TORRENTS)
             count, counted_at = cur.fetchone()[0], time.monotonic()
         room = count < self.open_max_torrents
         self._torrents_counted = (count + room, counted_at)
         return room
 
     def load_swarm(self, torrent_id: int, now: int, limit: int) -> SwarmSnapshot | None:
-        return self._read(lambda cur: self._load(cur, self.SWARM, torrent_id, now, limit))
+        return self._read(lambda cur: self._load(cur, self.sql.SWARM, torrent_id, now, limit))
 
     def find_peer(self, torrent_id: int, peer_id: bytes) -> StoredPeer | None:
         def work(cur: Any) -> StoredPeer | None:
-            cur.execute(self.FIND_PEER, (torrent_id, peer_id))
+            cur.execute(self.sql.FIND_PEER, (torrent_id, peer_id))
             row = cur.fetchone()
             return None if row is None else StoredPeer(bytes(row[0]), bytes(row[1]) if row[1] else None, row[2])
 
@@ -423,10 +479,10 @@ class SqlStore:
         if len(peers) > limit:
             # A window of random ranks: a different sample of a large swarm each time.
             head, start = (torrent_id, cutoff), _rng.getrandbits(32)
-            cur.execute(self.SWARM_PEERS["from"], (*head, start, limit))
+            cur.execute(self.sql.SWARM_PEERS["from"], (*head, start, limit))
             peers = cur.fetchall()
             if len(peers) < limit:  # wrap around to the lowest ranks
-                cur.execute(self.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
+                cur.execute(self.sql.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
                 peers += cur.fetchall()
         return SwarmSnapshot(torrent_id, name, downloaded, seeders, leechers, partial, version, [
             (bytes(peer_id), bytes(ip), port, state, bytes(peer_key) if peer_key else None, left, last_seen)
@@ -435,12 +491,12 @@ class SqlStore:
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         def work(cur: Any) -> int:
-            cur.execute(self.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
+            cur.execute(self.sql.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
             row = cur.fetchone()
             if row is None:
                 raise UnknownTorrent()
             downloaded = row[0]
-            cur.execute(self.STORED_PEER, (torrent_id, write.peer_id))
+            cur.execute(self.sql.STORED_PEER, (torrent_id, write.peer_id))
             stored = cur.fetchone()
             if stored is not None and _conflicts(stored[0], stored[1], write):
                 raise PeerConflict()
@@ -452,11 +508,11 @@ class SqlStore:
                 deltas[write.state] += 1
                 if stored is not None:
                     deltas[stored[2]] -= 1
-            cur.execute(self.ADD_COUNTS, (*deltas, torrent_id))
+            cur.execute(self.sql.ADD_COUNTS, (*deltas, torrent_id))
             if completion:
-                cur.execute(self.MARK_COMPLETED, (torrent_id, write.peer_id))
+                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, write.peer_id))
                 if cur.rowcount == 1:
-                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
+                    cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
                     downloaded += 1
             return downloaded
 
@@ -473,7 +529,7 @@ class SqlStore:
         # by another (version_before -1), so that its view is read again, not dropped.
         unwritten = sorted({row.torrent_id for row in result.set_aside} - result.written.keys())
         if unwritten:
-            for torrent_id, *row in self._fetchall(self._sql(self.WRITTEN.format(_marks(len(unwritten)))),
+            for torrent_id, *row in self._fetchall(self.sql.WRITTEN.format(self.dialect.marks(len(unwritten))),
                                                    tuple(unwritten)):
                 result.written[torrent_id] = SwarmWritten(-1, *row)
         return result
@@ -515,13 +571,13 @@ class SqlStore:
         def work(cur: Any) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             # In id order, like every writer of several torrents, so writers never deadlock.
-            cur.execute(self._sql(self.LOCK_TORRENTS.format(_marks(len(wanted))) + self.dialect.lock_rows), wanted)
+            cur.execute(self.sql.LOCK_TORRENTS.format(self.dialect.marks(len(wanted))) + self.dialect.lock_rows, wanted)
             existing = dict(cur.fetchall())  # torrent id -> version before this transaction
             writes = [(t, w) for t, w in batch if t in existing]
             stored: dict[tuple[int, bytes], tuple] = {}
             if writes:
-                statement = self.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
-                cur.execute(self._sql(statement), pairs(writes))
+                statement = self.sql.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
+                cur.execute(statement, pairs(writes))
                 for torrent_id, peer_id, *row in cur.fetchall():
                     stored[torrent_id, bytes(peer_id)] = row
             upserts, stops, completions, refused = [], [], [], []
@@ -545,20 +601,20 @@ class SqlStore:
                 upserts.append((torrent_id, write))
             # Before the stops: a stopped peer's completion is marked on its row first.
             for torrent_id, peer_id in completions:
-                cur.execute(self.MARK_COMPLETED, (torrent_id, peer_id))
+                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
                 if cur.rowcount == 1:
-                    cur.execute(self.COUNT_COMPLETION, (1, torrent_id))
+                    cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
             if stops:
-                cur.execute(self._sql(self.DELETE_PEERS.format(self.dialect.pairs(len(stops)))), pairs(stops))
+                cur.execute(self.sql.DELETE_PEERS.format(self.dialect.pairs(len(stops))), pairs(stops))
             for torrent_id, amount in transferred.items():
-                cur.execute(self.ADD_TRANSFERRED, (amount, torrent_id))
+                cur.execute(self.sql.ADD_TRANSFERRED, (amount, torrent_id))
             if upserts:
                 self._upsert(cur, upserts)
             if not existing:
                 return {}, refused
             ids = sorted(existing)
-            cur.execute(self._sql(self.RECOUNT + f" WHERE id IN ({_marks(len(ids))})"), ids)
-            cur.execute(self._sql(self.WRITTEN.format(_marks(len(ids)))), ids)
+            cur.execute(self.sql.RECOUNT + f" WHERE id IN ({self.dialect.marks(len(ids))})", ids)
+            cur.execute(self.sql.WRITTEN.format(self.dialect.marks(len(ids))), ids)
             return {torrent_id: SwarmWritten(existing[torrent_id], *row)
                     for torrent_id, *row in cur.fetchall()}, refused
 
@@ -574,27 +630,26 @@ class SqlStore:
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
         cur.execute(
-            self.INSERT_TORRENT,
+            self.sql.INSERT_TORRENT,
             (torrent.name, torrent.size, torrent.path, now, torrent.file_size, torrent.file_mtime,
              torrent.info_sha256),
         )
         torrent_id = cur.lastrowid
         for info_hash in torrent.info_hashes:
-            cur.execute(self.INSERT_HASH, (info_hash, torrent_id))
+            cur.execute(self.sql.INSERT_HASH, (info_hash, torrent_id))
         return torrent_id
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         if not info_hashes:
             return {}
-        marks = ", ".join("?" * len(info_hashes))
-        return self._scrape(f" WHERE h.info_hash IN ({marks})", tuple(info_hashes))
+        return self._scrape(f" WHERE h.info_hash IN ({self.dialect.marks(len(info_hashes))})", tuple(info_hashes))
 
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
         return self._scrape("", ())
 
     def _scrape(self, where: str, args: tuple) -> dict[bytes, SwarmStats]:
         result = {}
-        for info_hash, name, downloaded, seeders, leechers, partial in self._fetchall(self._sql(self.SCRAPE + where), args):
+        for info_hash, name, downloaded, seeders, leechers, partial in self._fetchall(self.sql.SCRAPE + where, args):
             result[bytes(info_hash)] = swarm_stats(leechers, seeders, partial, downloaded, name)
         return result
 
@@ -608,8 +663,8 @@ class SqlStore:
         def work(cur: Any) -> int:
             added = 0
             for torrent in torrents:
-                marks = ", ".join("?" * len(torrent.info_hashes))
-                cur.execute(self._sql(self.TORRENT_IDS.format(marks)), torrent.info_hashes)
+                marks = self.dialect.marks(len(torrent.info_hashes))
+                cur.execute(self.sql.TORRENT_IDS.format(marks), torrent.info_hashes)
                 if not cur.fetchall():
                     self._insert_torrent(cur, torrent, now)
                     added += 1
@@ -621,13 +676,13 @@ class SqlStore:
         hashes = tuple(info_hashes)
         if not hashes:
             return 0
-        known_sql = self._sql(self.TORRENT_IDS.format(", ".join("?" * len(hashes))))
+        known_sql = self.sql.TORRENT_IDS.format(self.dialect.marks(len(hashes)))
 
         def work(cur: Any) -> int:
             cur.execute(known_sql, hashes)
             torrent_ids = [row[0] for row in cur.fetchall()]
             for torrent_id in torrent_ids:
-                for statement in self.DELETE_TORRENT:
+                for statement in self.sql.DELETE_TORRENT:
                     cur.execute(statement, (torrent_id,))
             return len(torrent_ids)
 
@@ -637,14 +692,14 @@ class SqlStore:
         cutoff = now - self.peer_timeout
 
         def work(cur: Any) -> int:
-            add_transferred, delete = self.EXPIRE
+            add_transferred, delete = self.sql.EXPIRE
             # Every torrent is recounted, so every torrent row is locked first (see LOCK_TORRENTS).
-            cur.execute(self.LOCK_ALL_TORRENTS + self.dialect.lock_rows)
+            cur.execute(self.sql.LOCK_ALL_TORRENTS + self.dialect.lock_rows)
             cur.fetchall()
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
             expired = cur.rowcount
-            cur.execute(self.RECOUNT)  # also corrects anything the batches' recounts missed
+            cur.execute(self.sql.RECOUNT)  # also corrects anything the batches' recounts missed
             return expired
 
         return self._transaction(work)
@@ -656,18 +711,17 @@ class SqlStore:
             # Locked in id order (see LOCK_TORRENTS): a writer adds a torrent's peers only
             # while it holds the torrent's row, so once these rows are held, a new look at
             # the peers is final.
-            cur.execute(self.IDLE_OPEN_TORRENTS + self.dialect.lock_rows, (cutoff,))
+            cur.execute(self.sql.IDLE_OPEN_TORRENTS + self.dialect.lock_rows, (cutoff,))
             idle = [row[0] for row in cur.fetchall()]
             removed = 0
             for start in range(0, len(idle), BATCH_ROWS):
                 ids = idle[start:start + BATCH_ROWS]
-                marks = _marks(len(ids))
-                cur.execute(self._sql(self.TORRENTS_WITH_PEERS.format(marks)), ids)
+                cur.execute(self.sql.TORRENTS_WITH_PEERS.format(self.dialect.marks(len(ids))), ids)
                 announced = {row[0] for row in cur.fetchall()}  # since the first look
                 ids = [torrent_id for torrent_id in ids if torrent_id not in announced]
                 if ids:
-                    for statement in self.DELETE_TORRENTS:
-                        cur.execute(self._sql(statement.format(_marks(len(ids)))), ids)
+                    for statement in self.sql.DELETE_TORRENTS:
+                        cur.execute(statement.format(self.dialect.marks(len(ids))), ids)
                     removed += len(ids)
             return removed
 
@@ -677,7 +731,7 @@ class SqlStore:
 
     def take_refresh_lock(self, owner: str, now: int, lease: int) -> bool:
         def work(cur: Any) -> bool:
-            cur.execute(self.TAKE_REFRESH_LOCK, (owner, now + lease, now))
+            cur.execute(self.sql.TAKE_REFRESH_LOCK, (owner, now + lease, now))
             return cur.rowcount == 1
 
         return self._transaction(work)
@@ -685,29 +739,29 @@ class SqlStore:
     def release_refresh_lock(self, owner: str, finished_at: int | None = None) -> None:
         def work(cur: Any) -> None:
             if finished_at is None:
-                cur.execute(self.RELEASE_REFRESH_LOCK, (owner,))
+                cur.execute(self.sql.RELEASE_REFRESH_LOCK, (owner,))
             else:
-                cur.execute(self.FINISH_REFRESH, (finished_at, owner))
+                cur.execute(self.sql.FINISH_REFRESH, (finished_at, owner))
 
         self._transaction(work)
 
     def last_refresh(self) -> int:
-        return self._fetchall(self.LAST_REFRESH)[0][0]
+        return self._fetchall(self.sql.LAST_REFRESH)[0][0]
 
     def torrent_files(self) -> dict[str, tuple[int, int, bytes]]:
-        return {path: (size, mtime, bytes(h)) for path, size, mtime, h in self._fetchall(self.TORRENT_FILES)}
+        return {path: (size, mtime, bytes(h)) for path, size, mtime, h in self._fetchall(self.sql.TORRENT_FILES)}
 
     def update_torrent_file(self, torrent: Torrent) -> None:
         def work(cur: Any) -> None:
             cur.execute(
-                self.UPDATE_TORRENT_FILE,
+                self.sql.UPDATE_TORRENT_FILE,
                 (torrent.path, torrent.file_size, torrent.file_mtime, torrent.info_hash),
             )
 
         self._transaction(work)
 
     def skipped_files(self) -> dict[str, tuple[int, int, str]]:
-        return {path: (size, mtime, reason) for path, size, mtime, reason in self._fetchall(self.SKIPPED_FILES)}
+        return {path: (size, mtime, reason) for path, size, mtime, reason in self._fetchall(self.sql.SKIPPED_FILES)}
 
     def replace_skipped_files(self, skipped: dict[str, tuple[int, int, str]]) -> None:
         rows = [
@@ -716,21 +770,21 @@ class SqlStore:
         ]
 
         def work(cur: Any) -> None:
-            cur.execute(self.CLEAR_SKIPPED_FILES)
+            cur.execute(self.sql.CLEAR_SKIPPED_FILES)
             if rows:
-                cur.executemany(self.INSERT_SKIPPED_FILE, rows)
+                cur.executemany(self.sql.INSERT_SKIPPED_FILE, rows)
 
         self._transaction(work)
 
     def report(self, now: int) -> list[TorrentReport]:
         def work(cur: Any) -> list[TorrentReport]:
-            cur.execute(self.REPORT_PEERS, (now - self.peer_timeout,))
+            cur.execute(self.sql.REPORT_PEERS, (now - self.peer_timeout,))
             peers: dict[int, dict[int, tuple[int, int, int]]] = {}
             for torrent_id, state, count, left, uploaded in cur.fetchall():
                 # Sums as {total} gives them (SQLite: a float), capped as every stored sum is.
                 peers.setdefault(torrent_id, {})[state] = (
                     count, min(int(left or 0), MAX_TOTAL_BYTES), min(int(uploaded or 0), MAX_TOTAL_BYTES))
-            cur.execute(self.REPORT_TORRENTS)
+            cur.execute(self.sql.REPORT_TORRENTS)
             reports = []
             for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
                  last_transfer, last_done, info_sha256) in cur.fetchall():
@@ -756,15 +810,15 @@ class SqlStore:
         """Snapshot the rates and add a history sample (older than keep_history s go)."""
 
         def work(cur: Any) -> None:
-            cur.execute(self.SNAPSHOT_RATES, (now - self.peer_timeout,))
-            delete, insert = self.ADD_HISTORY
+            cur.execute(self.sql.SNAPSHOT_RATES, (now - self.peer_timeout,))
+            delete, insert = self.sql.ADD_HISTORY
             cur.execute(delete, (now, now - keep_history))
             cur.execute(insert, (now, seeds, leechers))
 
         self._transaction(work)
 
     def history(self, since: int) -> list[tuple[int, int, int]]:
-        return [tuple(row) for row in self._fetchall(self.HISTORY, (since,))]
+        return [tuple(row) for row in self._fetchall(self.sql.HISTORY, (since,))]
 
     # -- the schema: created, or migrated to this release's (store/schema.py) -----------------
 
@@ -834,8 +888,7 @@ class SqlStore:
             self._execute_ddl(cur, self._version_table_ddl())
         self._check_columns(cur)
         for version, description in records:
-            cur.execute(self._sql(f"INSERT INTO {schema.VERSION_TABLE} (version, applied_at, description) "
-                                  "VALUES (?, ?, ?)"), (version, int(time.time()), description[:255]))
+            cur.execute(self.sql.RECORD_VERSION, (version, int(time.time()), description[:255]))
         self.dialect.unlock_schema(cur)
         applied = tuple(f"{v}: {d}" for v, d in records if before is not None and v > before)
         return SchemaChange(before, schema.LATEST, applied)
@@ -872,8 +925,3 @@ class SqlStore:
             return cur.fetchall()
 
         return self._read(work)
-
-    @staticmethod
-    def _sql(statement: str) -> str:
-        """Hook for placeholder style; statements built at run time pass through here."""
-        return statement

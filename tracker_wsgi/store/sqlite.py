@@ -13,7 +13,7 @@ from typing import Any
 
 from ..model import StoreUnavailable
 from .schema import SchemaChange, sqlite_statements
-from .sql import OPEN_MAX_TORRENTS, Dialect, SqlStore
+from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
 
 # How often a writer waiting for another process's write lock tries again: first soon (a
 # batch holds it for milliseconds), then less often. flock cannot wait with a time limit.
@@ -54,8 +54,8 @@ class SqliteStore(SqlStore):
     dialect = SqliteDialect
 
     def __init__(self, url: str, peer_timeout: int, register_unknown: bool = False, wait_seconds: float = 30.0,
-                 open_max_torrents: int = OPEN_MAX_TORRENTS):
-        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents)
+                 open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE):
+        super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
         path = url.removeprefix("sqlite://")
         if not os.path.isabs(path):
             raise ValueError(f"sqlite database path must be absolute: {url!r} (sqlite:///path/file.sqlite)")
@@ -68,7 +68,9 @@ class SqliteStore(SqlStore):
         # write lock up front, so two announces never deadlock upgrading a read lock).
         # The busy timeout: how long a statement waits for a lock held outside the tracker's
         # own queue (below), e.g. by the sqlite3 shell.
-        conn = sqlite3.connect(self.path, timeout=self.wait_seconds, isolation_level=None)
+        # check_same_thread=False: the pool lends a connection to one thread at a time, not
+        # always the same one.
+        conn = sqlite3.connect(self.path, timeout=self.wait_seconds, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives any process being killed; only a power cut may lose
         # the last commits.
@@ -116,16 +118,15 @@ class SqliteStore(SqlStore):
                 time.sleep(min(pause, left))
                 pause = min(2 * pause, longest)
 
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.in_transaction:
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
             # A cursor still referenced (a traceback holds the failed work's) keeps a closed
             # connection open, and with it its transaction and the write lock: end it first.
             try:
                 conn.rollback()
             except sqlite3.Error:
                 pass
-        super().close()
+        conn.close()
 
     def _is_transient(self, exc: BaseException) -> bool:
         # A racing insert. Not "database is locked": that comes after the busy timeout
