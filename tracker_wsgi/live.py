@@ -81,7 +81,7 @@ from .model import (
     TooManyPeers,
     UnknownTorrent,
 )
-from .store import Store
+from .store import AnnounceStore
 from .swarm import KnownPeer, PeerUpdate, conflicts, plan_announce
 from .view import NOTHING_NEW, SwarmView
 
@@ -179,12 +179,12 @@ class LiveSwarms:
 
     def __init__(
         self,
-        store: Store,
+        store: AnnounceStore,
         sync_interval: int,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits = Limits(),
-        batch_store: Store | None = None,
+        batch_store: AnnounceStore | None = None,
         memory: MemoryGuard | None = None,
         faults: FaultLog | None = None,
     ):

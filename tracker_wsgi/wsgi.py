@@ -137,7 +137,7 @@ class Tracker:
             self.swarms.on_flush = self.metrics.flushed
 
     def close(self) -> None:
-        """Write the pending announces and close this thread's connections."""
+        """Write the pending announces and close the stores' idle connections."""
         self.swarms.close()
         if self.metrics is not None:
             self.metrics.close()
