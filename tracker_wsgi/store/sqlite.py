@@ -71,11 +71,27 @@ class SqliteStore(SqlStore):
         # check_same_thread=False: the pool lends a connection to one thread at a time, not
         # always the same one.
         conn = sqlite3.connect(self.path, timeout=self.wait_seconds, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._use_wal(conn)
         # NORMAL in WAL mode survives any process being killed; only a power cut may lose
         # the last commits.
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL mode, which the file keeps once set. Setting it takes an exclusive lock and
+        SQLite answers "database is locked" at once, without its busy handler, when other
+        processes hold the file (several daemons starting together): try again until
+        wait_seconds, as any other wait for the file."""
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _begin(self, conn: Any, read_only: bool) -> None:
         # A writer takes the write lock up front (BEGIN IMMEDIATE), so two never deadlock
