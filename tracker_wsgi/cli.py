@@ -653,18 +653,19 @@ def cmd_apache_conf(options: Options) -> int:
     from . import apache_conf
 
     args = options.args
-    if args.embedded and (args.processes or args.threads):
+    if args.embedded and (args.processes, args.threads) != (None, None):
         raise ConfigError("apache-conf --embedded: the pool's numbers belong to --embedded-server")
-    if args.threads and not args.embedded_server:
+    if args.threads is not None and not args.embedded_server:
         raise ConfigError("apache-conf --threads: only with --embedded-server (daemon threads are fixed)")
     try:
         if args.embedded:
             text = apache_conf.embedded_conf()
         elif args.embedded_server:
-            text = apache_conf.embedded_server_conf(args.processes or apache_conf.EMBEDDED_PROCESSES,
-                                                    args.threads or apache_conf.EMBEDDED_THREADS)
+            text = apache_conf.embedded_server_conf(
+                apache_conf.EMBEDDED_PROCESSES if args.processes is None else args.processes,
+                apache_conf.EMBEDDED_THREADS if args.threads is None else args.threads)
         else:
-            text = apache_conf.daemon_conf(args.processes or apache_conf.DEFAULT_PROCESSES)
+            text = apache_conf.daemon_conf(apache_conf.DEFAULT_PROCESSES if args.processes is None else args.processes)
     except ValueError as exc:
         raise ConfigError(f"apache-conf {exc}") from None
     sys.stdout.write(text)
