@@ -20,11 +20,9 @@ DEFAULT_PROCESSES = 2  # the shipped tracker.conf: one per core of the 2-core ma
 DAEMON_THREADS = 15  # per daemon process; see the comment of WSGIDaemonProcess below
 
 # Embedded mode's fixed pool, sized for a 2-core box: one child per core (each child's
-# Python runs one thread at a time), 32 threads each. Measured (issue #13, wrk -c64): 2 x 32
-# served as much as event-MPM defaults with half their p99; 1 x 64 left a core idle, 4 x 16
-# paid more GIL switching and memory for no more throughput.
+# Python runs one thread at a time), 64 threads each (why: embedded_server_conf's text).
 EMBEDDED_PROCESSES = 2
-EMBEDDED_THREADS = 32
+EMBEDDED_THREADS = 64
 MAX_EMBEDDED_THREADS = 1024  # per child: past this, each Python thread only waits for the GIL
 
 # Characters a client may leave unescaped in a query value (RFC 3986 3.4: pchar, "/", "?"),
@@ -353,11 +351,22 @@ WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 # A fixed pool of Apache children, as mod_wsgi-express --embedded-mode makes: each child loads
 # the tracker when it starts and holds swarms in memory, so a child started under load answers
 # late (the start-up costs a p99) and a child stopped or recycled throws its swarms away. So
-# every child starts with Apache and lives as long as it. The numbers suit a 2-core box: one
-# child per core (Python runs one thread at a time in a child, so children, not threads, use
-# cores), {EMBEDDED_THREADS} threads each (measured, issue #13: 2 x 32 answered as many as Apache's
-# default pool with half its p99; 1 x 64 left a core idle; 4 x 16 no faster). Give a bigger
-# box one child per core: `tracker-wsgi apache-conf --embedded-server --processes N`.
+# every child starts with Apache and lives as long as it.
+#
+# The numbers suit a 2-core box. One child per core: Python runs one thread at a time in a
+# child, so children, not threads, use cores (measured, issue #13: 1 x 64 left a core idle,
+# 4 x 16 was no faster than 2 x 32 and had a worse p99). Threads: the event MPM lets a child
+# hold ThreadsPerChild connections (plus AsyncRequestWorkerFactor per idle thread) and,
+# with every thread busy, closes the keep-alive connections beyond that, which clients see
+# as errors: with 2 x 32 and 64 keep-alive clients, a child holding more than half of them
+# dropped some (37-211 socket errors in each 3-s run of wrk -c64); with 2 x 64, none in
+# three runs. Threads that wait cost no CPU: only those answering contend for Python. (The
+# worker MPM holds a thread for every open connection, idle or not: size it for those.)
+# Give a bigger box one child per core: `tracker-wsgi apache-conf --embedded-server
+# --processes N`.
+#
+# Apache logs AH10159 ("within MinSpareThreads of MaxRequestWorkers") when the pool is busy:
+# expected with a fixed pool, whose spare-thread limits are the whole pool on purpose.
 #
 # What it changes for other sites: MaxRequestWorkers ({workers} here) is every site's limit on
 # requests at once, and on connections whose headers are still arriving (mod_reqtimeout bounds
