@@ -22,8 +22,9 @@ from bencoder import bencode
 
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
-# Modules the snippets use, besides the MPM; reqtimeout is on in Debian too.
-BASE_MODULES = ("authz_core", "authz_host", "mime", "headers", "include", "expires", "filter",
+# Modules the snippets use; mpm_event is Debian's default MPM (httpd_conf's mpm= replaces it),
+# reqtimeout is on in Debian too.
+BASE_MODULES = ("mpm_event", "authz_core", "authz_host", "mime", "headers", "include", "expires", "filter",
                 "deflate", "dir", "alias", "env", "setenvif", "reqtimeout")
 MPM_PROCESSES = 16  # ServerLimit: 16 x 128 = 2048 workers, see httpd_conf
 MPM_THREADS_PER_PROCESS = 128  # per process fewer threads cost more memory per thread
@@ -79,7 +80,7 @@ def httpd_conf(
     if document_root is None:
         document_root = run_dir
         site_conf = f'<Directory "{run_dir}">\n    Require all granted\n</Directory>\n{site_conf}'
-    modules = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in (f"mpm_{mpm}", *BASE_MODULES))
+    modules = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in (f"mpm_{mpm}", *BASE_MODULES[1:]))
     defines = (f'Define TRACKER_WSGI_VENV "{venv}"\n'
                f'Define TRACKER_WSGI_APACHE "{apache_dir}"\n'
                f'Define TRACKER_WSGI_CONFIG "{config_path}"\n')
