@@ -1,6 +1,7 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale] [--metrics]
+    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--topologies daemon,embedded]
+                                  [--scale] [--metrics]
 
 Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
 each peer from its own address by X-Forwarded-For) in the same run, one after the other in

@@ -308,8 +308,6 @@ WSGIScriptAlias /tracker ${{TRACKER_WSGI_APACHE}}/tracker.wsgi process-group=%{{
 
 {SCRIPT_ACCESS}
 <Location /tracker>
-    # Apache's own children answer, whatever WSGIProcessGroup the server sets elsewhere.
-    WSGIProcessGroup %{{GLOBAL}}
 {LOCATION_BODY}
 {TRAILER}"""
 

@@ -41,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import apache_conf
 from . import config as config_module
 from . import logs
 from .config import Config, ConfigError
@@ -650,8 +651,6 @@ def cmd_paths(options: Options) -> int:
 def cmd_apache_conf(options: Options) -> int:
     """The snippet on stdout, and nothing else there (no summary line): it is meant to be
     redirected into a file Apache includes."""
-    from . import apache_conf
-
     args = options.args
     if args.embedded and (args.processes, args.threads) != (None, None):
         raise ConfigError("apache-conf --embedded: the pool's numbers belong to --embedded-server")
@@ -793,16 +792,18 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: daemon mode (tracker.conf), --processes daemon processes routed by info hash.\n"
         "--embedded: the tracker in Apache's own children (tracker-embedded.conf); it needs\n"
         "--embedded-server's output (embedded-server.conf) in the server config: a fixed pool of\n"
-        "--processes children of --threads threads, for the event and worker MPMs.", store=False,
+        "--processes children of --threads threads, for the event and worker MPMs.\n"
+        "Prints the snippet alone, with no summary line.", store=False,
     )
     mode = conf.add_mutually_exclusive_group()
     mode.add_argument("--embedded", action="store_true", help="the embedded-mode snippet (tracker-embedded.conf)")
     mode.add_argument("--embedded-server", action="store_true",
                       help="embedded mode's server-wide settings (embedded-server.conf)")
     conf.add_argument("--processes", type=int, metavar="N",
-                      help="daemon processes (default 2), or Apache children with --embedded-server (default 2)")
+                      help=f"daemon processes (default {apache_conf.DEFAULT_PROCESSES}), or Apache children with "
+                      f"--embedded-server (default {apache_conf.EMBEDDED_PROCESSES})")
     conf.add_argument("--threads", type=int, metavar="N",
-                      help="threads per Apache child, with --embedded-server (default 32)")
+                      help=f"threads per Apache child, with --embedded-server (default {apache_conf.EMBEDDED_THREADS})")
     return parser
 
 
