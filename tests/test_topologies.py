@@ -140,6 +140,22 @@ def apaches():
         apache.stop()
 
 
+def test_apache_accepts_the_daemon_conf_for_every_number_of_processes(shared_dir):
+    """Apache parses each generated file, its expressions and regexes compiled (apache2 -t);
+    the routing itself is tried in a running Apache below."""
+    directory, config_path = run_dir(shared_dir, "syntax", "")
+    conf_dir = apache_dir_with(directory, "")
+    conf = directory / "httpd.conf"
+    conf.write_text(devserver.httpd_conf(directory, 1, config_path, conf_dir))
+    refused = []
+    for processes in range(1, apache_conf.MAX_PROCESSES + 1):
+        (conf_dir / "tracker.conf").write_text(apache_conf.daemon_conf(processes))
+        check = subprocess.run([devserver.APACHE_BIN, "-t", "-f", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            refused.append((processes, check.stderr.strip()))
+    assert refused == []
+
+
 @pytest.mark.parametrize("processes", [1, 2, 4])
 def test_generated_daemon_conf_routes_every_byte_in_real_apache(processes, shared_dir, apaches):
     directory, config_path = run_dir(shared_dir, f"routing-{processes}", "")
