@@ -363,17 +363,20 @@ WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 # with every thread busy, closes the keep-alive connections beyond that, which clients see
 # as errors: with 2 x 32 and 64 keep-alive clients, a child holding more than half of them
 # dropped some (37-211 socket errors in each 3-s run of wrk -c64); with 2 x 64, none in
-# three runs. Threads that wait cost no CPU: only those answering contend for Python. (The
-# worker MPM holds a thread for every open connection, idle or not: size it for those.)
-# Give a bigger box one child per core: `tracker-wsgi apache-conf --embedded-server
-# --processes N`.
+# four runs of five, 5 in the other. Threads that wait cost no CPU: only those answering
+# contend for Python. (The worker MPM holds a thread for every open connection, idle or
+# not: size it for those.) Give a bigger box one child per core:
+# `tracker-wsgi apache-conf --embedded-server --processes N`.
 #
 # Apache logs AH10159 ("within MinSpareThreads of MaxRequestWorkers") when the pool is busy:
 # expected with a fixed pool, whose spare-thread limits are the whole pool on purpose.
 #
-# What it changes for other sites: MaxRequestWorkers ({workers} here) is every site's limit on
-# requests at once, and on connections whose headers are still arriving (mod_reqtimeout bounds
-# how long those take: tracker-host.conf), where Debian's default is 150.
+# What it changes for other sites: MaxRequestWorkers ({workers} here; Debian's default is 150)
+# is every site's limit on requests at once, and on connections whose headers are still
+# arriving, each of which holds a thread until mod_reqtimeout gives up (tracker-host.conf).
+# Measured with 2 x 64: 100 such slow connections left an announce answered at once, 200 held
+# it 9.6 s. Where slow clients are expected, raise --threads (a waiting thread costs memory,
+# not CPU) or limit connections per address in the firewall (README, "Slow clients").
 # With MariaDB, every thread that answers may hold a database connection: max_connections
 # >= hosts x MaxRequestWorkers + a few for cron.
 <IfModule mpm_event_module>
