@@ -1,17 +1,20 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--scale] [--metrics]
+    .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--topologies daemon,embedded]
+                                  [--scale] [--metrics]
 
 Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
 each peer from its own address by X-Forwarded-For) in the same run, one after the other in
 each round (--rounds), keep-alive and one connection per request:
   - the tracker, on each store, in real Apache built by tracker_wsgi.devserver (the same
-    httpd.conf the tests use, Including apache/tracker.conf), trusting 127.0.0.1 as its
-    reverse proxy so every per-address limit stays as shipped; its torrents and the wrk
-    script's starting peers are in the store first, so swarms are in steady state;
+    httpd.conf the tests use), trusting 127.0.0.1 as its reverse proxy so every per-address
+    limit stays as shipped; its torrents and the wrk script's starting peers are in the store
+    first, so swarms are in steady state. In each topology (--topologies): daemon mode
+    (apache/tracker.conf) and embedded mode (apache/tracker-embedded.conf with
+    embedded-server.conf's fixed pool), the shipped files both;
   - the same tracker with Apache pinned to one core (the core-scaling row);
-  - bench/hello.wsgi served by the same snippet (a copy of apache/ whose tracker.wsgi is the
-    hello app): what mod_wsgi's daemon mode itself allows;
+  - bench/hello.wsgi served by the same snippets (a copy of apache/ whose tracker.wsgi is the
+    hello app): what mod_wsgi's daemon mode, and its embedded mode, themselves allow;
   - the same Apache answering every announce and scrape with a static file holding the
     tracker's own answers: what anything inside Apache can reach;
   - opentracker (Debian's package; a whitelist of the bench's info hashes);
@@ -81,6 +84,8 @@ from tracker_wsgi.wsgi import application  # noqa: F401
 """
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.
 DAEMON_PREFIX = b"(wsgi:"
+# The name each topology's rows carry after the system's: "tracker sqlite", "tracker sqlite embedded".
+TOPOLOGY_SUFFIX = {"daemon": "", "embedded": " embedded"}
 # Where the tracker (and bench/hello.wsgi, bench/floor.wsgi) answer: the path in wrk's URL.
 TRACKER_PATH = "/tracker"
 # The systems besides ours, each measured in every round (--peers chooses).
@@ -295,7 +300,7 @@ def command_pids(name: str) -> dict[int, str]:
 
 
 class Apache:
-    def __init__(self, run_dir: Path, apache_dir: Path, config_text: str):
+    def __init__(self, run_dir: Path, apache_dir: Path, config_text: str, topology: str = "daemon"):
         run_dir.mkdir()
         devserver.prepare_run_dir(run_dir)
         run_dir.chmod(0o777)
@@ -303,8 +308,10 @@ class Apache:
         config.write_text(config_text)
         config.chmod(0o644)
         self.run_dir = run_dir
+        self.topology = topology
         self.port = free_port()
-        self.process = devserver.start(run_dir, devserver.httpd_conf(run_dir, self.port, config, apache_dir))
+        self.process = devserver.start(run_dir, devserver.httpd_conf(run_dir, self.port, config, apache_dir,
+                                                                     topology=topology))
         try:
             wait_listening(self.port, self.process, "apache", run_dir / "error.log")
         except RuntimeError:
@@ -324,7 +331,8 @@ class Apache:
             return response.status, response.read()
 
     def processes(self) -> tuple[list[int], list[int]]:
-        """(mod_wsgi daemon pids, other Apache pids) of this instance."""
+        """(pids running Python, other Apache pids) of this instance: the mod_wsgi daemons, or
+        in embedded mode every child of Apache's."""
         daemons, others = [], [self.process.pid]
         for pid in _pids():
             try:
@@ -333,7 +341,8 @@ class Apache:
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == self.process.pid:
-                (daemons if cmdline.startswith(DAEMON_PREFIX) else others).append(pid)
+                python = self.topology == "embedded" or cmdline.startswith(DAEMON_PREFIX)
+                (daemons if python else others).append(pid)
         return daemons, others
 
     def pin(self, cpus: set[int]) -> None:
@@ -812,7 +821,7 @@ def print_metrics(kinds: list[str], modes: list[str], rounds: dict[tuple[str, st
 
 def print_cpu(mode: str, runs: dict[str, list[dict]]) -> None:
     print(f"CPU in the median round ({mode}; cores busy on average, of {os.cpu_count()}): "
-          "wsgi daemons / the server's other processes / mariadbd / wrk")
+          "wsgi (the daemons; embedded: Apache's children) / the server's other processes / mariadbd / wrk")
     for name, system_runs in runs.items():
         run = median_run(system_runs)
         c = run["cpu"]
@@ -827,6 +836,9 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,mysql", help="the tracker on each; the first also "
                         "with Apache on one core (the core-scaling row)")
     parser.add_argument("--modes", default="keepalive,close")
+    parser.add_argument("--topologies", default=",".join(devserver.TOPOLOGIES),
+                        help="where the tracker's Python runs, each its own rows; the first also gets the "
+                        "core-scaling row and --metrics")
     parser.add_argument("--peers", default=",".join(PEERS), help="the other systems measured beside the "
                         f"tracker, of {','.join(PEERS)} ('' for none)")
     parser.add_argument("--npm-cache", type=Path, default=NPM_CACHE, help=f"where {NPM_PACKAGE} is installed")
@@ -860,6 +872,9 @@ def main() -> None:
     if set(peers) - set(PEERS):
         sys.exit(f"bench/run.py: --peers {args.peers}: choose among {','.join(PEERS)}")
     kinds = args.stores.split(",")
+    topologies = args.topologies.split(",")
+    if not topologies or set(topologies) - set(devserver.TOPOLOGIES):
+        sys.exit(f"bench/run.py: --topologies {args.topologies}: choose among {','.join(devserver.TOPOLOGIES)}")
     cores = os.sched_getaffinity(0)
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
@@ -885,10 +900,11 @@ def main() -> None:
             app_dir.chmod(0o755)
             return app_dir
 
-        def serve(app: str) -> Apache:
+        def serve(app: str, topology: str = "daemon") -> Apache:
             """bench/<app>.wsgi in place of the tracker."""
-            app_dir = apache_with(app, (BENCH / f"{app}.wsgi").read_text())
-            return started(Apache(root / f"{app}-run", app_dir, ""))
+            name = app + TOPOLOGY_SUFFIX[topology].replace(" ", "-")
+            app_dir = apache_with(name, (BENCH / f"{app}.wsgi").read_text())
+            return started(Apache(root / f"{name}-run", app_dir, "", topology))
 
         def tracker_store(kind: str, label: str) -> BenchStore:
             """A store holding the bench's torrents and the wrk script's starting peers."""
@@ -919,7 +935,8 @@ def main() -> None:
                          f"X-Forwarded-For ignored: every peer is 127.0.0.1, told apart by port, so "
                          f"{shared_endpoints(args)} starting peers share (torrent, port) with another"), flush=True)
                 systems.append(System(name, server))
-        systems.append(System("hello", serve("hello")))
+        for topology in topologies:
+            systems.append(System("hello" + TOPOLOGY_SUFFIX[topology], serve("hello", topology)))
         if args.floor:
             systems.append(System("floor", serve("floor")))
 
@@ -927,22 +944,28 @@ def main() -> None:
         metrics_off: dict[str, tuple[str, System]] = {}
         metrics_off_dir = apache_with("metrics-off", METRICS_OFF_WSGI) if args.metrics else None
         for kind in kinds:
-            store = tracker_store(kind, "small")
-            tracker = started(Apache(root / f"tracker-{kind}", APACHE_DIR, tracker_config(root, store.url)))
-            trackers[kind] = tracker
-            check_announce(tracker, args.torrents, args.zipf)
-            systems.append(System(f"tracker {kind}", tracker, profile=args.profile and args.profile.with_name(
-                f"{args.profile.name}-{kind}")))
+            for topology in topologies:
+                name = f"tracker {kind}{TOPOLOGY_SUFFIX[topology]}"
+                store = tracker_store(kind, f"small-{topology}")
+                tracker = started(Apache(root / name.replace(" ", "-"), APACHE_DIR, tracker_config(root, store.url),
+                                         topology))
+                trackers[name] = tracker
+                check_announce(tracker, args.torrents, args.zipf)
+                systems.append(System(name, tracker, profile=args.profile and args.profile.with_name(
+                    f"{args.profile.name}-{name.removeprefix('tracker ').replace(' ', '-')}")))
+            # The core-scaling row and the metrics pair: the first topology's tracker.
+            name = f"tracker {kind}{TOPOLOGY_SUFFIX[topologies[0]]}"
             if kind == kinds[0] and len(cores) > 1:
-                systems.append(System(f"tracker {kind} 1 core", tracker, cpus={min(cores)}))
+                systems.append(System(f"{name} 1 core", trackers[name], cpus={min(cores)}))
             if metrics_off_dir:
                 off_store = tracker_store(kind, "metrics-off")
                 off = started(Apache(root / f"tracker-{kind}-metrics-off", metrics_off_dir,
-                                     tracker_config(root, off_store.url)))
+                                     tracker_config(root, off_store.url), topologies[0]))
                 check_announce(off, args.torrents, args.zipf)
-                metrics_off[f"tracker {kind}"] = kind, System(f"tracker {kind} metrics off", off)
+                metrics_off[name] = kind, System(f"{name} metrics off", off)
+        main_tracker = f"tracker {kinds[0]}{TOPOLOGY_SUFFIX[topologies[0]]}"
         if "static" in peers:
-            announce, scrape = tracker_answers(trackers[kinds[0]], args)
+            announce, scrape = tracker_answers(trackers[main_tracker], args)
             (static_dir / "announce").write_bytes(announce)
             (static_dir / "scrape").write_bytes(scrape)
             print(f"[static] the tracker's answers: announce {len(announce)} bytes, scrape {len(scrape)} bytes",
@@ -1023,16 +1046,17 @@ def main() -> None:
         print("static = Apache answering with files of the tracker's own answers (a 50-peer announce, a scrape); "
               "opentracker = Debian's; npm = bittorrent-tracker "
               f"{next((s.server.version for s in systems if s.name == 'npm'), '(not run)')}; hello = bench/hello.wsgi "
-              "in the shipped daemon snippet; tracker <store> = the shipped snippet; 1 core = Apache pinned to one "
-              "core. x <system> = the median of each round's ratio to it. failure answers = non-200 or "
+              "in the shipped daemon snippet; tracker <store> = the shipped daemon snippet (tracker.conf); "
+              "embedded = the shipped embedded snippet and pool (tracker-embedded.conf, embedded-server.conf); "
+              "1 core = Apache pinned to one core. x <system> = the median of each round's ratio to it. failure answers = non-200 or "
               "`failure reason`. opentracker closes every connection itself, without `Connection: close`: wrk "
               "counts each close as a read socket error.")
-        references = [s.name for s in systems if s.name in (*PEERS, "hello")]
+        references = [s.name for s in systems if s.name in PEERS or s.name.startswith("hello")]
         for mode, runs in tables.items():
             print_table(mode, runs, references)
             one_core = next((s for s in systems if s.cpus), None)
             if one_core:
-                full = f"tracker {kinds[0]}"
+                full = main_tracker
                 ratios = [a["rps"] / b["rps"] for a, b in zip(runs[full], runs[one_core.name])]
                 print(f"core scaling ({mode}): {full} with Apache on {len(cores)} cores / on 1 core = "
                       f"{statistics.median(ratios):.2f} (each round: {' '.join(f'{r:.2f}' for r in ratios)})")

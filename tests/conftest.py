@@ -150,10 +150,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def start_apache(run_dir: Path, config_path: Path, site_conf: str = "") -> Apache:
+def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology: str = "daemon",
+                 mpm: str = "event", apache_dir: Path = APACHE_DIR) -> Apache:
     devserver.prepare_run_dir(run_dir)
     port = free_port()
-    conf = devserver.httpd_conf(run_dir, port, config_path, APACHE_DIR, site_conf=site_conf)
+    conf = devserver.httpd_conf(run_dir, port, config_path, apache_dir, site_conf=site_conf, topology=topology,
+                                mpm=mpm)
     apache = Apache(port, run_dir, devserver.start(run_dir, conf))
     deadline = time.monotonic() + 30
     while True:
@@ -171,17 +173,18 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "") -> Apach
 
 @pytest.fixture
 def apache_factory(shared_dir):
-    """start(config_text, name="a") -> Apache running our snippet with that config file."""
+    """start(config_text, name="a", topology="daemon") -> Apache running the snippet of that
+    topology (devserver.TOPOLOGIES) with that config file."""
     started: list[Apache] = []
 
-    def start(config_text: str, name: str = "apache", site_conf: str = "") -> Apache:
+    def start(config_text: str, name: str = "apache", site_conf: str = "", topology: str = "daemon") -> Apache:
         run_dir = shared_dir / name
         run_dir.mkdir()
         run_dir.chmod(0o777)
         config_path = run_dir / "tracker.toml"
         config_path.write_text(config_text)
         config_path.chmod(0o644)
-        apache = start_apache(run_dir, config_path, site_conf)
+        apache = start_apache(run_dir, config_path, site_conf, topology)
         started.append(apache)
         return apache
 

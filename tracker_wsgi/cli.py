@@ -12,6 +12,8 @@
   tracker-wsgi force-refresh          the same, now
   tracker-wsgi serve                  run the tracker in a real Apache, for development
   tracker-wsgi paths [NAME]           where the installed Apache files and files for /etc are
+  tracker-wsgi apache-conf [--processes N | --embedded | --embedded-server]
+                                      print an Apache snippet for /tracker (apache/*.conf)
 
 Options go before or after the command. The config file is --config FILE, else
 $TRACKER_WSGI_CONFIG, else the built-in defaults. Every command ends with a one-line
@@ -39,6 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import apache_conf
 from . import config as config_module
 from . import logs
 from .config import Config, ConfigError
@@ -581,6 +584,7 @@ def cmd_serve(options: Options) -> int:
     conf = devserver.httpd_conf(
         state, args.port, config_path, apache_dir,
         site_conf=devserver.public_site_conf(apache_dir, str(site), str(output)), document_root=site,
+        topology=args.topology,
     )
     added = f" (added {', '.join(copied)})" if copied else ""
     options.summary(
@@ -644,6 +648,29 @@ def cmd_paths(options: Options) -> int:
     return 0
 
 
+def cmd_apache_conf(options: Options) -> int:
+    """The snippet on stdout, and nothing else there (no summary line): it is meant to be
+    redirected into a file Apache includes."""
+    args = options.args
+    if args.embedded and (args.processes, args.threads) != (None, None):
+        raise ConfigError("apache-conf --embedded: the pool's numbers belong to --embedded-server")
+    if args.threads is not None and not args.embedded_server:
+        raise ConfigError("apache-conf --threads: only with --embedded-server (daemon threads are fixed)")
+    try:
+        if args.embedded:
+            text = apache_conf.embedded_conf()
+        elif args.embedded_server:
+            text = apache_conf.embedded_server_conf(
+                apache_conf.EMBEDDED_PROCESSES if args.processes is None else args.processes,
+                apache_conf.EMBEDDED_THREADS if args.threads is None else args.threads)
+        else:
+            text = apache_conf.daemon_conf(apache_conf.DEFAULT_PROCESSES if args.processes is None else args.processes)
+    except ValueError as exc:
+        raise ConfigError(f"apache-conf {exc}") from None
+    sys.stdout.write(text)
+    return 0
+
+
 # -- the parser ------------------------------------------------------------------------------
 
 def package_version() -> str:
@@ -654,6 +681,8 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .devserver import TOPOLOGIES
+
     # Shared options, accepted before and after the command. SUPPRESS: a command's parser
     # must not overwrite with its default what was given before the command.
     shared = argparse.ArgumentParser(add_help=False)
@@ -744,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", default="var",
                        help="config, Apache's config and log, SQLite database, torrents (default: var)")
     serve.add_argument("--apache-dir", default=str(installed_paths()["apache"][0]))
+    serve.add_argument("--topology", choices=TOPOLOGIES, default="daemon",
+                       help="daemon: mod_wsgi daemon processes (apache/tracker.conf); embedded: Apache's own "
+                       "children (apache/tracker-embedded.conf, embedded-server.conf). Default: daemon")
     paths = command(
         "paths", cmd_paths, "print where the installed Apache files and the files for /etc are",
         "apache: the snippets Apache includes (link it to a stable place once:\n"
@@ -752,6 +784,26 @@ def build_parser() -> argparse.ArgumentParser:
         "each at its path below /etc; venv: this installation's virtualenv.", store=False,
     )
     paths.add_argument("name", nargs="?", choices=installed_paths(), help="print only this path")
+    conf = command(
+        "apache-conf", cmd_apache_conf, "print an Apache snippet that serves /tracker",
+        "The shipped apache/*.conf files are its output for the defaults. Redirect it into a file\n"
+        "and include that instead, e.g. for 4 daemon processes on a 4-core box:\n"
+        "  tracker-wsgi apache-conf --processes 4 > /etc/tracker-wsgi/tracker.conf\n"
+        "Default: daemon mode (tracker.conf), --processes daemon processes routed by info hash.\n"
+        "--embedded: the tracker in Apache's own children (tracker-embedded.conf); it needs\n"
+        "--embedded-server's output (embedded-server.conf) in the server config: a fixed pool of\n"
+        "--processes children of --threads threads, for the event and worker MPMs.\n"
+        "Prints the snippet alone, with no summary line.", store=False,
+    )
+    mode = conf.add_mutually_exclusive_group()
+    mode.add_argument("--embedded", action="store_true", help="the embedded-mode snippet (tracker-embedded.conf)")
+    mode.add_argument("--embedded-server", action="store_true",
+                      help="embedded mode's server-wide settings (embedded-server.conf)")
+    conf.add_argument("--processes", type=int, metavar="N",
+                      help=f"daemon processes (default {apache_conf.DEFAULT_PROCESSES}), or Apache children with "
+                      f"--embedded-server (default {apache_conf.EMBEDDED_PROCESSES})")
+    conf.add_argument("--threads", type=int, metavar="N",
+                      help=f"threads per Apache child, with --embedded-server (default {apache_conf.EMBEDDED_THREADS})")
     return parser
 
 

@@ -1,10 +1,11 @@
 """A real Apache for development and tests, built around the shipped snippets in apache/.
 
-It writes a minimal httpd.conf into a run directory (modules, one Listen, logs there, a
-worker pool sized for slow clients, every directory closed unless a snippet opens it, as
-Debian's apache2.conf does) that `Include`s apache/tracker.conf and
-apache/tracker-host.conf exactly as an admin would, with the Defines they need, and
-runs Debian's apache2 in the foreground. `tracker-wsgi serve` and the tests both use it,
+It writes a minimal httpd.conf into a run directory (modules, one Listen, logs there, every
+directory closed unless a snippet opens it, as Debian's apache2.conf does) that `Include`s
+the snippets of one topology exactly as an admin would, with the Defines they need, and
+runs Debian's apache2 in the foreground: daemon mode (apache/tracker.conf, with a worker
+pool sized for slow clients) or embedded mode (apache/embedded-server.conf's fixed pool and
+apache/tracker-embedded.conf), each with apache/tracker-host.conf. `tracker-wsgi serve` and the tests both use it,
 so the snippets an admin installs are the ones that are tested. `tracker-wsgi serve` adds
 the public site (apache/site.conf) at / and a sample torrent to show on it.
 """
@@ -21,11 +22,16 @@ from bencoder import bencode
 
 APACHE_BIN = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
-# Modules the snippets use; mpm_event is Debian's default MPM, reqtimeout is on in Debian too.
+# Modules the snippets use; mpm_event is Debian's default MPM (httpd_conf's mpm= replaces it),
+# reqtimeout is on in Debian too.
 BASE_MODULES = ("mpm_event", "authz_core", "authz_host", "mime", "headers", "include", "expires", "filter",
                 "deflate", "dir", "alias", "env", "setenvif", "reqtimeout")
 MPM_PROCESSES = 16  # ServerLimit: 16 x 128 = 2048 workers, see httpd_conf
 MPM_THREADS_PER_PROCESS = 128  # per process fewer threads cost more memory per thread
+MPMS = ("event", "worker", "prefork")  # event: Debian's default
+# What runs the tracker: mod_wsgi daemon processes (tracker.conf) or Apache's own children
+# (tracker-embedded.conf, with embedded-server.conf's pool).
+TOPOLOGIES = ("daemon", "embedded")
 
 
 def wsgi_module() -> str:
@@ -33,6 +39,25 @@ def wsgi_module() -> str:
     from mod_wsgi.express.platform import MOD_WSGI_SO
 
     return MOD_WSGI_SO
+
+
+# Daemon mode's server-wide settings (in production, the admin's own).
+DAEMON_SERVER = f"""\
+# The event MPM holds a worker thread for each connection whose headers are still arriving,
+# so MaxRequestWorkers is how many slow clients it takes to stall every announce (Debian's
+# default is 150): 2048 outlast 1,000 slowloris connections. A process of 128 threads takes
+# about 13 MB; Apache starts processes as they are needed.
+ServerLimit {MPM_PROCESSES}
+ThreadLimit {MPM_THREADS_PER_PROCESS}
+ThreadsPerChild {MPM_THREADS_PER_PROCESS}
+MaxRequestWorkers {MPM_PROCESSES * MPM_THREADS_PER_PROCESS}
+StartServers 2
+MinSpareThreads {MPM_THREADS_PER_PROCESS}
+MaxSpareThreads {4 * MPM_THREADS_PER_PROCESS}
+# This Apache serves only the tracker, whose Python runs in daemon processes: keep Python out
+# of Apache's own workers (server-wide, so production leaves it to the admin: README).
+WSGIRestrictEmbedded On
+"""
 
 
 def httpd_conf(
@@ -44,14 +69,27 @@ def httpd_conf(
     user: str = "www-data",
     site_conf: str = "",
     document_root: Path | None = None,
+    topology: str = "daemon",
+    mpm: str = "event",
 ) -> str:
     """httpd.conf for one Apache. document_root None: the run directory itself, open to
     all, where tests put the pages they fetch (and which then serves the run directory's
     config and logs); `tracker-wsgi serve` passes the site's directory instead."""
+    if topology not in TOPOLOGIES or mpm not in MPMS:
+        raise ValueError(f"topology {topology!r}, mpm {mpm!r}: choose from {TOPOLOGIES} and {MPMS}")
     if document_root is None:
         document_root = run_dir
         site_conf = f'<Directory "{run_dir}">\n    Require all granted\n</Directory>\n{site_conf}'
-    modules = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in BASE_MODULES)
+    modules = "\n".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so" for m in (f"mpm_{mpm}", *BASE_MODULES[1:]))
+    defines = (f'Define TRACKER_WSGI_VENV "{venv}"\n'
+               f'Define TRACKER_WSGI_APACHE "{apache_dir}"\n'
+               f'Define TRACKER_WSGI_CONFIG "{config_path}"\n')
+    if topology == "daemon":
+        server_wide, tracker = DAEMON_SERVER, f'Include "{apache_dir}/tracker.conf"\n'
+    else:
+        # The admin's server config: embedded-server.conf, before any host's snippet.
+        server_wide = f'{defines}Include "{apache_dir}/embedded-server.conf"\n'
+        defines, tracker = "", f'Include "{apache_dir}/tracker-embedded.conf"\n'
     return f"""\
 ServerName localhost
 ServerRoot "{run_dir}"
@@ -64,33 +102,15 @@ Group {user}
 {modules}
 LoadModule wsgi_module "{wsgi_module()}"
 TypesConfig /etc/mime.types
-# The event MPM holds a worker thread for each connection whose headers are still arriving,
-# so MaxRequestWorkers is how many slow clients it takes to stall every announce (Debian's
-# default is 150): 2048 outlast 1,000 slowloris connections. A process of 128 threads takes
-# about 13 MB; Apache starts processes as they are needed.
-ServerLimit {MPM_PROCESSES}
-ThreadLimit {MPM_THREADS_PER_PROCESS}
-ThreadsPerChild {MPM_THREADS_PER_PROCESS}
-MaxRequestWorkers {MPM_PROCESSES * MPM_THREADS_PER_PROCESS}
-StartServers 2
-MinSpareThreads {MPM_THREADS_PER_PROCESS}
-MaxSpareThreads {4 * MPM_THREADS_PER_PROCESS}
 WSGISocketPrefix "{run_dir}/wsgi"
-# This Apache serves only the tracker, whose Python runs in daemon processes: keep Python out
-# of Apache's own workers (server-wide, so production leaves it to the admin: README).
-WSGIRestrictEmbedded On
-# As Debian's apache2.conf: no directory is served unless a snippet opens it.
+{server_wide}# As Debian's apache2.conf: no directory is served unless a snippet opens it.
 <Directory />
     Require all denied
     AllowOverride None
 </Directory>
 DocumentRoot "{document_root}"
 {site_conf}
-Define TRACKER_WSGI_VENV "{venv}"
-Define TRACKER_WSGI_APACHE "{apache_dir}"
-Define TRACKER_WSGI_CONFIG "{config_path}"
-Include "{apache_dir}/tracker.conf"
-Include "{apache_dir}/tracker-host.conf"
+{defines}{tracker}Include "{apache_dir}/tracker-host.conf"
 """
 
 
