@@ -223,7 +223,7 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
             + "    WSGIProcessGroup %{ENV:TRACKER_WSGI_PROCESS}\n"
             f"    WSGIRestrictProcess {' '.join(groups)}\n"
         )
-    threads_note = f"{processes} x (threads + 2)" if not one else "(threads + 2)"
+    connections_note = f"{processes} x 10" if not one else "10"
     return f"""\
 # tracker_wsgi: a BitTorrent tracker at /tracker, run by mod_wsgi in daemon processes.
 {generated_by(command)}#
@@ -244,9 +244,9 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
 # To run the tracker in Apache's own processes instead, include tracker-embedded.conf (and
 # embedded-server.conf) in place of this file.
 
-{processes_text}#   threads              {DAEMON_THREADS} answers at once; each thread keeps one database connection, so
-#                        MySQL needs max_connections >= hosts x {threads_note} + a few
-#                        for cron.
+{processes_text}#   threads              {DAEMON_THREADS} answers at once. A process opens at most 10 database
+#                        connections whatever its threads, so MySQL needs max_connections
+#                        >= hosts x {connections_note} + a few for cron (README).
 #   python-home          the virtualenv; lang/locale make file names UTF-8 (Apache starts in C).
 #   memory-limit         hard cap on each process's heap (bytes, RLIMIT_DATA), like the
 #                        original's Apache::SizeLimit; stack-size keeps {DAEMON_THREADS} threads' stacks out of it.
@@ -377,8 +377,8 @@ WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 # Measured with 2 x 64: 100 such slow connections left an announce answered at once, 200 held
 # it 9.6 s. Where slow clients are expected, raise --threads (a waiting thread costs memory,
 # not CPU) or limit connections per address in the firewall (README, "Slow clients").
-# With MariaDB, every thread that answers may hold a database connection: max_connections
-# >= hosts x MaxRequestWorkers + a few for cron.
+# With MariaDB, each child opens at most 10 database connections, whatever its threads:
+# max_connections >= hosts x ServerLimit x 10 + a few for cron (README).
 <IfModule mpm_event_module>
 {pool}</IfModule>
 <IfModule mpm_worker_module>
