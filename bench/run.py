@@ -168,17 +168,16 @@ class BenchStore:
         """Multi-row inserts (scale case): ids 1..n, same rows register() makes."""
         now = int(time.time())
         m = self.mark
-        conn = self.store._connection()
-        self.store._begin(conn, read_only=False)
-        cur = conn.cursor()
-        for start in range(0, n, 5000):
-            ids = range(start, min(n, start + 5000))
-            cur.executemany(f"INSERT INTO torrents (id, name, size, path, added) VALUES ({m}, {m}, {m}, '', {m})",
-                            [(i + 1, f"bench torrent {i}", 1 << 30, now) for i in ids])
-            cur.executemany(f"INSERT INTO info_hashes (info_hash, torrent_id) VALUES ({m}, {m})",
-                            [(info_hash(i), i + 1) for i in ids])
-        conn.commit()
-        cur.close()
+
+        def insert(cur) -> None:
+            for start in range(0, n, 5000):
+                ids = range(start, min(n, start + 5000))
+                cur.executemany(f"INSERT INTO torrents (id, name, size, path, added) VALUES ({m}, {m}, {m}, '', {m})",
+                                [(i + 1, f"bench torrent {i}", 1 << 30, now) for i in ids])
+                cur.executemany(f"INSERT INTO info_hashes (info_hash, torrent_id) VALUES ({m}, {m})",
+                                [(info_hash(i), i + 1) for i in ids])
+
+        self.store._transaction(insert)  # one transaction, on a connection of the store's pool
 
     def torrent_ids(self) -> dict[bytes, int]:
         return {bytes(h): t for h, t in self.store._fetchall("SELECT info_hash, torrent_id FROM info_hashes")}
@@ -190,15 +189,14 @@ class BenchStore:
         sql = (f"INSERT INTO peers (torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, "
                f"downloaded, completed, last_seen, peer_rank) VALUES ({m})")
         rank = random.Random(2)
-        conn = self.store._connection()
-        self.store._begin(conn, read_only=False)
-        cur = conn.cursor()
-        for start in range(0, len(rows), 10000):
-            cur.executemany(sql, [(t, pid, ip, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,
-                                   rank.getrandbits(32))
-                                  for t, pid, port, left, key, ip in rows[start:start + 10000]])
-        conn.commit()
-        cur.close()
+
+        def insert(cur) -> None:
+            for start in range(0, len(rows), 10000):
+                cur.executemany(sql, [(t, pid, ip, port, key, 1 if left == 0 else 0, left, 0, 0, 0, now,
+                                       rank.getrandbits(32))
+                                      for t, pid, port, left, key, ip in rows[start:start + 10000]])
+
+        self.store._transaction(insert)
         self.store.expire_peers(now)  # expires nothing; recounts the torrents' counters
 
     def slot_peers(self, torrents: int, threads: int, pool: int, zipf_s: float) -> None:
