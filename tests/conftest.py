@@ -171,6 +171,17 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
+def make_run_dir(shared_dir: Path, name: str, config_text: str) -> tuple[Path, Path]:
+    """An Apache's run directory (open to www-data) holding its tracker.toml; returns both."""
+    run_dir = shared_dir / name
+    run_dir.mkdir()
+    run_dir.chmod(0o777)
+    config_path = run_dir / "tracker.toml"
+    config_path.write_text(config_text)
+    config_path.chmod(0o644)
+    return run_dir, config_path
+
+
 @pytest.fixture
 def apache_factory(shared_dir):
     """start(config_text, name="a", topology="daemon") -> Apache running the snippet of that
@@ -178,13 +189,7 @@ def apache_factory(shared_dir):
     started: list[Apache] = []
 
     def start(config_text: str, name: str = "apache", site_conf: str = "", topology: str = "daemon") -> Apache:
-        run_dir = shared_dir / name
-        run_dir.mkdir()
-        run_dir.chmod(0o777)
-        config_path = run_dir / "tracker.toml"
-        config_path.write_text(config_text)
-        config_path.chmod(0o644)
-        apache = start_apache(run_dir, config_path, site_conf, topology)
+        apache = start_apache(*make_run_dir(shared_dir, name, config_text), site_conf, topology)
         started.append(apache)
         return apache
 

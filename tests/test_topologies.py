@@ -10,11 +10,11 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote_from_bytes, urlencode
 
 import pytest
 
-from conftest import APACHE_DIR, announce_query, decode, ih, pid, start_apache
+from conftest import APACHE_DIR, announce_query, decode, ih, make_run_dir, pid, start_apache
 from test_e2e_apache import BINARY, SYNC, TEXT, config_text, register
 from tracker_wsgi import apache_conf, cli, devserver
 from tracker_wsgi.apache_conf import UNESCAPED, routing_pattern, unescaped_byte
@@ -122,16 +122,6 @@ def apache_dir_with(root: Path, tracker_conf: str, wsgi: str | None = None) -> P
     return copy
 
 
-def run_dir(shared_dir: Path, name: str, config: str) -> tuple[Path, Path]:
-    directory = shared_dir / name
-    directory.mkdir()
-    directory.chmod(0o777)
-    config_path = directory / "tracker.toml"
-    config_path.write_text(config)
-    config_path.chmod(0o644)
-    return directory, config_path
-
-
 @pytest.fixture
 def apaches():
     started = []
@@ -143,7 +133,7 @@ def apaches():
 def test_apache_accepts_the_daemon_conf_for_every_number_of_processes(shared_dir):
     """Apache parses each generated file, its expressions and regexes compiled (apache2 -t);
     the routing itself is tried in a running Apache below."""
-    directory, config_path = run_dir(shared_dir, "syntax", "")
+    directory, config_path = make_run_dir(shared_dir, "syntax", "")
     conf_dir = apache_dir_with(directory, "")
     conf = directory / "httpd.conf"
     conf.write_text(devserver.httpd_conf(directory, 1, config_path, conf_dir))
@@ -158,7 +148,7 @@ def test_apache_accepts_the_daemon_conf_for_every_number_of_processes(shared_dir
 
 @pytest.mark.parametrize("processes", [1, 2, 4])
 def test_generated_daemon_conf_routes_every_byte_in_real_apache(processes, shared_dir, apaches):
-    directory, config_path = run_dir(shared_dir, f"routing-{processes}", "")
+    directory, config_path = make_run_dir(shared_dir, f"routing-{processes}", "")
     conf_dir = apache_dir_with(directory, apache_conf.daemon_conf(processes), PROCESS_GROUP_WSGI)
     apache = start_apache(directory, config_path, apache_dir=conf_dir)
     apaches.append(apache)
@@ -186,7 +176,7 @@ def test_generated_daemon_conf_every_process_answers_the_tracker(sqlite_url, sha
         assert store.register(Torrent(info_hash, None, f"group-{g}", 1), 1)
     store.close()
     register(sqlite_url)  # hands the files to www-data
-    directory, config_path = run_dir(shared_dir, "every-process", config_text(sqlite_url, log_level='"info"'))
+    directory, config_path = make_run_dir(shared_dir, "every-process", config_text(sqlite_url, log_level='"info"'))
     conf_dir = apache_dir_with(directory, apache_conf.daemon_conf(processes))
     apache = start_apache(directory, config_path, site_conf="LogLevel warn wsgi:info", apache_dir=conf_dir)
     apaches.append(apache)
@@ -208,7 +198,7 @@ def test_generated_daemon_conf_every_process_answers_the_tracker(sqlite_url, sha
 @pytest.mark.parametrize("mpm", ["event", "worker"])
 def test_embedded_mode_answers_bencoded_in_apaches_own_children(mpm, sqlite_url, shared_dir, apaches):
     register(sqlite_url, 1)
-    directory, config_path = run_dir(shared_dir, f"embedded-{mpm}", config_text(sqlite_url, sync_interval=str(SYNC)))
+    directory, config_path = make_run_dir(shared_dir, f"embedded-{mpm}", config_text(sqlite_url, sync_interval=str(SYNC)))
     apache = start_apache(directory, config_path, topology="embedded", mpm=mpm)
     apaches.append(apache)
 
@@ -240,7 +230,7 @@ def test_embedded_mode_answers_bencoded_in_apaches_own_children(mpm, sqlite_url,
 
 
 def test_embedded_mode_is_refused_under_prefork(shared_dir):
-    directory, config_path = run_dir(shared_dir, "prefork", "")
+    directory, config_path = make_run_dir(shared_dir, "prefork", "")
     devserver.prepare_run_dir(directory)
     conf = directory / "httpd.conf"
     conf.write_text(devserver.httpd_conf(directory, 1, config_path, APACHE_DIR, topology="embedded", mpm="prefork"))
@@ -260,8 +250,12 @@ def test_embedded_children_hand_out_each_others_peers_within_two_sync_intervals(
     sync_interval 3, in four runs)."""
     sync = 3
     register(sqlite_url, 1, 2)
-    directory, config_path = run_dir(shared_dir, "embedded-sync", config_text(sqlite_url, sync_interval=str(sync)))
-    apache = start_apache(directory, config_path, topology="embedded")
+    directory, config_path = make_run_dir(shared_dir, "embedded-sync", config_text(sqlite_url, sync_interval=str(sync)))
+    # Which child answers each keep-alive connection (it stays with the child that accepted
+    # it): Apache's access log names the child's pid and the client's port.
+    access_log = directory / "access.log"
+    site = f'LogFormat "%P %{{remote}}p" child\nCustomLog "{access_log}" child\n'
+    apache = start_apache(directory, config_path, site, topology="embedded")
     apaches.append(apache)
 
     def announce_on(connection, torrent: int, peer: int, port: int, **extra) -> set[int]:
@@ -272,18 +266,23 @@ def test_embedded_children_hand_out_each_others_peers_within_two_sync_intervals(
         peers = answer[b"peers"]
         return {int.from_bytes(peers[i + 4:i + 6], "big") for i in range(0, len(peers), 6)}
 
-    # Which child holds each keep-alive connection (it stays with the child that accepted it):
-    # each announces a peer in turn, well inside the first sync; a child's own peers are in its
-    # answers at once, the other child's not yet.
-    connections = [http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30) for _ in range(16)]
-    child_of: list[int] = []
-    for n, connection in enumerate(connections):
-        seen = announce_on(connection, 1, 100 + n, 8000 + n)
-        child_of.append(next((child_of[k] for k in range(n) if 8000 + k in seen), n))
-    children = sorted(set(child_of))
-    assert len(children) == apache_conf.EMBEDDED_PROCESSES, f"connections by child: {child_of}"
-    first = connections[child_of.index(children[0])]
-    other = connections[child_of.index(children[1])]
+    # An idle Apache may hand every new connection to the same child: open connections (a
+    # scrape on each) until two children have answered.
+    connections: list[http.client.HTTPConnection] = []
+    child_of: dict[int, str] = {}  # client port -> child pid
+    while len(set(child_of.values())) < apache_conf.EMBEDDED_PROCESSES and len(connections) < 400:
+        connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
+        connection.request("GET", "/tracker/scrape?info_hash=" + quote_from_bytes(ih(1)))
+        connection.getresponse().read()
+        connections.append(connection)
+        # Apache logs each answer just after sending it: a line may come a moment late.
+        for line in access_log.read_text().splitlines() if access_log.exists() else []:
+            child, port = line.split()
+            child_of[int(port)] = child
+    children = sorted(set(child_of.values()))
+    assert len(children) == apache_conf.EMBEDDED_PROCESSES, f"{len(connections)} connections, all to {children}"
+    by_child = {child_of[c.sock.getsockname()[1]]: c for c in connections if c.sock.getsockname()[1] in child_of}
+    first, other = by_child[children[0]], by_child[children[1]]
 
     announce_on(first, 2, 1, 9001, left=0)
     announced = time.monotonic()
