@@ -116,3 +116,18 @@ def test_parse_networks_accepts_host_bits_and_bare_addresses():
     """Config values like "10.0.0.1/8" or "::1" are networks, not errors."""
     assert parse_networks(["10.0.0.1/8", "::1"]) == (
         ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@pytest.mark.parametrize("text", ["01.2.3.4", "1.2.3.04", "0.0.0.0", "255.255.255.255", "1.2.3.256", "+1.2.3.4",
+                                  "1.2.3.4\n", "1.2.3.4\x00", "\u0661.2.3.4", "1.2.3.4 ", "0x1.2.3.4", "1..3.4"])
+def test_pack_ip_fast_path_agrees_with_ipaddress(text):
+    """pack_ip's inet_pton fast path accepts and refuses what ipaddress does."""
+    import ipaddress
+
+    try:
+        expected = ipaddress.ip_address(text.strip()).packed
+    except ValueError:
+        with pytest.raises(ValueError):
+            pack_ip(text)
+    else:
+        assert pack_ip(text) == expected
