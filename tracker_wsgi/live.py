@@ -360,6 +360,7 @@ class LiveSwarms:
             with self._lock:
                 view.load_failed(now)  # answer from it as it is; try again in sync_interval
             return view
+        read = SwarmView.read(snapshot) if snapshot is not None else None
         with self._lock:
             if snapshot is None:  # unregistered since this process read it
                 self._drop(view)
@@ -368,7 +369,7 @@ class LiveSwarms:
             view = self._by_id.get(torrent_id)
             if view is None:
                 view = self._by_id[torrent_id] = SwarmView(torrent_id)
-            self._held_peers += view.install(snapshot, now)
+            self._held_peers += view.install(snapshot, read, now)
             view.answers_to(info_hash)
             self._by_hash[info_hash] = view
             return view
@@ -453,11 +454,12 @@ class LiveSwarms:
 
     def _reload(self, view: SwarmView, now: int) -> None:
         snapshot = self.batch_store.load_swarm(view.torrent_id, now, VIEW_PEERS)
+        read = SwarmView.read(snapshot) if snapshot is not None else None
         with self._lock:
             if snapshot is None:
                 self._drop(view)
             elif self._by_id.get(view.torrent_id) is view:
-                self._held_peers += view.install(snapshot, now)
+                self._held_peers += view.install(snapshot, read, now)
 
     def _tidy(self, now: int) -> None:
         """Drop idle views, prune silent peers, bring the process back within its limits
