@@ -147,10 +147,6 @@ class MysqlStore(SqlStore):
         if not read_only:  # writers: one transaction, committed by _end
             conn.start_transaction()
 
-    def _end(self, conn: Any, read_only: bool) -> None:
-        if not read_only:
-            conn.commit()
-
     def _is_transient(self, exc: BaseException) -> bool:
         return _connection_failed(exc) or getattr(exc, "errno", None) in _TRANSIENT_ERRNOS
 

@@ -335,7 +335,8 @@ class SqlStore:
         raise NotImplementedError
 
     def _end(self, conn: Any, read_only: bool) -> None:
-        conn.commit()
+        if not read_only:
+            conn.commit()
 
     def _is_lost(self, exc: BaseException) -> bool:
         """True when the error says the connection itself is gone (the pool's idle ones are
@@ -369,7 +370,10 @@ class SqlStore:
         return type(connection.conn).__name__
 
     def _read(self, work: Callable[[Any], T]) -> T:
-        """A transaction that only reads (where the database can, it runs beside the writer)."""
+        """Reads, each statement on its own (autocommit: no BEGIN or COMMIT round trips,
+        which cost a request more than the one SELECT it needs). Every read the announce
+        path makes is one statement; a large swarm's window takes two or three more, and
+        a sample needs no snapshot. They run beside the writer."""
         return self._transaction(work, read_only=True)
 
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
@@ -462,7 +466,8 @@ class SqlStore:
     def find_peer(self, torrent_id: int, peer_id: bytes) -> StoredPeer | None:
         def work(cur: Any) -> StoredPeer | None:
             cur.execute(self.sql.FIND_PEER, (torrent_id, peer_id))
-            row = cur.fetchone()
+            rows = cur.fetchall()  # all of it: an unfinished statement would hold SQLite's read snapshot
+            row = rows[0] if rows else None
             return None if row is None else StoredPeer(bytes(row[0]), bytes(row[1]) if row[1] else None, row[2])
 
         return self._read(work)

@@ -95,8 +95,10 @@ class SqliteStore(SqlStore):
 
     def _begin(self, conn: Any, read_only: bool) -> None:
         # A writer takes the write lock up front (BEGIN IMMEDIATE), so two never deadlock
-        # upgrading a read lock; in WAL mode readers need no lock at all.
-        conn.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # upgrading a read lock; in WAL mode readers need no lock at all, and (SqlStore._read)
+        # no transaction.
+        if not read_only:
+            conn.execute("BEGIN IMMEDIATE")
 
     def _read(self, work):
         return super()._transaction(work, read_only=True)
