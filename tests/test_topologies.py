@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import http.client
 import re
+import secrets
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
 
+import mysql.connector
 import pytest
 
 from conftest import APACHE_DIR, announce_query, decode, ih, pid, start_apache
 from test_e2e_apache import BINARY, SYNC, TEXT, config_text, register
 from tracker_wsgi import apache_conf, cli, devserver
 from tracker_wsgi.apache_conf import UNESCAPED, routing_pattern, unescaped_byte
+from tracker_wsgi.live import DB_WAITERS
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import parse_query
 from tracker_wsgi.store import open_store
+from tracker_wsgi.wsgi import BATCH_POOL_SIZE
 
 # -- the routing, in Python ---------------------------------------------------------------------
 
@@ -292,3 +298,86 @@ def test_embedded_children_hand_out_each_others_peers_within_two_sync_intervals(
         time.sleep(0.1)
     for connection in connections:
         connection.close()
+
+
+@pytest.fixture
+def private_mysql_account():
+    """A database and a MariaDB account of this test's alone (on the shared server), so that
+    the server's connections of that user are the tracker's. Yields (url, user)."""
+    name = f"tracker_conns_{secrets.token_hex(4)}"
+    admin = mysql.connector.connect(user="root", host="127.0.0.1", port=3306)
+    cursor = admin.cursor()
+    cursor.execute(f"CREATE DATABASE {name}")
+    cursor.execute(f"CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY 'conns-only'")
+    cursor.execute(f"GRANT ALL ON {name}.* TO '{name}'@'127.0.0.1'")
+    yield f"mysql://{name}:conns-only@127.0.0.1:3306/{name}", name
+    cursor.execute(f"DROP USER IF EXISTS '{name}'@'127.0.0.1'")
+    cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+def test_embedded_database_connections_stay_bounded_under_a_burst(private_mysql_account, shared_dir, apaches):
+    """Issue 13: under the event MPM's defaults a connection per Apache thread reached
+    MariaDB's max_connections. Now each child opens at most its two stores' pools (8 for
+    requests, 2 for the flush thread), whatever its threads: 128 clients at once, each
+    announcing new peers (each one a store call: whose peer_id it is), never make the
+    tracker's account hold more than ServerLimit x 10 connections."""
+    url, user = private_mysql_account
+    register(url, 1, 2, 3, 4)
+    config = config_text(url, sync_interval="1", peers_per_address="1000000")
+    directory, config_path = run_dir(shared_dir, "embedded-connections", config)
+    apache = start_apache(directory, config_path, topology="embedded")
+    apaches.append(apache)
+
+    watcher = mysql.connector.connect(user="root", host="127.0.0.1", port=3306)
+    watcher.autocommit = True
+
+    def tracker_connections() -> int:
+        cursor = watcher.cursor()
+        cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
+        return cursor.fetchone()[0]
+
+    counts: list[int] = []
+    burst_over = threading.Event()
+
+    def watch() -> None:
+        while not burst_over.is_set():
+            counts.append(tracker_connections())
+            time.sleep(0.01)
+
+    clients, announces_each = 128, 12
+    start = threading.Barrier(clients)
+
+    def client(number: int) -> list[bytes]:
+        """New peers over one keep-alive connection; returns the answers that were not successes."""
+        connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=60)
+        start.wait()
+        refused = []
+        for n in range(announces_each):
+            peer = number * 100 + n
+            connection.request("GET", "/tracker/announce?" + announce_query(
+                ih(peer % 4 + 1), pid(peer), 10000 + peer, event="started", numwant=5))
+            body = connection.getresponse().read()
+            if b"failure reason" in decode(body):  # every answer bencoded: decode raises if not
+                refused.append(body)
+        connection.close()
+        return refused
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            refused = [body for bodies in pool.map(client, range(clients)) for body in bodies]
+    finally:
+        burst_over.set()
+        watching.join()
+    counts.append(tracker_connections())  # pools keep their connections open: the last count too
+    watcher.close()
+
+    bound = apache_conf.EMBEDDED_PROCESSES * (DB_WAITERS + BATCH_POOL_SIZE)
+    assert max(counts) <= bound, (max(counts), bound)
+    # The store was reached from both children (their pools hold connections), and most new
+    # peers were taken (the rest got `retry in` while the database was busy: never HTML).
+    assert max(counts) >= apache_conf.EMBEDDED_PROCESSES, counts[-10:]
+    assert len(refused) < clients * announces_each / 2, (len(refused), refused[:3])
+    assert all(decode(body).get(b"retry in") for body in refused), refused[:3]
