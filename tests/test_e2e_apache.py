@@ -513,10 +513,27 @@ class BencodedWatch:
 PID_LOG = '\nCustomLog access.log "%P %U"\n'
 
 
-def serving_pids(apache, path: str = "/tracker/announce") -> set[int]:
+def serving_lines(apache) -> list[tuple[int, str]]:
+    """(process id, path) of every request answered so far, in order."""
     log = apache.run_dir / "access.log"
     lines = log.read_text().splitlines() if log.exists() else []
-    return {int(line.split()[0]) for line in lines if line.split()[1] == path}
+    return [(int(pid), path) for pid, path in (line.split() for line in lines)]
+
+
+def serving_pids(apache, path: str = "/tracker/announce") -> set[int]:
+    return {pid for pid, served in serving_lines(apache) if served == path}
+
+
+def announce_with_child(apache, torrent: int, peer: int, port: int) -> tuple[int, dict]:
+    """announce(), and the process that answered it (requests one at a time: Apache logs
+    each just after its answer)."""
+    before = len(serving_lines(apache))
+    answer = announce(apache, torrent, peer, port)
+    deadline = time.monotonic() + 5
+    while len(lines := serving_lines(apache)) <= before:
+        assert time.monotonic() < deadline, "no access.log line"
+        time.sleep(0.02)
+    return lines[before][0], answer
 
 
 @pytest.mark.parametrize("topology", devserver.TOPOLOGIES)
@@ -535,17 +552,18 @@ def test_mariadb_restart_mid_run(topology, private_mariadb, apache_factory):
         answers = list(pool.map(lambda n: announce(apache, 1, n, 7000 + n, event="started"), range(1, 11)))
     assert all(a[b"incomplete"] >= 1 for a in answers)
     if topology == "embedded":
-        # Every child reads the swarm before the database goes (one that never did can only
-        # answer `retry in`, below): re-announces, each on a new connection, until both
-        # children have answered one.
-        for n in range(100):
-            if len(serving_pids(apache)) == apache_conf.EMBEDDED_PROCESSES:
-                break
-            announce(apache, 1, n % 10 + 1, 7000 + n % 10 + 1)
-        assert len(serving_pids(apache)) == apache_conf.EMBEDDED_PROCESSES
-    # (Six scrapes, each on a new connection: in embedded mode, both children most likely.)
-    assert in_every_process(topology, lambda: all(
-        scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 10, 0, 10, "torrent-1") for _ in range(6)))
+        # Every child holds the swarm, all ten peers in its view, before the database goes (a
+        # child that never read it could only answer `retry in` below): re-announces, each on
+        # a new connection, until each child has answered one with all ten.
+        complete: set[int] = set()
+        deadline = time.monotonic() + 2 * SYNC + 5
+        while len(complete) < apache_conf.EMBEDDED_PROCESSES:
+            assert time.monotonic() < deadline, complete
+            n = len(serving_lines(apache)) % 10 + 1
+            child, answer = announce_with_child(apache, 1, n, 7000 + n)
+            if stats(answer) == (0, 10, 0):
+                complete.add(child)
+    assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 10, 0, 10, "torrent-1")
     log_before = apache.error_log()
     assert "CMySQLConnection" in log_before
 
