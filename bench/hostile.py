@@ -4,10 +4,12 @@ database fault at a time, with legitimate announces running beside it (issue 12)
     .venv/bin/python bench/hostile.py                        # both stores, every scenario, 90 s each (~19 min)
     .venv/bin/python bench/hostile.py --seconds 20           # a quick look (~8 min)
     .venv/bin/python bench/hostile.py --stores sqlite --scenarios slow,db-hang --legit-rate 200
+    .venv/bin/python bench/hostile.py --topology embedded    # the embedded snippets instead
 
 Run as root with the venv's Python (Apache drops to www-data and runs this venv). Each store
 x scenario gets a fresh store (50 registered torrents) and a fresh Apache built by
-tracker_wsgi.devserver around apache/tracker.conf, exactly as the tests do. MariaDB is a
+tracker_wsgi.devserver around apache/tracker.conf (--topology embedded: around
+apache/embedded-server.conf and apache/tracker-embedded.conf), exactly as the tests do. MariaDB is a
 private mariadbd of this script (own datadir and port, removed at the end); the shared
 server on 3306 is never touched.
 
@@ -846,16 +848,17 @@ class Database:
 
 
 class Apache:
-    """The shipped snippet in a real Apache, as tests/conftest.py's start_apache builds it."""
+    """The shipped snippets of a topology in a real Apache, as tests/conftest.py's start_apache
+    builds it."""
 
-    def __init__(self, run_dir: Path, config_text: str):
+    def __init__(self, run_dir: Path, config_text: str, topology: str):
         self.run_dir = run_dir
         devserver.prepare_run_dir(run_dir)
         config = run_dir / "tracker.toml"
         config.write_text(config_text)
         config.chmod(0o644)
         self.port = free_port()
-        conf = devserver.httpd_conf(run_dir, self.port, config, APACHE_DIR)
+        conf = devserver.httpd_conf(run_dir, self.port, config, APACHE_DIR, topology=topology)
         self.process = devserver.start(run_dir, conf)
         deadline = time.monotonic() + 30
         while True:
@@ -893,8 +896,12 @@ def config_text(run_dir: Path, database: str, whitelist: str) -> str:
     ])
 
 
-def memory_limit(conf: Path = APACHE_DIR / "tracker.conf") -> int | None:
-    """The smallest memory-limit= of the snippet's WSGIDaemonProcess lines (bytes)."""
+def memory_limit(topology: str, conf: Path = APACHE_DIR / "tracker.conf") -> int | None:
+    """The bound of one tracker process (bytes): in daemon mode the smallest memory-limit= of
+    the snippet's WSGIDaemonProcess lines; in embedded mode the config's memory_limit (this
+    script's config leaves the default), which each Apache child measures its RSS against."""
+    if topology == "embedded":
+        return Config().memory_limit
     text = conf.read_text().replace("\\\n", " ")
     limits = [int(m.group(1)) for line in text.splitlines() if line.strip().startswith("WSGIDaemonProcess")
               for m in [re.search(r"memory-limit=(\d+)", line)] if m]
@@ -902,12 +909,14 @@ def memory_limit(conf: Path = APACHE_DIR / "tracker.conf") -> int | None:
 
 
 class DaemonSampler(threading.Thread):
-    """Each second: the RSS of this Apache's mod_wsgi daemons (display-name "(wsgi:tracker_wsgi_N)",
-    children of its parent process; other Apaches on the machine have their own)."""
+    """Each second: the RSS of this Apache's tracker processes, children of its parent process
+    (other Apaches on the machine have their own): the mod_wsgi daemons (display-name
+    "(wsgi:tracker_wsgi_N)"), or in embedded mode every child."""
 
-    def __init__(self, apache_pid: int):
+    def __init__(self, apache_pid: int, topology: str):
         super().__init__(name="daemon sampler", daemon=True)
         self.apache_pid = apache_pid
+        self.command_prefix = b"(wsgi:" if topology == "daemon" else b""
         self.halt = threading.Event()
         self.peak_total = self.peak_process = 0
         self.seen: set[int] = set()
@@ -920,7 +929,7 @@ class DaemonSampler(threading.Thread):
                 continue
             try:
                 ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if ppid == self.apache_pid and Path(f"/proc/{name}/cmdline").read_bytes().startswith(b"(wsgi:"):
+                if ppid == self.apache_pid and Path(f"/proc/{name}/cmdline").read_bytes().startswith(self.command_prefix):
                     pids.append(int(name))
             except (OSError, IndexError, ValueError):
                 continue
@@ -1032,9 +1041,10 @@ def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMar
         db = Database(store, run_dir, label, server)
         stack.callback(db.drop)
         db.prepare(hashes)
-        apache = Apache(run_dir, config_text(run_dir, db.url, "open" if scenario == "swarm-flood" else "directory"))
+        apache = Apache(run_dir, config_text(run_dir, db.url, "open" if scenario == "swarm-flood" else "directory"),
+                        args.topology)
         stack.callback(apache.stop)
-        sampler = DaemonSampler(apache.process.pid)
+        sampler = DaemonSampler(apache.process.pid, args.topology)
         sampler.sample()
         sampler.start()
         stack.callback(sampler.stop)
@@ -1125,7 +1135,8 @@ def counts_text(counts: Counter) -> str:
 
 
 def print_tables(rows: list[Row], limit: int | None, args) -> None:
-    print(f"\n### Hostile clients, {args.seconds:.0f} s per scenario, legitimate rate {args.legit_rate:.0f}/s\n")
+    print(f"\n### Hostile clients, {args.topology} mode, {args.seconds:.0f} s per scenario, legitimate rate "
+          f"{args.legit_rate:.0f}/s\n")
     print("Targets (issue 12): announces memory can answer >= 99 % ok with p99 < 1 s; daemon RSS peak <= 80 % of "
           "memory-limit; 0 answered completions lost; 0 non-bencoded answers; error log <= 100 KB per minute "
           "of fault. Legitimate figures: announces sent from the fault's start to the end.\n")
@@ -1163,9 +1174,11 @@ def print_tables(rows: list[Row], limit: int | None, args) -> None:
         if key not in seen:
             seen.add(key)
             print(f"- {row.scenario}{' (' + row.store + ')' if key[1] else ''}: {FAULTS[key]}")
-    print(f"- memory-limit read from {APACHE_DIR / 'tracker.conf'}: "
-          f"{limit if limit is None else f'{limit / 2**20:.0f} MiB'} per daemon; the RSS cell is the largest "
-          "daemon's peak (the limit is per process)")
+    source = APACHE_DIR / "tracker.conf" if args.topology == "daemon" else "the config's memory_limit"
+    print(f"- memory-limit read from {source}: "
+          f"{limit if limit is None else f'{limit / 2**20:.0f} MiB'} per tracker process (in embedded mode, each "
+          "Apache child: its 'daemon' cells are the children's); the RSS cell is the largest one's peak (the "
+          "limit is per process)")
 
 
 # -- main ---------------------------------------------------------------------------------
@@ -1190,13 +1203,16 @@ def main() -> int:
     parser.add_argument("--scenarios", type=names(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--seconds", type=float, default=90, help="length of each scenario (default 90)")
     parser.add_argument("--legit-rate", type=float, default=150, help="legitimate announces per second (default 150)")
+    parser.add_argument("--topology", choices=devserver.TOPOLOGIES, default="daemon",
+                        help="the snippets the tracker runs under: daemon (tracker.conf, the default) or embedded "
+                             "(embedded-server.conf and tracker-embedded.conf)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: Apache drops to www-data, and mariadbd runs as mysql")
     if args.seconds < 12:
         parser.error("--seconds must be at least 12")
     signal.signal(signal.SIGTERM, interrupted)
-    limit = memory_limit()
+    limit = memory_limit(args.topology)
     rows: list[Row] = []
     began = time.monotonic()
     try:

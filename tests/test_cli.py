@@ -22,6 +22,7 @@ import pytest
 from bencoder import bencode
 
 from conftest import TEST_PASSWORD, give_to_www_data
+from tracker_wsgi import apache_conf
 from tracker_wsgi.config import Config
 from tracker_wsgi.model import PeerState, PeerWrite
 from tracker_wsgi.store import open_store
@@ -119,6 +120,19 @@ def test_every_command_has_its_own_help_text():
         # The one-line summary of the overview, then a paragraph of its own.
         assert description == summary.group(1)[0].upper() + summary.group(1)[1:] + "."
         assert len(details.split()) > 8 and not details.startswith(("options:", "positional"))
+
+
+def test_paths_names_every_shipped_apache_file_and_each_is_there():
+    """`tracker-wsgi paths` tells the admin what the apache directory holds: both topologies'
+    snippets among them, each named file (or directory) present in it."""
+    done = run("paths")
+    assert done.returncode == 0 and done.stderr == ""
+    apache_line = next(line for line in done.stdout.splitlines() if line.startswith("apache "))
+    apache_dir = Path(run("paths", "apache").stdout.strip())
+    assert str(apache_dir) in apache_line
+    named = re.search(r"\((.*): TRACKER_WSGI_APACHE\)", apache_line).group(1).split(", ")
+    assert {*apache_conf.SHIPPED, "tracker-host.conf", "site.conf", "tracker.wsgi"} <= set(named), named
+    assert [name for name in named if not (apache_dir / name).exists()] == []
 
 
 def test_options_are_accepted_before_and_after_the_command(sqlite_site):

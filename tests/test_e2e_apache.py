@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ import mysql.connector
 import pytest
 
 from conftest import announce_query, decode, free_port, ih, pid
-from tracker_wsgi import devserver
+from tracker_wsgi import apache_conf, devserver
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import (
     BAD_INFO_HASH,
@@ -438,36 +439,140 @@ def reachable(url_args: dict) -> bool:
         return False
 
 
-def stored_peers(tcp: dict) -> int:
+def stored_peers(tcp: dict, torrent: int) -> int:
     conn = mysql.connector.connect(**tcp)
     try:
         cur = conn.cursor()
-        cur.execute("SELECT COUNT(*) FROM peers")
+        cur.execute("SELECT COUNT(*) FROM peers JOIN torrents ON torrents.id = peers.torrent_id"
+                    " WHERE torrents.name = %s", (f"torrent-{torrent}",))
         return cur.fetchone()[0]
     finally:
         conn.close()
 
 
-def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
+def in_every_process(topology: str, holds, seconds: float = 2 * SYNC + 3) -> bool:
+    """Whether holds() is true: at once in daemon mode, where a swarm's announces all reach
+    one process; in embedded mode within `seconds` (each child learns the other's peers at
+    its next sync: within 2 x sync_interval)."""
+    deadline = time.monotonic() + (seconds if topology == "embedded" else 0)
+    while not holds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+class BencodedWatch:
+    """Requests under /tracker from a thread of its own until stopped: re-announces, new peers,
+    completions and scrapes of torrent `torrent`, an unknown torrent, a bad query. Every
+    answer must be bencoded with the tracker's content type, whatever the database does."""
+
+    def __init__(self, apache, torrent: int):
+        self.apache, self.torrent = apache, torrent
+        self.answers = 0
+        self.wrong: list[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            for path, query in (
+                ("/tracker/announce", announce_query(ih(self.torrent), pid(1000 + n % 5), 9000 + n % 5)),
+                ("/tracker/announce", announce_query(ih(self.torrent), pid(2000 + n), 9100, event="started")),
+                ("/tracker/announce", announce_query(ih(self.torrent), pid(1000 + n % 5), 9000 + n % 5,
+                                                     event="completed", left=0)),
+                ("/tracker/scrape", urlencode({"info_hash": ih(self.torrent)})),
+                ("/tracker/announce", announce_query(ih(99), pid(1), 9200)),
+                ("/tracker/announce", "info_hash=short"),
+            ):
+                try:
+                    status, headers, body = self.apache.get(path, query)
+                except OSError as exc:  # a reset or a timeout: no answer at all
+                    self.wrong.append((path, repr(exc)))
+                    continue
+                self.answers += 1
+                try:
+                    decode(body)
+                except Exception:
+                    self.wrong.append((path, status, body[:100]))
+                    continue
+                if headers["Content-Type"] not in BENCODED_TYPES:
+                    self.wrong.append((path, status, headers["Content-Type"]))
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+# Which Apache process answered each request (in embedded mode, the child that ran the tracker),
+# in access.log of the run directory (Apache's ServerRoot); mod_log_config is built into Debian's.
+PID_LOG = '\nCustomLog access.log "%P %U"\n'
+
+
+def serving_lines(apache) -> list[tuple[int, str]]:
+    """(process id, path) of every request answered so far, in order."""
+    log = apache.run_dir / "access.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(int(pid), path) for pid, path in (line.split() for line in lines)]
+
+
+def serving_pids(apache, path: str = "/tracker/announce") -> set[int]:
+    return {pid for pid, served in serving_lines(apache) if served == path}
+
+
+def announce_with_child(apache, torrent: int, peer: int, port: int) -> tuple[int, dict]:
+    """announce(), and the process that answered it (requests one at a time: Apache logs
+    each just after its answer)."""
+    before = len(serving_lines(apache))
+    answer = announce(apache, torrent, peer, port)
+    deadline = time.monotonic() + 5
+    while len(lines := serving_lines(apache)) <= before:
+        assert time.monotonic() < deadline, "no access.log line"
+        time.sleep(0.02)
+    return lines[before][0], answer
+
+
+@pytest.mark.parametrize("topology", devserver.TOPOLOGIES)
+def test_mariadb_restart_mid_run(topology, private_mariadb, apache_factory):
     server = private_mariadb
     url = server.tracker_database()
     tcp = {"user": "tracker", "password": "s3cret-Pw", "host": "127.0.0.1", "port": server.port, "database": "tracker"}
-    register(url, 1)
-    apache = apache_factory(config_text(url, **LOG_INFO), site_conf=APACHE_LOG_INFO)
+    register(url, 1, 3)
+    # Embedded mode: each child holds its own view, in step with the others' every SYNC.
+    sync = {"sync_interval": str(SYNC)} if topology == "embedded" else {}
+    apache = apache_factory(config_text(url, **sync, **LOG_INFO), site_conf=APACHE_LOG_INFO + PID_LOG,
+                            topology=topology)
 
-    # Ten leechers, announced at once so that many daemon threads hold a connection.
+    # Ten leechers, announced at once so that many threads hold a connection.
     with ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda n: announce(apache, 1, n, 7000 + n, event="started"), range(1, 11)))
     assert all(a[b"incomplete"] >= 1 for a in answers)
+    if topology == "embedded":
+        # Every child holds the swarm, all ten peers in its view, before the database goes (a
+        # child that never read it could only answer `retry in` below): re-announces, each on
+        # a new connection, until each child has answered one with all ten.
+        complete: set[int] = set()
+        deadline = time.monotonic() + 2 * SYNC + 5
+        while len(complete) < apache_conf.EMBEDDED_PROCESSES:
+            assert time.monotonic() < deadline, complete
+            n = len(serving_lines(apache)) % 10 + 1
+            child, answer = announce_with_child(apache, 1, n, 7000 + n)
+            if stats(answer) == (0, 10, 0):
+                complete.add(child)
     assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 10, 0, 10, "torrent-1")
     log_before = apache.error_log()
     assert "CMySQLConnection" in log_before
 
-    register(url, 2)  # a swarm the daemon has not read
+    watch = BencodedWatch(apache, 3)  # from here to the end, beside everything else
+    register(url, 2)  # a swarm the tracker has not read
     server.stop()
     assert server.process.returncode == 0, server.log()
 
-    # The database is down. The peers of the swarm the daemon holds are still answered from
+    # The database is down. The peers of the swarm the tracker holds are still answered from
     # memory...
     for n in range(1, 11):
         assert stats(announce(apache, 1, n, 7000 + n)) == (0, 10, 0)
@@ -494,8 +599,9 @@ def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
     assert (status, decode(body)) == (200, SERVER_FAULT_ANSWER)
 
     # The batch of the announces answered meanwhile waits; its failure is logged once.
+    failed, recovered = "writing announces to the database failed", "writing announces to the database works again"
     deadline = time.monotonic() + 10
-    while "writing announces to the database failed" not in apache.error_log():
+    while failed not in apache.error_log():
         assert time.monotonic() < deadline, apache.error_log()
         time.sleep(0.2)
 
@@ -506,13 +612,17 @@ def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
         assert time.monotonic() < deadline, "private MariaDB did not come back"
         time.sleep(0.1)
 
-    # The announces answered while it was down reach it, and the peers from before are still
-    # there (InnoDB keeps them across a restart).
+    # The announces answered while it was down reach it (each process that failed says it
+    # works again), and the peers from before are still there (InnoDB keeps them).
+    def process_lines(text: str) -> list[str]:
+        return re.findall(r"\[pid (\d+)[^\n]*" + text, apache.error_log())
+
     deadline = time.monotonic() + 10
-    while "writing announces to the database works again" not in apache.error_log():
+    while sorted(process_lines(recovered)) != sorted(set(process_lines(failed))):
         assert time.monotonic() < deadline, apache.error_log()
         time.sleep(0.2)
-    assert apache.error_log().count("writing announces to the database failed") == 1
+    failing = process_lines(failed)
+    assert len(failing) == len(set(failing)), apache.error_log()  # once per process
     first = announce(apache, 1, 20, 7020, numwant=200, event="started")
     assert stats(first) == (0, 11, 0)
     assert split_peers(first[b"peers"]) == {compact(LOCALHOST, 7000 + n) for n in range(1, 11)}
@@ -524,12 +634,15 @@ def test_mariadb_restart_mid_run(private_mariadb, apache_factory):
             range(1, 11),
         ))
     assert [(s, b"failure reason" in decode(b)) for s, _, b in bodies] == [(200, False)] * 10
-    assert scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(0, 11, 0, 11, "torrent-1")
+    assert in_every_process(topology, lambda: scrape(apache, 1)[b"files"][ih(1)] == scrape_entry(
+        0, 11, 0, 11, "torrent-1"))
     # Every announce answered while the database was down reaches it, with the next batch.
     deadline = time.monotonic() + 15
-    while stored_peers(tcp) != 11:
-        assert time.monotonic() < deadline, stored_peers(tcp)
+    while stored_peers(tcp, 1) != 11:
+        assert time.monotonic() < deadline, stored_peers(tcp, 1)
         time.sleep(0.5)
+    watch.stop()
+    assert watch.wrong == [] and watch.answers > 50, (watch.answers, watch.wrong[:5])
     assert apache.process.poll() is None
 
 
@@ -670,11 +783,19 @@ def test_a_completed_survives_the_daemons_being_killed(mysql_url, apache_factory
     assert set(_daemon_pids(apache)).isdisjoint(pids)
 
 
+# How Apache is stopped: SIGWINCH is `apachectl graceful-stop`, what Debian's `systemctl stop
+# apache2` runs (children finish their requests first); SIGTERM is `apachectl stop`.
+STOP_SIGNALS = {"graceful-stop": signal.SIGWINCH, "stop": signal.SIGTERM}
+
+
+@pytest.mark.parametrize("stop", STOP_SIGNALS)
+@pytest.mark.parametrize("topology", devserver.TOPOLOGIES)
 @pytest.mark.parametrize("database", ["sqlite", "mysql"])
-def test_stopping_apache_right_after_a_burst_loses_no_announce(database, request, apache_factory):
-    """Announces wait in the daemons' memory for the next batch (here: a minute away). Apache
-    stopped (SIGTERM, as `systemctl stop` sends) right after a burst: each daemon process
-    writes its pending announces on mod_wsgi's shutdown event, and every one is stored."""
+def test_stopping_apache_right_after_a_burst_loses_no_announce(database, topology, stop, request, apache_factory):
+    """Announces wait in each tracker process's memory for the next batch (here: a minute
+    away). Apache stopped right after a burst: each process (a daemon, or in embedded mode
+    an Apache child) writes its pending announces on mod_wsgi's shutdown event
+    (process_stopping, which mod_wsgi 6 sends in both), and every one is stored."""
     url = request.getfixturevalue(f"{database}_url")
     hashes = [bytes([first]) + b"stop-test-torrent-x" for first in (0x10, 0x11, 0x42, 0x43)]  # both daemons
     store = open_store(url, 2700)
@@ -684,14 +805,21 @@ def test_stopping_apache_right_after_a_burst_loses_no_announce(database, request
     store.close()
     if database == "sqlite":
         register(url)  # hands the files to www-data
-    apache = apache_factory(config_text(url, sync_interval="60"))
+    apache = apache_factory(config_text(url, sync_interval="60"), topology=topology)
     answered = 0
+    held_elsewhere = 0  # answers that did not count every peer of their swarm announced so far
     for n in range(200):
         query = announce_query(hashes[n % 4], pid(n), port=7000 + n, event="started")
         status, _, body = apache.get("/tracker/announce", query)
         assert status == 200 and b"failure reason" not in body, body
         answered += 1
-    apache.stop()
+        held_elsewhere += decode(body)[b"incomplete"] < n // 4 + 1
+    # Pending announces in both processes. Daemon mode routes each swarm to one of them, which
+    # counts all its peers; in embedded mode each new connection may reach either child, and a
+    # child counts only the peers it holds until the next batch.
+    assert (held_elsewhere > 0) == (topology == "embedded"), held_elsewhere
+    apache.process.send_signal(STOP_SIGNALS[stop])
+    assert apache.process.wait(30) == 0
     store = open_store(url, 2700)
     stored = store._fetchall("SELECT COUNT(*) FROM peers")[0][0]
     store.close()

@@ -258,8 +258,8 @@ def test_the_wheel_carries_the_apache_files_and_the_files_for_etc(machine):
     site_packages = machine.venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
     apache = Path(installed_output(machine.venv, "paths", "apache"))
     assert apache == site_packages / "tracker_wsgi/apache"
-    for name in ("tracker.conf", "tracker-host.conf", "site.conf", "tracker.wsgi", "errors/unavailable",
-                 "sample-site/index.shtml", "sample-site/rss.xml"):
+    for name in ("tracker.conf", "tracker-embedded.conf", "embedded-server.conf", "tracker-host.conf", "site.conf",
+                 "tracker.wsgi", "errors/unavailable", "sample-site/index.shtml", "sample-site/rss.xml"):
         assert (apache / name).is_file(), name
     system = Path(installed_output(machine.venv, "paths", "system"))
     assert sorted(str(p.relative_to(system)) for p in system.rglob("*") if p.is_file()) == [

@@ -6,21 +6,29 @@ from __future__ import annotations
 
 import http.client
 import re
+import resource
+import secrets
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote_from_bytes, urlencode
 
+import mysql.connector
 import pytest
 
 from conftest import APACHE_DIR, announce_query, decode, ih, make_run_dir, pid, start_apache
-from test_e2e_apache import BINARY, SYNC, TEXT, config_text, register
+from test_e2e_apache import BINARY, PID_LOG, SYNC, TEXT, config_text, register, serving_pids
 from tracker_wsgi import apache_conf, cli, devserver
 from tracker_wsgi.apache_conf import UNESCAPED, routing_pattern, unescaped_byte
+from tracker_wsgi.limits import MEMORY_SHARE
+from tracker_wsgi.live import DB_WAITERS
 from tracker_wsgi.model import Torrent
-from tracker_wsgi.protocol import parse_query
+from tracker_wsgi.protocol import BUSY, parse_query
 from tracker_wsgi.store import open_store
+from tracker_wsgi.wsgi import BATCH_POOL_SIZE
 
 # -- the routing, in Python ---------------------------------------------------------------------
 
@@ -291,3 +299,142 @@ def test_embedded_children_hand_out_each_others_peers_within_two_sync_intervals(
         time.sleep(0.1)
     for connection in connections:
         connection.close()
+
+
+@pytest.fixture
+def private_mysql_account():
+    """A database and a MariaDB account of this test's alone (on the shared server), so that
+    the server's connections of that user are the tracker's. Yields (url, user)."""
+    name = f"tracker_conns_{secrets.token_hex(4)}"
+    admin = mysql.connector.connect(user="root", host="127.0.0.1", port=3306)
+    cursor = admin.cursor()
+    cursor.execute(f"CREATE DATABASE {name}")
+    cursor.execute(f"CREATE USER '{name}'@'127.0.0.1' IDENTIFIED BY 'conns-only'")
+    cursor.execute(f"GRANT ALL ON {name}.* TO '{name}'@'127.0.0.1'")
+    yield f"mysql://{name}:conns-only@127.0.0.1:3306/{name}", name
+    cursor.execute(f"DROP USER IF EXISTS '{name}'@'127.0.0.1'")
+    cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+def test_embedded_database_connections_stay_bounded_under_a_burst(private_mysql_account, shared_dir, apaches):
+    """Issue 13: under the event MPM's defaults a connection per Apache thread reached
+    MariaDB's max_connections. Now each child opens at most its two stores' pools (8 for
+    requests, 2 for the flush thread), whatever its threads: 128 clients at once, each
+    announcing new peers (each one a store call: whose peer_id it is), never make the
+    tracker's account hold more than ServerLimit x 10 connections."""
+    url, user = private_mysql_account
+    register(url, 1, 2, 3, 4)
+    config = config_text(url, sync_interval="1", peers_per_address="1000000")
+    directory, config_path = make_run_dir(shared_dir, "embedded-connections", config)
+    apache = start_apache(directory, config_path, topology="embedded")
+    apaches.append(apache)
+
+    watcher = mysql.connector.connect(user="root", host="127.0.0.1", port=3306)
+    watcher.autocommit = True
+
+    def tracker_connections() -> int:
+        cursor = watcher.cursor()
+        cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
+        return cursor.fetchone()[0]
+
+    counts: list[int] = []
+    burst_over = threading.Event()
+
+    def watch() -> None:
+        while not burst_over.is_set():
+            counts.append(tracker_connections())
+            time.sleep(0.01)
+
+    clients, announces_each = 128, 12
+    start = threading.Barrier(clients)
+
+    def client(number: int) -> list[bytes]:
+        """New peers over one keep-alive connection; returns the answers that were not successes."""
+        connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=60)
+        start.wait()
+        refused = []
+        for n in range(announces_each):
+            peer = number * 100 + n
+            connection.request("GET", "/tracker/announce?" + announce_query(
+                ih(peer % 4 + 1), pid(peer), 10000 + peer, event="started", numwant=5))
+            body = connection.getresponse().read()
+            if b"failure reason" in decode(body):  # every answer bencoded: decode raises if not
+                refused.append(body)
+        connection.close()
+        return refused
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            refused = [body for bodies in pool.map(client, range(clients)) for body in bodies]
+    finally:
+        burst_over.set()
+        watching.join()
+    counts.append(tracker_connections())  # pools keep their connections open: the last count too
+    watcher.close()
+
+    bound = apache_conf.EMBEDDED_PROCESSES * (DB_WAITERS + BATCH_POOL_SIZE)
+    assert max(counts) <= bound, (max(counts), bound)
+    # The store was reached from both children (their pools hold connections), and most new
+    # peers were taken (the rest got `retry in` while the database was busy: never HTML).
+    assert max(counts) >= apache_conf.EMBEDDED_PROCESSES, counts[-10:]
+    assert len(refused) < clients * announces_each / 2, (len(refused), refused[:3])
+    assert all(decode(body).get(b"retry in") for body in refused), refused[:3]
+
+
+def test_embedded_child_past_its_memory_limit_takes_no_new_swarm_or_peer_but_answers_known_ones(
+        sqlite_url, shared_dir, apaches):
+    """Embedded mode has no daemon memory-limit: each child measures its resident memory
+    against the config's memory_limit (limits.MemoryGuard). With the smallest one allowed,
+    64 MiB (a child starts at ~27 MiB resident; 70 % of 64 MiB is 44.8 MiB), a flood of new
+    peers fills one child until it answers `retry in` to new peers and new swarms, while a
+    peer it holds is still answered. (Without the guard in Apache's children the same flood
+    held 37,749 peers and 73.6 MiB after 60 s, none refused: this test fails.)"""
+    register(sqlite_url, *range(1, 42))
+    limit = 64 * 2**20
+    # Nothing else bounds the flood: no batch within the test (the view holds what it takes),
+    # and the count limits far away.
+    config = config_text(sqlite_url, sync_interval="60", memory_limit=str(limit), peers_per_address="1000000",
+                         max_peers="100000000", max_unwritten="100000000")
+    directory, config_path = make_run_dir(shared_dir, "embedded-memory", config)
+    # One keep-alive connection that Apache never closes: every request reaches one child.
+    apache = start_apache(directory, config_path, site_conf="MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded")
+    apaches.append(apache)
+    connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
+
+    def announce_on(torrent: int, peer: int, **extra) -> dict:
+        connection.request("GET", "/tracker/announce?" + announce_query(ih(torrent), pid(peer), 7000 + peer % 50000,
+                                                                        numwant=0, **extra))
+        return decode(connection.getresponse().read())
+
+    def resident(child: int) -> int:
+        return int(Path(f"/proc/{child}/statm").read_text().split()[1]) * resource.getpagesize()
+
+    known = announce_on(1, 1, event="started")
+    assert b"failure reason" not in known, known
+    deadline = time.monotonic() + 5
+    while not serving_pids(apache) and time.monotonic() < deadline:
+        time.sleep(0.05)  # Apache logs a request after its answer
+    (child,) = serving_pids(apache)
+    threshold = limit * MEMORY_SHARE
+    assert resident(child) < threshold, resident(child)
+
+    # New peers over torrents 2..40 (a view holds VIEW_LIMIT peers at most) until one is refused.
+    refused, peer, deadline = None, 100, time.monotonic() + 60
+    while refused is None and time.monotonic() < deadline:
+        peer += 1
+        answer = announce_on(2 + peer % 39, peer, event="started")
+        if b"failure reason" in answer:
+            refused = answer
+    assert refused == {b"failure reason": BUSY.encode(), b"retry in": 1}, (peer, refused)
+    assert resident(child) > threshold, (resident(child), threshold)
+    assert serving_pids(apache) == {child}
+    # Still past it: a new peer of a held swarm and a swarm this child never read are refused...
+    assert announce_on(1, 2, event="started") == refused
+    assert announce_on(41, 3, event="started") == refused
+    # ...and the peer it holds is answered, as every re-announce of a peer it holds would be.
+    again = announce_on(1, 1)
+    assert b"failure reason" not in again and again[b"incomplete"] == 1, again
+    connection.close()

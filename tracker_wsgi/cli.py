@@ -630,7 +630,7 @@ def installed_paths() -> dict[str, tuple[Path, str]]:
     from . import installed
 
     return {
-        "apache": (installed.APACHE_DIR, "tracker.conf, tracker-host.conf, site.conf, tracker.wsgi: TRACKER_WSGI_APACHE"),
+        "apache": (installed.APACHE_DIR, f"{', '.join(installed.APACHE_FILES)}: TRACKER_WSGI_APACHE"),
         "system": (installed.SYSTEM_DIR, "files for /etc, each at its path below /etc: Apache site, cron.d, systemd, tmpfiles.d"),
         "venv": (Path(sys.prefix), "the virtualenv tracker-wsgi runs in: TRACKER_WSGI_VENV"),
     }

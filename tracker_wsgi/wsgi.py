@@ -56,6 +56,8 @@ RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about t
 # answered from memory, so only a swarm not held yet, a completion or a peer the view does
 # not hold wait for it at all. The flush thread's batches wait as long as they must.
 REQUEST_WAIT_SECONDS = 2.0
+# Connections of the batch store: one for the flush thread and one for a refresh.
+BATCH_POOL_SIZE = 2
 
 REFRESH_OFF = "Refresh over the web is off: set refresh_secret in the tracker's config file."
 REFRESH_REFUSED = "Wrong or missing refresh secret."
@@ -338,9 +340,9 @@ def build_tracker(config: Config, faults: FaultLog | None = None) -> Tracker:
     """Open the store the config names (for the requests, and for the flush thread's
     batches) and make sure its tables exist."""
     # Connections per process: the requests' store needs one per thread StoreGate lets wait
-    # for the database; the batch store one for the flush thread and one for a refresh.
+    # for the database; the batch store BATCH_POOL_SIZE.
     return Tracker(config, open_configured(config, wait_seconds=REQUEST_WAIT_SECONDS, pool_size=DB_WAITERS),
-                   batch_store=open_configured(config, pool_size=2), faults=faults)
+                   batch_store=open_configured(config, pool_size=BATCH_POOL_SIZE), faults=faults)
 
 
 class Application:
