@@ -175,6 +175,9 @@ class LiveSwarms:
       trims (an int read is atomic; a stale one only changes which view goes first).
       Between a store call and the next hold of `_lock` a view may change or leave
       memory: whatever was read before the call is checked again under the lock.
+    - Outside the lock on purpose: SwarmView.read, which lays out a snapshot's peers (the
+      costly part of installing one) on a new view no other thread can reach yet; only
+      the swap into the held view (install) takes `_lock`.
     """
 
     def __init__(
