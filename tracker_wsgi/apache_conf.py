@@ -20,10 +20,10 @@ DEFAULT_PROCESSES = 2  # the shipped tracker.conf: one per core of the 2-core ma
 DAEMON_THREADS = 15  # per daemon process; see the comment of WSGIDaemonProcess below
 
 # Embedded mode's fixed pool, sized for a 2-core box: one child per core (each child's
-# Python runs one thread at a time), 64 threads each (why: embedded_server_conf's text).
+# Python runs one thread at a time), 1024 threads each (why: embedded_server_conf's text).
 EMBEDDED_PROCESSES = 2
-EMBEDDED_THREADS = 64
-MAX_EMBEDDED_THREADS = 1024  # per child: past this, each Python thread only waits for the GIL
+EMBEDDED_THREADS = 1024
+MAX_EMBEDDED_THREADS = 4096  # per child: Apache's own ThreadLimit ceiling is far above; memory is not
 
 # Characters a client may leave unescaped in a query value (RFC 3986 3.4: pchar, "/", "?"),
 # less "&" (it ends the value) and "%" (it starts an escape); each stands for its own byte,
@@ -363,9 +363,12 @@ WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 # with every thread busy, closes the keep-alive connections beyond that, which clients see
 # as errors: with 2 x 32 and 64 keep-alive clients, a child holding more than half of them
 # dropped some (37-211 socket errors in each 3-s run of wrk -c64); with 2 x 64, none in
-# four runs of five, 5 in the other. Threads that wait cost no CPU: only those answering
-# contend for Python. (The worker MPM holds a thread for every open connection, idle or
-# not: size it for those.) Give a bigger box one child per core:
+# four runs of five, 5 in the other. And every connection whose headers are still arriving
+# holds a thread (below): 1024 a child, 2048 in all, as many workers as daemon mode's Apache
+# is given against slow clients. Threads that wait cost no CPU (only those answering contend
+# for Python) and little memory: with 1,000 slow connections open a child was 112 MiB
+# resident, and its throughput was that of 2 x 64. (The worker MPM holds a thread for every
+# open connection, idle or not: size it for those.) Give a bigger box one child per core:
 # `tracker-wsgi apache-conf --embedded-server --processes N`.
 #
 # Apache logs AH10159 ("within MinSpareThreads of MaxRequestWorkers") when the pool is busy:
@@ -374,9 +377,10 @@ WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 # What it changes for other sites: MaxRequestWorkers ({workers} here; Debian's default is 150)
 # is every site's limit on requests at once, and on connections whose headers are still
 # arriving, each of which holds a thread until mod_reqtimeout gives up (tracker-host.conf).
-# Measured with 2 x 64: 100 such slow connections left an announce answered at once, 200 held
-# it 9.6 s. Where slow clients are expected, raise --threads (a waiting thread costs memory,
-# not CPU) or limit connections per address in the firewall (README, "Slow clients").
+# Measured: with 2 x 64, 200 such slow connections held an announce 9.6 s; with 2 x 1024 the
+# hostile soak's 1,000 (bench/hostile.py) left every announce answered in 0.01 s. Beyond
+# that, raise --threads or limit connections per address in the firewall (README, "Slow
+# clients").
 # With MariaDB, each child opens at most 10 database connections, whatever its threads:
 # max_connections >= hosts x ServerLimit x 10 + a few for cron (README).
 <IfModule mpm_event_module>
