@@ -118,13 +118,16 @@ def application(environ, start_response):
 """
 
 
-def apache_dir_with(root: Path, tracker_conf: str, wsgi: str | None = None) -> Path:
-    """A copy of apache/ whose tracker.conf is `tracker_conf` (and tracker.wsgi `wsgi`)."""
+def apache_dir_with(root: Path, tracker_conf: str | None = None, wsgi: str | None = None,
+                    embedded_server_conf: str | None = None) -> Path:
+    """A copy of apache/ with tracker.conf, tracker.wsgi and embedded-server.conf replaced
+    by those given."""
     copy = root / "apache"
     shutil.copytree(APACHE_DIR, copy, symlinks=False)
-    (copy / "tracker.conf").write_text(tracker_conf)
-    if wsgi is not None:
-        (copy / "tracker.wsgi").write_text(wsgi)
+    for name, text in (("tracker.conf", tracker_conf), ("tracker.wsgi", wsgi),
+                       ("embedded-server.conf", embedded_server_conf)):
+        if text is not None:
+            (copy / name).write_text(text)
     for path in [copy, *copy.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     return copy
@@ -399,8 +402,12 @@ def test_embedded_child_past_its_memory_limit_takes_no_new_swarm_or_peer_but_ans
     config = config_text(sqlite_url, sync_interval="60", memory_limit=str(limit), peers_per_address="1000000",
                          max_peers="100000000", max_unwritten="100000000")
     directory, config_path = make_run_dir(shared_dir, "embedded-memory", config)
+    # Children of 64 threads: the shipped 1024 threads' stacks alone put a child past 70 % of
+    # the smallest memory_limit before its first request.
+    conf_dir = apache_dir_with(directory, embedded_server_conf=apache_conf.embedded_server_conf(threads=64))
     # One keep-alive connection that Apache never closes: every request reaches one child.
-    apache = start_apache(directory, config_path, site_conf="MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded")
+    apache = start_apache(directory, config_path, site_conf="MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded",
+                          apache_dir=conf_dir)
     apaches.append(apache)
     connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
 
