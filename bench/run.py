@@ -387,7 +387,24 @@ def static_apache(root: Path) -> tuple[Apache, Path]:
     return Apache(root / "static-run", conf_dir, ""), conf_dir / "static"
 
 
-class OpenTracker:
+class OtherTracker:
+    """Another tracker measured beside ours: one process of its own, announcing at its `/`."""
+
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def processes(self) -> tuple[list[int], list[int]]:
+        return [], [self.process.pid]
+
+    def stop(self) -> None:
+        devserver.stop(self.process)
+
+
+class OpenTracker(OtherTracker):
     """Debian's opentracker: in memory, one event loop; it closes every connection itself, so
     wrk counts one read error per answer in keep-alive runs. It chroots to -d, so -w names
     the whitelist inside it; it binds with SO_REUSEPORT, so a stray instance on our port would
@@ -423,18 +440,7 @@ class OpenTracker:
             raise RuntimeError(f"127.0.0.1:{self.port} has listeners {sorted(listeners)}, "
                                f"ours is {self.process.pid}: stop the strays")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def processes(self) -> tuple[list[int], list[int]]:
-        return [], [self.process.pid]
-
-    def stop(self) -> None:
-        devserver.stop(self.process)
-
-
-class NpmTracker:
+class NpmTracker(OtherTracker):
     """The npm bittorrent-tracker 11 (bench/npm_tracker.mjs): HTTP only, in memory, trusting
     X-Forwarded-For, refusing info hashes not in the whitelist."""
 
@@ -460,16 +466,6 @@ class NpmTracker:
             self.process = subprocess.Popen(["node", str(BENCH / "npm_tracker.mjs"), str(modules), str(self.port),
                                              str(whitelist)], stdout=log, stderr=subprocess.STDOUT)
         wait_listening(self.port, self.process, "npm tracker", self.log)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def processes(self) -> tuple[list[int], list[int]]:
-        return [], [self.process.pid]
-
-    def stop(self) -> None:
-        devserver.stop(self.process)
 
 
 def affinity(pid: int) -> set[int] | None:
