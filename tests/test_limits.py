@@ -79,13 +79,13 @@ def test_where_the_process_runs_chooses_what_the_guard_measures(monkeypatch):
     memory, since its data segment holds every worker thread's reserved stack. Outside
     Apache: RLIMIT_DATA if the process has one, else never full."""
     monkeypatch.setattr(limits.resource, "getrlimit", lambda which: (1 << 30, 1 << 30))
-    daemon = MemoryGuard.for_this_process(64 << 20, process_group="tracker_wsgi_0")
+    daemon = MemoryGuard.for_process_group("tracker_wsgi_0", 64 << 20)
     assert daemon.threshold == int((1 << 30) * limits.MEMORY_SHARE) and daemon.data_bytes is limits._data_bytes
-    embedded = MemoryGuard.for_this_process(64 << 20, process_group="")
+    embedded = MemoryGuard.for_process_group("", 64 << 20)
     assert embedded.threshold == int((64 << 20) * limits.MEMORY_SHARE)
     assert embedded.data_bytes is limits._resident_bytes
     assert limits._resident_bytes() > 1 << 20  # this test process, measured
-    assert MemoryGuard.for_this_process(64 << 20).data_bytes is limits._data_bytes  # pytest: no mod_wsgi
+    assert MemoryGuard.for_process_group(limits.apache_process_group(), 64 << 20).data_bytes is limits._data_bytes  # pytest: no mod_wsgi
 
 
 def test_the_memory_guard_reads_this_process():

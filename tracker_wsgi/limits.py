@@ -95,7 +95,7 @@ def _statm(field: int) -> int:
         return int(f.read().split()[field]) * PAGE_BYTES
 
 
-def _apache_process_group() -> str | None:
+def apache_process_group() -> str | None:
     """mod_wsgi's process group: a daemon group's name, "" in an Apache child (embedded
     mode), None outside Apache (the CLI, tests)."""
     try:
@@ -128,10 +128,9 @@ class MemoryGuard:
         self._full = False
 
     @classmethod
-    def for_this_process(cls, embedded_limit: int, process_group: str | None | bool = False) -> MemoryGuard:
-        """The guard for where this process runs (see the class); `embedded_limit` is the
-        config's memory_limit."""
-        group = _apache_process_group() if process_group is False else process_group
+    def for_process_group(cls, group: str | None, embedded_limit: int) -> MemoryGuard:
+        """The guard for where a process runs (see the class): `group` is
+        apache_process_group(); `embedded_limit` the config's memory_limit."""
         if group == "":
             return cls(embedded_limit, data_bytes=_resident_bytes)
         return cls()

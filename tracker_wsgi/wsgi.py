@@ -27,7 +27,7 @@ from . import logs
 from . import metrics as metrics_module
 from .config import Config, ConfigError
 from .faultlog import FaultLog, _one_line
-from .limits import MemoryGuard, Shed
+from .limits import MemoryGuard, Shed, apache_process_group
 from .model import ClientError, StoreUnavailable
 from .netaddr import client_address, is_trusted, unpack_ip
 from .protocol import (
@@ -111,7 +111,7 @@ class Tracker:
         self.rng = rng or random.Random()
         self.swarms = LiveSwarms(store, config.sync_interval, rng=self.rng, clock=clock, limits=config.limits,
                                  batch_store=self.batch_store, faults=self.faults,
-                                 memory=MemoryGuard.for_this_process(config.memory_limit))
+                                 memory=MemoryGuard.for_process_group(apache_process_group(), config.memory_limit))
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.refresh_gate = RefreshGate(config.refresh_secret.encode())
         self.trusted = config.trusted_proxies
