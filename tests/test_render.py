@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import random
 import re
 import stat
 import subprocess
@@ -158,18 +159,21 @@ def test_control_characters_are_stripped_so_the_xml_stays_well_formed():
 # -- the numbers -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("seconds", "text"), [
-    (0, "00d00h00m"),
-    (59, "00d00h00m"),
-    (60, "00d00h01m"),
-    (3599, "00d00h59m"),
-    (3600, "00d01h00m"),
-    (86399, "00d23h59m"),
-    (86400, "01d00h00m"),
-    (3 * 86400 + 4 * 3600 + 5 * 60 + 59, "03d04h05m"),
-    (123 * 86400, "123d00h00m"),
-    (-500, "00d00h00m"),  # a clock step back is not a negative age
+    (0, "0 min"),
+    (59, "0 min"),
+    (60, "1 min"),
+    (6 * 60 + 30, "6 min"),
+    (3599, "59 min"),
+    (3600, "1 h"),
+    (2 * 3600 + 5 * 60 + 59, "2 h 5 min"),
+    (86399, "23 h 59 min"),
+    (86400, "1 d"),
+    (86400 + 59 * 60, "1 d"),  # two units, rounded down: the minutes of a day-old torrent are noise
+    (3 * 86400 + 4 * 3600 + 5 * 60 + 59, "3 d 4 h"),
+    (123 * 86400, "123 d"),
+    (-500, "0 min"),  # a clock step back is not a negative age
 ])
-def test_elapsed_is_days_hours_minutes(seconds, text):
+def test_elapsed_is_readable_in_its_two_largest_units(seconds, text):
     assert render.elapsed(seconds) == text
 
 
@@ -244,9 +248,9 @@ def test_each_row_and_the_totals_row():
                       "time elapsed", "times completed", "size", "info", "torrent"]
     assert ("span", {"class": "bt-hidden"}) in page.tags
     assert body == [
-        ["0 B/s", "75.00 %", "2", "2", "1.00 KiB", "00d00h01m", "1", "1000 B", "", "a"],
-        ["0 B/s", "75.00 %", "0", "1", "2.00 KiB", "00d00h00m", "2", "1.95 KiB", "info", "b"],
-        ["0 B/s", "100.00 %", "1", "2", "1.00 MiB", "01d01h01m", "4", "2.93 KiB", "", "c"],
+        ["0 B/s", "75.00 %", "2", "2", "1.00 KiB", "1 min", "1", "1000 B", "", "a"],
+        ["0 B/s", "75.00 %", "0", "1", "2.00 KiB", "0 min", "2", "1.95 KiB", "info", "b"],
+        ["0 B/s", "100.00 %", "1", "2", "1.00 MiB", "1 d 1 h", "4", "2.93 KiB", "", "c"],
     ]
     assert totals == ["", "", "3", "5", "1.00 MiB", "", "7", "5.86 KiB", "", "3 torrents"]
 
@@ -312,26 +316,51 @@ class Chart:
         return [tuple(map(float, p.split(","))) for p in polyline.get("points").split()]
 
 
-def test_history_chart_needs_two_samples():
+def test_no_samples_no_chart():
     assert render.history_chart([], PACKAGED) == ""
-    assert render.history_chart([(NOW, 1, 2)], PACKAGED) == ""
-    assert Page(render.history_chart([(NOW, 0, 4), (NOW + 900, 2, 0)], PACKAGED)).errors == []
 
 
-def test_each_point_sits_where_the_axes_say():
+def test_the_first_sample_is_drawn_and_the_caption_says_it_is_the_first():
+    """The first refresh records one sample: the page shows it, not an empty space."""
+    chart = Chart([(NOW, 1, 2)])
+    middle = (chart.left + chart.right) / 2
+    assert list(chart.times) == ["22:13"] and chart.times["22:13"] == middle
+    for polyline, count in ((chart.seeds, "1"), (chart.leechers, "2")):
+        (x1, y1), (x2, y2) = Chart.points(polyline)
+        assert y1 == y2 == chart.counts[count] and x1 < middle < x2 and x2 - x1 >= 10
+    assert chart.figure.find("figcaption").text == (
+        "Seeds and leechers at 14 Nov 2023 22:13 UTC, the first sample: now 1 seed and 2 leechers. "
+        "Each refresh adds a sample from here on.")
+    assert Page(chart.markup).errors == []
+
+
+def test_each_count_is_drawn_as_steps_held_until_the_next_sample():
     chart = Chart([(NOW, 0, 4), (NOW + 900, 2, 0), (NOW + 1800, 4, 4)])
     assert list(chart.counts) == ["0", "1", "2", "3", "4"]
     assert chart.counts["0"] == chart.bottom and chart.counts["4"] == chart.top
     middle = (chart.left + chart.right) / 2
     y = chart.counts
-    assert Chart.points(chart.seeds) == [(chart.left, y["0"]), (middle, y["2"]), (chart.right, y["4"])]
-    assert Chart.points(chart.leechers) == [(chart.left, y["4"]), (middle, y["0"]), (chart.right, y["4"])]
+    # Across at the old count to the next sample's time, then straight up or down.
+    assert Chart.points(chart.seeds) == [(chart.left, y["0"]), (middle, y["0"]), (middle, y["2"]),
+                                         (chart.right, y["2"]), (chart.right, y["4"])]
+    assert Chart.points(chart.leechers) == [(chart.left, y["4"]), (middle, y["4"]), (middle, y["0"]),
+                                            (chart.right, y["0"]), (chart.right, y["4"])]
     # NOW is 22:13:20 UTC: round five minutes, each where its time falls on the axis.
     assert list(chart.times) == ["22:15", "22:20", "22:25", "22:30", "22:35", "22:40"]
     for label, x in chart.times.items():
         hour, minute = map(int, label.split(":"))
         offset = (hour * 3600 + minute * 60) - NOW % 86400
         assert x == pytest.approx(chart.left + offset / 1800 * (chart.right - chart.left), abs=0.05)
+
+
+def test_no_segment_of_a_line_is_a_ramp():
+    """A week of samples, counts changing at random: every segment is level or upright."""
+    rng = random.Random(19)
+    chart = Chart([(NOW + i * 900, rng.randrange(50), rng.randrange(50)) for i in range(7 * 96)])
+    for polyline in (chart.seeds, chart.leechers):
+        points = Chart.points(polyline)
+        assert len(points) > 7 * 96
+        assert all(a[0] == b[0] or a[1] == b[1] for a, b in zip(points, points[1:]))
 
 
 @pytest.mark.parametrize(("peak", "labels"), [
@@ -381,7 +410,8 @@ def test_the_chart_has_a_title_and_a_caption_that_says_what_it_shows():
     caption = chart.figure.find("figcaption")
     assert caption.get("id") == chart.svg.get("aria-describedby")
     assert caption.text == ("Seeds and leechers from 14 Nov 2023 22:13 to 14 Nov 2023 22:43 UTC, one sample "
-                            "per refresh: now 2 seeds and 1 leecher; at most 3 seeds and 1 leecher.")
+                            "per refresh, each held until the next: now 2 seeds and 1 leecher; at most 3 seeds "
+                            "and 1 leecher.")
 
 
 # -- the admin's templates --------------------------------------------------------------------
@@ -455,7 +485,8 @@ def test_the_sample_page_with_its_include_and_the_stylesheet_are_valid(tmp_path)
     info_links = {"a b/c.torrent": "a b/c.nfo"}
     full.write_text(sample_page(render.stats_table(rows, NOW, 900, BASE, info_links, history, PACKAGED)))
     empty = tmp_path / "empty.html"
-    empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [], PACKAGED)))
+    # A first refresh: no torrents yet, one history sample.
+    empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [(NOW, 0, 0)], PACKAGED)))
     stylesheet = tmp_path / "bt_stats.css"
     stylesheet.write_text(render.load_templates().stylesheet)
     assert nu_check(full, empty, stylesheet) == []
@@ -567,7 +598,7 @@ def test_rss_guids_name_the_v1_hash_as_btih_and_the_v2_hash_as_btmh(db, request,
     assert feed.bozo == 0 and sorted(e.id for e in feed.entries) == sorted([btih["hybrid"], btih["v1"], btmh["v2"]])
 
 
-def test_stats_include_is_a_table_and_gains_a_chart_with_two_samples(site):
+def test_stats_include_is_a_table_and_a_chart_from_the_first_refresh_on(site):
     config, store, torrents, output = site
     write_torrent(torrents, "a.torrent", "A")
     (torrents / "a.nfo").write_text("about")
@@ -576,15 +607,18 @@ def test_stats_include_is_a_table_and_gains_a_chart_with_two_samples(site):
     first = Page((output / "bt_stats.inc").read_text())
     assert first.errors == []
     assert ("table", {"class": "bt-stats"}) in first.tags
-    assert "svg" not in {tag for tag, _ in first.tags}
     assert first.links == [(f"{BASE}/a.html", "info"), (f"{BASE}/a.torrent", "A")]
     assert len(first.rows) == 3 and first.rows[-1][-1] == "1 torrent"
+    # One sample so far: drawn, and captioned as the first.
+    assert [attrs.get("class") for tag, attrs in first.tags if tag == "figure"] == ["bt-history"]
+    assert "the first sample" in (output / "bt_stats.inc").read_text()
 
     refresh(config, store, force=True, now=NOW + 900)
     second = Page((output / "bt_stats.inc").read_text())
     assert second.errors == []
     assert [attrs.get("class") for tag, attrs in second.tags if tag == "figure"] == ["bt-history"]
     assert len([tag for tag, _ in second.tags if tag == "polyline"]) == 2
+    assert "the first sample" not in (output / "bt_stats.inc").read_text()
     # The page's stylesheet, beside the include: the packaged one.
     assert (output / "bt_stats.css").read_text() == render.load_templates().stylesheet
 

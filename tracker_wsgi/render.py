@@ -51,6 +51,7 @@ CHART_WIDTH, CHART_HEIGHT = 640, 240
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 48, 616, 40, 200
 MAX_COUNT_TICKS = 5  # gridlines up the count axis: enough to read a value off, still far apart
 MAX_TIME_TICKS = 8  # labels along the time axis: "14 Nov" is about 40 px; 8 leave room between
+FIRST_MARK = 12  # half the width of the mark a first, lone sample is drawn as
 # Time axis steps, seconds: whole minutes, hours and days, so the labels are round times.
 TIME_STEPS = (60, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
               2 * 86400, 7 * 86400)
@@ -134,9 +135,15 @@ def plural(n: int, noun: str) -> str:
 
 
 def elapsed(seconds: int) -> str:
-    """The original's DDdHHhMMm."""
+    """A duration as people write it, in its two largest units, rounded down: "6 min",
+    "2 h 5 min", "3 d 4 h" (the original's 03d04h05m had to be decoded)."""
     minutes = max(0, seconds) // 60
-    return f"{minutes // 1440:02d}d{minutes // 60 % 24:02d}h{minutes % 60:02d}m"
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min"
 
 
 def torrent_url(base_url: str, path: str) -> str:
@@ -236,19 +243,33 @@ def _coordinate(value: float) -> str:
     return f"{value:.1f}"
 
 
+def step_points(samples: Sequence[tuple[float, float]]) -> str:
+    """Polyline points for values that hold from one sample to the next: across at the old
+    value, then up or down at the new sample's time, so a step never looks like a ramp."""
+    points: list[tuple[float, float]] = []
+    for x, y in samples:
+        if points and points[-1][1] != y:
+            points.append((x, points[-1][1]))
+        points.append((x, y))
+    return " ".join(f"{_coordinate(x)},{_coordinate(y)}" for x, y in points)
+
+
 def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates) -> Html:
-    """An SVG line chart of seeds and leechers per history sample (time, seeds, leechers),
-    with both axes, gridlines, a legend and a caption saying what it shows; nothing until
-    there are two samples."""
-    if len(samples) < 2:
+    """An SVG chart of seeds and leechers per history sample (time, seeds, leechers), with
+    both axes, gridlines, a legend and a caption saying what it shows. Each count is drawn as
+    steps: a sample's value holds until the next. The first refresh has one sample: its
+    counts are short marks in the middle, and the caption says the history starts there."""
+    if not samples:
         return Html("")
     t0, t1 = samples[0][0], samples[-1][0]
-    span = max(1, t1 - t0)
+    span = t1 - t0
     peak = max(max(seeds, leechers) for _, seeds, leechers in samples)
     step = count_step(peak)
     top = max(step, -(-peak // step) * step)
 
     def x(timestamp: int) -> float:
+        if not span:
+            return (PLOT_LEFT + PLOT_RIGHT) / 2
         return PLOT_LEFT + (timestamp - t0) / span * (PLOT_RIGHT - PLOT_LEFT)
 
     def y(count: int) -> float:
@@ -259,27 +280,37 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates)
               text_x=PLOT_LEFT - 6, text_y=_coordinate(y(count) + 4), anchor="end", label=count)
         for count in range(0, top + 1, step)
     ]
-    seconds = time_step(span)
+    seconds = time_step(max(1, span))
+    # One sample: its own time is the axis's only label.
+    times = range(-(-t0 // seconds) * seconds, t1 + 1, seconds) if span else [t0]
     ticks += [
         _fill(templates.tick, x1=_coordinate(x(when)), y1=PLOT_TOP, x2=_coordinate(x(when)), y2=PLOT_BOTTOM + 4,
               text_x=_coordinate(x(when)), text_y=PLOT_BOTTOM + 18, anchor="middle",
               label=_time_label(when, seconds))
-        for when in range(-(-t0 // seconds) * seconds, t1 + 1, seconds)
+        for when in times
     ]
 
     def line(column: int) -> str:
-        return " ".join(f"{_coordinate(x(row[0]))},{_coordinate(y(row[column]))}" for row in samples)
+        if not span:  # a point has no length: a mark either side of it
+            return step_points([(x(t0) + dx, y(samples[0][column])) for dx in (-FIRST_MARK, FIRST_MARK)])
+        return step_points([(x(row[0]), y(row[column])) for row in samples])
 
     def when(timestamp: int) -> str:
         return f"{_utc(timestamp).day} {_utc(timestamp):%b %Y %H:%M}"
 
     _, seeds_now, leechers_now = samples[-1]
-    summary = (
-        f"Seeds and leechers from {when(t0)} to {when(t1)} UTC, one sample per refresh: now "
-        f"{plural(seeds_now, 'seed')} and {plural(leechers_now, 'leecher')}; at most "
-        f"{plural(max(s for _, s, _ in samples), 'seed')} and "
-        f"{plural(max(l for _, _, l in samples), 'leecher')}."
-    )
+    now = f"now {plural(seeds_now, 'seed')} and {plural(leechers_now, 'leecher')}"
+    if span:
+        title = f"Seeds and leechers, {when(t0)} to {when(t1)} UTC"
+        summary = (
+            f"Seeds and leechers from {when(t0)} to {when(t1)} UTC, one sample per refresh, each "
+            f"held until the next: {now}; at most {plural(max(s for _, s, _ in samples), 'seed')} and "
+            f"{plural(max(l for _, _, l in samples), 'leecher')}."
+        )
+    else:
+        title = f"Seeds and leechers, {when(t0)} UTC"
+        summary = (f"Seeds and leechers at {when(t0)} UTC, the first sample: {now}. "
+                   "Each refresh adds a sample from here on.")
     return _fill(
         templates.chart,
         width=CHART_WIDTH, height=CHART_HEIGHT,
@@ -287,7 +318,7 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates)
         plot_width=PLOT_RIGHT - PLOT_LEFT, plot_height=PLOT_BOTTOM - PLOT_TOP,
         ticks=Html("\n".join(ticks)),
         seeds=line(1), leechers=line(2),
-        title=f"Seeds and leechers, {when(t0)} to {when(t1)} UTC",
+        title=title,
         summary=summary,
     )
 
