@@ -34,6 +34,7 @@ from tracker_wsgi.store import open_store
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_RSS = REPO / "apache" / "sample-site" / "rss.xml"
 SAMPLE_INDEX = REPO / "apache" / "sample-site" / "index.shtml"
+SAMPLE_SITE_CSS = REPO / "apache" / "sample-site" / "site.css"
 NOW = 1_700_000_000  # Tue, 14 Nov 2023 22:13:20 GMT
 BASE = "http://h/torrents"
 HOSTILE = "<script>alert(1)</script>"
@@ -58,7 +59,7 @@ def rss_document(items: str) -> str:
         wrapper = SAMPLE_RSS.read_text()
         assert wrapper.count("<!--#include") == 1
         return re.sub(r"<!--#include[^>]*-->", lambda _: items, wrapper)
-    return ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title><link>http://h/</link>'
+    return ('<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>'
             f"<description>d</description>{items}</channel></rss>")
 
 
@@ -272,7 +273,7 @@ def test_a_torrent_without_leechers_shows_a_dash_and_one_added_by_hand_has_no_li
     assert page.rows[1][1] == "\u2013"
     assert page.rows[1][-1] == "hand" and page.links == []
     assert render.rss_items([report(1, path="/srv/elsewhere/x.torrent")], BASE) == (
-        f"<generator>tracker_wsgi {render.__version__}</generator>\n"
+        f"<link>{BASE}/</link>\n<generator>tracker_wsgi {render.__version__}</generator>\n"
     )
 
 
@@ -474,7 +475,7 @@ def sample_page(include: str) -> str:
     return re.sub(r"<!--#include[^>]*-->", lambda _: include, SAMPLE_INDEX.read_text())
 
 
-def test_the_sample_page_with_its_include_and_the_stylesheet_are_valid(tmp_path):
+def test_the_sample_page_with_its_include_and_the_stylesheets_are_valid(tmp_path):
     rows = [
         report(1, name=HOSTILE, path="a b/c.torrent", seeds=3, leechers=2, bytes_left=10, transferred=5 << 20),
         report(2, name=QUOTES, path='x"><img src=x>.torrent'),
@@ -489,7 +490,7 @@ def test_the_sample_page_with_its_include_and_the_stylesheet_are_valid(tmp_path)
     empty.write_text(sample_page(render.stats_table([], NOW, 0, BASE, {}, [(NOW, 0, 0)], PACKAGED)))
     stylesheet = tmp_path / "bt_stats.css"
     stylesheet.write_text(render.load_templates().stylesheet)
-    assert nu_check(full, empty, stylesheet) == []
+    assert nu_check(full, empty, stylesheet, SAMPLE_SITE_CSS) == []
 
 
 def test_the_checker_finds_what_the_old_include_did_wrong(tmp_path):
@@ -538,6 +539,9 @@ def test_rss_feed_parses_with_titles_links_dates_and_enclosures(site):
 
     feed = feedparser.parse(rss_document(items))
     assert feed.bozo == 0, feed.get("bozo_exception")
+    # The channel links the site the config names, not the sample's placeholder host.
+    channel = ET.fromstring(rss_document(items).encode()).find("channel")
+    assert [link.text for link in channel.findall("link")] == [f"{BASE}/"]
     beta_url, alpha_url = f"{BASE}/sub%20dir/beta%20gamma.torrent", f"{BASE}/alpha.torrent"
     assert [(e.title, e.link) for e in feed.entries] == [("Beta", beta_url), ("Älpha & Ω", alpha_url)]
     assert [e.published_parsed[:6] for e in feed.entries] == [time.gmtime(NOW + 100)[:6], time.gmtime(NOW)[:6]]

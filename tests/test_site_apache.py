@@ -9,6 +9,8 @@ import hashlib
 import shutil
 import time
 from email.utils import parsedate_to_datetime
+from html.parser import HTMLParser
+from urllib.parse import urljoin
 
 import feedparser
 import pytest
@@ -33,8 +35,8 @@ def site(shared_dir, apache_factory, sqlite_url):
     torrents, output = shared_dir / "torrents", shared_dir / "output"
     (torrents / "music").mkdir(parents=True)
     output.mkdir()
-    for name in ("index.shtml", "rss.xml"):
-        shutil.copy(APACHE_DIR / "sample-site" / name, torrents / name)
+    for page in (APACHE_DIR / "sample-site").iterdir():  # index.shtml, rss.xml, site.css
+        shutil.copy(page, torrents / page.name)
     (torrents / "music" / "album.torrent").write_bytes(torrent_bytes("Album <b>& friends</b>", 5 << 20))
     (torrents / "music" / "album.nfo").write_text("liner notes")
     (torrents / "film.torrent").write_bytes(torrent_bytes("Film", 700 << 20))
@@ -90,11 +92,55 @@ def test_the_page_as_served_is_valid_html_and_its_stylesheet_is_served(site, tmp
     assert nu_check(tmp_path / "index.html", tmp_path / "bt_stats.css") == []
 
 
+class HeadLinks(HTMLParser):
+    """The <link> elements of a page: (rel, href)."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "link":
+            self.links.append((dict(attrs)["rel"], dict(attrs)["href"]))
+
+
+def test_everything_the_page_links_is_served_and_its_icon_needs_no_request(site, tmp_path):
+    _, _, body = site.get("/torrents/")
+    links = dict(HeadLinks(body.decode()).links)
+    # An icon in the page: browsers do not ask for /favicon.ico, which is not there.
+    assert links["icon"].startswith("data:image/svg+xml,")
+    assert site.get("/favicon.ico")[0] == 404
+    types = {}
+    for rel, href in HeadLinks(body.decode()).links:
+        if rel != "icon":
+            status, headers, _ = site.get(urljoin("/torrents/", href))
+            assert status == 200, href
+            types[href] = headers["Content-Type"]
+    assert types == {"rss.xml": "application/rss+xml", "/tracker-output/bt_stats.css": "text/css",
+                     "site.css": "text/css"}
+    # The page's own look, after the table's: the admin's rules win.
+    assert [href for rel, href in HeadLinks(body.decode()).links if rel == "stylesheet"] == [
+        "/tracker-output/bt_stats.css", "site.css"]
+    status, _, css = site.get("/torrents/site.css")
+    (tmp_path / "site.css").write_bytes(css)
+    assert nu_check(tmp_path / "site.css") == []
+
+
+def test_the_include_files_have_a_content_type(site):
+    """mime.types has no .inc: without site.conf's AddType, Apache sends no Content-Type."""
+    for name in ("bt_stats.inc", "bt_rss.inc"):
+        status, headers, body = site.get(f"/tracker-output/{name}")
+        assert status == 200 and body
+        assert headers.get("Content-Type") == "text/html; charset=utf-8", name
+
+
 def test_rss_is_a_valid_feed_with_enclosures(site):
     status, headers, body = site.get("/torrents/rss.xml")
     assert status == 200 and headers["Content-Type"].startswith("application/rss+xml")
     feed = feedparser.parse(body)
     assert feed.bozo == 0, feed.get("bozo_exception")
+    assert feed.feed.link == f"{site.base}/torrents/"  # base_url, the site being served
     titles = sorted(e.title for e in feed.entries)
     assert titles == ["Album <b>& friends</b>", "Film"]
     album = next(e for e in feed.entries if e.title.startswith("Album"))

@@ -340,12 +340,14 @@ def info_hash_urns(r: TorrentReport) -> list[str]:
 
 
 def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
-    """bt_rss.inc: the inside of the site's <channel>, newest torrent first. Each item's guid
-    is its first info hash URN, and a dc:identifier names each (the namespace is declared
-    on the element, so a site's rss.xml needs no change)."""
+    """bt_rss.inc: the inside of the site's <channel>: its link (the site at base_url, so
+    the rss.xml an admin copies names no host), then the items, newest torrent first. Each
+    item's guid is its first info hash URN, and a dc:identifier names each (the namespace is
+    declared on the element, so a site's rss.xml needs no change)."""
     listed = sorted((r for r in reports if r.path and not r.path.startswith("/")),
                     key=lambda r: (-r.added, r.path))
-    out = [f"<generator>tracker_wsgi {__version__}</generator>\n"]
+    out = [f"<link>{escape(base_url.rstrip('/') + '/')}</link>\n",
+           f"<generator>tracker_wsgi {__version__}</generator>\n"]
     if listed:
         out.append(f"<lastBuildDate>{_rfc822(listed[0].added)}</lastBuildDate>\n")
     for r in listed:
