@@ -231,7 +231,7 @@ def test_show_and_remove_find_a_hybrid_torrent_by_either_hash_or_its_file(site):
         assert lines(shown.stdout)[6:] == [
             "peers         0 seeds, 0 leechers, 0 partial seeds (announced in the last 2700 s)",
             "completed     0 times",
-            "transferred   0 B uploaded",
+            "transferred   0 B downloaded",
         ]
     # With the file gone, the store still knows both hashes name the torrent.
     path.unlink()
@@ -264,7 +264,7 @@ def test_stats_counts_live_peers_and_completions_in_text_and_json(site):
                  (3, PeerState.PARTIAL_SEED, 100, False), (4, PeerState.LEECHER, 900, False)]
         for n, state, left, completed in peers:
             write = PeerWrite(b"-TW0001-" + n.to_bytes(12, "big"), V4, 6000 + n, None, state, left,
-                              250, 0, now - (5000 if n == 4 else 0), False)  # peer 4 is long silent
+                              0, 250, now - (5000 if n == 4 else 0), False)  # peer 4 is long silent
             store.write_through(torrent_id, write, completed)
         last_refresh = store.last_refresh()
     finally:
@@ -278,7 +278,7 @@ def test_stats_counts_live_peers_and_completions_in_text_and_json(site):
     text = run("stats", "--config", config)
     refreshed = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_refresh))
     assert (text.returncode, text.stdout) == (0, (
-        "2 torrents (3.91 KiB), 1 seeds, 1 leechers, 1 partial seeds, 1 completed, 750 B uploaded; "
+        "2 torrents (3.91 KiB), 1 seeds, 1 leechers, 1 partial seeds, 1 completed, 750 B downloaded; "
         f"last refresh {refreshed}\n"))
 
 

@@ -62,9 +62,9 @@ def announce_written(store, request: AnnounceRequest, now: int):
 
 
 def ann(info_hash: bytes, n: int, left: int = 100, uploaded: int = 0, event: Event = Event.NONE,
-        numwant: int = 50) -> AnnounceRequest:
+        numwant: int = 50, downloaded: int = 0) -> AnnounceRequest:
     return AnnounceRequest(
-        info_hash=info_hash, peer_id=pid(n), ip=V4, port=6000 + n, uploaded=uploaded, downloaded=0,
+        info_hash=info_hash, peer_id=pid(n), ip=V4, port=6000 + n, uploaded=uploaded, downloaded=downloaded,
         left=left, event=event, numwant=numwant, compact=False, no_peer_id=False, key=None,
         tracker_id=None, client_ip=V4,
     )
@@ -175,17 +175,39 @@ def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
     tracker.close()
 
 
-def test_expiry_deletes_only_stale_peers_and_keeps_what_they_uploaded(setup):
+def test_a_download_shows_as_transferred_before_its_seed_announces_again(setup):
+    """A seed starts (it has given nothing yet), a leecher downloads the whole torrent from it
+    and says `completed`: the next refresh shows the torrent's size transferred and one
+    completion, though the seed's next announce, with its upload, is half an hour away."""
+    config, store, torrents, output = setup
+    size = 3 << 20
+    info_hash = torrent_file(torrents, "fresh.torrent", "fresh", length=size)
+    refresh(config, store, now=NOW)
+    announce_written(store, ann(info_hash, 1, left=0, event=Event.STARTED), NOW + 10)  # the seed
+    announce_written(store, ann(info_hash, 2, left=size, event=Event.STARTED), NOW + 20)
+    announce_written(store, ann(info_hash, 2, left=0, downloaded=size, event=Event.COMPLETED), NOW + 80)
+    refresh(config, store, force=True, now=NOW + 120)
+    (fresh,) = store.report(NOW + 120)
+    assert (fresh.seeds, fresh.downloaded, fresh.transferred) == (2, 1, size)
+    row = re.search(r"<tr><td>[^\n]*fresh</a></td></tr>", (output / "bt_stats.inc").read_text()).group()
+    assert "<td>3.00 MiB</td><td>2 min</td><td>1</td>" in row  # transferred, elapsed, completed
+    # It leaves: what it downloaded stays in the total, counted once.
+    announce_written(store, ann(info_hash, 2, left=0, downloaded=size, uploaded=size, event=Event.STOPPED),
+                     NOW + 200)
+    assert store.report(NOW + 200)[0].transferred == size
+
+
+def test_expiry_deletes_only_stale_peers_and_keeps_what_they_downloaded(setup):
     """The original wiped whole swarms; only peers silent longer than peer_timeout go, and
-    their uploaded bytes join the torrent's transfer total."""
+    their downloaded bytes join the torrent's transfer total."""
     config, store, torrents, _ = setup
     mixed = torrent_file(torrents, "mixed.torrent", "mixed")
     stale_only = torrent_file(torrents, "stale.torrent", "stale")
     torrent_file(torrents, "quiet.torrent", "quiet")  # registered, never announced to
     refresh(config, store, now=NOW)
-    announce_written(store, ann(mixed, 1, uploaded=5000), NOW)  # silent since NOW
-    announce_written(store, ann(stale_only, 3, uploaded=300), NOW)
-    announce_written(store, ann(mixed, 2, left=0, uploaded=700), NOW + 2000)  # fresh
+    announce_written(store, ann(mixed, 1, downloaded=5000, uploaded=1), NOW)  # silent since NOW
+    announce_written(store, ann(stale_only, 3, downloaded=300, uploaded=1), NOW)
+    announce_written(store, ann(mixed, 2, left=0, downloaded=700, uploaded=1), NOW + 2000)  # fresh
 
     later = NOW + TIMEOUT + 100  # cutoff NOW + 100: peers 1 and 3 are stale, 2 is not
     report = refresh(config, store, force=True, now=later)

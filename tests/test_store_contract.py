@@ -488,7 +488,7 @@ def test_the_largest_numbers_break_no_write_and_no_sum(store, store_url, shared_
     assert store.write_batch(old).set_aside == []
     assert swarms.announce(parsed(1, left=0, event="completed"), NOW).stats.downloaded == 1  # written through
     for n in (2, 3):
-        swarms.announce(parsed(n, event="stopped"), NOW)  # their uploads join the torrent's total
+        swarms.announce(parsed(n, event="stopped"), NOW)  # what they downloaded joins the torrent's total
     swarms.flush()
     stopped = store.write_batch([(1, write._replace(stopped=True)) for _, write in old[:3]])
     assert stopped.set_aside == [] and stopped.written[1].leechers == 2 + 2
@@ -507,7 +507,7 @@ def test_the_largest_numbers_break_no_write_and_no_sum(store, store_url, shared_
     assert (row.transferred, row.bytes_left) == (MAX_TOTAL_BYTES, MAX_TOTAL_BYTES)
     assert "2048 PiB" in (output / "bt_stats.inc").read_text()  # MAX_TOTAL_BYTES, rendered
     later = NOW + TIMEOUT + 1
-    assert refresh(config, store, force=True, now=later).expired == 6  # their uploads join the total
+    assert refresh(config, store, force=True, now=later).expired == 6  # what they downloaded joins the total
     [row] = store.report(later)
     assert (row.transferred, row.bytes_left, row.seeds + row.leechers) == (MAX_TOTAL_BYTES, 0, 0)
     clock.now = later

@@ -450,7 +450,7 @@ def cmd_show(options: Options) -> int:
     print(f"peers         {r.seeds} seeds, {r.leechers} leechers, {r.partial_seeds} partial seeds "
           f"(announced in the last {config.peer_timeout} s)")
     print(f"completed     {r.downloaded} times")
-    print(f"transferred   {human_bytes(r.transferred)} uploaded")
+    print(f"transferred   {human_bytes(r.transferred)} downloaded")
     if r.path.startswith("/"):
         print("published     no: the stats page lists it without a link and the feed leaves it out "
               "(it is outside torrent_dir)")
@@ -501,7 +501,7 @@ def cmd_stats(options: Options) -> int:
     print(
         f"{totals['torrents']} torrents ({human_bytes(totals['content_bytes'])}), {totals['seeds']} seeds, "
         f"{totals['leechers']} leechers, {totals['partial_seeds']} partial seeds, "
-        f"{totals['completed']} completed, {human_bytes(totals['transferred_bytes'])} uploaded; {refreshed}"
+        f"{totals['completed']} completed, {human_bytes(totals['transferred_bytes'])} downloaded; {refreshed}"
     )
     return 0
 
@@ -752,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("targets", nargs="+", metavar="HASH|PATH",
                         help="an info hash in hex (v1 or v2), or its .torrent file")
     stats = command("stats", cmd_stats, "print the totals",
-                    "Torrents, live seeds, leechers and partial seeds, completions, bytes uploaded,\n"
+                    "Torrents, live seeds, leechers and partial seeds, completions, bytes downloaded,\n"
                     "and when the last refresh ran.")
     stats.add_argument("--json", action="store_true", help="one JSON object, for scripts and monitoring")
     refresh_text = (

@@ -226,7 +226,7 @@ class TorrentReport:
     leechers: int  # still downloading
     partial_seeds: int
     downloaded: int
-    transferred: int  # bytes uploaded, by departed and live peers
+    transferred: int  # bytes downloaded, by departed and live peers (every byte moved, once)
     bytes_left: int  # summed over peers that are not seeds
     last_transfer: int  # `transferred` at the previous refresh
     last_done: int  # `downloaded` at the previous refresh

@@ -7,8 +7,12 @@ one place, `_fill`, which escapes every value that is not itself a filled templa
 RSS items use the same `escape`. Everything but `load_templates` is pure: rows in, text out.
 
 The columns are the original's (BitTorrent::TrackerCGI v0.02, reference §9), with its
-bugs fixed: transfer counts uploaded bytes only (the original added uploads and downloads,
-counting every byte twice), and the rate's denominator includes the peers that left.
+bugs fixed: transfer counts each byte once, as its downloader reports it (the original added
+uploads and downloads, counting every byte twice), and the rate's denominator includes the
+peers that left. Downloads, not uploads: a leecher reports what it got when it completes or
+stops (BEP 3 `completed`, `stopped`), while a seed reports what it gave only at its next
+regular announce, up to `interval` later; so a new swarm showed 0 B transferred after its
+first download, until its seed announced again.
 """
 
 from __future__ import annotations

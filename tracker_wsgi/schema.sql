@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS torrents (
     leechers    INT             NOT NULL DEFAULT 0,   --   recounted by refresh (signed: a race can
     partial_seeds INT           NOT NULL DEFAULT 0,   --   only leave them off by one until then)
     downloaded  INT UNSIGNED    NOT NULL DEFAULT 0,   -- completions counted, once per peer
-    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes uploaded by peers that have left
-    last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total uploaded at the last refresh (for the rate)
+    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes downloaded by peers that have left
+    last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total downloaded at the last refresh (for the rate)
     last_done   INT UNSIGNED    NOT NULL DEFAULT 0,   -- downloaded at the last refresh
     version     BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- +1 by every transaction that writes its peers:
                                                       --   a process whose view knows it knows the swarm

@@ -220,9 +220,9 @@ class Statements:
         "DELETE FROM info_hashes WHERE torrent_id = ?",
         "DELETE FROM torrents WHERE id = ?",
     )
-    # Expired peers' uploads join the departed total before the peers go.
+    # Expired peers' downloads join the departed total before the peers go.
     EXPIRE = (
-        "UPDATE torrents SET transferred = {least}(transferred + (SELECT COALESCE({total}(uploaded), 0) "
+        "UPDATE torrents SET transferred = {least}(transferred + (SELECT COALESCE({total}(downloaded), 0) "
         "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?), {cap}) "
         "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
         "DELETE FROM peers WHERE last_seen < ?",
@@ -270,13 +270,13 @@ class Statements:
         "t.last_done, t.info_sha256 FROM torrents t"
     )
     REPORT_PEERS = (
-        "SELECT torrent_id, state, COUNT(*), {total}(bytes_left), {total}(uploaded) FROM peers "
+        "SELECT torrent_id, state, COUNT(*), {total}(bytes_left), {total}(downloaded) FROM peers "
         "WHERE last_seen >= ? GROUP BY torrent_id, state"
     )
     # The rate snapshot: what the next refresh's "current average rate" is measured from.
     SNAPSHOT_RATES = (
         "UPDATE torrents SET last_done = downloaded, last_transfer = {least}(transferred + "
-        "(SELECT COALESCE({total}(uploaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
+        "(SELECT COALESCE({total}(downloaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
         "AND peers.last_seen >= ?), {cap})"
     )
     ADD_HISTORY = (
@@ -600,7 +600,7 @@ class SqlStore:
                 if write.stopped:
                     if row is not None:
                         stops.append((torrent_id, write))
-                        total = transferred.get(torrent_id, 0) + write.uploaded
+                        total = transferred.get(torrent_id, 0) + write.downloaded
                         transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
                     continue
                 upserts.append((torrent_id, write))
@@ -785,10 +785,10 @@ class SqlStore:
         def work(cur: Any) -> list[TorrentReport]:
             cur.execute(self.sql.REPORT_PEERS, (now - self.peer_timeout,))
             peers: dict[int, dict[int, tuple[int, int, int]]] = {}
-            for torrent_id, state, count, left, uploaded in cur.fetchall():
+            for torrent_id, state, count, left, got in cur.fetchall():
                 # Sums as {total} gives them (SQLite: a float), capped as every stored sum is.
                 peers.setdefault(torrent_id, {})[state] = (
-                    count, min(int(left or 0), MAX_TOTAL_BYTES), min(int(uploaded or 0), MAX_TOTAL_BYTES))
+                    count, min(int(left or 0), MAX_TOTAL_BYTES), min(int(got or 0), MAX_TOTAL_BYTES))
             cur.execute(self.sql.REPORT_TORRENTS)
             reports = []
             for (torrent_id, info_hash, name, path, size, file_size, added, downloaded, transferred,
