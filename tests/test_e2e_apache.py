@@ -113,6 +113,17 @@ LOG_INFO = {"log_level": '"info"'}
 APACHE_LOG_INFO = "LogLevel warn wsgi:info"
 
 
+def wait_until(holds, seconds: float) -> bool:
+    """Whether holds() comes true within `seconds`. Tests poll for what they wait for: a
+    fixed sleep is too long on a quiet machine and too short on a loaded one."""
+    deadline = time.monotonic() + seconds
+    while not holds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def wait_for_log(apache, text: str, seconds: float = 5) -> str:
     deadline = time.monotonic() + seconds
     while True:
@@ -454,12 +465,7 @@ def in_every_process(topology: str, holds, seconds: float = 2 * SYNC + 3) -> boo
     """Whether holds() is true: at once in daemon mode, where a swarm's announces all reach
     one process; in embedded mode within `seconds` (each child learns the other's peers at
     its next sync: within 2 x sync_interval)."""
-    deadline = time.monotonic() + (seconds if topology == "embedded" else 0)
-    while not holds():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
+    return wait_until(holds, seconds if topology == "embedded" else 0)
 
 
 class BencodedWatch:
@@ -654,22 +660,30 @@ def test_two_apaches_on_one_database_are_one_tracker(mysql_url, apache_factory):
     a = apache_factory(config_text(mysql_url, sync_interval=str(SYNC)), "a")
     b = apache_factory(config_text(mysql_url, sync_interval=str(SYNC)), "b")
 
-    assert announce(a, 1, 1, 7001, event="started")[b"peers"] == b""
-    # a writes its batch within sync_interval; b, reading the swarm for the first time, has peer 1.
-    time.sleep(SYNC + 0.5)
-    from_b = announce(b, 1, 2, 7002, event="started")
-    assert from_b[b"peers"] == compact(LOCALHOST, 7001)
-    assert stats(from_b) == (0, 2, 0)
+    store = open_store(mysql_url, 2700)  # what the hosts wrote
+    try:
+        assert announce(a, 1, 1, 7001, event="started")[b"peers"] == b""
+        # a writes its batch within sync_interval; b, reading the swarm for the first time, has peer 1.
+        assert wait_until(lambda: store._fetchall("SELECT COUNT(*) FROM peers") == [(1,)], SYNC + 10)
+        from_b = announce(b, 1, 2, 7002, event="started")
+        assert from_b[b"peers"] == compact(LOCALHOST, 7001)
+        assert stats(from_b) == (0, 2, 0)
 
-    done = announce(a, 1, 1, 7001, event="completed", left=0)
-    assert done[b"complete"] == done[b"downloaded"] == 1
-    # Each host writes its batch and re-reads the swarm within sync_interval.
-    time.sleep(2 * SYNC + 0.5)
-    assert scrape(b, 1) == {b"files": {ih(1): scrape_entry(1, 1, 1, 1, "torrent-1")}}
-    # The completion was counted once, not once per host.
-    announce(b, 1, 1, 7001, event="completed", left=0)
-    time.sleep(2 * SYNC + 0.5)
-    assert scrape(a, 1) == {b"files": {ih(1): scrape_entry(1, 1, 1, 1, "torrent-1")}}
+        done = announce(a, 1, 1, 7001, event="completed", left=0)
+        assert done[b"complete"] == done[b"downloaded"] == 1
+        # Each host writes its batch and re-reads the swarm within sync_interval.
+        counted_once = {b"files": {ih(1): scrape_entry(1, 1, 1, 1, "torrent-1")}}
+        assert wait_until(lambda: scrape(b, 1) == counted_once, 2 * SYNC + 10), scrape(b, 1)
+        # The completion was counted once, not once per host: once b's write is in (its
+        # `uploaded` marks it), the database and both hosts still count one.
+        announce(b, 1, 1, 7001, event="completed", left=0, uploaded=777)
+        assert wait_until(lambda: store._fetchall("SELECT uploaded FROM peers WHERE port = 7001") == [(777,)],
+                          SYNC + 10)
+        assert store._fetchall("SELECT downloaded FROM torrents") == [(1,)]
+    finally:
+        store.close()
+    # a re-reads the swarm (it learns b's peer 2 from it): one completion there too.
+    assert wait_until(lambda: scrape(a, 1) == counted_once, 2 * SYNC + 10), scrape(a, 1)
     assert announce(b, 1, 2, 7002)[b"peers"] == compact(LOCALHOST, 7001)
     assert stats(announce(a, 1, 2, 7002)) == (1, 1, 1)
 
@@ -693,10 +707,14 @@ def test_config_error_is_a_retry_and_one_log_line(sqlite_url, apache_factory):
             answers = list(pool.map(lambda r: apache.get(*r), requests * 4))
             for status, headers, body in answers:
                 assert (status, headers["Content-Type"], decode(body)) == (200, TEXT, SERVER_FAULT_ANSWER)
-    wait_for_log(apache, "unknown key")
-    time.sleep(0.3)  # anything else the daemons write
+
+    def said() -> list[str]:
+        return [line for line in apache.error_log().splitlines() if config_path in line and "'colour'" in line]
+
+    # Both daemon processes have said it (the requests reached both).
+    assert wait_until(lambda: len({re.search(r"\[pid (\d+)", line).group(1) for line in said()}) == 2, 5), said()
     log = apache.error_log()
-    lines = [line for line in log.splitlines() if config_path in line and "'colour'" in line]
+    lines = said()
     assert lines, log
     assert all("tracker_wsgi: configuration error:" in line for line in lines), lines
     assert "Traceback" not in log
