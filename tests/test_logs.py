@@ -24,11 +24,21 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import announce_query, decode, give_to_www_data, ih, pid
-from test_e2e_apache import APACHE_LOG_INFO, LOG_INFO, config_text, private_mariadb, register  # noqa: F401 (a fixture)
+from test_e2e_apache import (  # noqa: F401 (private_mariadb: a fixture)
+    APACHE_LOG_INFO,
+    LOG_INFO,
+    config_text,
+    private_mariadb,
+    register,
+    wait_for_log,
+    wait_until,
+)
 from test_refresh import torrent_file
 from tracker_wsgi import cli, logs
+from tracker_wsgi.store import open_store
 
 APACHE_LINE = re.compile(r"^\[[^]]+\] \[(\w+):(\w+)\] \[pid (\d+)")  # [time] [module:level] [pid N...
 # Facility local0 is 16 (RFC 5424 §6.2.1); priority = facility * 8 + severity.
@@ -191,7 +201,15 @@ def exercise(apache, good: bytes, output: Path) -> None:
         status, _, body = apache.get("/tracker/announce", announce_query(good, pid(n), 6880 + n, event="started"))
         assert status == 200 and decode(body)[b"incomplete"] == n, decode(body)
     assert apache.get("/tracker/scrape", urlencode({"info_hash": good}))[0] == 200
-    time.sleep(1)  # anything else the daemons would write
+    # The refresh's last line: its warning about the junk file, after its summary.
+    wait_for_log(apache, "junk.torrent: skipped", 10)
+
+
+def failed_flushes(apache) -> float:
+    """Batch writes that failed, summed over the daemon processes (/tracker/metrics)."""
+    _, _, body = apache.get("/tracker/metrics")
+    return sum(sample.value for family in text_string_to_metric_families(body.decode())
+               for sample in family.samples if sample.name == "tracker_wsgi_flush_failures_total")
 
 
 def wsgi_lines(error_log: str) -> list[str]:
@@ -235,7 +253,11 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
     apache = apache_factory(config_text(url, sync_interval="1", **directories(shared_dir)[2]))
     for n in range(1, 5):
         apache.get("/tracker/announce", announce_query(ih(1), pid(n), 7000 + n, event="started"))
-    time.sleep(1.5)  # written
+    store = open_store(url, 2700)
+    try:
+        assert wait_until(lambda: store._fetchall("SELECT COUNT(*) FROM peers") == [(4,)], 10)  # written
+    finally:
+        store.close()
     assert wsgi_lines(apache.error_log()) == []
 
     server.stop()
@@ -255,10 +277,11 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
                 assert status == 200 and (b"retry in" in decode(body)) == fault, decode(body)
 
     outage(5)
-    time.sleep(3)  # the flush thread's batches fail too
-    first = apache.error_log()
+    # The flush thread's batches fail too (each failure is logged, then counted).
+    assert wait_until(lambda: failed_flushes(apache) >= 1, 15)
+    first, failed_before = apache.error_log(), failed_flushes(apache)
     outage(25)  # five times as many failures
-    time.sleep(3)
+    assert wait_until(lambda: failed_flushes(apache) >= failed_before + 2, 15)  # and two more batches
     assert apache.error_log() == first  # not one line more
 
     lines = wsgi_lines(first)
@@ -307,7 +330,12 @@ def test_the_access_log_recipes_keep_announces_out_or_trimmed(sqlite_url, shared
     ]
     for path, query in requests:
         apache.get(path, query)
-    time.sleep(0.5)
+
+    def logged() -> int:  # Apache writes each request's line after its answer
+        return sum(len(p.read_text().splitlines()) for p in (log_dir / "access.log", log_dir / "tracker-access.log")
+                   if p.exists())
+
+    assert wait_until(lambda: logged() >= len(requests), 5)
     kept = (log_dir / "access.log").read_text().splitlines()
     trimmed = (log_dir / "tracker-access.log").read_text().splitlines()
     assert len(kept) == 1 and '"GET /elsewhere?q=kept HTTP/1.1" 404' in kept[0], kept
