@@ -307,11 +307,11 @@ def test_racing_announces_of_one_peer_count_it_once(store, swarms):
     for n in range(1, rounds + 1):
         barrier = threading.Barrier(2)
 
-        def go(info_hash: bytes) -> None:
+        def go(info_hash: bytes, peer: int, barrier: threading.Barrier) -> None:
             barrier.wait()
-            swarms.announce(ann(n, info_hash=info_hash, left=0), NOW)
+            swarms.announce(ann(peer, info_hash=info_hash, left=0), NOW)
 
-        threads = [threading.Thread(target=go, args=(h,)) for h in (v1, v2)]
+        threads = [threading.Thread(target=go, args=(h, n, barrier)) for h in (v1, v2)]
         for t in threads:
             t.start()
         for t in threads:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import codecs
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote_to_bytes
 
 from bencoder import bencode
@@ -254,7 +256,7 @@ def encode_announce(
             b"incomplete": stats.incomplete,
             b"downloaded": stats.downloaded,
             b"external ip": request.client_ip,  # BEP 24
-            b"peers": [_peer_dict(p, request.no_peer_id) for p in result.peers],
+            b"peers": [_peer_dict(p, request.no_peer_id) for p in cast("Sequence[Peer]", result.peers)],
         }
         if request.tracker_id:
             response[b"tracker id"] = request.tracker_id
@@ -262,7 +264,7 @@ def encode_announce(
             response[b"warning message"] = request.warning.encode()
         return bencode(response)
     # BEP 23: 4-byte address + 2-byte big-endian port; BEP 7: 16 + 2 in `peers6`.
-    compact = result.peers
+    compact = cast("Sequence[bytes]", result.peers)
     peers, peers6 = b"".join(compact), b""
     if len(peers) != 6 * len(compact):  # not all IPv4
         peers = b"".join([c for c in compact if len(c) == 6])

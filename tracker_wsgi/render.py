@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib import resources
 from string import Template
@@ -202,7 +202,7 @@ def stats_table(
             info=_fill(templates.link, href=torrent_url(base_url, info), text="info") if info else "",
             torrent=_fill(templates.link, href=url, text=name) if url else name,
         ))
-    refreshed = datetime.fromtimestamp(now, timezone.utc)
+    refreshed = datetime.fromtimestamp(now, UTC)
     return _fill(
         templates.page,
         rows=Html("\n".join(rows)),
@@ -234,7 +234,7 @@ def time_step(span: int) -> int:
 
 
 def _utc(timestamp: int) -> datetime:
-    return datetime.fromtimestamp(timestamp, timezone.utc)
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 def _time_label(timestamp: int, step: int) -> str:
@@ -308,8 +308,8 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates)
         title = f"Seeds and leechers, {when(t0)} to {when(t1)} UTC"
         summary = (
             f"Seeds and leechers from {when(t0)} to {when(t1)} UTC, one sample per refresh, each "
-            f"held until the next: {now}; at most {plural(max(s for _, s, _ in samples), 'seed')} and "
-            f"{plural(max(l for _, _, l in samples), 'leecher')}."
+            f"held until the next: {now}; at most {plural(max(seeds for _, seeds, _ in samples), 'seed')} and "
+            f"{plural(max(leechers for _, _, leechers in samples), 'leecher')}."
         )
     else:
         title = f"Seeds and leechers, {when(t0)} UTC"
@@ -373,4 +373,4 @@ def rss_items(reports: Sequence[TorrentReport], base_url: str) -> str:
 
 
 def _rfc822(timestamp: int) -> str:
-    return format_datetime(datetime.fromtimestamp(timestamp, timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(timestamp, UTC), usegmt=True)

@@ -133,7 +133,8 @@ class SwarmView:
 
     def stats(self) -> SwarmStats:
         if self._stats_cache is None:
-            self._stats_cache = swarm_stats(*self._counts, self._downloaded, self._name)
+            leechers, seeds, partial_seeds = self._counts
+            self._stats_cache = swarm_stats(leechers, seeds, partial_seeds, self._downloaded, self._name)
         return self._stats_cache
 
     def fresh_stats(self, now: int, sync_interval: int) -> SwarmStats | None:
