@@ -205,6 +205,18 @@ def test_libtorrent_leecher_downloads_from_seeder_found_through_our_tracker(
         assert (stats[b"complete"], stats[b"incomplete"], stats[b"downloaded"]) == (2, 0, 1), \
             diagnostics(f"scrape after the download: {stats!r}")
 
+        # The stats page's "total transfer": what the leecher reported downloading, once
+        # (the seeder, which gave it, reports its upload only at its next announce, 30
+        # minutes away), as soon as the daemon has written its batch.
+        reader = open_store(url, 2700)
+        try:
+            wait_for("the leecher's download to be written",
+                     lambda: pump_all() or reader.report(int(time.time()))[0].transferred > 0, ANNOUNCE_TIMEOUT)
+            transferred = reader.report(int(time.time()))[0].transferred
+        finally:
+            reader.close()
+        assert FILE_SIZE <= transferred < 1.1 * FILE_SIZE, diagnostics(f"transferred {transferred}")
+
         # A hybrid torrent's v2 hash names the same swarm.
         if meta.torrent.info_hash_v2:
             v2_hash = meta.torrent.info_hash_v2
