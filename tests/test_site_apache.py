@@ -57,7 +57,7 @@ def site(shared_dir, apache_factory, sqlite_url):
     (apache.run_dir / "tracker.toml").write_text(config_text)
     config = config_module.load(str(apache.run_dir / "tracker.toml"))
     store = open_configured(config)
-    # Two refreshes a quarter of an hour apart: two history samples, so the page has its chart.
+    # Two refreshes a quarter of an hour apart: two history samples, so the chart has a line.
     report = refresh(config, store, force=True, now=int(time.time()) - 900)
     assert (report.registered, report.warnings) == (2, [])
     refresh(config, store, force=True)
