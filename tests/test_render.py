@@ -335,17 +335,18 @@ def test_the_first_sample_is_drawn_and_the_caption_says_it_is_the_first():
     assert Page(chart.markup).errors == []
 
 
-def test_each_count_is_drawn_as_steps_held_until_the_next_sample():
+def test_each_count_is_drawn_as_steps_over_the_time_since_the_sample_before():
     chart = Chart([(NOW, 0, 4), (NOW + 900, 2, 0), (NOW + 1800, 4, 4)])
     assert list(chart.counts) == ["0", "1", "2", "3", "4"]
     assert chart.counts["0"] == chart.bottom and chart.counts["4"] == chart.top
     middle = (chart.left + chart.right) / 2
     y = chart.counts
-    # Across at the old count to the next sample's time, then straight up or down.
-    assert Chart.points(chart.seeds) == [(chart.left, y["0"]), (middle, y["0"]), (middle, y["2"]),
-                                         (chart.right, y["2"]), (chart.right, y["4"])]
-    assert Chart.points(chart.leechers) == [(chart.left, y["4"]), (middle, y["4"]), (middle, y["0"]),
-                                            (chart.right, y["0"]), (chart.right, y["4"])]
+    # Straight up or down at the earlier sample's time, then across to the sample: the
+    # latest counts span the last interval, up to the right edge.
+    assert Chart.points(chart.seeds) == [(chart.left, y["0"]), (chart.left, y["2"]), (middle, y["2"]),
+                                         (middle, y["4"]), (chart.right, y["4"])]
+    assert Chart.points(chart.leechers) == [(chart.left, y["4"]), (chart.left, y["0"]), (middle, y["0"]),
+                                            (middle, y["4"]), (chart.right, y["4"])]
     # NOW is 22:13:20 UTC: round five minutes, each where its time falls on the axis.
     assert list(chart.times) == ["22:15", "22:20", "22:25", "22:30", "22:35", "22:40"]
     for label, x in chart.times.items():
@@ -411,8 +412,8 @@ def test_the_chart_has_a_title_and_a_caption_that_says_what_it_shows():
     caption = chart.figure.find("figcaption")
     assert caption.get("id") == chart.svg.get("aria-describedby")
     assert caption.text == ("Seeds and leechers from 14 Nov 2023 22:13 to 14 Nov 2023 22:43 UTC, one sample "
-                            "per refresh, each held until the next: now 2 seeds and 1 leecher; at most 3 seeds "
-                            "and 1 leecher.")
+                            "per refresh, each drawn over the time since the one before: now 2 seeds and 1 "
+                            "leecher; at most 3 seeds and 1 leecher.")
 
 
 # -- the admin's templates --------------------------------------------------------------------

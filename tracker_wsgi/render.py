@@ -248,12 +248,13 @@ def _coordinate(value: float) -> str:
 
 
 def step_points(samples: Sequence[tuple[float, float]]) -> str:
-    """Polyline points for values that hold from one sample to the next: across at the old
-    value, then up or down at the new sample's time, so a step never looks like a ramp."""
+    """Polyline points for counts sampled once per refresh, each drawn over the time since the
+    sample before (as RRDtool draws them): up or down at the earlier sample's time, then across,
+    so a step never looks like a ramp and the latest counts span the last interval."""
     points: list[tuple[float, float]] = []
     for x, y in samples:
         if points and points[-1][1] != y:
-            points.append((x, points[-1][1]))
+            points.append((points[-1][0], y))
         points.append((x, y))
     return " ".join(f"{_coordinate(x)},{_coordinate(y)}" for x, y in points)
 
@@ -261,7 +262,7 @@ def step_points(samples: Sequence[tuple[float, float]]) -> str:
 def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates) -> Html:
     """An SVG chart of seeds and leechers per history sample (time, seeds, leechers), with
     both axes, gridlines, a legend and a caption saying what it shows. Each count is drawn as
-    steps: a sample's value holds until the next. The first refresh has one sample: its
+    steps (step_points). The first refresh has one sample: its
     counts are short marks in the middle, and the caption says the history starts there."""
     if not samples:
         return Html("")
@@ -308,7 +309,7 @@ def history_chart(samples: Sequence[tuple[int, int, int]], templates: Templates)
         title = f"Seeds and leechers, {when(t0)} to {when(t1)} UTC"
         summary = (
             f"Seeds and leechers from {when(t0)} to {when(t1)} UTC, one sample per refresh, each "
-            f"held until the next: {now}; at most {plural(max(seeds for _, seeds, _ in samples), 'seed')} and "
+            f"drawn over the time since the one before: {now}; at most {plural(max(seeds for _, seeds, _ in samples), 'seed')} and "
             f"{plural(max(leechers for _, _, leechers in samples), 'leecher')}."
         )
     else:
