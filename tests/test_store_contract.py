@@ -677,3 +677,20 @@ def test_the_batch_counts_a_stopped_finish_the_view_could_not_see(store):
     store.write_batch([(torrent_id, PeerWrite(pid(1), V4, 6001, None, PeerState.SEED, 0, 0, 7, NOW + 1, True))])
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)
+
+
+def test_a_stop_that_finishes_leaves_the_swarm_at_once_when_written_through(store, swarms):
+    """aria2's finish written through before its answer: the peer leaves the stored swarm in
+    that same transaction, as the batch path would remove it, so no other process or host
+    hands out the departed peer meanwhile, and the batch after it counts nothing more."""
+    swarms.announce(ann(1, left=10, event=Event.STARTED), NOW)
+    swarms.announce(ann(2, left=10, event=Event.STARTED), NOW)
+    swarms.flush()
+    swarms.announce(ann(1, left=0, event=Event.STOPPED), NOW)  # a completion: written through
+    # Before any batch: what another process reads from the store.
+    snapshot = store.find_swarm(ih(1), NOW, 10)
+    assert [peer[0] for peer in snapshot.peers] == [pid(2)]
+    assert (snapshot.downloaded, snapshot.seeders, snapshot.leechers) == (1, 0, 1)
+    swarms.flush()
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 1)

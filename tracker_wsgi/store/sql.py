@@ -129,6 +129,11 @@ def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> 
     return conflicts(bytes(stored_ip), None if stored_key is None else bytes(stored_key), write.ip, write.key)
 
 
+def _pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
+    """(torrent_id, peer_id) of each write, flat, for `(torrent_id, peer_id) IN (...)`."""
+    return [v for torrent_id, write in writes for v in (torrent_id, write.peer_id)]
+
+
 def _rendered(text: Any, dialect: type[Dialect]) -> Any:
     """A statement (or a tuple or dict of them) as a database runs it (Dialect.render)."""
     if isinstance(text, str):
@@ -180,12 +185,7 @@ class Statements:
     LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
     LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
-    STORED_PEER = "SELECT ip, peer_key, state FROM peers WHERE torrent_id = ? AND peer_id = ?"
     FIND_PEER = "SELECT ip, peer_key, bytes_left FROM peers WHERE torrent_id = ? AND peer_id = ?"
-    ADD_COUNTS = (
-        "UPDATE torrents SET leechers = leechers + ?, seeders = seeders + ?, "
-        "partial_seeds = partial_seeds + ?, version = version + 1 WHERE id = ?"
-    )
     STORED_PEERS = (
         "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers{} "
         "WHERE (torrent_id, peer_id) IN ({})"
@@ -495,31 +495,21 @@ class SqlStore:
         ])
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
+        """One announce committed before its answer (a completion): the same rules as a batch
+        (_apply_writes), so a `stopped` that finishes a download leaves the swarm here too."""
+
         def work(cur: Any) -> int:
             cur.execute(self.sql.LOCK_TORRENT + self.dialect.lock_rows, (torrent_id,))
-            row = cur.fetchone()
-            if row is None:
+            if cur.fetchone() is None:
                 raise UnknownTorrent()
-            downloaded = row[0]
-            cur.execute(self.sql.STORED_PEER, (torrent_id, write.peer_id))
-            stored = cur.fetchone()
-            if stored is not None and _conflicts(stored[0], stored[1], write):
+            counted = {(torrent_id, write.peer_id)} if completion else set()
+            if self._apply_writes(cur, [(torrent_id, write)], counted):
                 raise PeerConflict()
-            self._upsert(cur, [(torrent_id, write)])
             # The counters move with the row at once, so a swarm read by another thread or
-            # process agrees with its peers; the next batch recounts anyway.
-            deltas = [0, 0, 0]  # by PeerState
-            if stored is None or stored[2] != write.state:
-                deltas[write.state] += 1
-                if stored is not None:
-                    deltas[stored[2]] -= 1
-            cur.execute(self.sql.ADD_COUNTS, (*deltas, torrent_id))
-            if completion:
-                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, write.peer_id))
-                if cur.rowcount == 1:
-                    cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
-                    downloaded += 1
-            return downloaded
+            # process agrees with its peers.
+            cur.execute(self.sql.RECOUNT + f" WHERE id IN ({self.dialect.marks(1)})", (torrent_id,))
+            cur.execute(self.sql.LOCK_TORRENT, (torrent_id,))
+            return cur.fetchone()[0]
 
         return self._transaction(work)
 
@@ -570,51 +560,12 @@ class SqlStore:
         """One transaction of at most BATCH_ROWS writes, so each list is one statement;
         returns the swarms it wrote and the writes the key rule refused."""
 
-        def pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
-            return [v for torrent_id, write in writes for v in (torrent_id, write.peer_id)]
-
         def work(cur: Any) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             # In id order, like every writer of several torrents, so writers never deadlock.
             cur.execute(self.sql.LOCK_TORRENTS.format(self.dialect.marks(len(wanted))) + self.dialect.lock_rows, wanted)
             existing = dict(cur.fetchall())  # torrent id -> version before this transaction
-            writes = [(t, w) for t, w in batch if t in existing]
-            stored: dict[tuple[int, bytes], tuple] = {}
-            if writes:
-                statement = self.sql.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
-                cur.execute(statement, pairs(writes))
-                for torrent_id, peer_id, *row in cur.fetchall():
-                    stored[torrent_id, bytes(peer_id)] = row
-            upserts, stops, completions, refused = [], [], [], []
-            transferred: dict[int, int] = {}
-            for torrent_id, write in writes:
-                row = stored.get((torrent_id, write.peer_id))
-                if row is not None and _conflicts(row[0], row[1], write):
-                    # Someone else's peer_id: the answer was sent, the write is not.
-                    refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
-                    continue
-                # A stored leecher reporting left=0 has finished, event or not (swarm.finishes);
-                # the view counts it before its answer when it can, this is the safety net.
-                if row is not None and not row[3] and finishes(False, write.left, row[2]):
-                    completions.append((torrent_id, write.peer_id))
-                if write.stopped:
-                    if row is not None:
-                        stops.append((torrent_id, write))
-                        total = transferred.get(torrent_id, 0) + write.downloaded
-                        transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
-                    continue
-                upserts.append((torrent_id, write))
-            # Before the stops: a stopped peer's completion is marked on its row first.
-            for torrent_id, peer_id in completions:
-                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
-                if cur.rowcount == 1:
-                    cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
-            if stops:
-                cur.execute(self.sql.DELETE_PEERS.format(self.dialect.pairs(len(stops))), pairs(stops))
-            for torrent_id, amount in transferred.items():
-                cur.execute(self.sql.ADD_TRANSFERRED, (amount, torrent_id))
-            if upserts:
-                self._upsert(cur, upserts)
+            refused = self._apply_writes(cur, [(t, w) for t, w in batch if t in existing], set())
             if not existing:
                 return {}, refused
             ids = sorted(existing)
@@ -624,6 +575,58 @@ class SqlStore:
                     for torrent_id, *row in cur.fetchall()}, refused
 
         return self._transaction(work)
+
+    def _apply_writes(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]],
+                      counted: set[tuple[int, bytes]]) -> list[SetAside]:
+        """The one place a write meets its stored row, for the write-through and the batch
+        alike: the key rule, the completion rule, a stop (the row goes, its bytes join the
+        departed total) or an upsert. `counted` holds the writes whose completion the caller's
+        view has already decided (swarm.finishes against what it knew); for the others the
+        stored row decides. Returns the writes the key rule refused. The caller holds the
+        torrents' rows (LOCK_TORRENTS order) and recounts them afterwards."""
+        if not writes:
+            return []
+        stored: dict[tuple[int, bytes], tuple] = {}
+        statement = self.sql.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
+        cur.execute(statement, _pairs(writes))
+        for torrent_id, peer_id, *row in cur.fetchall():
+            stored[torrent_id, bytes(peer_id)] = row  # ip, key, bytes_left, completed
+        upserts, stops, completions, refused = [], [], [], []
+        transferred: dict[int, int] = {}
+        for torrent_id, write in writes:
+            row = stored.get((torrent_id, write.peer_id))
+            if row is not None and _conflicts(row[0], row[1], write):
+                # Someone else's peer_id: the answer was sent, the write is not.
+                refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
+                continue
+            # A stored leecher reporting left=0 has finished, event or not (swarm.finishes);
+            # the view counts it before its answer when it can, this is the safety net.
+            if (torrent_id, write.peer_id) in counted:
+                completions.append((torrent_id, write.peer_id, row is None and write.stopped))
+            elif row is not None and not row[3] and finishes(False, write.left, row[2]):
+                completions.append((torrent_id, write.peer_id, False))
+            if write.stopped:
+                if row is not None:
+                    stops.append((torrent_id, write))
+                    total = transferred.get(torrent_id, 0) + write.downloaded
+                    transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
+                continue
+            upserts.append((torrent_id, write))
+        if upserts:  # first, so that a new peer's completion is marked on its new row
+            self._upsert(cur, upserts)
+        # Before the stops: a stopped peer's completion is marked on its row first. The row
+        # holds the mark, so a completion is counted once per peer, however often it is sent;
+        # a counted stop with no row (its start not written yet) has nothing to hold it.
+        for torrent_id, peer_id, rowless in completions:
+            if not rowless:
+                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
+            if rowless or cur.rowcount == 1:
+                cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
+        if stops:
+            cur.execute(self.sql.DELETE_PEERS.format(self.dialect.pairs(len(stops))), _pairs(stops))
+        for torrent_id, amount in transferred.items():
+            cur.execute(self.sql.ADD_TRANSFERRED, (amount, torrent_id))
+        return refused
 
     def _upsert(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]]) -> None:
         """Insert or update peers' rows in one statement. A new row gets a random rank."""
