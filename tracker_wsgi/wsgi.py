@@ -45,6 +45,7 @@ from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
 from .refresh_auth import REFRESH_BUSY, REFRESH_OFF, WEB_REFRESH_COMMANDS, RefreshGate, given_secret, web_refresh_command
 from .refusals import (
+    DATABASE,
     METHOD_REFUSAL,
     SERVER_FAULT_REFUSAL,
     UNKNOWN_PATH_REFUSAL,
@@ -324,6 +325,12 @@ class Application:
             status, headers, body = tracker.handle(environ)
         except ConfigError:
             status, headers, body = _answer(SERVER_FAULT_REFUSAL.body)
+        except StoreUnavailable:
+            # The tracker could not be built (its tables checked): one line naming the cause.
+            # The next request tries again.
+            path = config_module.config_path(environ)
+            self.faults.fault("database", f"the tracker cannot start (config {path or '(defaults)'}):")
+            status, headers, body = _answer(DATABASE.body)
         except Exception:
             # Not the request's path or query in the kind: kinds must stay a small fixed set.
             self.faults.fault("request", "unexpected fault answering a request:")
