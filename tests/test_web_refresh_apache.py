@@ -10,7 +10,7 @@ import urllib.request
 
 from conftest import decode
 from tracker_wsgi.protocol import METHOD_NOT_ALLOWED
-from tracker_wsgi.wsgi import REFRESH_REFUSED, REFRESH_SECRET_IN_QUERY
+from tracker_wsgi.refresh_auth import REFRESH_REFUSED, REFRESH_SECRET_IN_QUERY
 
 SECRET = "7c3e9a1f5b2d8c4e6a0f9b3d1e7c5a2f"
 # Apache's standard "combined" format: what an admin's access log keeps of each request.
