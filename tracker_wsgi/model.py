@@ -54,9 +54,9 @@ class Shed(Exception):
 
 # Why the database cannot be used, as StoreUnavailable.cause: a small fixed set, each with
 # what the admin's one log line says of it and, where a setting fixes it, which.
-ACCESS_DENIED, UNKNOWN_DATABASE, UNREACHABLE, TIMEOUT, LOST, TOO_MANY_CONNECTIONS, TLS, LOCKED, FAILED = (
+ACCESS_DENIED, UNKNOWN_DATABASE, UNREACHABLE, TIMEOUT, LOST, TOO_MANY_CONNECTIONS, TLS, FAILED = (
     "access denied", "unknown database", "unreachable", "timeout", "connection lost", "too many connections",
-    "tls", "locked", "failed")
+    "tls", "failed")
 OUTAGE_CAUSES: dict[str, str] = {
     ACCESS_DENIED: "the database refused the tracker's user (its login or its privileges): check the user "
                    "and password of `database` in the tracker's config file (or its option_file) and the "
@@ -71,7 +71,6 @@ OUTAGE_CAUSES: dict[str, str] = {
                           "(README: Production install)",
     TLS: "the TLS handshake with the database failed: check ssl_ca, ssl_cert and ssl_key of `database` in "
          "the tracker's config file",
-    LOCKED: "another process held the database's write lock too long",
     FAILED: "the database failed",
 }
 
