@@ -227,3 +227,19 @@ def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):
     assert (report["database"], report["flush_backlog"], report["processes"]) == ("ok", 1, 1)
     answer = call(app, "/metrics")
     assert answer.status == "503 Service Unavailable" and b"Metrics are off" in answer.body
+
+
+def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):
+    from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES
+
+    app, tracker = make_app()
+
+    def refused(call, *args):
+        raise StoreUnavailable("cannot connect to the database: 1045 (28000): Access denied", ACCESS_DENIED)
+
+    monkeypatch.setattr(tracker.swarms, "ask_store", refused)
+    answer = call(app, "/health")
+    report = json.loads(answer.body)
+    assert answer.status == "503 Service Unavailable" and report["database"] == "unreachable"
+    assert report["problems"] == [f"the database did not answer: {OUTAGE_CAUSES[ACCESS_DENIED]} "
+                                  "(cannot connect to the database: 1045 (28000): Access denied)"]

@@ -230,7 +230,8 @@ class Tracker:
         try:
             last_refresh, database_error = self.swarms.ask_store(self.store.last_refresh), None
         except Exception as exc:  # whatever stops the database answering is the finding
-            last_refresh, database_error = None, _one_line(exc)
+            last_refresh = None
+            database_error = exc.explain() if isinstance(exc, StoreUnavailable) else _one_line(exc)
         if self.metrics is not None:
             host = self.metrics.host()
         else:
