@@ -52,7 +52,7 @@ FINE = Host(backlog=0, failing=0, processes=2)
 
 @pytest.mark.parametrize("database_error, last_refresh, host, healthy, problem, warning", [
     (None, NOW - 60, FINE, True, None, None),
-    ("StoreUnavailable: cannot connect", None, FINE, False, "the database did not answer: StoreUnavailable", None),
+    ("StoreUnavailable: cannot connect", None, FINE, False, "the database is unavailable: StoreUnavailable", None),
     (None, NOW - 60, Host(5, 1, 2), False, "writing announces to the database fails in 1 process", None),
     (None, NOW - 60, Host(1000, 0, 2), False, "1000 announces wait to be written", None),
     (None, NOW - 999, Host(999, 0, 2), True, None, None),
@@ -241,5 +241,5 @@ def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):
     answer = call(app, "/health")
     report = json.loads(answer.body)
     assert answer.status == "503 Service Unavailable" and report["database"] == "unreachable"
-    assert report["problems"] == [f"the database did not answer: {OUTAGE_CAUSES[ACCESS_DENIED]} "
+    assert report["problems"] == [f"the database is unavailable: {OUTAGE_CAUSES[ACCESS_DENIED]} "
                                   "(cannot connect to the database: 1045 (28000): Access denied)"]

@@ -385,7 +385,7 @@ def health(database_error: str | None, last_refresh: int | None, now: float, ref
     only: announces are answered all the same."""
     problems, warnings = [], []
     if database_error is not None:
-        problems.append(f"the database did not answer: {database_error}")
+        problems.append(f"the database is unavailable: {database_error}")
     if host.failing:
         problems.append(f"writing announces to the database fails in {host.failing} process(es)")
     if host.backlog >= max_unwritten:

@@ -45,7 +45,7 @@ DATABASE_UNAVAILABLE = "The tracker's database is unavailable; please retry late
 # The `outcome` label of the announces and scrapes a refusal ends.
 REFUSED = "refused"  # the client's mistake: a failure reason, no retry
 BUSY_OUTCOME = "busy"  # a limit of the process: `retry in`
-UNAVAILABLE = "unavailable"  # the database did not answer: `retry in`
+UNAVAILABLE = "unavailable"  # the database cannot be used now: `retry in`
 FAULT = "fault"  # a fault of ours, logged: `retry in`
 OUTCOMES = (REFUSED, BUSY_OUTCOME, UNAVAILABLE, FAULT)
 
