@@ -18,7 +18,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
 from test_e2e_apache import PrivateMariadb
-from test_wsgi import call, tracker_log  # noqa: F401 (tracker_log is a fixture)
+from test_wsgi import call as wsgi_call, tracker_log  # noqa: F401 (tracker_log is a fixture)
 from tracker_wsgi import config as config_module
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import (
@@ -327,7 +327,8 @@ def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypa
                     f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
     app = Application()
     for _ in range(3):
-        answer = call(app, "/announce", announce_query(ih(1), pid(1)), extra={config_module.ENVIRON_KEY: str(path)})
+        answer = wsgi_call(app, "/announce", announce_query(ih(1), pid(1)),
+                           extra={config_module.ENVIRON_KEY: str(path)})
         assert answer.decoded == {b"failure reason": DATABASE_UNAVAILABLE.encode(), b"retry in": 1}
     [(level, line)] = tracker_log()
     assert level == "ERROR" and "\n" not in line
@@ -337,5 +338,5 @@ def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypa
 
 
 def wsgi_announce(app, info_hash: bytes, peer: int, **fields):
-    return call(app, "/announce", announce_query(info_hash, pid(peer), port=6000 + peer, **fields),
+    return wsgi_call(app, "/announce", announce_query(info_hash, pid(peer), port=6000 + peer, **fields),
                 remote=f"10.1.0.{peer}")

@@ -762,7 +762,7 @@ def guess(app, remote: str, n: int = 0) -> dict:
 def test_a_guessing_address_is_locked_out_and_the_right_secret_from_another_works(refresh_app):
     """Issue 17: 600 wrong guesses from one address locked out the admin at another address
     as long as guessing went on. Now the guesser's address alone is refused unread."""
-    app, output, clock, logged = refresh_app.app, refresh_app.output, refresh_app.clock, refresh_app.logged
+    app, clock, logged = refresh_app.app, refresh_app.clock, refresh_app.logged
     answers = [guess(app, "203.0.113.7", n) for n in range(600)]
     assert answers == [failure(REFRESH_REFUSED)] * FAILURES_PER_ADDRESS + \
         [failure(REFRESH_LOCKED_OUT)] * (600 - FAILURES_PER_ADDRESS)
