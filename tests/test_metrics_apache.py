@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import APACHE_DIR, Apache, announce_query, decode, free_port, give_to_www_data, pid
-from test_e2e_apache import PrivateMariadb, config_text, reachable
+from test_e2e_apache import APACHE_LOG_INFO, PrivateMariadb, config_text, reachable
 from tracker_wsgi import devserver
 from tracker_wsgi.metrics import DIRECTORY_PREFIX
 from tracker_wsgi.model import Torrent
@@ -167,21 +168,25 @@ def test_one_scrape_sums_both_daemon_processes(sqlite_url, apache_factory):
     wait_for(apache, {ANNOUNCES_OK: 9, key("tracker_wsgi_processes"): 2, key("tracker_wsgi_swarms_held"): 2})
 
 
-def test_health_counts_both_daemon_processes_before_either_has_had_a_request(sqlite_url, apache_factory):
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_health_counts_every_process_before_it_has_had_a_request(sqlite_url, apache_factory, topology):
     """Issue 19: health said `processes: 1` until the second daemon had had a request. Each
-    counts itself as it starts (mod_wsgi preloads tracker.wsgi: WSGIImportScript)."""
+    process counts itself as it starts: mod_wsgi preloads tracker.wsgi (daemon mode's
+    WSGIImportScript; embedded mode's WSGIScriptAlias with process-group and
+    application-group), and the Application made then starts the metrics."""
     register(sqlite_url, ODD)
-    apache = apache_factory(config_text(sqlite_url))
-    deadline = time.monotonic() + 15  # the daemons start beside Apache's children
-    while (report := health(apache)[1])["processes"] != 2:  # health: tracker_wsgi_0 only
-        assert time.monotonic() < deadline, report
-        time.sleep(0.2)
-    assert len(daemons(apache)) == 2
-    assert scrape_metrics(apache)[key("tracker_wsgi_announces_total", outcome="ok")] == 0
-    # Nothing reached tracker_wsgi_1: it built no tracker ("ready" is logged at info only,
-    # so ask its metrics: only tracker_wsgi_0 folded counts).
+    apache = apache_factory(config_text(sqlite_url, log_level='"info"'), site_conf=APACHE_LOG_INFO, topology=topology)
+    # Before any request: each process has made its metrics files (both topologies ship 2).
     directory = Path(f"/tmp/{DIRECTORY_PREFIX}{apache.process.pid}")
-    assert len(list(directory.glob("gauge_livesum_*.db"))) == 2
+    deadline = time.monotonic() + 15
+    while len(list(directory.glob("gauge_livesum_*.db"))) < 2:
+        assert time.monotonic() < deadline, apache.error_log()
+        time.sleep(0.1)
+    assert "tracker_wsgi: ready" not in apache.error_log()  # no tracker built yet
+    status, report = health(apache)  # one request: one process builds its tracker
+    assert (status, report["processes"]) == (200, 2), report
+    ready = [line for line in apache.error_log().splitlines() if "tracker_wsgi: ready" in line]
+    assert len(ready) == 1, apache.error_log()
 
 
 def test_an_unknown_path_is_the_same_bencoded_404_everywhere(sqlite_url, apache_factory):
