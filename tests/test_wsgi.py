@@ -36,6 +36,7 @@ from tracker_wsgi.refresh_auth import (
     FAILURES_PER_ADDRESS,
     FAILURES_PER_MINUTE,
     MAX_REFRESH_BODY_BYTES,
+    REFRESH_BODY_CUT,
     REFRESH_LOCKED_OUT,
     REFRESH_OFF,
     REFRESH_REFUSED,
@@ -733,6 +734,25 @@ def test_a_post_body_is_read_only_as_far_as_content_length_and_1_kib(refresh_app
     answer = call(app, "", "refresh", method="POST", extra=extra)
     assert answer.decoded == failure(REFRESH_REFUSED)
     assert body.asked == reads
+
+
+class CutBody(io.BytesIO):
+    """What mod_wsgi's wsgi.input does when the client sends less than its Content-Length."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError("Apache/mod_wsgi request data read error: Partial results are valid but processing is "
+                      "incomplete.")
+
+
+def test_a_post_body_cut_short_is_the_clients_mistake_not_our_fault(refresh_app):
+    """Issue 17: a POST /tracker?force-refresh whose body was cut short was counted as a fault
+    of ours (a traceback, then counts) and answered `retry in`."""
+    app, logged = refresh_app.app, refresh_app.logged
+    for _ in range(100):
+        answer = call(app, "", "force-refresh", method="POST", extra={"wsgi.input": CutBody(), "CONTENT_LENGTH": "64"})
+        assert (answer.status, answer.decoded) == ("200 OK", failure(REFRESH_BODY_CUT))
+    assert logged() == []
+    assert app._tracker.counts.totals()[("failure", "refresh_body_cut")] == 100
 
 
 POST_REFUSED_CASES = [

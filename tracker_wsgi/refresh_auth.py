@@ -45,6 +45,7 @@ REFRESH_SECRET_IN_QUERY = (
 )
 REFRESH_LOCKED_OUT = "Too many wrong refresh secrets; try again in a minute."
 REFRESH_BUSY = "Another refresh is running; try again in a minute."
+REFRESH_BODY_CUT = "The request body ended before its Content-Length."
 WEB_REFRESH_COMMANDS = {b"refresh": False, b"force-refresh": True}  # command -> force
 REFRESH_SECRET_HEADER = "HTTP_X_REFRESH_SECRET"  # X-Refresh-Secret: S
 MAX_REFRESH_BODY_BYTES = 1024  # `secret=` and a 64-hex-digit secret, with room to spare; never more is read
@@ -77,7 +78,10 @@ def given_secret(environ: dict[str, Any], fields: dict[bytes, bytes]) -> tuple[b
         # Read only what CONTENT_LENGTH announces, never past MAX_REFRESH_BODY_BYTES: without
         # a length (none, or a chunked body) nothing is read, so nothing can block on it.
         if length > 0:
-            body = environ["wsgi.input"].read(min(length, MAX_REFRESH_BODY_BYTES))
+            try:
+                body = environ["wsgi.input"].read(min(length, MAX_REFRESH_BODY_BYTES))
+            except OSError:  # mod_wsgi: the client closed or stalled before the body's end
+                raise ClientError(REFRESH_BODY_CUT) from None
             if b"secret" in (posted := parse_query(body)):
                 return posted[b"secret"], "POST body"
     return b"", "nowhere"

@@ -36,7 +36,14 @@ from .protocol import (
     _missing_or_bad,
     encode_failure,
 )
-from .refresh_auth import REFRESH_BUSY, REFRESH_LOCKED_OUT, REFRESH_OFF, REFRESH_REFUSED, REFRESH_SECRET_IN_QUERY
+from .refresh_auth import (
+    REFRESH_BODY_CUT,
+    REFRESH_BUSY,
+    REFRESH_LOCKED_OUT,
+    REFRESH_OFF,
+    REFRESH_REFUSED,
+    REFRESH_SECRET_IN_QUERY,
+)
 
 RETRY_IN_MINUTES = 1  # BEP 31: a database restart or a config fix takes about this long
 # One wording for every way the database fails a request (its cause is the admin's: the log).
@@ -96,6 +103,7 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("refresh_secret_in_query", REFRESH_SECRET_IN_QUERY),
     Refusal("refresh_locked_out", REFRESH_LOCKED_OUT),
     Refusal("refresh_busy", REFRESH_BUSY),
+    Refusal("refresh_body_cut", REFRESH_BODY_CUT),
     SHED,
     DATABASE,
     SERVER_FAULT_REFUSAL,
