@@ -68,7 +68,7 @@ OUTAGE_CAUSES: dict[str, str] = {
     TIMEOUT: "the database did not answer in time",
     LOST: "the database server closed the connection (a restart?)",
     TOO_MANY_CONNECTIONS: "the database server takes no more connections: raise its max_connections "
-                          "(README: Production install)",
+                          "(README: MySQL connections, 10 per tracker process)",
     TLS: "the TLS handshake with the database failed: check ssl_ca, ssl_cert and ssl_key of `database` in "
          "the tracker's config file",
     FAILED: "the database failed",
