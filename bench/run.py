@@ -76,10 +76,10 @@ MAX_THREADS, MAX_POOL = 255, 65535
 # --metrics: tracker.wsgi of the tracker with its metrics off. What is left of them on the
 # request path is a call to a function that does nothing (the counting call itself).
 METRICS_OFF_WSGI = """\
-from tracker_wsgi import metrics, wsgi
+from tracker_wsgi import metrics
 metrics.Counts.add = lambda self, key: None
 metrics.Counts.tally = lambda self, key: lambda: None
-wsgi.Tracker.start_metrics = lambda self: None
+metrics.start = lambda log: None  # before wsgi, whose Application starts them as it is made
 from tracker_wsgi.wsgi import application  # noqa: F401
 """
 # display-name=%{GROUP} in apache/tracker.conf: "(wsgi:tracker_wsgi_0)" and "_1", cut to argv[0]'s length.

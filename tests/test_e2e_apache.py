@@ -27,13 +27,13 @@ from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import (
     BAD_INFO_HASH,
     BAD_PORT,
-    BUSY,
     FULL_SCRAPE_DISABLED,
     METHOD_NOT_ALLOWED,
     SERVER_FAULT,
     UNKNOWN_PATH,
     UNKNOWN_TORRENT,
 )
+from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
 from tracker_wsgi.store import open_store
 
 NOW = int(time.time())
@@ -43,7 +43,8 @@ BINARY = "application/octet-stream"
 TEXT = "text/plain; charset=ISO-8859-1"
 BENCODED_TYPES = (BINARY, TEXT)
 SERVER_FAULT_ANSWER = {b"failure reason": SERVER_FAULT.encode(), b"retry in": 1}
-BUSY_ANSWER = {b"failure reason": BUSY.encode(), b"retry in": 1}
+# Whatever request meets a database outage hears this (issue 19: one cause, one wording).
+DATABASE_ANSWER = {b"failure reason": DATABASE_UNAVAILABLE.encode(), b"retry in": 1}
 BASE_URL = "http://torrents.example.org/files"
 
 
@@ -232,15 +233,16 @@ BAD_REQUESTS = [
     ("post", "POST", "/tracker/announce", VALID, [(405, NOT_ALLOWED)]),
     ("put", "PUT", "/tracker/announce", VALID, [(405, NOT_ALLOWED)]),
     ("delete", "DELETE", "/tracker/scrape", None, [(405, NOT_ALLOWED)]),
-    ("nonsense-path", "GET", "/tracker/nonsense", VALID, [(200, failure(UNKNOWN_PATH))]),
-    ("announce-extra", "GET", "/tracker/announce/extra", VALID, [(200, failure(UNKNOWN_PATH))]),
+    ("nonsense-path", "GET", "/tracker/nonsense", VALID, [(404, failure(UNKNOWN_PATH))]),
+    ("announce-extra", "GET", "/tracker/announce/extra", VALID, [(404, failure(UNKNOWN_PATH))]),
+    ("the-script-itself", "GET", "/tracker/tracker.wsgi", VALID, [(404, failure(UNKNOWN_PATH))]),
     # Apache's request line limit (8190) comes before the tracker's own query limit, so
     # Apache answers, with the bencoded 414 from the snippet's ErrorDocument.
     ("10kb-query", "GET", "/tracker/announce", VALID + "&x=" + "a" * 10 * 1024,
      [(414, APACHE_FAILURE)]),
     ("percent-garbage-query", "GET", "/tracker/announce", GARBAGE, [(200, failure(BAD_INFO_HASH))]),
     ("percent-garbage-path", "GET", "/tracker/announce%zz", VALID,
-     [(200, failure(UNKNOWN_PATH)), (400, APACHE_FAILURE)]),
+     [(404, failure(UNKNOWN_PATH)), (400, APACHE_FAILURE)]),
     ("full-scrape-disabled", "GET", "/tracker/scrape", None, [(200, failure(FULL_SCRAPE_DISABLED))]),
     ("scrape-short-hash", "GET", "/tracker/scrape", "info_hash=abc", [(200, failure(BAD_INFO_HASH))]),
 ]
@@ -588,7 +590,7 @@ def test_mariadb_restart_mid_run(topology, private_mariadb, apache_factory):
         started = time.monotonic()
         status, headers, body = apache.get("/tracker/announce", announce_query(ih(1), pid(n), 7000 + n,
                                                                              event="started"))
-        assert (status, decode(body)) == (200, BUSY_ANSWER)
+        assert (status, decode(body)) == (200, DATABASE_ANSWER)
         assert time.monotonic() - started < 3
     # ...but what must be written at once (a `completed`) and a swarm never read get a quick
     # bencoded failure with `retry in`, never a hang or HTML.
@@ -599,10 +601,10 @@ def test_mariadb_restart_mid_run(topology, private_mariadb, apache_factory):
         started = time.monotonic()
         status, headers, body = apache.get("/tracker/announce", query)
         elapsed = time.monotonic() - started
-        assert (status, headers["Content-Type"], decode(body)) == (200, TEXT, SERVER_FAULT_ANSWER)
+        assert (status, headers["Content-Type"], decode(body)) == (200, TEXT, DATABASE_ANSWER)
         assert elapsed < 3, elapsed
     status, _, body = apache.get("/tracker/scrape", urlencode({"info_hash": ih(2)}))
-    assert (status, decode(body)) == (200, SERVER_FAULT_ANSWER)
+    assert (status, decode(body)) == (200, DATABASE_ANSWER)
 
     # The batch of the announces answered meanwhile waits; its failure is logged once.
     failed, recovered = "writing announces to the database failed", "writing announces to the database works again"

@@ -121,3 +121,40 @@ def test_the_summary_detail_is_one_bounded_line():
     faults.flush_summaries()
     assert lines[2] == "1 more flush faults in the last 60 s (last: TimeoutError)"
 
+
+
+def test_a_database_outage_is_one_line_naming_its_cause_then_counts():
+    """Issue 19: a refused login was logged as "did not answer in time" and 18 lines of the
+    store's own frames. The cause and the setting to fix are the line; no traceback."""
+    from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES, Shed, StoreUnavailable
+
+    faults, lines, clock = make()
+    outage = StoreUnavailable("cannot connect to the database: 1045 (28000): Access denied", ACCESS_DENIED)
+    fail(faults, "database", outage, "requests are answered `retry in`:")
+    assert lines == [f"requests are answered `retry in`: {OUTAGE_CAUSES[ACCESS_DENIED]} "
+                     "(cannot connect to the database: 1045 (28000): Access denied)"]
+    try:  # shed `from` an outage (live.py: a peer the view does not hold): the outage's line
+        raise Shed("a peer") from outage
+    except Shed:
+        faults.fault("batch", "writing failed:")
+    assert lines[1] == f"writing failed: {OUTAGE_CAUSES[ACCESS_DENIED]} " \
+                       "(cannot connect to the database: 1045 (28000): Access denied)"
+    fail(faults, "database", outage)
+    clock.now += 60
+    faults.flush_summaries()
+    assert lines[2] == ("1 more database faults in the last 60 s (last: StoreUnavailable: cannot connect to the "
+                        "database: 1045 (28000): Access denied)")
+
+
+def test_notices_are_warnings_bounded_as_faults_are():
+    errors, warnings = [], []
+    clock = Clock()
+    faults = FaultLog(errors.append, clock=clock, warn=warnings.append)
+    for n in range(1000):
+        faults.notice("refused web refreshes", f"web refresh refused from 192.0.2.{n % 250}: no secret")
+    clock.now += 60
+    faults.flush_summaries()
+    assert errors == []
+    assert warnings == ["web refresh refused from 192.0.2.0: no secret",
+                        "999 more refused web refreshes in the last 60 s (last: web refresh refused from "
+                        "192.0.2.249: no secret)"]

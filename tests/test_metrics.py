@@ -16,11 +16,10 @@ import pytest
 from conftest import announce_query, ih, pid
 from test_wsgi import call, make_app, register, tracker_log  # noqa: F401 (make_app and tracker_log are fixtures)
 from tracker_wsgi import metrics
-from tracker_wsgi.limits import Shed
+from tracker_wsgi.model import Shed
 from tracker_wsgi.live import Held
 from tracker_wsgi.metrics import Counts, Host, health
-from tracker_wsgi.model import ClientError, StoreUnavailable
-from tracker_wsgi.protocol import BUSY, METHOD_NOT_ALLOWED, SERVER_FAULT, UNKNOWN_PATH, UNKNOWN_TORRENT
+from tracker_wsgi.model import StoreUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,23 +46,13 @@ def test_counts_from_many_threads_add_up_exactly():
     assert counts.totals() == {("announce", "ok"): 160_000, ("announce", "refused"): 160_000, ("failure", "x"): 8}
 
 
-@pytest.mark.parametrize("exc, outcome", [
-    (ClientError("no"), "refused"),
-    (Shed("peers"), "busy"),
-    (StoreUnavailable("down"), "unavailable"),
-    (ValueError("bug"), "fault"),
-])
-def test_outcome(exc, outcome):
-    assert metrics.outcome(exc) == outcome
-
-
 NOW = 1_000_000
 FINE = Host(backlog=0, failing=0, processes=2)
 
 
 @pytest.mark.parametrize("database_error, last_refresh, host, healthy, problem, warning", [
     (None, NOW - 60, FINE, True, None, None),
-    ("StoreUnavailable: cannot connect", None, FINE, False, "the database did not answer: StoreUnavailable", None),
+    ("StoreUnavailable: cannot connect", None, FINE, False, "the database is unavailable: StoreUnavailable", None),
     (None, NOW - 60, Host(5, 1, 2), False, "writing announces to the database fails in 1 process", None),
     (None, NOW - 60, Host(1000, 0, 2), False, "1000 announces wait to be written", None),
     (None, NOW - 999, Host(999, 0, 2), True, None, None),
@@ -131,10 +120,13 @@ class Store:
 directory = metrics.make_directory(os.getppid(), sys.argv[1])
 counts = metrics.Counts()
 held = Held(swarms=3, peers=40, unwritten=5, failing=False)
-m = metrics.Metrics(directory, os.getppid(), counts, lambda: held, [Store(), Store()], 60, print)
+m = metrics.Metrics(directory, os.getppid(), print)
+m.fold()  # made as the process starts: nothing to fold yet, but counted among the processes
+assert "tracker_wsgi_processes 1.0" in m.exposition().decode()
+m.serve(counts, lambda: held, [Store(), Store()], 60)
 for _ in range(4):
     counts.add(("announce", "ok"))
-counts.add(("failure", "Nope."))
+counts.add(("failure", "unknown_torrent"))
 m.fold()
 m.fold()  # nothing new: nothing more given
 counts.add(("announce", "ok"))
@@ -169,7 +161,12 @@ def test_fold_gives_each_count_once_and_a_scrape_sums_the_processes(tmp_path):
     # second with 5 (and one flush, failed flush and refresh each), beside this one's 5.
     for line in [
         "tracker_wsgi_announces_total [('outcome', 'ok')] 14.0",
-        "tracker_wsgi_failure_reasons_total [('reason', 'Nope.')] 3.0",
+        "tracker_wsgi_failure_reasons_total [('reason', 'unknown_torrent')] 3.0",
+        # Every label there is, from the start: at 0 until counted.
+        "tracker_wsgi_failure_reasons_total [('reason', 'bad_port')] 0.0",
+        "tracker_wsgi_failure_reasons_total [('reason', 'database_unavailable')] 0.0",
+        "tracker_wsgi_announces_total [('outcome', 'busy')] 0.0",
+        "tracker_wsgi_scrapes_total [('outcome', 'unavailable')] 0.0",
         "tracker_wsgi_database_errors_total [] 12.0",
         "tracker_wsgi_database_reconnects_total [] 6.0",
         # Gauges: this process's only.
@@ -215,8 +212,8 @@ def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monk
     assert tracker.counts.totals() == {
         ("announce", "ok"): 2, ("announce", "refused"): 1, ("announce", "busy"): 1,
         ("scrape", "ok"): 1, ("scrape", "unavailable"): 1,
-        ("failure", UNKNOWN_TORRENT): 1, ("failure", UNKNOWN_PATH): 1, ("failure", METHOD_NOT_ALLOWED): 1,
-        ("failure", BUSY): 1, ("failure", SERVER_FAULT): 1,
+        ("failure", "unknown_torrent"): 1, ("failure", "unknown_path"): 1, ("failure", "method_not_allowed"): 1,
+        ("failure", "busy"): 1, ("failure", "database_unavailable"): 1,
     }
 
 
@@ -230,3 +227,19 @@ def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):
     assert (report["database"], report["flush_backlog"], report["processes"]) == ("ok", 1, 1)
     answer = call(app, "/metrics")
     assert answer.status == "503 Service Unavailable" and b"Metrics are off" in answer.body
+
+
+def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):
+    from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES
+
+    app, tracker = make_app()
+
+    def refused(call, *args):
+        raise StoreUnavailable("cannot connect to the database: 1045 (28000): Access denied", ACCESS_DENIED)
+
+    monkeypatch.setattr(tracker.swarms, "ask_store", refused)
+    answer = call(app, "/health")
+    report = json.loads(answer.body)
+    assert answer.status == "503 Service Unavailable" and report["database"] == "unreachable"
+    assert report["problems"] == [f"the database is unavailable: {OUTAGE_CAUSES[ACCESS_DENIED]} "
+                                  "(cannot connect to the database: 1045 (28000): Access denied)"]

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import APACHE_DIR, Apache, announce_query, decode, free_port, give_to_www_data, pid
-from test_e2e_apache import PrivateMariadb, config_text, reachable
+from test_e2e_apache import APACHE_LOG_INFO, PrivateMariadb, config_text, reachable
 from tracker_wsgi import devserver
 from tracker_wsgi.metrics import DIRECTORY_PREFIX
 from tracker_wsgi.model import Torrent
@@ -132,9 +133,11 @@ def test_one_scrape_sums_both_daemon_processes(sqlite_url, apache_factory):
         key("tracker_wsgi_announces_total", outcome="refused"): 3,
         key("tracker_wsgi_scrapes_total", outcome="ok"): 2,
         key("tracker_wsgi_scrapes_total", outcome="refused"): 1,
-        key("tracker_wsgi_failure_reasons_total", reason=UNKNOWN_TORRENT): 2,
-        key("tracker_wsgi_failure_reasons_total", reason=BAD_PORT): 1,
-        key("tracker_wsgi_failure_reasons_total", reason=FULL_SCRAPE_DISABLED): 1,
+        # Short codes, not the sentences the clients read (issue 19).
+        key("tracker_wsgi_failure_reasons_total", reason="unknown_torrent"): 2,
+        key("tracker_wsgi_failure_reasons_total", reason="bad_port"): 1,
+        key("tracker_wsgi_failure_reasons_total", reason="full_scrape_disabled"): 1,
+        key("tracker_wsgi_failure_reasons_total", reason="peer_conflict"): 0,
         key("tracker_wsgi_processes"): 2,
         key("tracker_wsgi_swarms_held"): 2,
         key("tracker_wsgi_peers_held"): 8,
@@ -158,10 +161,44 @@ def test_one_scrape_sums_both_daemon_processes(sqlite_url, apache_factory):
     while len(set(daemons(apache)) - {odd_daemon}) < 2:
         assert time.monotonic() < deadline, apache.error_log()
         time.sleep(0.2)
-    wait_for(apache, {ANNOUNCES_OK: 8, key("tracker_wsgi_processes"): 1, key("tracker_wsgi_swarms_held"): 1,
+    # The new tracker_wsgi_1 counts among the processes from its start, before any request.
+    wait_for(apache, {ANNOUNCES_OK: 8, key("tracker_wsgi_processes"): 2, key("tracker_wsgi_swarms_held"): 1,
                       key("tracker_wsgi_peers_held"): 5})
     announce(apache, ODD, 1)  # the new tracker_wsgi_1 reads the swarm and counts from there
     wait_for(apache, {ANNOUNCES_OK: 9, key("tracker_wsgi_processes"): 2, key("tracker_wsgi_swarms_held"): 2})
+
+
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_health_counts_every_process_before_it_has_had_a_request(sqlite_url, apache_factory, topology):
+    """Issue 19: health said `processes: 1` until the second daemon had had a request. Each
+    process counts itself as it starts: mod_wsgi preloads tracker.wsgi (daemon mode's
+    WSGIImportScript; embedded mode's WSGIScriptAlias with process-group and
+    application-group), and the Application made then starts the metrics."""
+    register(sqlite_url, ODD)
+    apache = apache_factory(config_text(sqlite_url, log_level='"info"'), site_conf=APACHE_LOG_INFO, topology=topology)
+    # Before any request: each process has made its metrics files (both topologies ship 2).
+    directory = Path(f"/tmp/{DIRECTORY_PREFIX}{apache.process.pid}")
+    deadline = time.monotonic() + 15
+    while len(list(directory.glob("gauge_livesum_*.db"))) < 2:
+        assert time.monotonic() < deadline, apache.error_log()
+        time.sleep(0.1)
+    assert "tracker_wsgi: ready" not in apache.error_log()  # no tracker built yet
+    status, report = health(apache)  # one request: one process builds its tracker
+    assert (status, report["processes"]) == (200, 2), report
+    ready = [line for line in apache.error_log().splitlines() if "tracker_wsgi: ready" in line]
+    assert len(ready) == 1, apache.error_log()
+
+
+def test_an_unknown_path_is_the_same_bencoded_404_everywhere(sqlite_url, apache_factory):
+    """Issue 19: /tracker/tracker.wsgi answered 200 where other unknown paths were 404,
+    with the same body. Every unknown path under /tracker is now that 404."""
+    register(sqlite_url, ODD)
+    apache = apache_factory(config_text(sqlite_url))
+    expected = (APACHE_DIR / "errors" / "unknown-path").read_bytes()
+    for path in ("/tracker/tracker.wsgi", "/tracker/nowhere", "/tracker/announce.php", "/tracker/scrape/x"):
+        status, headers, body = apache.get(path)
+        assert (status, body) == (404, expected), (path, status, body)
+        assert headers["Content-Type"] == "text/plain; charset=ISO-8859-1", path
 
 
 def _announces_ok(directory: Path, daemon: int) -> float:

@@ -27,7 +27,8 @@ from tracker_wsgi.model import AnnounceRequest, Event, UnknownTorrent
 from tracker_wsgi.protocol import UNKNOWN_TORRENT
 from tracker_wsgi.refresh import BackgroundRefresh, RefreshBusy, RefreshReport, refresh
 from tracker_wsgi.store import open_store
-from tracker_wsgi.wsgi import REFRESH_BUSY, REFRESH_OFF, REFRESH_REFUSED, Application, build_tracker
+from tracker_wsgi.refresh_auth import REFRESH_BUSY, REFRESH_OFF, REFRESH_REFUSED
+from tracker_wsgi.wsgi import Application, build_tracker
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = str(REPO / ".venv" / "bin" / "tracker-wsgi")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +16,26 @@ import time
 import mysql.connector
 import pytest
 
-from conftest import ih, pid
+from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
 from test_e2e_apache import PrivateMariadb
-from tracker_wsgi.limits import Shed
+from test_wsgi import call as wsgi_call, tracker_log  # noqa: F401 (tracker_log is a fixture)
+from tracker_wsgi import config as config_module
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.model import AnnounceRequest, Event, PeerState, PeerWrite, StoreUnavailable, Torrent
+from tracker_wsgi.model import (
+    ACCESS_DENIED,
+    TIMEOUT as TIMEOUT_CAUSE,
+    UNKNOWN_DATABASE,
+    UNREACHABLE,
+    AnnounceRequest,
+    Event,
+    PeerState,
+    PeerWrite,
+    Shed,
+    StoreUnavailable,
+    Torrent,
+)
+from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
+from tracker_wsgi.wsgi import Application, build_tracker
 from tracker_wsgi.store import open_store
 from tracker_wsgi.store.mysql import connect_args, timeouts
 
@@ -204,3 +220,123 @@ def test_a_client_library_error_of_any_type_is_the_connections_never_a_bad_rows(
         assert store._is_transient(exc) and store._is_unavailable(exc), exc
     out_of_range = mysql.connector.errors.DataError(errno=1264, msg="Out of range value for column 'transferred'")
     assert not store._is_transient(out_of_range) and not store._is_unavailable(out_of_range)
+
+
+# -- what an outage is called: its cause, in one line (issue 19) -----------------------------------
+
+
+@pytest.fixture
+def own_user(mysql_url):
+    """A MariaDB user of this test's own on a fresh database (its password is changed: the
+    shared test user is other tests'), dropped afterwards; yields (url, admin connection)."""
+    user, password = f"tracker_own_{os.getpid()}_{threading.get_ident() % 10_000}", "own-Pw-1"
+    database = mysql_url.rpartition("/")[2]
+    admin = mysql.connector.connect(user="root", host="127.0.0.1", port=3306, autocommit=True)
+    cur = admin.cursor()
+    cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{password}'")
+    cur.execute(f"GRANT ALL ON `{database}`.* TO '{user}'@'127.0.0.1'")
+    try:
+        yield f"mysql://{user}:{password}@127.0.0.1:3306/{database}", admin
+    finally:
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+        admin.close()
+
+
+def cause_of(store) -> StoreUnavailable:
+    _, error = timed_unavailable(lambda: store.scrape([ih(1)], NOW))
+    return error
+
+
+def test_mysql_outages_are_named_by_cause(own_user):
+    """Against the real MariaDB: a refused login, a database that is not there, a closed
+    port. Each names its cause and, where a setting fixes it, the setting."""
+    url, _ = own_user
+    wrong_password = url.replace(":own-Pw-1@", ":wrong@")
+    error = cause_of(open_store(wrong_password, TIMEOUT, wait_seconds=2))
+    assert (error.cause, error.__cause__.errno) == (ACCESS_DENIED, 1045)
+    assert error.explain().startswith("the database refused the tracker's user (its login or its privileges): "
+                                      "check the user and password of `database`")
+    assert "Access denied for user" in error.explain() and "\n" not in error.explain()
+    # A user without privileges on a database is not told whether it exists (1044)...
+    error = cause_of(open_store(url.rpartition("/")[0] + "/tracker_test_nowhere", TIMEOUT, wait_seconds=2))
+    assert (error.cause, error.__cause__.errno) == (ACCESS_DENIED, 1044)
+    # ...one with them is (the shared test user may use every tracker_test_% database).
+    error = cause_of(open_store(f"mysql://{TEST_USER}:{TEST_PASSWORD}@127.0.0.1:3306/tracker_test_nowhere", TIMEOUT,
+                                wait_seconds=2))
+    assert (error.cause, error.__cause__.errno) == (UNKNOWN_DATABASE, 1049)
+    assert "does not exist" in error.explain()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    error = cause_of(open_store(url.replace(":3306/", f":{port}/"), TIMEOUT, wait_seconds=2))
+    assert (error.cause, error.__cause__.errno) == (UNREACHABLE, 2003)
+    assert "cannot be reached" in error.explain()
+
+
+def test_mysql_hung_server_is_named_a_timeout(private_mariadb):
+    server, url = private_mariadb
+    store = opened(url, 2.0)
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        error = cause_of(store)
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert error.cause == TIMEOUT_CAUSE and error.explain().startswith("the database did not answer in time (")
+
+
+def test_a_refused_login_is_one_line_and_one_wording_for_every_request(own_user, tracker_log):
+    """Issue 19: with the database refusing the tracker's login (1045), the log said "the
+    database did not answer a request in time" with an 18-line traceback, and completions
+    were told "busy" where an unknown swarm was told "temporarily unavailable"."""
+    url, admin = own_user
+    tracker = build_tracker(config_module.from_dict({"database": url}))
+    try:
+        tracker.store.register(Torrent(ih(1), None, "one", 1000), NOW)
+        tracker.store.register(Torrent(ih(2), None, "two", 1000), NOW)
+        app = Application(tracker)
+        assert b"interval" in wsgi_announce(app, ih(1), 1).decoded  # swarm 1 is held now
+        tracker_log()
+        admin.cursor().execute(f"ALTER USER '{url.split('//')[1].split(':')[0]}'@'127.0.0.1' IDENTIFIED BY 'changed'")
+        tracker.store.close()  # the idle connections go: the next ones must log in again
+        answers = [
+            wsgi_announce(app, ih(2), 1),  # a swarm not held yet: read from the database
+            wsgi_announce(app, ih(1), 2, event="completed", left=0),  # a completion of a peer the view lacks
+        ]
+        tracker.swarms._gate._away_until = 0  # the database gate's pause after a failure: ask again
+        answers.append(wsgi_announce(app, ih(1), 1, event="completed", left=0))  # a completion, written through
+        for answer in answers:
+            assert answer.decoded == {b"failure reason": DATABASE_UNAVAILABLE.encode(), b"retry in": 1}
+        logged = tracker_log()
+        assert len(logged) == 1, logged
+        level, line = logged[0]
+        assert level == "ERROR" and "\n" not in line and "Traceback" not in line
+        assert line.startswith("requests that need the database are answered `retry in`: the database refused "
+                               "the tracker's user (its login or its privileges): check the user and password of "
+                               "`database`")
+        assert "1045" in line
+    finally:
+        tracker.close()
+
+
+def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypatch, tracker_log):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = tmp_path / "tracker.toml"
+    path.write_text(f'database = "mysql://tracker:pw@127.0.0.1:{port}/tracker"\n'
+                    f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+    app = Application()
+    for _ in range(3):
+        answer = wsgi_call(app, "/announce", announce_query(ih(1), pid(1)),
+                           extra={config_module.ENVIRON_KEY: str(path)})
+        assert answer.decoded == {b"failure reason": DATABASE_UNAVAILABLE.encode(), b"retry in": 1}
+    [(level, line)] = tracker_log()
+    assert level == "ERROR" and "\n" not in line
+    assert line.startswith(f"the tracker cannot start (config {path}): the database server cannot be reached: "
+                           "is it running, and are the host, port or socket of `database`")
+    assert f"127.0.0.1:{port}" in line
+
+
+def wsgi_announce(app, info_hash: bytes, peer: int, **fields):
+    return wsgi_call(app, "/announce", announce_query(info_hash, pid(peer), port=6000 + peer, **fields),
+                remote=f"10.1.0.{peer}")

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .model import Shed  # noqa: F401 (its home is model.py, with the other refusals; tests import it here)
+
 WINDOW_SECONDS = 60.0  # rates are per minute
 # Addresses a rate window remembers; past this, an address the window has not seen yet is
 # refused until the window turns, so a flood from many addresses cannot grow the table.
@@ -41,11 +43,6 @@ class Limits:
     peers_per_address: int = 256  # one address's peers in one swarm
     new_swarms_per_minute: int = 60  # one address's registrations in whitelist mode `open`
     completions_per_minute: int = 120  # one address's completions counted
-
-
-class Shed(Exception):
-    """The process takes no more of something now (its argument says what, for the log):
-    the client gets `retry in` (BEP 31), not a refusal."""
 
 
 def address_key(ip: bytes) -> bytes:

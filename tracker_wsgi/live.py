@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from .faultlog import FaultLog
-from .limits import Limits, MemoryGuard, RateWindow, Shed
+from .limits import Limits, MemoryGuard, RateWindow
 from .model import (
     LEECHER,
     STOPPED,
@@ -74,6 +74,7 @@ from .model import (
     PeerConflict,
     PeerWrite,
     SetAside,
+    Shed,
     StoredPeer,
     StoreUnavailable,
     SwarmStats,

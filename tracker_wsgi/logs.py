@@ -59,9 +59,11 @@ def to_error_log(level: str = DEFAULT_LEVEL, syslog_facility: str = "",
         handlers.append(syslog)
     _install(handlers, LEVELS[level])
     if syslog_facility and syslog is None:
-        _log.warning("syslog_facility = %r: nothing listens on %s; logging to Apache's error log only "
-                     "(start rsyslog or systemd-journald, or leave syslog_facility out)",
-                     syslog_facility, syslog_socket)
+        # An error, not a warning: with log_level = "error" a warning would not show, and an
+        # admin who asked for syslog would never learn that nothing arrives there.
+        _log.error("syslog_facility = %r: nothing listens on %s; logging to Apache's error log only "
+                   "(start rsyslog or systemd-journald, or leave syslog_facility out)",
+                   syslog_facility, syslog_socket)
 
 
 def to_stderr(prefix: str) -> None:

@@ -43,8 +43,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from .limits import Shed
-from .model import ClientError, StoreUnavailable
+from .refusals import REFUSALS, OUTCOMES
 
 DIRECTORY_PREFIX = "tracker-wsgi-metrics-"  # + Apache's parent pid, in the temporary directory
 LOCK_FILE = "lock"  # in the directory: one collection at a time
@@ -62,17 +61,6 @@ REFRESH_OVERDUE_INTERVALS = 3
 
 ANNOUNCE, SCRAPE, FAILURE = "announce", "scrape", "failure"  # what Counts keys start with
 OK = "ok"
-
-
-def outcome(exc: BaseException) -> str:
-    """How a request that raised `exc` ended, as the outcome label says it."""
-    if isinstance(exc, ClientError):
-        return "refused"  # a failure reason for the client's mistake (the reasons are counted too)
-    if isinstance(exc, Shed):
-        return "busy"  # a limit of the process: `retry in`
-    if isinstance(exc, StoreUnavailable):
-        return "unavailable"  # the database did not answer in time: `retry in`
-    return "fault"  # a fault of ours, logged
 
 
 class Counts:
@@ -164,11 +152,13 @@ def _parent_of(pid: int) -> int | None:
 class Metrics:
     """prometheus_client's values of this process, and the scrape of every process's.
 
-    `fold` reads the request counters (`counts`), what the swarms hold (`held`:
+    Made when the process starts (wsgi.Application, as mod_wsgi preloads tracker.wsgi), so
+    `tracker_wsgi_processes` counts every process serving the tracker from the start, not
+    only those that have had a request. `serve` then gives it what to fold, once the
+    tracker is built: the request counters (`counts`), what the swarms hold (`held`:
     live.LiveSwarms.held) and the stores' `errors` and `reconnects` (store/sql.py)."""
 
-    def __init__(self, directory: str, parent: int, counts: Counts, held: Callable[[], Any],
-                 stores: list[Any], interval: float, log: Callable[[str], None]):
+    def __init__(self, directory: str, parent: int, log: Callable[[str], None]):
         # Multiprocess mode is chosen when prometheus_client is imported: set the directory
         # first. Nothing else in a tracker process imports it.
         if "prometheus_client" in sys.modules and not sys.modules["prometheus_client"].values.ValueClass._multiprocess:
@@ -180,11 +170,11 @@ class Metrics:
         self._multiprocess = multiprocess
         self.directory = directory
         self.parent = parent
-        self.counts = counts
-        self.held = held
-        self.stores = stores
-        self.interval = interval
         self.log = log
+        self.counts: Counts | None = None  # serve() gives these
+        self.held: Callable[[], Any] = lambda: None
+        self.stores: list[Any] = []
+        self.interval = 0.0
         c, g, h = prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram
         self.requests = {
             ANNOUNCE: c("tracker_wsgi_announces", "Announces answered, by outcome.", ["outcome"], registry=None),
@@ -214,6 +204,13 @@ class Metrics:
         self.flush_backlog = live_sum("tracker_wsgi_flush_backlog", "Announces answered and not written yet.")
         self.flush_failing = live_sum("tracker_wsgi_flush_failing", "Processes whose last batch write failed.")
         self.processes.set(1)
+        # Every label a counter can have, at 0: a rate over a series that appears only at its
+        # first count misses that count (Prometheus's rate() needs two samples).
+        for kind in (ANNOUNCE, SCRAPE):
+            for outcome in (OK, *OUTCOMES):
+                self.requests[kind].labels(outcome)
+        for refusal in REFUSALS:
+            self.requests[FAILURE].labels(refusal.code)
         self._folded: dict[Any, float] = {}  # what each counter was given so far
         self._fold_lock = threading.Lock()
         self._closed = threading.Event()
@@ -221,8 +218,9 @@ class Metrics:
 
     # -- this process's values -------------------------------------------------------------
 
-    def start(self) -> None:
-        """Fold every `interval` seconds in a thread of its own, until `close`."""
+    def serve(self, counts: Counts, held: Callable[[], Any], stores: list[Any], interval: float) -> None:
+        """Fold these every `interval` seconds in a thread of its own, until `close`."""
+        self.counts, self.held, self.stores, self.interval = counts, held, stores, interval
         self._thread = threading.Thread(target=self._fold_forever, name="tracker_wsgi metrics", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # as live.py's flush: the last counts when the process stops
@@ -244,6 +242,8 @@ class Metrics:
     def fold(self) -> None:
         """Give prometheus_client what the counters gained since the last fold, and what the
         process holds now."""
+        if self.counts is None:  # no tracker yet
+            return
         with self._fold_lock:
             for (kind, label), total in self.counts.totals().items():
                 self._give(self.requests[kind].labels(label), (kind, label), total)
@@ -350,18 +350,15 @@ class Metrics:
             os.unlink(path)
 
 
-def start(counts: Counts, held: Callable[[], Any], stores: list[Any], interval: float,
-          log: Callable[[str], None]) -> Metrics | None:
-    """The metrics of a process under Apache, folding; None (logged once) if they cannot be
-    kept, for the tracker serves all the same."""
+def start(log: Callable[[str], None]) -> Metrics | None:
+    """The metrics of a process under Apache, counted among the processes from now on; None
+    (logged once) if they cannot be kept, for the tracker serves all the same."""
     parent = os.getppid()  # Apache's parent process: the parent of every process serving the tracker
     try:
-        metrics = Metrics(make_directory(parent), parent, counts, held, stores, interval, log)
+        return Metrics(make_directory(parent), parent, log)
     except (OSError, RuntimeError) as exc:
         log(f"metrics are off: {exc}")
         return None
-    metrics.start()
-    return metrics
 
 
 # -- the health check --------------------------------------------------------------------------
@@ -388,7 +385,7 @@ def health(database_error: str | None, last_refresh: int | None, now: float, ref
     only: announces are answered all the same."""
     problems, warnings = [], []
     if database_error is not None:
-        problems.append(f"the database did not answer: {database_error}")
+        problems.append(f"the database is unavailable: {database_error}")
     if host.failing:
         problems.append(f"writing announces to the database fails in {host.failing} process(es)")
     if host.backlog >= max_unwritten:

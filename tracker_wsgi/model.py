@@ -2,7 +2,7 @@
 
 Every value here is frozen and already valid: `protocol.parse_*` builds them from a query
 and refuses anything else with a `ClientError`. The errors the core and the store raise
-are here too, as types without text (protocol.failure_reason gives each its words). Binary fields (info hashes, peer ids, keys,
+are here too, as types without text (refusals.py gives each its words). Binary fields (info hashes, peer ids, keys,
 packed addresses) are always `bytes`, never `str`.
 """
 
@@ -18,8 +18,8 @@ class ClientError(Exception):
     """A failure the client caused: it is answered with a bencoded `failure reason`.
 
     The core and the store raise the typed refusals below, which carry no text: the
-    protocol edge chooses the text for each type (protocol.failure_reason). Only the edge
-    itself (protocol.py's parsing, wsgi.py's routes) raises a ClientError with its text.
+    edge chooses the text for each type (refusals.py). Only the edge itself (protocol.py's
+    parsing, wsgi.py's routes, refresh_auth.py) raises a ClientError with its text.
     Texts are fixed strings, never request data, so nothing a client sends is ever echoed
     back or logged as an error.
     """
@@ -46,10 +46,56 @@ class TrackerFull(ClientError):
     """Whitelist mode `open`: the store holds all the torrents it may, and registers none."""
 
 
+class Shed(Exception):
+    """The process takes no more of something now (its argument says what, for the log):
+    the client gets `retry in` (BEP 31), not a refusal. Raised from a StoreUnavailable when
+    the database's silence is the reason: that is then the cause the client is told."""
+
+
+# Why the database cannot be used, as StoreUnavailable.cause: a small fixed set, each with
+# what the admin's one log line says of it and, where a setting fixes it, which.
+ACCESS_DENIED, UNKNOWN_DATABASE, UNREACHABLE, TIMEOUT, LOST, TOO_MANY_CONNECTIONS, TLS, FAILED = (
+    "access denied", "unknown database", "unreachable", "timeout", "connection lost", "too many connections",
+    "tls", "failed")
+OUTAGE_CAUSES: dict[str, str] = {
+    ACCESS_DENIED: "the database refused the tracker's user (its login or its privileges): check the user "
+                   "and password of `database` in the tracker's config file (or its option_file) and the "
+                   "user's GRANTs",
+    UNKNOWN_DATABASE: "the database named in `database` does not exist: create it (README: Production "
+                      "install) or fix `database` in the tracker's config file",
+    UNREACHABLE: "the database server cannot be reached: is it running, and are the host, port or socket "
+                 "of `database` in the tracker's config file right?",
+    TIMEOUT: "the database did not answer in time",
+    LOST: "the database server closed the connection (a restart?)",
+    TOO_MANY_CONNECTIONS: "the database server takes no more connections: raise its max_connections "
+                          "(README: MySQL connections, 10 per tracker process)",
+    TLS: "the TLS handshake with the database failed: check ssl_ca, ssl_cert and ssl_key of `database` in "
+         "the tracker's config file",
+    FAILED: "the database failed",
+}
+
+
 class StoreUnavailable(Exception):
     """The database cannot be used now: it cannot be reached, a wait for it timed out, or
     the connection dropped and the one retry failed. Raised by the store, chained from the
-    driver's error. Nothing is wrong with what was asked: asking again later may succeed."""
+    driver's error. Nothing is wrong with what was asked: asking again later may succeed.
+
+    `cause` (one of OUTAGE_CAUSES) is what the admin's log line names; the stores set it
+    where they know it (store/mysql.py by the server's error number), else FAILED."""
+
+    def __init__(self, message: str = "", cause: str | None = None):
+        super().__init__(message)
+        self.cause = cause or FAILED
+
+    def explain(self) -> str:
+        """One line for the admin: the cause, what to fix, and the driver's own words."""
+        detail = " ".join(str(self).split())
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS - 3] + "..."
+        return f"{OUTAGE_CAUSES[self.cause]} ({detail})" if detail else OUTAGE_CAUSES[self.cause]
+
+
+MAX_DETAIL_CHARS = 200  # the driver's message in a log line; a message may quote a whole SQL statement
 
 
 class Event(enum.Enum):

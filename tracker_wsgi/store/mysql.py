@@ -12,7 +12,17 @@ from typing import Any
 import mysql.connector
 from mysql.connector import errorcode, errors
 
-from ..model import StoreUnavailable
+from ..model import (
+    ACCESS_DENIED,
+    FAILED,
+    LOST,
+    TIMEOUT,
+    TLS,
+    TOO_MANY_CONNECTIONS,
+    UNKNOWN_DATABASE,
+    UNREACHABLE,
+    StoreUnavailable,
+)
 from .mysql_settings import connect_args
 from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
 
@@ -36,6 +46,34 @@ _UNAVAILABLE_ERRNOS = _CONNECTION_ERRNOS | {
     errorcode.ER_LOCK_DEADLOCK,  # twice in a row
     errorcode.ER_LOCK_WAIT_TIMEOUT,  # 1205: not retried, it has waited wait_seconds already
 }
+
+
+# What each server or client error number says of why the database cannot be used: the
+# cause the admin's log line names (model.OUTAGE_CAUSES). Numbers from MariaDB's errmsg.h
+# and mysqld_error.h, as mysql.connector.errorcode names them.
+_OUTAGE_CAUSES = {
+    errorcode.ER_ACCESS_DENIED_ERROR: ACCESS_DENIED,  # 1045: wrong user or password
+    errorcode.ER_ACCESS_DENIED_NO_PASSWORD_ERROR: ACCESS_DENIED,  # 1698: unix_socket login refused
+    errorcode.ER_DBACCESS_DENIED_ERROR: ACCESS_DENIED,  # 1044: no privileges on the database
+    errorcode.ER_HOST_NOT_PRIVILEGED: ACCESS_DENIED,  # 1130: the user may not connect from this host
+    errorcode.ER_TABLEACCESS_DENIED_ERROR: ACCESS_DENIED,  # 1142: a GRANT missing
+    errorcode.ER_BAD_DB_ERROR: UNKNOWN_DATABASE,  # 1049
+    errorcode.CR_CONNECTION_ERROR: UNREACHABLE,  # 2002: no server at the unix socket
+    errorcode.CR_CONN_HOST_ERROR: UNREACHABLE,  # 2003: connection refused, or no route
+    errorcode.CR_UNKNOWN_HOST: UNREACHABLE,  # 2005: the host name does not resolve
+    errorcode.CR_SERVER_LOST: TIMEOUT,  # 2013: no answer within read_timeout (a hung server), or lost mid-read
+    errorcode.ER_LOCK_WAIT_TIMEOUT: TIMEOUT,  # 1205: another client holds the rows
+    errorcode.ER_LOCK_DEADLOCK: TIMEOUT,  # 1213, twice: contention
+    errorcode.CR_SERVER_GONE_ERROR: LOST,  # 2006
+    errorcode.CR_SERVER_LOST_EXTENDED: LOST,  # 2055
+    errorcode.ER_CON_COUNT_ERROR: TOO_MANY_CONNECTIONS,  # 1040
+    errorcode.CR_SSL_CONNECTION_ERROR: TLS,  # 2026
+}
+
+
+def outage_cause(exc: BaseException | None) -> str:
+    """The cause (model.OUTAGE_CAUSES) a driver error gives the database's outage."""
+    return _OUTAGE_CAUSES.get(getattr(exc, "errno", None), FAILED)
 
 
 def _connection_failed(exc: BaseException) -> bool:
@@ -146,6 +184,15 @@ class MysqlStore(SqlStore):
     def _begin(self, conn: Any, read_only: bool) -> None:
         if not read_only:  # writers: one transaction, committed by _end
             conn.start_transaction()
+
+    def _transaction(self, work: Any, read_only: bool = False) -> Any:
+        # An outage names its cause (the server's error number); free when nothing is raised.
+        try:
+            return super()._transaction(work, read_only)
+        except StoreUnavailable as exc:
+            if exc.cause == FAILED:
+                exc.cause = outage_cause(exc.__cause__)
+            raise
 
     def _is_transient(self, exc: BaseException) -> bool:
         return _connection_failed(exc) or getattr(exc, "errno", None) in _TRANSIENT_ERRNOS

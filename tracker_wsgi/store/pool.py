@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ..model import StoreUnavailable
+from ..model import TIMEOUT, StoreUnavailable
 
 C = TypeVar("C")
 
@@ -55,7 +55,7 @@ class ConnectionPool(Generic[C]):
         `connect` raises (the slot is free again)."""
         if not self._slots.acquire(timeout=self.wait_seconds):
             raise StoreUnavailable(f"all {self.size} database connections of this process were busy for "
-                                   f"{self.wait_seconds} s")
+                                   f"{self.wait_seconds} s", TIMEOUT)
         with self._lock:
             if self._idle:
                 return self._idle.pop()
