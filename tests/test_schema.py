@@ -18,7 +18,7 @@ from pathlib import Path
 import mysql.connector
 import pytest
 
-from conftest import announce_query, decode, give_to_www_data, pid
+from conftest import announce_query, decode, give_to_www_data, own_directories, pid
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store, schema
