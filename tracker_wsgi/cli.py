@@ -16,9 +16,10 @@
                                       print an Apache snippet for /tracker (apache/*.conf)
 
 Options go before or after the command. The config file is --config FILE, else
-$TRACKER_WSGI_CONFIG, else the built-in defaults. Every command ends with a one-line
-summary on stdout; --quiet (or CRON set in the environment) leaves it out. Warnings and
-errors are one line each on stderr naming what to fix; an error exits non-zero.
+$TRACKER_WSGI_CONFIG, else /etc/tracker-wsgi/tracker.toml; a command that reads the
+config and finds none says so. Every command ends with a one-line summary on stdout;
+--quiet (or CRON set in the environment) leaves it out. Warnings and errors are one line
+each on stderr naming what to fix; an error exits non-zero.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from .metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
 from .model import Torrent, TorrentReport
 from .refresh import STATS_FILE, RefreshBusy, refresh, terminal_progress
 from .render import human_bytes
-from .store import Catalog, masked, migrate, open_configured, open_store
+from .store import Catalog, masked, migrate, open_current, open_store
 from .store.schema import describe
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
@@ -58,7 +59,6 @@ APACHE_USER = "www-data"
 # An info hash on the command line: a v1 SHA-1 or a v2 SHA-256 in hex; a v2 hash is
 # announced truncated to 20 bytes (BEP 52), and that is how the store keys it.
 HEX_INFO_HASH = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
-NO_CONFIG = "no config file (built-in defaults)"
 
 
 class Options:
@@ -73,9 +73,17 @@ class Options:
 
     @property
     def source(self) -> str:
-        return self.config_path or NO_CONFIG
+        return self.config_path or "(no config file)"
 
     def load(self) -> Config:
+        """The config file's settings. Without a file the built-in defaults would name a
+        database of their own beside the admin's: refused."""
+        if self.config_path is None:
+            raise ConfigError(
+                f"no config file: --config FILE and ${config_module.ENV_VAR} name none, and "
+                f"{config_module.SYSTEM_CONFIG} is not there; write it (README: Production install) "
+                "or name one with --config FILE"
+            )
         return config_module.load(self.config_path)
 
     def summary(self, line: str) -> None:
@@ -85,6 +93,18 @@ class Options:
 
 def warn(message: str) -> None:
     print(f"tracker-wsgi: {message}", file=sys.stderr)
+
+
+def shown(text: str) -> str:
+    """A name or path from a .torrent file (anyone's), safe to print on a terminal: each
+    character that is not printable (ESC and the other controls, bidi overrides, line
+    breaks) as its Python escape, so no name can move the cursor, recolour or hide text."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def counted(n: int, thing: str) -> str:
+    """ "1 torrent", "2 torrents"."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 def sqlite_path(config: Config) -> str | None:
@@ -97,9 +117,10 @@ def sqlite_path(config: Config) -> str | None:
 # -- opening the store ---------------------------------------------------------------------
 
 def open_checked(options: Options, config: Config, creates: bool, writes_output: bool = False) -> Catalog:
-    """The configured store, its tables created. Refuses as root what would leave files
-    the tracker's user cannot write; `creates` False: never creates a missing SQLite file.
-    Any failure to reach the database is one line naming the config file and the key."""
+    """The configured store, at this release's schema: only migrate (and the tracker's
+    start) change it. `creates`: a missing SQLite file, or an empty database, gets its
+    tables; else it is refused. Refuses as root what would leave files the tracker's user
+    cannot write. Any failure is one line naming the config file and the key."""
     database = sqlite_path(config)
     if database and not creates and not os.path.exists(database):
         raise ConfigError(
@@ -108,7 +129,7 @@ def open_checked(options: Options, config: Config, creates: bool, writes_output:
         )
     refuse_root(options, config, writes_output)
     try:
-        return open_configured(config)
+        return open_current(config, creates)
     except Exception as exc:  # bad URL, password, server down, unwritable file: all the same key's
         raise database_error(options.source, config, exc) from None
 
@@ -146,16 +167,8 @@ def cmd_check_config(options: Options) -> int:
     database (connected to, never created) and every directory the tracker uses, checked
     for the Apache user by ownership and mode bits (os.access answers for whoever runs
     this, which as root is always yes)."""
-    path = options.args.file or options.config_path
-    options.config_path = path
+    options.config_path = options.args.file or options.config_path
     config = options.load()
-    if path is None:
-        warn(
-            f"no config file (--config FILE or ${config_module.ENV_VAR}): checking the built-in defaults "
-            f"(database {config.database}, torrent_dir {config.torrent_dir}, output_dir {config.output_dir}, "
-            f"base_url {config.base_url}, a placeholder the feed would link to); Apache's tracker reads "
-            "the file its SetEnv tracker_wsgi.config names: check that one"
-        )
     if os.geteuid() == 0:
         warn(
             f"running as root: the checks below are made for {options.args.apache_user}, but run the "
@@ -337,20 +350,20 @@ def cmd_add(options: Options) -> int:
         try:
             torrent = read_torrent(config, name)
         except (OSError, MetainfoError) as exc:
-            warn(f"{name}: skipped: {getattr(exc, 'strerror', None) or exc}")
+            warn(f"{shown(name)}: skipped: {shown(str(getattr(exc, 'strerror', None) or exc))}")
             failed += 1
             continue
         if not store.register(torrent, int(time.time())):
             known += 1
-            options.summary(f"{name}: already registered: {torrent.info_hash.hex()} {torrent.name}")
+            options.summary(f"{shown(name)}: already registered: {torrent.info_hash.hex()} {shown(torrent.name)}")
             continue
         added += 1
-        options.summary(f"{name}: added {torrent.info_hash.hex()} {torrent.name}")
+        options.summary(f"{shown(name)}: added {torrent.info_hash.hex()} {shown(torrent.name)}")
         if torrent.path.startswith("/"):
             # The stats page links, and the feed lists, only files served under base_url,
             # which serves torrent_dir (render.py).
             warn(
-                f"{name} is outside torrent_dir ({config.torrent_dir}): its swarm is tracked, but the "
+                f"{shown(name)} is outside torrent_dir ({config.torrent_dir}): its swarm is tracked, but the "
                 "stats page lists it without a link and the feed leaves it out; to publish it, "
                 f"`tracker-wsgi remove {torrent.info_hash.hex()}` and put the file in torrent_dir instead"
             )
@@ -364,8 +377,8 @@ def where(r: TorrentReport) -> str:
     if not r.path:
         return "(no file: registered by an announce, whitelist open)"
     if r.path.startswith("/"):
-        return f"{r.path} (added by hand)"
-    return r.path
+        return f"{shown(r.path)} (added by hand)"
+    return shown(r.path)
 
 
 def cmd_list(options: Options) -> int:
@@ -376,10 +389,10 @@ def cmd_list(options: Options) -> int:
         print(f"{'info hash':40}  {'seeds':>5} {'leechers':>8} {'completed':>9} {'size':>12}  torrent file  name")
     for r in rows:
         print(f"{r.info_hash.hex():40}  {r.seeds:>5} {r.leechers + r.partial_seeds:>8} {r.downloaded:>9} "
-              f"{human_bytes(r.size):>12}  {where(r)}  {r.name}")
+              f"{human_bytes(r.size):>12}  {where(r)}  {shown(r.name)}")
     by_hand = sum(r.path.startswith("/") for r in rows)
     announced = sum(not r.path for r in rows)
-    options.summary(f"{len(rows)} torrents: {len(rows) - by_hand - announced} from torrent_dir, "
+    options.summary(f"{counted(len(rows), 'torrent')}: {len(rows) - by_hand - announced} from torrent_dir, "
                     f"{by_hand} added by hand, {announced} registered by announces")
     return 0
 
@@ -441,15 +454,16 @@ def cmd_show(options: Options) -> int:
     store = open_checked(options, config, creates=False)
     now = int(time.time())
     r, hashes = find_torrent(store, config, options.args.target, now)
-    print(f"name          {r.name}")
+    print(f"name          {shown(r.name)}")
     for h in hashes:
         print(f"info hash     {h.hex()}")
     print(f"torrent file  {where(r)}")
     print(f"size          {r.size} bytes ({human_bytes(r.size)})")
     print(f"added         {utc(r.added)}")
-    print(f"peers         {r.seeds} seeds, {r.leechers} leechers, {r.partial_seeds} partial seeds "
+    print(f"peers         {counted(r.seeds, 'seed')}, {counted(r.leechers, 'leecher')}, "
+          f"{counted(r.partial_seeds, 'partial seed')} "
           f"(announced in the last {config.peer_timeout} s)")
-    print(f"completed     {r.downloaded} times")
+    print(f"completed     {counted(r.downloaded, 'time')}")
     print(f"transferred   {human_bytes(r.transferred)} uploaded")
     if r.path.startswith("/"):
         print("published     no: the stats page lists it without a link and the feed leaves it out "
@@ -471,10 +485,10 @@ def cmd_remove(options: Options) -> int:
             continue
         removed += store.unregister(hashes)
         peers = r.seeds + r.leechers + r.partial_seeds
-        options.summary(f"{target}: removed {r.info_hash.hex()} {r.name} and its {peers} peers")
+        options.summary(f"{shown(target)}: removed {r.info_hash.hex()} {shown(r.name)} and its {counted(peers, 'peer')}")
         file = torrent_file_of(config, r)
         if r.path and not r.path.startswith("/") and file and os.path.exists(file):
-            warn(f"{file} is still in torrent_dir: the next refresh registers it again unless the file is removed")
+            warn(f"{shown(file)} is still in torrent_dir: the next refresh registers it again unless the file is removed")
     options.summary(f"{removed} removed, {missing} not found")
     return 1 if missing else 0
 
@@ -499,8 +513,9 @@ def cmd_stats(options: Options) -> int:
         return 0
     refreshed = f"last refresh {utc(last_refresh)}" if last_refresh else "never refreshed"
     print(
-        f"{totals['torrents']} torrents ({human_bytes(totals['content_bytes'])}), {totals['seeds']} seeds, "
-        f"{totals['leechers']} leechers, {totals['partial_seeds']} partial seeds, "
+        f"{counted(totals['torrents'], 'torrent')} ({human_bytes(totals['content_bytes'])}), "
+        f"{counted(totals['seeds'], 'seed')}, {counted(totals['leechers'], 'leecher')}, "
+        f"{counted(totals['partial_seeds'], 'partial seed')}, "
         f"{totals['completed']} completed, {human_bytes(totals['transferred_bytes'])} uploaded; {refreshed}"
     )
     return 0
@@ -526,7 +541,7 @@ def cmd_refresh(options: Options) -> int:
             f"directory {APACHE_USER} can write: install -d -o {APACHE_USER} -g {APACHE_USER} {config.output_dir}"
         ) from None
     for warning in report.warnings:
-        warn(warning)
+        warn(shown(warning))  # they name the files found in torrent_dir
     options.summary(report.summary())
     return 0
 
@@ -553,7 +568,9 @@ def cmd_serve(options: Options) -> int:
     unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
     if unreachable:
         raise ConfigError(f"--state-dir {state}: {unreachable}")
-    config_path = Path(options.config_path or state / "tracker.toml").resolve()
+    # Its own config only (never the environment's or /etc's): a development server beside a
+    # production install must not serve, or write into, production's paths.
+    config_path = Path(getattr(args, "config", None) or state / "tracker.toml").resolve()
     server_url = f"http://127.0.0.1:{args.port}/"
     fresh = not config_path.exists()
     if fresh:
@@ -687,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     # must not overwrite with its default what was given before the command.
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help=f"the config file (default: ${config_module.ENV_VAR}, else the built-in defaults)")
+                        help=f"the config file (default: ${config_module.ENV_VAR}, else {config_module.SYSTEM_CONFIG})")
     shared.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                         help="no summary line, for cron (also when CRON is set); warnings and errors still print")
     as_root = argparse.ArgumentParser(add_help=False)
@@ -812,7 +829,15 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(build_parser().parse_args(argv), argv)
     logs.to_stderr("tracker-wsgi")  # what the tracker's modules log reads as the command's own warnings
     try:
-        return options.args.run(options)
+        status = options.args.run(options)
+        sys.stdout.flush()  # here, not at exit: a reader gone is met inside this try
+        return status
+    except BrokenPipeError:
+        # `tracker-wsgi list | head`: the reader has all it wanted. Python would still flush
+        # stdout into the closed pipe at exit and print a traceback: point it at /dev/null
+        # (the Python docs' recipe, signal module: "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ConfigError, LookupError) as exc:
         warn(str(exc))
         return 1
