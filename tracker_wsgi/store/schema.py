@@ -152,15 +152,16 @@ def schema_columns() -> dict[str, tuple[str, ...]]:
 
 def found_version(store: Any) -> int | None:
     """The version of the database's schema, read without changing anything: None for an
-    empty database. Raises SchemaError for a newer release's."""
+    empty database, or one whose creation has not finished (another process creating it:
+    the version table comes first and its row last). Raises SchemaError for a newer
+    release's."""
 
     def read(cur: Any) -> int | None:
-        version = store._schema_version(cur)
-        if version is None:
-            cur.execute(store.dialect.tables)
-            if "torrents" in {row[0] for row in cur.fetchall()}:
-                return FIRST_RELEASE  # tables and no versions: the first release's
-        return version
+        cur.execute(store.dialect.tables)
+        tables = {row[0] for row in cur.fetchall()}
+        if VERSION_TABLE in tables:
+            return store._schema_version(cur)
+        return FIRST_RELEASE if "torrents" in tables else None  # tables without versions: the first release's
 
     return store._read(read)
 
