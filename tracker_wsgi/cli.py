@@ -25,22 +25,17 @@ each on stderr naming what to fix; an error exits non-zero.
 from __future__ import annotations
 
 import argparse
-import grp
 import json
 import os
 import pwd
 import re
 import shlex
-import shutil
-import signal
-import stat
 import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from . import apache_conf
 from . import config as config_module
@@ -48,14 +43,13 @@ from . import logs
 from .config import Config, ConfigError
 from .metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
 from .model import Torrent, TorrentReport
+from .permissions import APACHE_USER, access_problem
 from .refresh import STATS_FILE, RefreshBusy, refresh, terminal_progress
 from .render import human_bytes
-from .store import Catalog, masked, migrate, open_current, open_store
+from .store import Catalog, masked, migrate, open_current, open_store, sqlite_file
 from .store.schema import describe
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
-# The user Apache runs the tracker's daemon processes as (Debian's; the snippet sets none).
-APACHE_USER = "www-data"
 # An info hash on the command line: a v1 SHA-1 or a v2 SHA-256 in hex; a v2 hash is
 # announced truncated to 20 bytes (BEP 52), and that is how the store keys it.
 HEX_INFO_HASH = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")
@@ -107,13 +101,6 @@ def counted(n: int, thing: str) -> str:
     return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
-def sqlite_path(config: Config) -> str | None:
-    """The SQLite database file, written as messages should show it (one leading slash)."""
-    if not config.database.startswith("sqlite:"):
-        return None
-    return "/" + config.database.removeprefix("sqlite:").lstrip("/")
-
-
 # -- opening the store ---------------------------------------------------------------------
 
 def open_checked(options: Options, config: Config, creates: bool, writes_output: bool = False) -> Catalog:
@@ -121,7 +108,7 @@ def open_checked(options: Options, config: Config, creates: bool, writes_output:
     start) change it. `creates`: a missing SQLite file, or an empty database, gets its
     tables; else it is refused. Refuses as root what would leave files the tracker's user
     cannot write. Any failure is one line naming the config file and the key."""
-    database = sqlite_path(config)
+    database = sqlite_file(config.database)
     if database and not creates and not os.path.exists(database):
         raise ConfigError(
             f"{options.source}: database = {config.database!r}: {database} does not exist yet; the tracker "
@@ -148,7 +135,7 @@ def refuse_root(options: Options, config: Config, writes_output: bool) -> None:
     if os.geteuid() != 0 or getattr(options.args, "allow_root", False):
         return
     made = [os.path.join(config.output_dir, STATS_FILE)] if writes_output else []
-    database = sqlite_path(config)
+    database = sqlite_file(config.database)
     if database:
         made += [p for p in (database, database + "-writer") if not os.path.exists(p)]
     if made:
@@ -196,7 +183,7 @@ def cmd_check_config(options: Options) -> int:
 
 def check_database(source: str, config: Config) -> tuple[list[str], str]:
     """([problem], what was found): connect and read, creating nothing."""
-    database = sqlite_path(config)
+    database = sqlite_file(config.database)
     if database and not os.path.exists(database):
         return [], f"no database file yet at {database} (the tracker creates it on its first request)"
     try:
@@ -225,7 +212,7 @@ def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> l
     and the SQLite database's directory and files: [(key, problem)]."""
     needs = [("torrent_dir", config.torrent_dir, config.torrent_dir, "read"),
              ("output_dir", config.output_dir, config.output_dir, "write")]
-    database = sqlite_path(config)
+    database = sqlite_file(config.database)
     if database:
         needs.append(("database", config.database, os.path.dirname(database), "write"))
         for suffix in ("", "-wal", "-shm", "-writer"):
@@ -237,62 +224,6 @@ def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> l
         if reason:
             problems.append((key, f"{source}: {key} = {value!r}: {reason}"))
     return problems
-
-
-def access_problem(path: str, need: str, user: pwd.struct_passwd) -> str | None:
-    """Why `user` cannot `need` ("read" a directory, "write" a directory or file) at
-    path, from ownership and mode bits (ACLs are not read), or None if it can."""
-    name = user.pw_name
-    groups = set(os.getgrouplist(name, user.pw_gid))
-
-    def allows(st: os.stat_result, bits: int) -> bool:  # bits: 4 read, 2 write, 1 search
-        if user.pw_uid == 0:
-            return True
-        shift = 6 if st.st_uid == user.pw_uid else 3 if st.st_gid in groups else 0
-        return (st.st_mode >> shift) & bits == bits
-
-    def owner(st: os.stat_result) -> str:
-        return f"{_user_name(st.st_uid)}:{_group_name(st.st_gid)} {stat.filemode(st.st_mode)}"
-
-    for above in reversed(Path(path).parents):
-        try:
-            st = os.stat(above)
-        except OSError:
-            break
-        if not allows(st, 1):
-            return f"{name} cannot enter {above} ({owner(st)}): chmod o+x {above}, or give it to {name}'s group"
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if need == "read":
-            return f"{path} does not exist"
-        return f"{path} does not exist: install -d -o {name} -g {_group_name(user.pw_gid)} {path}"
-    is_dir = stat.S_ISDIR(st.st_mode)
-    if need == "read":
-        if not is_dir:
-            return f"{path} is not a directory"
-        if not allows(st, 4 | 1):
-            return f"{path} is not readable by {name} ({owner(st)}): chmod o+rx {path}"
-        return None
-    if not allows(st, 2 | (1 if is_dir else 0)):
-        return f"{path} is not writable by {name} ({owner(st)}): chown {name}: {path}"
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-        return f"{path} is on a read-only filesystem"
-    return None
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 # -- torrents: add, list, show, remove, stats -------------------------------------------------
@@ -547,99 +478,14 @@ def cmd_refresh(options: Options) -> int:
 
 
 def cmd_serve(options: Options) -> int:
-    """Development server: the whole product on one port, as production sets it up -- the
-    tracker (apache/tracker.conf) and the public site at / (apache/site.conf: the stats
-    page and the feed of torrent_dir), in a real Apache. A fresh state directory gets a
-    config, the sample site's pages and a sample torrent; every start refreshes first, as
-    www-data, so the page shows what torrent_dir holds."""
-    import subprocess
-
+    """Development server (devserver.serve). Its own config only, --config or the state
+    directory's, never $TRACKER_WSGI_CONFIG's or /etc's: a development server beside a
+    production install must not serve, or write into, production's paths."""
     from . import devserver
 
     args = options.args
-    if shutil.which(devserver.APACHE_BIN) is None:
-        raise ConfigError(f"{devserver.APACHE_BIN} not found: install apache2 (scripts/bootstrap does)")
-    if os.geteuid() != 0:
-        raise ConfigError(f"serve must run as root: Apache starts as root and drops to {APACHE_USER}; "
-                          "run: sudo scripts/serve")
-    state, apache_dir = Path(args.state_dir).resolve(), Path(args.apache_dir).resolve()
-    www = pwd.getpwnam(APACHE_USER)
-    devserver.prepare_run_dir(state)
-    unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
-    if unreachable:
-        raise ConfigError(f"--state-dir {state}: {unreachable}")
-    # Its own config only (never the environment's or /etc's): a development server beside a
-    # production install must not serve, or write into, production's paths.
-    config_path = Path(getattr(args, "config", None) or state / "tracker.toml").resolve()
-    server_url = f"http://127.0.0.1:{args.port}/"
-    fresh = not config_path.exists()
-    if fresh:
-        config_path.write_text(devserver.dev_config(state, args.port))
-    config = config_module.load(str(config_path))
-    site, output = Path(config.torrent_dir).resolve(), Path(config.output_dir).resolve()
-    database = sqlite_path(config)
-    refuse_serving_state(config_path, state, site, output, database)
-    base = urlsplit(config.base_url)
-    if base.hostname not in ("127.0.0.1", "localhost") or base.port != args.port:
-        warn(f"{config_path}: base_url = {config.base_url!r} is not this server ({server_url}): the page's "
-             "links and the /tracker redirect go there")
-
-    for directory in (site, output, Path(database).parent if database else None):
-        if directory and not directory.exists():
-            directory.mkdir(parents=True)
-            directory.chmod(0o755)
-    copied = devserver.add_site_pages(site, apache_dir / "sample-site", config.base_url)
-    if fresh:
-        devserver.add_sample_torrent(site, f"{server_url}tracker/announce")
-    give_tracker_its_files(state, output, database, www)
-    # The first refresh, as www-data (files it makes stay the tracker's): registers what
-    # torrent_dir holds and writes the page's include files.
-    first_refresh = [sys.executable, "-m", "tracker_wsgi.cli", "--config", str(config_path), "force-refresh"]
-    if subprocess.run(first_refresh, user=www.pw_uid, group=www.pw_gid, extra_groups=[], cwd=state).returncode:
-        raise ConfigError(f"the first refresh (run as {APACHE_USER}) failed: see its error above")
-
-    conf = devserver.httpd_conf(
-        state, args.port, config_path, apache_dir,
-        site_conf=devserver.public_site_conf(apache_dir, str(site), str(output)), document_root=site,
-        topology=args.topology,
-    )
-    added = f" (added {', '.join(copied)})" if copied else ""
-    options.summary(
-        f"serving {server_url}: the stats page, the feed {server_url}rss.xml and the .torrent files of {site}"
-        f"{added}\n  tracker at {server_url}tracker/announce; log {state}/error.log; config {config_path}\n"
-        f"  drop .torrent files into {site}: each start registers them (or run, as root: runuser -u "
-        f"{APACHE_USER} -- {Path(sys.executable).parent / 'tracker-wsgi'} --config {config_path} force-refresh)\nCtrl-C stops it."
-    )
-    # A service manager stops us with SIGTERM: stop Apache with us, as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = devserver.start(state, conf)
-    try:
-        return server.wait()
-    except KeyboardInterrupt:
-        devserver.stop(server)
-        return 0
-
-
-def give_tracker_its_files(state: Path, output: Path, database: str | None, www: pwd.struct_passwd) -> None:
-    """What the tracker writes in the state directory (output_dir, the SQLite database's
-    directory and files) belongs to its user; the rest (the config, Apache's config and
-    logs, the torrents) stays root's, as in production."""
-    writable = [output, *output.iterdir()]
-    if database:
-        writable += [Path(database).parent, *Path(database).parent.glob(Path(database).name + "*")]
-    for path in writable:
-        if path == state or state in path.parents:
-            os.chown(path, www.pw_uid, www.pw_gid)
-
-
-def refuse_serving_state(config_path: Path, state: Path, site: Path, output: Path, database: str | None) -> None:
-    """serve publishes torrent_dir at / and output_dir at /tracker-output: neither may hold
-    the state directory (Apache's config and logs), the config file or the database."""
-    for served, key in ((site, "torrent_dir"), (output, "output_dir")):
-        for private in (state, config_path, Path(database) if database else None):
-            if private and (private == served or served in private.parents):
-                raise ConfigError(f"{config_path}: {key} = {str(served)!r} would publish {private}: "
-                                  "keep the state directory, the config and the database outside it")
+    return devserver.serve(Path(args.state_dir), args.port, getattr(args, "config", None), Path(args.apache_dir),
+                           args.topology, options.summary)
 
 
 def installed_paths() -> dict[str, tuple[Path, str]]:
@@ -784,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Apache with the shipped snippets, as production: the tracker at /tracker, the stats page\n"
         "and the RSS feed of torrent_dir at /. A fresh --state-dir gets a config (SQLite), the\n"
         "sample site and a sample torrent; each start refreshes first, as "
-        f"{APACHE_USER}.\nRun as root (Apache drops to {APACHE_USER}). Ctrl-C or SIGTERM stops it.", store=False,
+        f"{APACHE_USER}.\nRun as root (Apache drops to {APACHE_USER}). Ctrl-C or SIGTERM stops it. Its config is\n"
+        "--config FILE, else STATE_DIR/tracker.toml (never $TRACKER_WSGI_CONFIG's or /etc's).", store=False,
     )
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--state-dir", default="var",

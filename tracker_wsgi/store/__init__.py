@@ -225,6 +225,13 @@ def migrate(config: Config) -> SchemaChange:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a sqlite:/// URL, as messages show it (one leading slash); None for another scheme."""
+    if not url.startswith("sqlite:"):
+        return None
+    return "/" + url.removeprefix("sqlite:").lstrip("/")
+
+
 def masked(url: str) -> str:
     """A database URL with its password hidden, for messages and logs."""
     parts = urlsplit(url)
