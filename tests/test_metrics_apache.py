@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +29,9 @@ from tracker_wsgi.metrics import DIRECTORY_PREFIX
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import BAD_PORT, FULL_SCRAPE_DISABLED, UNKNOWN_TORRENT
 from tracker_wsgi.store import open_store
+
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
 
 ODD, EVEN = b"\x01" + b"o" * 19, b"\x02" + b"e" * 19  # tracker_wsgi_1's swarm, tracker_wsgi_0's
 UNKNOWN_ODD, UNKNOWN_EVEN = b"\x03" * 20, b"\x04" * 20

@@ -8,9 +8,14 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import decode
 from tracker_wsgi.protocol import METHOD_NOT_ALLOWED
 from tracker_wsgi.wsgi import REFRESH_REFUSED, REFRESH_SECRET_IN_QUERY
+
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
 
 SECRET = "7c3e9a1f5b2d8c4e6a0f9b3d1e7c5a2f"
 # Apache's standard "combined" format: what an admin's access log keeps of each request.
