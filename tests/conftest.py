@@ -246,17 +246,19 @@ def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "ou
 
 def make_run_dir(shared_dir: Path, name: str, config_text: str) -> tuple[Path, Path]:
     """An Apache's run directory (open to www-data) holding its tracker.toml; returns both.
-    A torrent_dir or output_dir the config does not name is made in the run directory: a
-    tracker refreshes on its own when traffic finds the refresh overdue."""
+    A database, torrent_dir or output_dir the config does not name is made in the run
+    directory (the tracker makes its SQLite file; it refreshes on its own when traffic finds
+    the refresh overdue)."""
     run_dir = shared_dir / name
     run_dir.mkdir()
     run_dir.chmod(0o777)
     try:
         named = tomllib.loads(config_text)
     except tomllib.TOMLDecodeError:
-        named = {"torrent_dir": None, "output_dir": None}  # a test of a broken file: as written
+        named = dict.fromkeys(PATH_KEYS)  # a test of a broken file: as written
     config_path = run_dir / "tracker.toml"
-    config_path.write_text(config_text.rstrip("\n") + "\n" + own_directories(
+    database = "" if "database" in named else f'database = "sqlite:///{run_dir}/tracker.sqlite"\n'
+    config_path.write_text(config_text.rstrip("\n") + "\n" + database + own_directories(
         run_dir, tuple(key for key in ("torrent_dir", "output_dir") if key not in named)))
     config_path.chmod(0o644)
     return run_dir, config_path
