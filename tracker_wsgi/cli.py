@@ -46,8 +46,7 @@ from .model import Torrent, TorrentReport
 from .permissions import APACHE_USER, access_problem
 from .refresh import STATS_FILE, RefreshBusy, refresh, terminal_progress
 from .render import human_bytes
-from .store import Catalog, masked, migrate, open_current, open_store, sqlite_file
-from .store.schema import describe
+from .store import Catalog, masked, migrate, open_current, open_store, schema, sqlite_file
 
 EXIT_BUSY = 75  # EX_TEMPFAIL: another refresh holds the lock; cron will try again
 # An info hash on the command line: a v1 SHA-1 or a v2 SHA-256 in hex; a v2 hash is
@@ -182,7 +181,7 @@ def cmd_check_config(options: Options) -> int:
 
 
 def check_database(source: str, config: Config) -> tuple[list[str], str]:
-    """([problem], what was found): connect and read, creating nothing."""
+    """([problem], what was found): connect and read the schema's version, changing nothing."""
     database = sqlite_file(config.database)
     if database and not os.path.exists(database):
         return [], f"no database file yet at {database} (the tracker creates it on its first request)"
@@ -191,20 +190,17 @@ def check_database(source: str, config: Config) -> tuple[list[str], str]:
     except ValueError as exc:
         return [str(database_error(source, config, exc))], ""
     try:
-        store.last_refresh()
-    except Exception as exc:
-        if _no_such_table(exc):
-            return [], "database reachable, tables not created yet (the tracker creates them on its first request)"
+        version = schema.found_version(store)
+    except Exception as exc:  # unreachable, refused, a newer release's schema
         return [str(database_error(source, config, exc))], ""
     finally:
         store.close()
+    if version is None:
+        return [], "database reachable, tables not created yet (the tracker creates them on its first request)"
+    if version != schema.LATEST:
+        # Not a problem: the daemons migrate when they start. But the admin backs up first.
+        return [], f"database reachable, {schema.not_current(version)}"
     return [], "database reachable"
-
-
-def _no_such_table(exc: Exception) -> bool:
-    from mysql.connector import errorcode
-
-    return getattr(exc, "errno", None) == errorcode.ER_NO_SUCH_TABLE or "no such table" in str(exc)
 
 
 def check_directories(source: str, config: Config, user: pwd.struct_passwd) -> list[tuple[str, str]]:
@@ -236,7 +232,7 @@ def cmd_migrate(options: Options) -> int:
         change = migrate(config)
     except Exception as exc:  # bad URL, password, server down, unwritable file: all the same key's
         raise database_error(options.source, config, exc) from None
-    options.summary(f"{masked(config.database)}: schema {describe(change)}")
+    options.summary(f"{masked(config.database)}: schema {schema.describe(change)}")
     return 0
 
 
