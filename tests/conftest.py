@@ -85,8 +85,8 @@ def builtin_default_paths_unusable(request, monkeypatch):
 
 def paths_not_own(config_file: Path) -> list[str]:
     """What in a tracker config a test wrote is not in the test's temporary directory: a path
-    key left to its built-in default, or set elsewhere. [] for a file that is not TOML (a
-    test of a broken config)."""
+    key left to its built-in default, or set elsewhere, or syslog (the host's). [] for a file
+    that is not TOML (a test of a broken config)."""
     try:
         data = tomllib.loads(config_file.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError):
@@ -102,6 +102,10 @@ def paths_not_own(config_file: Path) -> list[str]:
         path = "/" + str(value).removeprefix("sqlite:").lstrip("/") if key == "database" else str(value)
         if not Path(path).is_relative_to(tempfile.gettempdir()):
             problems.append(f"{config_file}: {key} = {value!r} is outside the temporary directory")
+    if data.get("template_dir") and not Path(data["template_dir"]).is_relative_to(tempfile.gettempdir()):
+        problems.append(f"{config_file}: template_dir = {data['template_dir']!r} is outside the temporary directory")
+    if data.get("syslog_facility"):  # a tracker outside this process can only send to the host's /dev/log
+        problems.append(f"{config_file}: syslog_facility = {data['syslog_facility']!r} logs to the host's syslog")
     return problems
 
 
