@@ -76,11 +76,17 @@ def builtin_default_paths_unusable(request, monkeypatch):
     monkeypatch.setattr(config_module, "SYSTEM_CONFIG", f"{UNUSABLE}/tracker.toml")
     if request.node.get_closest_marker("builtin_defaults"):
         return
-    init = Config.__init__
-    names = [f.name for f in fields(Config)]
-    positional = names[len(names) - len(init.__defaults__):]  # __defaults__ are the last parameters'
-    monkeypatch.setattr(init, "__defaults__", tuple(
-        UNUSABLE_DEFAULTS.get(name, default) for name, default in zip(positional, init.__defaults__)))
+    init = Config.__init__  # the dataclass's: its defaults are its parameters' defaults
+    if init.__defaults__:
+        names = [f.name for f in fields(Config) if f.init and not f.kw_only]
+        positional = names[len(names) - len(init.__defaults__):]  # __defaults__ are the last parameters'
+        monkeypatch.setattr(init, "__defaults__", tuple(
+            UNUSABLE_DEFAULTS.get(name, default) for name, default in zip(positional, init.__defaults__)))
+    if init.__kwdefaults__:
+        monkeypatch.setattr(init, "__kwdefaults__", {
+            name: UNUSABLE_DEFAULTS.get(name, default) for name, default in init.__kwdefaults__.items()})
+    defaults = Config()
+    assert {key: getattr(defaults, key) for key in PATH_KEYS} == UNUSABLE_DEFAULTS, "the guard missed a default"
 
 
 def paths_not_own(config_file: Path) -> list[str]:
