@@ -1,4 +1,4 @@
-"""The admin's command line (tracker_wsgi/cli.py), run as an admin runs it: the venv's
+"""The admin's command line (tracker_wsgi/cli/), run as an admin runs it: the venv's
 `tracker-wsgi` in a subprocess, as www-data (`runuser -u www-data --`) or, where the test
 is about that mistake, as root; against SQLite in a temporary directory and the real
 MariaDB. Each test checks the lines printed and the exit status."""

@@ -4,8 +4,8 @@ Where the file is (config_path): the WSGI environ value `tracker_wsgi.config` (A
 `SetEnv tracker_wsgi.config /etc/tracker-wsgi/tracker.toml`), else the process environment
 variable TRACKER_WSGI_CONFIG (cron, tests), else SYSTEM_CONFIG, where the README's install
 puts it. With none, the defaults below apply to the tracker; the command line refuses to
-run without a file (cli.py). Every key is optional; an unknown key is an error, because a
-typo would otherwise be silently ignored.
+run without a file (cli/command.py). Every key is optional; an unknown key is an error,
+because a typo would otherwise be silently ignored.
 
 A bad file raises ConfigError with one line naming the file, the key, the bad value and
 what is allowed.

@@ -251,7 +251,7 @@ def serve(state_dir: Path, port: int, config_file: str | None, apache_dir: Path,
     state, apache_dir = state_dir.resolve(), apache_dir.resolve()
     www = pwd.getpwnam(APACHE_USER)
     prepare_run_dir(state)
-    lock = hold_state(state)  # held while this function runs: the server's life
+    _lock = hold_state(state)  # open, so held, while this function runs: the server's life
     refuse_taken_port(port)
     unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
     if unreachable:

@@ -110,7 +110,7 @@ class AnnounceStore(Protocol):
 class Catalog(Protocol):
     """The store as the catalog's keepers use it: the refresh (refresh.py: the torrent
     directory's scan, expiry, the stats page and feed rendered from `report` and `history`)
-    and the CLI (cli.py: add, list, remove, status, migrate). Calls may be long (a first scan
+    and the CLI (cli/: add, list, remove, stats, migrate). Calls may be long (a first scan
     registers a whole directory); none is on an announce's path."""
 
     def create_tables(self) -> SchemaChange:
