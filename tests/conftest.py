@@ -13,17 +13,20 @@ import socket
 import subprocess
 import tempfile
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import mysql.connector
 import pytest
 from bencoder import bdecode
 
+from tracker_wsgi import config as config_module
 from tracker_wsgi import devserver
+from tracker_wsgi.config import Config
 from tracker_wsgi.live import LiveSwarms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +51,68 @@ def wait_for_mariadb(seconds: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+# -- no test touches production's paths --------------------------------------------------------
+# The built-in defaults are production's paths (the database in /var/lib/tracker-wsgi,
+# torrent_dir /srv/torrents, output_dir /var/lib/tracker-wsgi/output, the config
+# /etc/tracker-wsgi/tracker.toml): a test run once rewrote a live stats page and registered
+# live torrents in its databases (issue 19). Every test keeps every path in its own
+# temporary directory, and these guards make one that does not fail loudly.
+PATH_KEYS = ("database", "torrent_dir", "output_dir")
+# Below a file: nothing can be read, made or opened there, not even by root (ENOTDIR).
+UNUSABLE = "/dev/null/tracker-wsgi-test-built-in-default"
+UNUSABLE_DEFAULTS = {"database": f"sqlite://{UNUSABLE}/tracker.sqlite", "torrent_dir": f"{UNUSABLE}/torrents",
+                     "output_dir": f"{UNUSABLE}/output"}
+
+
+@pytest.fixture(autouse=True)
+def builtin_default_paths_unusable(request, monkeypatch):
+    """In this process the built-in default paths, and the config file the command line
+    looks for, point at UNUSABLE: a tracker, refresh or command a test builds without its
+    own paths fails at once instead of reading or writing production's. Tests of the
+    defaults themselves (they read the values, never the paths) are marked
+    `builtin_defaults` and keep the values."""
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", f"{UNUSABLE}/tracker.toml")
+    if request.node.get_closest_marker("builtin_defaults"):
+        return
+    init = Config.__init__  # the dataclass's: its defaults are its parameters' defaults
+    if init.__defaults__:
+        names = [f.name for f in fields(Config) if f.init and not f.kw_only]
+        positional = names[len(names) - len(init.__defaults__):]  # __defaults__ are the last parameters'
+        monkeypatch.setattr(init, "__defaults__", tuple(
+            UNUSABLE_DEFAULTS.get(name, default) for name, default in zip(positional, init.__defaults__)))
+    if init.__kwdefaults__:
+        monkeypatch.setattr(init, "__kwdefaults__", {
+            name: UNUSABLE_DEFAULTS.get(name, default) for name, default in init.__kwdefaults__.items()})
+    defaults = Config()
+    assert {key: getattr(defaults, key) for key in PATH_KEYS} == UNUSABLE_DEFAULTS, "the guard missed a default"
+
+
+def paths_not_own(config_file: Path) -> list[str]:
+    """What in a tracker config a test wrote is not in the test's temporary directory: a path
+    key left to its built-in default, or set elsewhere, or syslog (the host's). [] for a file
+    that is not TOML (a test of a broken config)."""
+    try:
+        data = tomllib.loads(config_file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    problems = []
+    for key in PATH_KEYS:
+        value = data.get(key)
+        if value is None:
+            problems.append(f"{config_file}: {key} left to its default (production's path)")
+            continue
+        if key == "database" and not str(value).startswith("sqlite:"):
+            continue  # a server database: the test's own (mysql_url, a private mariadbd)
+        path = "/" + str(value).removeprefix("sqlite:").lstrip("/") if key == "database" else str(value)
+        if not Path(path).is_relative_to(tempfile.gettempdir()):
+            problems.append(f"{config_file}: {key} = {value!r} is outside the temporary directory")
+    if data.get("template_dir") and not Path(data["template_dir"]).is_relative_to(tempfile.gettempdir()):
+        problems.append(f"{config_file}: template_dir = {data['template_dir']!r} is outside the temporary directory")
+    if data.get("syslog_facility"):  # a tracker outside this process can only send to the host's /dev/log
+        problems.append(f"{config_file}: syslog_facility = {data['syslog_facility']!r} logs to the host's syslog")
+    return problems
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +158,11 @@ def shared_dir():
     path = Path(tempfile.mkdtemp(prefix="tracker-wsgi-test-"))
     path.chmod(0o777)
     yield path
+    # The trackers outside this process (Apache's, the command line's) read their config
+    # from here: every one the test wrote keeps every path in the test's directory.
+    problems = [problem for config_file in path.rglob("*.toml") for problem in paths_not_own(config_file)]
     shutil.rmtree(path, ignore_errors=True)
+    assert not problems, "a test's tracker config uses production's paths:\n" + "\n".join(problems)
 
 
 def give_to_www_data(directory: Path) -> None:
@@ -171,13 +240,36 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
+def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir")) -> str:
+    """Config lines giving a tracker its torrent_dir (empty) and output_dir (the tracker's,
+    www-data's) in `directory`, a test's own, made here; `keys`: only those."""
+    www = pwd.getpwnam("www-data")
+    lines = []
+    for key in keys:
+        path = directory / {"torrent_dir": "torrents", "output_dir": "output"}[key]
+        path.mkdir(exist_ok=True)
+        if key == "output_dir":
+            os.chown(path, www.pw_uid, www.pw_gid)
+        lines.append(f'{key} = "{path}"\n')
+    return "".join(lines)
+
+
 def make_run_dir(shared_dir: Path, name: str, config_text: str) -> tuple[Path, Path]:
-    """An Apache's run directory (open to www-data) holding its tracker.toml; returns both."""
+    """An Apache's run directory (open to www-data) holding its tracker.toml; returns both.
+    A database, torrent_dir or output_dir the config does not name is made in the run
+    directory (the tracker makes its SQLite file; it refreshes on its own when traffic finds
+    the refresh overdue)."""
     run_dir = shared_dir / name
     run_dir.mkdir()
     run_dir.chmod(0o777)
+    try:
+        named = tomllib.loads(config_text)
+    except tomllib.TOMLDecodeError:
+        named = dict.fromkeys(PATH_KEYS)  # a test of a broken file: as written
     config_path = run_dir / "tracker.toml"
-    config_path.write_text(config_text)
+    database = "" if "database" in named else f'database = "sqlite:///{run_dir}/tracker.sqlite"\n'
+    config_path.write_text(config_text.rstrip("\n") + "\n" + database + own_directories(
+        run_dir, tuple(key for key in ("torrent_dir", "output_dir") if key not in named)))
     config_path.chmod(0o644)
     return run_dir, config_path
 

@@ -24,6 +24,9 @@ from conftest import APACHE_DIR, announce_query, ih, pid
 from test_e2e_apache import _daemon_pids, config_text, register
 from tracker_wsgi import devserver
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 ERRORS = APACHE_DIR / "errors"
 HOST_CONF_INCLUDE = f'Include "{APACHE_DIR}/tracker-host.conf"\n'
 LEGIT_ADDRESS = "127.0.0.2"  # legitimate clients; the attackers come from 127.0.0.1

@@ -1,4 +1,4 @@
-"""The admin's command line (tracker_wsgi/cli.py), run as an admin runs it: the venv's
+"""The admin's command line (tracker_wsgi/cli/), run as an admin runs it: the venv's
 `tracker-wsgi` in a subprocess, as www-data (`runuser -u www-data --`) or, where the test
 is about that mistake, as root; against SQLite in a temporary directory and the real
 MariaDB. Each test checks the lines printed and the exit status."""
@@ -13,6 +13,7 @@ import pwd
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,7 +24,6 @@ from bencoder import bencode
 
 from conftest import TEST_PASSWORD, give_to_www_data
 from tracker_wsgi import apache_conf
-from tracker_wsgi.config import Config
 from tracker_wsgi.model import PeerState, PeerWrite
 from tracker_wsgi.store import open_store
 
@@ -278,8 +278,45 @@ def test_stats_counts_live_peers_and_completions_in_text_and_json(site):
     text = run("stats", "--config", config)
     refreshed = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_refresh))
     assert (text.returncode, text.stdout) == (0, (
-        "2 torrents (3.91 KiB), 1 seeds, 1 leechers, 1 partial seeds, 1 completed, 750 B downloaded; "
+        "2 torrents (3.91 KiB), 1 seed, 1 leecher, 1 partial seed, 1 completed, 750 B downloaded; "
         f"last refresh {refreshed}\n"))
+
+
+def test_names_from_torrent_files_reach_the_terminal_escaped(sqlite_site):
+    """Anyone's .torrent names its files; a name or a file name must not drive the admin's
+    terminal (colours, clearing the screen, right-to-left overrides, fake lines)."""
+    config = str(sqlite_site.config)
+    name = "\x1b[31mRed\x1b[0m\u202eevil\nline"
+    info_hash = write_torrent(sqlite_site.torrents / "esc\x1b[2J.torrent", name)
+    assert run("force-refresh", "--config", config).returncode == 0
+    escaped_name, escaped_file = "\\x1b[31mRed\\x1b[0m\\u202eevil\\nline", "esc\\x1b[2J.torrent"
+    listed = run("list", "--config", config)
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert lines(listed.stdout)[1:] == [
+        f"{info_hash}      0        0         0       1000 B  {escaped_file}  {escaped_name}",
+        "1 torrent: 1 from torrent_dir, 0 added by hand, 0 registered by announces",
+    ]
+    shown = run("show", info_hash, "--config", config)
+    assert (shown.returncode, shown.stderr) == (0, "")
+    assert lines(shown.stdout)[0] == f"name          {escaped_name}"
+    assert f"torrent file  {escaped_file}" in lines(shown.stdout)
+    assert "peers         0 seeds, 0 leechers, 0 partial seeds (announced in the last 2700 s)" in lines(shown.stdout)
+    removed = run("remove", info_hash, "--config", config)
+    assert "\x1b" not in removed.stdout + removed.stderr and escaped_name in removed.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(sqlite_site):
+    """`tracker-wsgi list | head`: the command stops quietly when its reader has gone."""
+    config = str(sqlite_site.config)
+    info_hash = write_torrent(sqlite_site.torrents / "a.torrent", "Alpha")
+    assert run("force-refresh", "--config", config).returncode == 0
+    environ = {k: v for k, v in os.environ.items() if k not in ("CRON", "TRACKER_WSGI_CONFIG")}
+    for command in (["list"], ["show", info_hash], ["stats"]):
+        process = subprocess.Popen(["runuser", "-u", WWW, "--", CLI, *command, "--config", config], env=environ,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process.stdout.close()  # gone before the command writes, as `head` is after its lines
+        stderr = process.stderr.read()
+        assert (process.wait(60), stderr) == (1, b""), command
 
 
 # -- refresh: summaries, quiet, root ---------------------------------------------------------
@@ -427,21 +464,48 @@ def test_check_config_finds_a_directory_www_data_cannot_enter_and_one_missing(sh
     ]
 
 
-def test_check_config_without_a_file_says_the_defaults_are_in_use():
-    done = run("check-config")
-    defaults = Config()
-    assert lines(done.stderr)[0] == (
-        "tracker-wsgi: no config file (--config FILE or $TRACKER_WSGI_CONFIG): checking the built-in defaults "
-        f"(database {defaults.database}, torrent_dir {defaults.torrent_dir}, output_dir {defaults.output_dir}, "
-        f"base_url {defaults.base_url}, a placeholder the feed would link to); Apache's tracker reads the file "
-        "its SetEnv tracker_wsgi.config names: check that one"
-    )
-    # Whatever this machine has at the default paths, every finding names the defaults and a key.
-    for line in lines(done.stderr)[1:]:
-        assert re.match(r"tracker-wsgi: no config file \(built-in defaults\): (torrent_dir|output_dir|database) = ",
-                        line), line
-    assert done.returncode == (1 if lines(done.stderr)[1:] else 0)
-    assert "(defaults): ok" not in done.stdout
+# tracker-wsgi with its /etc/tracker-wsgi/tracker.toml at argv[1], a test's own file.
+WITH_SYSTEM_CONFIG = ("import sys\nfrom tracker_wsgi import cli, config\n"
+                      "config.SYSTEM_CONFIG = sys.argv[1]\nsys.exit(cli.main(sys.argv[2:]))")
+
+
+def run_finding(system_config: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """tracker-wsgi ARGS as www-data, its /etc/tracker-wsgi/tracker.toml at system_config."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CRON", "TRACKER_WSGI_CONFIG")}
+    environ.update(env)
+    command = ["runuser", "-u", WWW, "--", sys.executable, "-c", WITH_SYSTEM_CONFIG, str(system_config), *args]
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
+
+
+def test_a_command_finds_the_installs_config_file_after_the_option_and_the_environment(sqlite_site, shared_dir):
+    """--config, else $TRACKER_WSGI_CONFIG, else /etc/tracker-wsgi/tracker.toml (README's install)."""
+    give_to_www_data(shared_dir)
+    others = []
+    for name in ("named", "given"):
+        root = shared_dir / name
+        root.mkdir()
+        give_to_www_data(root)
+        others.append(make_site(f"sqlite:///{root}/tracker.sqlite", root))
+    named, given = others
+    done = run_finding(sqlite_site.config, "init-db")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{sqlite_site.url}: schema created at version 3\n", "")
+    done = run_finding(sqlite_site.config, "init-db", TRACKER_WSGI_CONFIG=str(named.config))
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{named.url}: schema created at version 3\n", "")
+    done = run_finding(sqlite_site.config, "init-db", "--config", str(given.config),
+                       TRACKER_WSGI_CONFIG=str(named.config))
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{given.url}: schema created at version 3\n", "")
+
+
+def test_without_a_config_file_a_command_says_so_and_makes_nothing(shared_dir):
+    """The built-in defaults would name a SQLite database of their own beside the admin's."""
+    system = shared_dir / "etc" / "tracker.toml"
+    refusal = ("tracker-wsgi: no config file: --config FILE and $TRACKER_WSGI_CONFIG name none, and "
+               f"{system} is not there; write it (README: Production install) or name one with --config FILE\n")
+    for command in (["check-config"], ["init-db"], ["migrate"], ["list"], ["stats"], ["show", "0" * 40],
+                    ["remove", "0" * 40], ["add", "x.torrent"], ["refresh"], ["force-refresh"]):
+        done = run_finding(system, *command)
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", refusal), command
+    assert list(shared_dir.iterdir()) == []
 
 
 def test_a_wrong_database_password_is_one_line_naming_the_file_and_the_key(mysql_url, shared_dir):

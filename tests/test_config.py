@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tracker_wsgi import config as config_module
 from tracker_wsgi.config import ENV_VAR, ENVIRON_KEY, Config, ConfigError, config_path, from_dict, load
+
+# These tests compare the built-in defaults (production's paths) and never use a path.
+pytestmark = pytest.mark.builtin_defaults
 
 DEFAULTS = Config(
     database="sqlite:///var/lib/tracker-wsgi/tracker.sqlite",
@@ -290,3 +294,16 @@ def test_config_path(monkeypatch, environ, env_var, expected):
 
 def test_names():
     assert (ENVIRON_KEY, ENV_VAR) == ("tracker_wsgi.config", "TRACKER_WSGI_CONFIG")
+
+
+def test_without_environ_or_env_var_the_installs_config_file_if_it_is_there(monkeypatch, tmp_path):
+    """/etc/tracker-wsgi/tracker.toml, where the README's install puts it (here in tmp_path)."""
+    system = tmp_path / "tracker.toml"
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", str(system))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert config_path({}) is None
+    system.write_text("")
+    assert config_path({}) == config_path() == str(system)
+    monkeypatch.setenv(ENV_VAR, "/etc/b.toml")
+    assert config_path({}) == "/etc/b.toml"
+    assert config_path({ENVIRON_KEY: "/etc/a.toml"}) == "/etc/a.toml"

@@ -36,6 +36,9 @@ from tracker_wsgi.protocol import (
 from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
 from tracker_wsgi.store import open_store
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 NOW = int(time.time())
 LOCALHOST = bytes([127, 0, 0, 1])
 SYNC = 1  # sync_interval of the tests that watch two hosts share a database

@@ -30,6 +30,9 @@ from conftest import decode, free_port
 from tracker_wsgi.metainfo import parse_torrent
 from tracker_wsgi.store import open_store
 
+# End to end through a real Apache and libtorrent: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 FILE_SIZE = 3 * 1024 * 1024 + 12345  # not a whole number of pieces
 DOWNLOAD_TIMEOUT = 90
 ANNOUNCE_TIMEOUT = 30

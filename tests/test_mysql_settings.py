@@ -16,7 +16,7 @@ from unittest import mock
 import mysql.connector
 import pytest
 
-from conftest import TEST_PASSWORD, TEST_USER, _admin
+from conftest import TEST_PASSWORD, TEST_USER, _admin, own_directories
 from test_e2e_apache import PrivateMariadb
 from tracker_wsgi.config import ConfigError, load
 from tracker_wsgi.model import StoreUnavailable
@@ -103,7 +103,7 @@ def test_www_data_by_the_socket_needs_no_password_at_all(mysql_url, shared_dir):
     cur.execute(f"GRANT ALL ON {db}.* TO 'www-data'@'localhost'")
     try:
         config = shared_dir / "tracker.toml"
-        config.write_text(f'database = "mysql://www-data@localhost/{db}"\n')
+        config.write_text(f'database = "mysql://www-data@localhost/{db}"\n' + own_directories(shared_dir))
         config.chmod(0o644)
         done = subprocess.run(["runuser", "-u", "www-data", "--", CLI, "migrate", "--config", str(config)],
                               capture_output=True, text=True)
@@ -218,7 +218,7 @@ def test_an_option_file_www_data_cannot_read_is_one_line_with_the_fix(mysql_url,
     path.chmod(0o600)  # root's, as a file made by root is
     url = f"mysql://{TEST_USER}@127.0.0.1/{database_of(mysql_url)}?option_file={path}"
     config = shared_dir / "tracker.toml"
-    config.write_text(f'database = "{url}"\n')
+    config.write_text(f'database = "{url}"\n' + own_directories(shared_dir))
     config.chmod(0o644)
     www = ["runuser", "-u", "www-data", "--"]
     done = subprocess.run([*www, CLI, "migrate", "--config", str(config)], capture_output=True, text=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import mysql.connector
 import pytest
 
-from conftest import announce_query, decode, give_to_www_data, pid
+from conftest import announce_query, decode, give_to_www_data, own_directories, pid
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store, schema
@@ -315,14 +315,16 @@ def test_the_sqlite_translation_refuses_what_it_does_not_know(statement, reason)
 # -- the command ------------------------------------------------------------------------------
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, user: str | None = None) -> subprocess.CompletedProcess:
+    """tracker-wsgi ARGS, as root or as `user`."""
     environ = {k: v for k, v in os.environ.items() if k not in ("CRON", "TRACKER_WSGI_CONFIG")}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=environ)
+    command = [CLI, *args] if user is None else ["runuser", "-u", user, "--", CLI, *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environ)
 
 
 def test_migrate_says_what_it_did_and_init_db_is_the_same(mysql_url, shared_dir):
     config = shared_dir / "tracker.toml"
-    config.write_text(f'database = "{mysql_url}"\n')
+    config.write_text(f'database = "{mysql_url}"\n' + own_directories(shared_dir))
     load(mysql_url, "mysql", "0.1.0")
     shown = mysql_url.replace(":tracker-test-only@", ":***@")
     done = cli("migrate", "--config", str(config))
@@ -343,6 +345,55 @@ def test_migrate_says_what_it_did_and_init_db_is_the_same(mysql_url, shared_dir)
     assert done.stderr == (
         f"tracker-wsgi: {config}: database = '{shown}': the database's schema is at version 4, newer than this "
         "tracker-wsgi (0.1.0, schema version 3) knows: a newer release migrated it; install that release here too\n")
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_only_migrate_changes_the_schema_the_other_commands_name_it(kind, url, release, shared_dir):
+    """An upgrade is: back up, then migrate (README). The commands that read or write
+    torrents leave an earlier release's tables as they are and say in one line what to run."""
+    load(url, kind, release)
+    config = shared_dir / "tracker.toml"
+    config.write_text(f'database = "{url}"\n' + own_directories(shared_dir))
+    if kind == "sqlite":
+        give_to_www_data(shared_dir)
+    before = structure(url)
+    shown = url.replace(":tracker-test-only@", ":***@")
+    # Tables without a version table are the first release's to the runner (schema.py).
+    refusal = (f"tracker-wsgi: {config}: database = '{shown}': its tables are at schema version "
+               f"{schema.FIRST_RELEASE}, this release's is {schema.LATEST}: back up the database, then run: "
+               "runuser -u www-data -- tracker-wsgi migrate (README: Schema versions)\n")
+    for command in (["list"], ["show", HASH_V1.hex()], ["stats"], ["stats", "--json"], ["remove", HASH_V1.hex()],
+                    ["add", str(shared_dir / "new.torrent")], ["refresh"], ["force-refresh"]):
+        done = cli(*command, "--config", str(config), user="www-data")
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", refusal), command
+        assert structure(url) == before, command
+    # check-config says so too, as a finding, not a problem: the daemons migrate when they start.
+    done = cli("check-config", "--config", str(config), user="www-data")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"{config}: ok: database reachable, its tables are at schema version "
+                                  f"{schema.FIRST_RELEASE}, this release's is {schema.LATEST}: back up the database")
+    assert structure(url) == before
+    done = cli("migrate", "--config", str(config), user="www-data")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert f"schema migrated from version {schema.FIRST_RELEASE} to {schema.LATEST}" in done.stdout
+    done = cli("list", "--config", str(config), user="www-data")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "Alpha" in done.stdout
+
+
+def test_a_command_other_than_init_db_names_it_for_an_empty_database(mysql_url, shared_dir):
+    config = shared_dir / "tracker.toml"
+    config.write_text(f'database = "{mysql_url}"\n' + own_directories(shared_dir))
+    shown = mysql_url.replace(":tracker-test-only@", ":***@")
+    done = cli("list", "--config", str(config))
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", (
+        f"tracker-wsgi: {config}: database = '{shown}': it has no tables yet: the tracker creates them on its "
+        "first request, or run: runuser -u www-data -- tracker-wsgi init-db\n"))
+    assert structure(mysql_url) == {}
+    # The README's install refreshes before the tracker's first request: that creates them.
+    done = cli("force-refresh", "--config", str(config), "--allow-root")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert versions(mysql_url) == [schema.LATEST]
 
 
 # -- in Apache --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.parse
@@ -24,6 +25,10 @@ from bencoder import bdecode, bencode
 from conftest import Apache, announce_query, free_port
 from tracker_wsgi import devserver
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
 TRACKER_WSGI = Path(sys.executable).parent / "tracker-wsgi"
 SAMPLE = devserver.SAMPLE_NAME
 START_SECONDS = 60  # a fresh state: config, sample, a refresh as www-data, then Apache
@@ -200,6 +205,31 @@ def test_refuses_a_config_that_would_publish_the_state():
         shutil.rmtree(state)
 
 
+def test_a_second_server_fails_before_serving_and_the_first_goes_on(served):
+    """Apache alone, finding its pid file's process alive, says "already running" and exits 0:
+    serve says what is wrong, non-zero, before any "serving" line."""
+    environ = {**os.environ, "TRACKER_WSGI_CONFIG": ""}
+    same_state = subprocess.run(
+        [TRACKER_WSGI, "serve", "--port", str(free_port()), "--state-dir", str(served.state_dir)],
+        capture_output=True, text=True, env=environ, timeout=START_SECONDS)
+    assert (same_state.returncode, same_state.stdout, same_state.stderr) == (1, "", (
+        f"tracker-wsgi: --state-dir {served.state_dir}: a server is already running on it (scripts/serve); stop it "
+        "first (Ctrl-C where it runs), or give this one another --state-dir\n"))
+    other = Path(tempfile.mkdtemp(prefix="tracker-wsgi-serve-"))
+    try:
+        other.chmod(0o755)
+        same_port = subprocess.run(
+            [TRACKER_WSGI, "serve", "--port", str(served.port), "--state-dir", str(other / "var")],
+            capture_output=True, text=True, env=environ, timeout=START_SECONDS)
+    finally:
+        shutil.rmtree(other)
+    assert (same_port.returncode, same_port.stdout, same_port.stderr) == (1, "", (
+        f"tracker-wsgi: --port {served.port}: 127.0.0.1:{served.port} is in use by another program (another "
+        "server?): stop it, or choose another --port\n"))
+    assert served.get("/")[0] == 200
+    assert served.process.poll() is None
+
+
 def test_sigterm_stops_it_cleanly_and_it_starts_again_on_its_state(served):
     before = served.apache_processes()
     assert len(before) >= 3  # Apache, its worker processes and the two tracker daemons
@@ -219,3 +249,19 @@ def test_sigterm_stops_it_cleanly_and_it_starts_again_on_its_state(served):
     assert served.output().count("refreshed in ") == 2
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(STOP_SECONDS) == 0
+
+
+def test_each_start_installs_only_when_pyproject_or_the_extras_changed():
+    """scripts/serve and scripts/test run scripts/bootstrap first: once the venv has what
+    pyproject.toml asks, bootstrap runs no pip (20 s, and a warning about the editable
+    install, at every start)."""
+    bootstrap = [str(REPO / "scripts" / "bootstrap"), "--test"]  # the extras this run has
+    first = subprocess.run(bootstrap, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr
+    installed = next(Path(sysconfig.get_paths()["purelib"]).glob("tracker_wsgi-*.dist-info")) / "METADATA"
+    before = installed.stat().st_mtime_ns
+    started = time.monotonic()
+    again = subprocess.run(bootstrap, capture_output=True, text=True, timeout=900)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert time.monotonic() - started < 10
+    assert installed.stat().st_mtime_ns == before

@@ -23,6 +23,9 @@ from tracker_wsgi import render
 from tracker_wsgi.refresh import refresh
 from tracker_wsgi.store import open_configured, open_store
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 
 def torrent_bytes(name: str, length: int) -> bytes:
     info = {b"name": name.encode(), b"length": length, b"piece length": 16384,

@@ -30,6 +30,9 @@ from tracker_wsgi.protocol import BUSY, parse_query
 from tracker_wsgi.store import open_store
 from tracker_wsgi.wsgi import BATCH_POOL_SIZE
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 # -- the routing, in Python ---------------------------------------------------------------------
 
 

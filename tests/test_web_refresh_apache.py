@@ -24,6 +24,9 @@ from tracker_wsgi.refresh_auth import (
     REFRESH_SECRET_IN_QUERY,
 )
 
+# End to end through a real Apache: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
 SECRET = "7c3e9a1f5b2d8c4e6a0f9b3d1e7c5a2f"
 # Apache's standard "combined" format: what an admin's access log keeps of each request.
 ACCESS_LOG = """\

@@ -103,12 +103,15 @@ def call(app, path: str = "/announce", query: str = "", method: str = "GET", rem
 
 
 @pytest.fixture
-def make_app(sqlite_url, tracker_log):
-    """make_app(**config) -> (Application, Tracker) on a fresh SQLite store."""
+def make_app(sqlite_url, shared_dir, tracker_log):
+    """make_app(**config) -> (Application, Tracker) on a fresh SQLite store, its torrent_dir
+    and output_dir in the test's directory unless given."""
     made = []
+    directories = {"torrent_dir": str(shared_dir / "torrents"), "output_dir": str(shared_dir / "output")}
 
     def make(**config):
-        tracker = build_tracker(config_module.from_dict({"database": sqlite_url, "base_url": BASE_URL, **config}))
+        tracker = build_tracker(config_module.from_dict(
+            {"database": sqlite_url, "base_url": BASE_URL, **directories, **config}))
         tracker_log()  # what building it logged (the schema created) is not the test's
         made.append(tracker)
         return Application(tracker), tracker

@@ -1,10 +1,11 @@
 """The tracker's configuration: one TOML file, read once per process into a frozen Config.
 
-Where the file is: the WSGI environ value `tracker_wsgi.config` (Apache: `SetEnv
-tracker_wsgi.config /etc/tracker-wsgi/tracker.toml`), else the process environment
-variable TRACKER_WSGI_CONFIG (cron, the command line, tests). With neither, the defaults
-below apply. Every key is optional; an unknown key is an error, because a typo would
-otherwise be silently ignored.
+Where the file is (config_path): the WSGI environ value `tracker_wsgi.config` (Apache:
+`SetEnv tracker_wsgi.config /etc/tracker-wsgi/tracker.toml`), else the process environment
+variable TRACKER_WSGI_CONFIG (cron, tests), else SYSTEM_CONFIG, where the README's install
+puts it. With none, the defaults below apply to the tracker; the command line refuses to
+run without a file (cli/command.py). Every key is optional; an unknown key is an error,
+because a typo would otherwise be silently ignored.
 
 A bad file raises ConfigError with one line naming the file, the key, the bad value and
 what is allowed.
@@ -23,6 +24,8 @@ from .netaddr import Network, parse_networks
 
 ENVIRON_KEY = "tracker_wsgi.config"
 ENV_VAR = "TRACKER_WSGI_CONFIG"
+# The config file of the README's production install (tmpfiles.d makes it, empty).
+SYSTEM_CONFIG = "/etc/tracker-wsgi/tracker.toml"
 WHITELIST_MODES = ("directory", "open")
 _LIMITS = Limits()  # their defaults
 
@@ -128,8 +131,18 @@ MIN_SECRET_DISTINCT_CHARACTERS = 10  # `openssl rand -hex 32` has 16; a repeated
 
 
 def config_path(environ: dict[str, Any] | None = None) -> str | None:
-    """The config file named by the WSGI environ or the process environment, if any."""
-    return (environ or {}).get(ENVIRON_KEY) or os.environ.get(ENV_VAR) or None
+    """The config file: the one the WSGI environ or the process environment names, else
+    SYSTEM_CONFIG if it is there; None if none is."""
+    named = (environ or {}).get(ENVIRON_KEY) or os.environ.get(ENV_VAR)
+    if named:
+        return named
+    try:
+        os.stat(SYSTEM_CONFIG)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        pass  # there, but this user may not look: load() says so, naming the file
+    return SYSTEM_CONFIG
 
 
 def load(path: str | None) -> Config:

@@ -12,15 +12,32 @@ the public site (apache/site.conf) at / and a sample torrent to show on it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
+import pwd
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
 
 from bencoder import bencode
 
+from . import config as config_module
+from .config import ConfigError
+from .permissions import APACHE_USER, access_problem
+from .store import sqlite_file
+
 APACHE_BIN = "/usr/sbin/apache2"
+START_SECONDS = 30  # Apache listening, or it has failed
+LOCK_FILE = "serve.lock"  # in the state directory: held while a server runs on it
 MODULES = "/usr/lib/apache2/modules"
 # Modules the snippets use; mpm_event is Debian's default MPM (httpd_conf's mpm= replaces it),
 # reqtimeout is on in Debian too.
@@ -214,3 +231,142 @@ def stop(process: subprocess.Popen, seconds: float = 20) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# -- tracker-wsgi serve ------------------------------------------------------------------------
+
+def serve(state_dir: Path, port: int, config_file: str | None, apache_dir: Path, topology: str,
+          say: Callable[[str], None]) -> int:
+    """The whole product on one port, as production sets it up -- the tracker
+    (apache/tracker.conf) and the public site at / (apache/site.conf: the stats page and the
+    feed of torrent_dir), in a real Apache, until Ctrl-C or SIGTERM. A fresh state directory
+    gets a config, the sample site's pages and a sample torrent; every start refreshes first,
+    as www-data, so the page shows what torrent_dir holds. `say` prints the banner once
+    Apache listens. Raises ConfigError (one line) when it cannot serve, before the banner."""
+    if shutil.which(APACHE_BIN) is None:
+        raise ConfigError(f"{APACHE_BIN} not found: install apache2 (scripts/bootstrap does)")
+    if os.geteuid() != 0:
+        raise ConfigError(f"serve must run as root: Apache starts as root and drops to {APACHE_USER}; "
+                          "run: sudo scripts/serve")
+    state, apache_dir = state_dir.resolve(), apache_dir.resolve()
+    www = pwd.getpwnam(APACHE_USER)
+    prepare_run_dir(state)
+    _lock = hold_state(state)  # open, so held, while this function runs: the server's life
+    refuse_taken_port(port)
+    unreachable = access_problem(str(state), "read", www)  # Apache's daemons and the refresh
+    if unreachable:
+        raise ConfigError(f"--state-dir {state}: {unreachable}")
+    config_path = Path(config_file or state / "tracker.toml").resolve()
+    server_url = f"http://127.0.0.1:{port}/"
+    fresh = not config_path.exists()
+    if fresh:
+        config_path.write_text(dev_config(state, port))
+    config = config_module.load(str(config_path))
+    site, output = Path(config.torrent_dir).resolve(), Path(config.output_dir).resolve()
+    database = sqlite_file(config.database)
+    refuse_serving_state(config_path, state, site, output, database)
+    base = urlsplit(config.base_url)
+    if base.hostname not in ("127.0.0.1", "localhost") or base.port != port:
+        print(f"tracker-wsgi: {config_path}: base_url = {config.base_url!r} is not this server ({server_url}): "
+              "the page's links and the /tracker redirect go there", file=sys.stderr)
+
+    for directory in (site, output, Path(database).parent if database else None):
+        if directory and not directory.exists():
+            directory.mkdir(parents=True)
+            directory.chmod(0o755)
+    copied = add_site_pages(site, apache_dir / "sample-site", config.base_url)
+    if fresh:
+        add_sample_torrent(site, f"{server_url}tracker/announce")
+    give_tracker_its_files(state, output, database, www)
+    # The first refresh, as www-data (files it makes stay the tracker's): registers what
+    # torrent_dir holds and writes the page's include files.
+    first_refresh = [sys.executable, "-m", "tracker_wsgi.cli", "--config", str(config_path), "force-refresh"]
+    if subprocess.run(first_refresh, user=www.pw_uid, group=www.pw_gid, extra_groups=[], cwd=state).returncode:
+        raise ConfigError(f"the first refresh (run as {APACHE_USER}) failed: see its error above")
+
+    conf = httpd_conf(state, port, config_path, apache_dir, document_root=site, topology=topology,
+                      site_conf=public_site_conf(apache_dir, str(site), str(output)))
+    # A service manager stops us with SIGTERM: stop Apache with us, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = start(state, conf)
+    try:
+        wait_until_listening(server, port, state)
+        added = f" (added {', '.join(copied)})" if copied else ""
+        say(f"serving {server_url}: the stats page, the feed {server_url}rss.xml and the .torrent files of {site}"
+            f"{added}\n  tracker at {server_url}tracker/announce; log {state}/error.log; config {config_path}\n"
+            f"  drop .torrent files into {site}: each start registers them (or run, as root: runuser -u "
+            f"{APACHE_USER} -- {Path(sys.executable).parent / 'tracker-wsgi'} --config {config_path} force-refresh)"
+            "\nCtrl-C stops it.")
+        status = server.wait()
+    except KeyboardInterrupt:
+        stop(server)
+        return 0
+    except BaseException:
+        stop(server)
+        raise
+    raise ConfigError(f"Apache stopped by itself (exit status {status}): see {state}/error.log")
+
+
+def hold_state(state: Path) -> IO[bytes]:
+    """Lock the state directory for this server's life (the lock goes with the process, however
+    it ends): a second server on it would share its Apache's pid file and sockets. Apache
+    itself, finding its pid file's process alive, only says "already running" and exits 0."""
+    lock = open(state / LOCK_FILE, "wb")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"--state-dir {state}: a server is already running on it (scripts/serve); stop it "
+                          "first (Ctrl-C where it runs), or give this one another --state-dir") from None
+    return lock
+
+
+def refuse_taken_port(port: int) -> None:
+    """Refuse a port another program listens on, before anything is started."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Apache binds it
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(f"--port {port}: 127.0.0.1:{port} is in use by another program (another server?): "
+                              "stop it, or choose another --port") from None
+
+
+def wait_until_listening(server: subprocess.Popen, port: int, state: Path) -> None:
+    """Until Apache accepts connections on the port; ConfigError if it exits first."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        if server.poll() is not None:
+            raise ConfigError(f"Apache exited (status {server.returncode}) before serving: see {state}/error.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"Apache did not listen on 127.0.0.1:{port} within {START_SECONDS} s: "
+                                  f"see {state}/error.log") from None
+            time.sleep(0.1)
+
+
+def give_tracker_its_files(state: Path, output: Path, database: str | None, www: pwd.struct_passwd) -> None:
+    """What the tracker writes in the state directory (output_dir, the SQLite database's
+    directory and files) belongs to its user; the rest (the config, Apache's config and
+    logs, the torrents) stays root's, as in production."""
+    writable = [output, *output.iterdir()]
+    if database:
+        writable += [Path(database).parent, *Path(database).parent.glob(Path(database).name + "*")]
+    for path in writable:
+        if path == state or state in path.parents:
+            os.chown(path, www.pw_uid, www.pw_gid)
+
+
+def refuse_serving_state(config_path: Path, state: Path, site: Path, output: Path, database: str | None) -> None:
+    """serve publishes torrent_dir at / and output_dir at /tracker-output: neither may hold
+    the state directory (Apache's config and logs), the config file or the database."""
+    for served, key in ((site, "torrent_dir"), (output, "output_dir")):
+        for private in (state, config_path, Path(database) if database else None):
+            if private and (private == served or served in private.parents):
+                raise ConfigError(f"{config_path}: {key} = {str(served)!r} would publish {private}: "
+                                  "keep the state directory, the config and the database outside it")

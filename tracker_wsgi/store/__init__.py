@@ -50,7 +50,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config, ConfigError
 from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
-from .schema import SchemaChange
+from . import schema
+from .schema import SchemaChange, SchemaError
 from .sql import OPEN_MAX_TORRENTS, POOL_SIZE
 
 # How long bringing the schema up to date may take (a migration of a large table, or the
@@ -109,7 +110,7 @@ class AnnounceStore(Protocol):
 class Catalog(Protocol):
     """The store as the catalog's keepers use it: the refresh (refresh.py: the torrent
     directory's scan, expiry, the stats page and feed rendered from `report` and `history`)
-    and the CLI (cli.py: add, list, remove, status, migrate). Calls may be long (a first scan
+    and the CLI (cli/: add, list, remove, stats, migrate). Calls may be long (a first scan
     registers a whole directory); none is on an announce's path."""
 
     def create_tables(self) -> SchemaChange:
@@ -176,9 +177,32 @@ class Store(AnnounceStore, Catalog, Protocol):
 
 
 def open_configured(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
-    """The store a config names, its schema brought up to date (migrate). Raises ConfigError
-    with one line."""
+    """The store a config names, its schema brought up to date (migrate), as the tracker
+    opens it when it starts. Raises ConfigError with one line."""
     migrate(config)
+    return _open(config, wait_seconds, pool_size)
+
+
+def open_current(config: Config, creates: bool) -> Store:
+    """The store a config names for an admin's command, its schema left as it is (schema.py:
+    only migrate and the tracker's start change it): at this release's version, or, with
+    `creates`, an empty database, whose tables are then created (the README's install
+    refreshes before the tracker's first request). Raises SchemaError naming the command to
+    run, ConfigError for a bad URL."""
+    store = _open(config)
+    try:
+        version = schema.found_version(store)
+        if version is None and creates:
+            store.create_tables()
+        elif version != schema.LATEST:
+            raise SchemaError(schema.not_current(version))
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _open(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
     try:
         return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
                           config.open_max_torrents, pool_size)
@@ -199,6 +223,13 @@ def migrate(config: Config) -> SchemaChange:
             store.close()
     except (ValueError, PermissionError) as exc:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
+
+
+def sqlite_file(url: str) -> str | None:
+    """The file of a sqlite:/// URL, as messages show it (one leading slash); None for another scheme."""
+    if not url.startswith("sqlite:"):
+        return None
+    return "/" + url.removeprefix("sqlite:").lstrip("/")
 
 
 def masked(url: str) -> str:

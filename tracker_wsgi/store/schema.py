@@ -10,6 +10,11 @@ brought to LATEST by the migrations after its version, in order. The first relea
 the tracker's first landing) kept no version: a database found with tables and no
 schema_version table is that release's, version 1. The runner is SqlStore.create_tables.
 
+Who changes the schema: `tracker-wsgi migrate` (and `init-db`), and the tracker's daemons
+when they start (store.open_configured). The admin's other commands only read the version
+(`found_version`): a database of an earlier release is the admin's to back up first, so they
+refuse it, naming the command to run (store.open_current).
+
 Rules for a migration (each is why the runner can be as simple as it is):
 - It is added here, with schema.sql changed to match, and a test database of every earlier
   version then migrates to exactly what schema.sql creates (tests/test_schema.py).
@@ -141,6 +146,34 @@ def schema_columns() -> dict[str, tuple[str, ...]]:
             tables[table] = tuple(item.split()[0] for item in _items(body)
                                   if not item.startswith(("KEY ", "PRIMARY KEY (")))
     return tables
+
+
+# -- versions ------------------------------------------------------------------------------------
+
+def found_version(store: Any) -> int | None:
+    """The version of the database's schema, read without changing anything: None for an
+    empty database, or one whose creation has not finished (another process creating it:
+    the version table comes first and its row last). Raises SchemaError for a newer
+    release's."""
+
+    def read(cur: Any) -> int | None:
+        cur.execute(store.dialect.tables)
+        tables = {row[0] for row in cur.fetchall()}
+        if VERSION_TABLE in tables:
+            return store._schema_version(cur)
+        return FIRST_RELEASE if "torrents" in tables else None  # tables without versions: the first release's
+
+    return store._read(read)
+
+
+def not_current(version: int | None) -> str:
+    """Why a command other than migrate cannot use a database at `version`, and the command
+    that brings it to LATEST (one line)."""
+    if version is None:
+        return ("it has no tables yet: the tracker creates them on its first request, or run: "
+                "runuser -u www-data -- tracker-wsgi init-db")
+    return (f"its tables are at schema version {version}, this release's is {LATEST}: back up the database, "
+            "then run: runuser -u www-data -- tracker-wsgi migrate (README: Schema versions)")
 
 
 # -- migrations ----------------------------------------------------------------------------------
