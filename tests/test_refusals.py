@@ -45,6 +45,8 @@ def raised_texts() -> dict[str, str]:
     so a new refusal without a row here fails this test rather than counting as `other`."""
     texts = {}
     for path in PACKAGE.rglob("*.py"):
+        if path.name == "__main__.py":
+            continue  # importing it runs the command line
         tree = ast.parse(path.read_text())
         module = importlib.import_module("tracker_wsgi." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
         for node in ast.walk(tree):
