@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tracker_wsgi.config import ENV_VAR, ENVIRON_KEY, Config, ConfigError, config_path, from_dict, load
+from tracker_wsgi.limits import Limits, reference_rows
 
 DEFAULTS = Config(
     database="sqlite:///var/lib/tracker-wsgi/tracker.sqlite",
@@ -212,7 +213,7 @@ def test_unknown_key_lists_the_known_keys(tmp_path):
     message = str(exc.value)
     assert message.startswith(f"{path}: unknown key 'numwant'; known keys: database, torrent_dir, base_url, ")
     listed = message.partition("known keys: ")[2].split(", ")
-    assert listed == [f.name for f in fields(Config)]
+    assert listed == [f.name for f in fields(Config) if f.name != "limits"] + [f.name for f in fields(Limits)]
 
 
 UNREADABLE_CASES = [
@@ -290,3 +291,36 @@ def test_config_path(monkeypatch, environ, env_var, expected):
 
 def test_names():
     assert (ENVIRON_KEY, ENV_VAR) == ("tracker_wsgi.config", "TRACKER_WSGI_CONFIG")
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_limit_is_a_key_of_its_own_read_into_config_limits_by_name(tmp_path):
+    """Each limit is declared once (limits.Limits): a config key of its own, its range
+    checked, its value landing in the field of its name whatever the declarations' order."""
+    declared = fields(Limits)
+    text = "\n".join(f"{f.name} = {f.metadata['range'][0] + n}" for n, f in enumerate(declared))
+    config = load(str(write(tmp_path, text)))
+    assert [getattr(config.limits, f.name) for f in declared] == [
+        f.metadata["range"][0] + n for n, f in enumerate(declared)]
+    for f in declared:
+        low, high = f.metadata["range"]
+        assert low <= f.default <= high
+        for bad in (low - 1, high + 1, "1", True):
+            with pytest.raises(ConfigError, match=f"{f.name} = .* must be a whole number from {low} to {high}"):
+                from_dict({f.name: bad})
+    assert load(None).limits == Limits()
+
+
+def test_the_readme_lists_every_limit_as_declared():
+    """The README's Configuration reference rows of the limits are the declarations'
+    (limits.reference_rows): a new limit, or a new default, cannot leave the README behind."""
+    readme = README.read_text().splitlines()
+    rows = reference_rows()
+    assert len(rows) == len(fields(Limits))
+    missing = [row for row in rows if row not in readme]
+    assert not missing, "paste these rows into README.md's Configuration reference:\n" + "\n".join(missing)
+    stale = [line for line in readme if line.startswith("| `") and line.split("`")[1] in {f.name for f in fields(Limits)}
+             and line not in rows]
+    assert not stale

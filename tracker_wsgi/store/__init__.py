@@ -181,7 +181,7 @@ def open_configured(config: Config, wait_seconds: float = 30.0, pool_size: int =
     migrate(config)
     try:
         return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
-                          config.open_max_torrents, pool_size)
+                          config.limits.open_max_torrents, pool_size)
     except ValueError as exc:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
 
