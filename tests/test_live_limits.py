@@ -212,9 +212,9 @@ def test_each_prefix_level_holds_its_own_share_of_a_swarm(store):
     swarms.announce(ann(0, ip=home + bytes(9)), NOW)  # a peer that holds its place re-announces as ever
 
 
-def accepted(swarms: LiveSwarms, request) -> bool:
+def accepted(swarms: LiveSwarms, request, now: int = NOW) -> bool:
     try:
-        swarms.announce(request, NOW)
+        swarms.announce(request, now)
     except TooManyPeers:
         return False
     return True
@@ -290,3 +290,25 @@ def test_a_views_prefix_counts_and_random_places_stay_true_through_joins_and_lea
         assert [held[p].peer.compact for p in ids] == pool
         assert all(swarm._positions[p] == n for n, p in enumerate(ids))
     assert sorted(swarm._positions) == sorted(held)
+
+
+def test_a_prefix_cannot_grow_past_its_limit_through_a_view_that_holds_part_of_the_swarm(store, monkeypatch):
+    """A view re-read from the store holds at most live.VIEW_PEERS of its swarm (a random
+    sample); the prefix's share of it stands for its share of the swarm, so a re-read
+    does not make room: the prefix ends near its limit (a sample's error), not a limit
+    further on at every re-read."""
+    monkeypatch.setattr("tracker_wsgi.live.VIEW_PEERS", 100)
+    clock = [NOW]
+    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
+    for n in range(100):
+        swarms.announce(ann(10_000 + n, ip=bytes([198, 18, n, 1])), clock[0])  # others
+    attackers = sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in range(150))
+    assert attackers == 100
+    for round in range(1, 6):
+        swarms.flush()
+        clock[0] += SYNC  # stale: the next announce reads the view again, 100 of its peers
+        tries = range(200 * round, 200 * round + 150)
+        attackers += sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in tries)
+    swarms.flush()
+    theirs = sum(1 for p in store.find_swarm(ih(1), clock[0], 10_000).peers if bytes(p[1])[:6] == SITE)
+    assert theirs == attackers <= 125

@@ -67,8 +67,8 @@ class Limits:
     peers_per_ipv6_56: int = _limit(256, 1, 1_000_000, "peers one IPv6 /56 may have in one swarm")
     peers_per_ipv6_48: int = _limit(1024, 1, 1_000_000, "peers one IPv6 /48 may have in one swarm")
     answer_share_per_prefix: int = _limit(
-        25, 1, 100, "percent of a swarm past which one IPv4 /24 or IPv6 /48 fills no more of an answer "
-        f"(and at least {ANSWER_FLOOR} peers) while other peers are left to send")
+        25, 1, 100, "percent of a swarm past which one IPv4 /24 or IPv6 /48 fills no more than this percent "
+        f"of an answer to anyone outside it (at least {ANSWER_FLOOR} peers)")
     completions_per_minute: int = _limit(120, 1, 1_000_000,
                                          "completions counted per address and minute (beyond: `retry in`)")
     completions_per_minute_ipv4_24: int = _limit(480, 1, 1_000_000,

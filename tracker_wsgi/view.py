@@ -133,9 +133,18 @@ class SwarmView:
 
     def admits(self, ip: bytes, limits: dict[int, int]) -> bool:
         """Whether a new peer from this address may join: every prefix it is in holds fewer
-        of the view's peers than its level's limit (limits.Limits.peers_by_prefix)."""
+        of the swarm's peers than its level's limit (limits.Limits.peers_by_prefix). A
+        view that holds part of its swarm (it read VIEW_PEERS of a larger one, a random
+        sample, or made room) counts each prefix as its share of the view times the swarm:
+        else every re-read would forget the rest, and a prefix could add more each time."""
         per_prefix = self._per_prefix
-        return all(per_prefix.get(key, 0) < limits[len(key)] for key in prefixes(ip))
+        members = len(self._members)
+        counted = max(members, sum(self._counts))
+        for key in prefixes(ip):
+            held = per_prefix.get(key, 0)
+            if held and held * counted >= limits[len(key)] * members:
+                return False
+        return True
 
     def stats(self) -> SwarmStats:
         if self._stats_cache is None:
@@ -261,10 +270,10 @@ class SwarmView:
         """Up to numwant peers from a random place in the pools, never the asker: their
         compact forms, or (compact=False) their Peers. A seed is sent only leechers (BEP 3
         practice, and BitTornado's). A window, not random.sample: slices cost a few
-        microseconds, numwant random draws ten times that, and pool order is shuffled by
-        every peer that leaves (see _unpool). No broad prefix fills more than `share`
-        percent of the answer (at least ANSWER_FLOOR peers) while others are left to
-        send: a prefix's new peers join side by side, so a window could be all theirs."""
+        microseconds, numwant random draws ten times that, and every peer takes a random
+        place in its pool as it joins (_add). A broad prefix that holds more than `share`
+        percent of the view fills no more than that share of numwant (at least
+        ANSWER_FLOOR peers) of an answer to anyone outside it (_spread)."""
         leechers, others = self._pools if compact else self._pool_ids
         split = len(leechers)
         total = split + len(others) if wants_seeds else split
@@ -296,8 +305,8 @@ class SwarmView:
         return chosen if compact else [self._members[peer_id].peer for peer_id in chosen]
 
     def _hogs(self, share: int, asker: bytes) -> list[bytes]:
-        """The broad prefixes that hold more than `share` percent of the view, if there are
-        others to send instead, when the asker is in none of them (a hog's own peers get a
+        """The broad prefixes that hold more than `share` percent of the view (not all of
+        it), when the asker is in none of them (a hog's own peers get a
         window as it is: they hog their own answers, at the cost of no one else's).
         Elsewhere a window is fair as it is: peers take random places in the pools as they
         join (_add), so a window holds each prefix about in its share of the view; and a
@@ -316,16 +325,16 @@ class SwarmView:
     def _spread(self, entries: list[bytes], at: int | None, numwant: int, cap: int, hogs: list[bytes],
                 rng: random.Random, compact: bool) -> list[bytes]:
         """`sample` where prefixes hog the view: from a random place on, at most `cap`
-        entries of each hog, then (if that found too few) the ones passed over. Walks at
-        most SPREAD_WALK x numwant entries (pool order is random: a fair sample of the
-        view), only for an asker outside the hogs."""
+        entries of each hog, however few others there are (a leecher asking for 200 peers
+        of a swarm one /48 floods gets 50 of its peers and every other one found, not 194
+        of the flood's). Walks at most SPREAD_WALK x numwant entries (pool order is
+        random: a fair sample of the view), only for an asker outside the hogs."""
         total = len(entries)
         start = int(rng.random() * total)
         walk = min(total, SPREAD_WALK * numwant)
         members = self._members
         taken = dict.fromkeys(hogs, 0)
         chosen: list[bytes] = []
-        passed: list[bytes] = []
         for first, end in ((start, min(total, start + walk)), (0, max(0, start + walk - total))):
             for index in range(first, end):
                 if index == at:
@@ -338,14 +347,12 @@ class SwarmView:
                 count = taken.get(prefix)
                 if count is not None:
                     if count >= cap:
-                        if len(passed) < numwant:
-                            passed.append(entry)
                         continue
                     taken[prefix] = count + 1
                 chosen.append(entry)
                 if len(chosen) == numwant:
                     return chosen
-        return chosen + passed[:numwant - len(chosen)]
+        return chosen
 
     # -- the batch -----------------------------------------------------------------------------
 
