@@ -1111,7 +1111,7 @@ def memory_limit(topology: str, conf: Path = APACHE_DIR / "tracker.conf") -> int
     the snippet's WSGIDaemonProcess lines; in embedded mode the config's memory_limit (this
     script's config leaves the default), which each Apache child measures its RSS against."""
     if topology == "embedded":
-        return Config().memory_limit
+        return Config().limits.memory_limit
     text = conf.read_text().replace("\\\n", " ")
     limits = [int(m.group(1)) for line in text.splitlines() if line.strip().startswith("WSGIDaemonProcess")
               for m in [re.search(r"memory-limit=(\d+)", line)] if m]

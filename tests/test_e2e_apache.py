@@ -909,3 +909,28 @@ def test_a_hung_database_holds_no_announce_that_memory_can_answer(private_mariad
             break
         time.sleep(1)
     assert scrape(apache, 1)[b"files"][ih(1)][b"downloaded"] == 10
+
+
+def test_one_ipv6_48_fills_at_most_its_share_of_an_answer(sqlite_url, apache_factory):
+    """Issue 17.4 through Apache: a /48 rotating its /64s (by X-Forwarded-For from a trusted
+    proxy) into a swarm of 40 others: a leecher outside it asking for 200 peers gets at
+    most answer_share_per_prefix of them from the /48, and every other peer."""
+    register(sqlite_url, 1)
+    apache = apache_factory(config_text(sqlite_url, trusted_proxies='["127.0.0.1/32"]'))
+    for n in range(40):
+        announce(apache, 1, 1000 + n, 7000 + n, headers={"X-Forwarded-For": f"192.0.2.{n + 1}"})
+    def probe() -> tuple[int, int]:
+        answer = announce(apache, 1, 5000, 6999, headers={"X-Forwarded-For": "198.51.100.7"}, numwant=200,
+                          compact=1)
+        return len(answer.get(b"peers6", b"")) // 18, len(answer[b"peers"]) // 6
+
+    for n in range(300):
+        announce(apache, 1, n, 6881, headers={"X-Forwarded-For": f"2001:db8:4817:{n % 256:02x}{n // 256:02x}::1"},
+                 compact=1)
+        if n == 140:  # 181 peers in all: fewer than asked for, and still not the /48's 141
+            assert probe() == (50, 40)
+    for attempt in range(10):
+        answer = announce(apache, 1, 5000, 6999, headers={"X-Forwarded-For": "198.51.100.7"}, numwant=200,
+                          compact=1)
+        theirs, others = len(answer.get(b"peers6", b"")) // 18, len(answer[b"peers"]) // 6
+        assert theirs <= 200 * 25 // 100 and others == 40, (theirs, others)

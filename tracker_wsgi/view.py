@@ -282,8 +282,8 @@ class SwarmView:
         if at is not None and self._members[asker].state is not LEECHER:
             at = at + split if wants_seeds else None
         hogs = self._hogs(share, asker) if self._crowders else None
-        if hogs and total > numwant:
-            cap = max(ANSWER_FLOOR, numwant * share // 100)
+        cap = max(ANSWER_FLOOR, numwant * share // 100)
+        if hogs and total > cap:  # however small the swarm: a hog's share holds in every answer
             chosen = self._spread(leechers + others if wants_seeds else leechers, at, numwant, cap, hogs, rng,
                                   compact)
         elif total <= numwant + (at is not None):  # everyone
