@@ -64,7 +64,7 @@ UNKNOWN_PATH = "Unknown tracker path: announce at /tracker/announce, scrape at /
 METHOD_NOT_ALLOWED = "Only GET and HEAD are accepted."
 SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
 BUSY = "The tracker is busy; please retry later."
-TOO_MANY_PEERS = "Too many peers from your address in this swarm."
+TOO_MANY_PEERS = "Too many peers from your address or network in this swarm."
 TRACKER_FULL = "This tracker is full: it takes no new torrents now."
 
 # The text of each typed refusal the core and the store raise (model.py): chosen here, at
