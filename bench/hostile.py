@@ -69,11 +69,12 @@ sys.path.insert(0, str(REPO))
 
 from tracker_wsgi import devserver  # noqa: E402
 from tracker_wsgi.config import Config  # noqa: E402
+from tracker_wsgi.limits import Limits  # noqa: E402
 from tracker_wsgi.model import Torrent  # noqa: E402
 from tracker_wsgi.store import open_store  # noqa: E402
 
 STORES = ("sqlite", "mysql")
-SCENARIOS = ("peer-flood", "swarm-flood", "slow", "db-stop", "db-hang")
+SCENARIOS = ("peer-flood", "swarm-flood", "slow", "db-stop", "db-hang", "split-route", "rotation-48", "symlinks")
 
 # Who is who. Linux answers for all of 127/8 on lo, so each side gets an address of its own
 # and the tracker sees three clients. Apache (devserver) listens on 127.0.0.1.
@@ -578,7 +579,169 @@ async def slow_connections(port: int, seconds: float, swarm: bytes) -> Counter:
     return counts
 
 
-ATTACKS = {"peer-flood": peer_flood, "swarm-flood": swarm_flood, "slow": slow_connections}
+# -- issue 17, items 3-5: split routing, address rotation in one /48, links in the site ------
+
+ISSUE17_CONNECTIONS = 16  # keep-alive connections of each of these attacks
+LEARN_EVERY = 20  # split-route: one answer in this many lists the swarm's peer_ids (compact=0)
+ROTATION_48 = "2001:db8:4817"  # rotation-48: the attacker's /48, 65,536 /64s through X-Forwarded-For
+PROBE_ADDRESS = "198.51.100.7"  # rotation-48: a leecher outside the /48 asking for 200 peers
+SITE_LINKS = ("conf.txt", "dbdir/error.log", "rootfs/etc/passwd")  # symlinks: what is asked for
+
+
+async def keepalive_attack(port: int, seconds: float, next_request, on_answer) -> Counter:
+    """ISSUE17_CONNECTIONS keep-alive connections from FLOOD_SOURCE sending next_request()
+    (a target and extra header lines) back to back; on_answer(status, headers, body, extra)
+    says what each answer counts as."""
+    loop = asyncio.get_running_loop()
+    counts: Counter = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def connection() -> None:
+        while time.monotonic() < deadline:
+            sock, writer = client_socket(FLOOD_SOURCE), None
+            try:
+                async with asyncio.timeout(wait(deadline)):
+                    await loop.sock_connect(sock, (SERVER, port))
+                reader, writer = await asyncio.open_connection(sock=sock)
+                while time.monotonic() < deadline:
+                    target, extra = next_request()
+                    writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n")
+                    async with asyncio.timeout(wait(deadline)):
+                        status = int((await reader.readuntil(b"\r\n")).split()[1])
+                        headers, body, closing = await read_response_after_status(reader)
+                    on_answer(counts, status, headers, body, extra)
+                    if closing:
+                        break
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                    IndexError):
+                if time.monotonic() < deadline:
+                    counts[NO_ANSWER] += 1
+                await asyncio.sleep(0.1)
+            finally:
+                if writer is not None:
+                    writer.close()
+                else:
+                    sock.close()
+
+    await asyncio.gather(*(connection() for _ in range(ISSUE17_CONNECTIONS)))
+    return counts
+
+
+async def read_response_after_status(reader: asyncio.StreamReader) -> tuple[dict[bytes, bytes], bytes, bool]:
+    """read_response, the status line already read."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    headers = parse_head(b"status\r\n" + head[:-4])
+    closing = headers.get(b"connection", b"").lower() == b"close"
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        body = b""
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")
+    elif b"content-length" in headers:
+        body = await reader.readexactly(int(headers[b"content-length"]))
+    else:
+        body, closing = await reader.read(), True
+    return headers, body, closing
+
+
+def other_process_hash(swarm: bytes) -> bytes:
+    """An info hash the shipped daemon snippet routes to the other process than `swarm`'s."""
+    return bytes([swarm[0] ^ 1]) + random.randbytes(19)
+
+
+async def split_route(port: int, seconds: float, swarm: bytes) -> Counter:
+    """Issue 17.3: `info_hash=<another process's>&info_hash=<the swarm>`. The attacker learns
+    the swarm's peer_ids from compact=0 answers, then announces each with another key and
+    port (taking the peer into the other process, past the key rule), and new peer_ids too
+    (a second per-address allowance there)."""
+    victims: list[bytes] = []
+    me = b"-AT0001-" + random.randbytes(12)
+    sent = [0]
+
+    def next_request() -> tuple[bytes, bytes]:
+        sent[0] += 1
+        if sent[0] % LEARN_EVERY == 1:  # an ordinary announce that lists peer_ids
+            return (f"/tracker/announce?info_hash={quote(swarm)}&peer_id={quote(me)}&port=6881&uploaded=0"
+                    f"&downloaded=0&left={TORRENT_SIZE}&compact=0&numwant=200".encode(), b"")
+        peer_id = random.choice(victims) if victims and random.random() < 0.5 else random.randbytes(20)
+        return (f"/tracker/announce?info_hash={quote(other_process_hash(swarm))}&info_hash={quote(swarm)}"
+                f"&peer_id={quote(peer_id)}&port={random.randrange(1024, 65536)}&uploaded=0&downloaded=0"
+                f"&left={TORRENT_SIZE}&event=started&compact=1&key={random.randbytes(4).hex()}".encode(), b"")
+
+    def on_answer(counts: Counter, status: int, headers, body: bytes, extra: bytes) -> None:
+        outcome = classify(headers, body)
+        if outcome == SUCCESS and body.startswith(b"d") and b"5:peersl" in body:
+            peers = bdecode(body).get(b"peers", [])
+            known = set(victims)
+            victims.extend(p[b"peer id"] for p in peers if b"peer id" in p and p[b"peer id"] not in known)
+            counts["peer_ids learned"] = len(victims)
+            return
+        counts[outcome] += 1
+
+    return await keepalive_attack(port, seconds, next_request, on_answer)
+
+
+async def rotation_48(port: int, seconds: float, swarm: bytes) -> Counter:
+    """Issue 17.4: one IPv6 /48, a new /64 (rotating through its /56s first) for every new
+    peer, completion and new swarm (whitelist `open`), by X-Forwarded-For from a trusted
+    FLOOD_SOURCE; now and then a leecher outside it asks for 200 peers of the swarm."""
+    n = [0]
+    started: list[tuple[bytes, bytes]] = []  # (peer_id, X-Forwarded-For) of its leechers
+    probe = b"-PR0001-" + random.randbytes(12)
+
+    def rotated() -> bytes:
+        n[0] += 1
+        return f"X-Forwarded-For: {ROTATION_48}:{n[0] % 256:02x}{n[0] // 256 % 256:02x}::1\r\n".encode()
+
+    def announce(info_hash: bytes, peer_id: bytes, left: int, event: str, numwant: int = 50) -> bytes:
+        return (f"/tracker/announce?info_hash={quote(info_hash)}&peer_id={quote(peer_id)}&port=6881&uploaded=0"
+                f"&downloaded=0&left={left}&event={event}&compact=1&numwant={numwant}&key=k".encode())
+
+    def next_request() -> tuple[bytes, bytes]:
+        draw = random.random()
+        if draw < 0.05:
+            return announce(swarm, probe, TORRENT_SIZE, "started", 200), \
+                f"X-Forwarded-For: {PROBE_ADDRESS}\r\n".encode()
+        if draw < 0.35 and started:
+            peer_id, forwarded = started.pop(random.randrange(len(started)))
+            return announce(swarm, peer_id, 0, "completed"), forwarded
+        if draw < 0.55:
+            return announce(random.randbytes(20), random.randbytes(20), TORRENT_SIZE, "started"), rotated()
+        peer_id, forwarded = random.randbytes(20), rotated()
+        started.append((peer_id, forwarded))
+        del started[:-10_000]
+        return announce(swarm, peer_id, TORRENT_SIZE, "started"), forwarded
+
+    def on_answer(counts: Counter, status: int, headers, body: bytes, extra: bytes) -> None:
+        outcome = classify(headers, body)
+        if PROBE_ADDRESS.encode() in extra:
+            if outcome == SUCCESS:
+                answer = bdecode(body)
+                theirs = len(answer.get(b"peers6", b"")) // 18  # the swarm's other peers are IPv4
+                counts["probe answers"] += 1
+                counts["probe: most /48 peers in one"] = max(counts["probe: most /48 peers in one"], theirs)
+                counts["probe: peers in one, at most"] = max(counts["probe: peers in one, at most"],
+                                                             theirs + len(answer.get(b"peers", b"")) // 6)
+            return
+        counts[outcome] += 1
+
+    return await keepalive_attack(port, seconds, next_request, on_answer)
+
+
+async def site_links(port: int, seconds: float, swarm: bytes) -> Counter:
+    """Issue 17.5: links dropped in the torrent directory (the config, the run directory with
+    the error log and the database, `/`), asked for again and again through the site."""
+    def next_request() -> tuple[bytes, bytes]:
+        return b"/torrents/" + random.choice(SITE_LINKS).encode(), b""
+
+    def on_answer(counts: Counter, status: int, headers, body: bytes, extra: bytes) -> None:
+        counts["served" if status == 200 else f"refused {status}"] += 1
+
+    return await keepalive_attack(port, seconds, next_request, on_answer)
+
+
+ATTACKS = {"peer-flood": peer_flood, "swarm-flood": swarm_flood, "slow": slow_connections,
+           "split-route": split_route, "rotation-48": rotation_48, "symlinks": site_links}
 
 
 # -- the faults: begin() starts one, end() undoes it, abort() cleans up after an error -------
@@ -697,6 +860,15 @@ FAULTS = {
                            f"{FLOOD_CONNECTIONS} keep-alive connections",
     ("slow", None): f"{SLOW_CONNECTIONS} connections from {SLOW_SOURCE}, a header line every "
                     f"{SLOW_LINE_SECONDS} s, reopened when closed",
+    ("split-route", None): f"from {FLOOD_SOURCE}, {ISSUE17_CONNECTIONS} keep-alive connections: `info_hash=<the "
+                           "other process's>&info_hash=<torrent 0>` with the swarm's peer_ids (learnt from compact=0 "
+                           "answers) under another key, and new peer_ids",
+    ("rotation-48", None): f"one IPv6 /48 ({ROTATION_48}::/48) by X-Forwarded-For from {FLOOD_SOURCE} (a trusted "
+                           f"proxy), a new /64 per request, {ISSUE17_CONNECTIONS} keep-alive connections: new peers "
+                           "into torrent 0, their completions, new swarms (whitelist = \"open\"); 5 % of requests "
+                           f"a leecher at {PROBE_ADDRESS} asking torrent 0 for 200 peers",
+    ("symlinks", None): f"links in the torrent directory (the config, the run directory, /) served by site.conf at "
+                        f"/torrents, asked for by {ISSUE17_CONNECTIONS} keep-alive connections from {FLOOD_SOURCE}",
     ("db-stop", "mysql"): "the private mariadbd killed (SIGKILL), restarted on its datadir when the time is up",
     ("db-stop", "sqlite"): "another process holds BEGIN EXCLUSIVE: every write waits out the busy timeout and "
                            "fails, as writes fail while a server is down (WAL: reads go on)",
@@ -851,14 +1023,14 @@ class Apache:
     """The shipped snippets of a topology in a real Apache, as tests/conftest.py's start_apache
     builds it."""
 
-    def __init__(self, run_dir: Path, config_text: str, topology: str):
+    def __init__(self, run_dir: Path, config_text: str, topology: str, site_conf: str = ""):
         self.run_dir = run_dir
         devserver.prepare_run_dir(run_dir)
         config = run_dir / "tracker.toml"
         config.write_text(config_text)
         config.chmod(0o644)
         self.port = free_port()
-        conf = devserver.httpd_conf(run_dir, self.port, config, APACHE_DIR, topology=topology)
+        conf = devserver.httpd_conf(run_dir, self.port, config, APACHE_DIR, site_conf=site_conf, topology=topology)
         self.process = devserver.start(run_dir, conf)
         deadline = time.monotonic() + 30
         while True:
@@ -883,7 +1055,7 @@ class Apache:
         devserver.stop(self.process)
 
 
-def config_text(run_dir: Path, database: str, whitelist: str) -> str:
+def config_text(run_dir: Path, database: str, whitelist: str, *extra: str) -> str:
     torrents, output = run_dir / "torrents", run_dir / "output"
     torrents.mkdir()  # empty: the torrents are registered by hand (path ''), no rescan removes them
     output.mkdir()
@@ -892,8 +1064,46 @@ def config_text(run_dir: Path, database: str, whitelist: str) -> str:
     return "\n".join([
         f'database = "{database}"', 'base_url = "http://torrents.example.org/files"',
         f'torrent_dir = "{torrents}"', f'output_dir = "{output}"',
-        f"refresh_interval = {REFRESH_INTERVAL}", f'whitelist = "{whitelist}"', "",
+        f"refresh_interval = {REFRESH_INTERVAL}", f'whitelist = "{whitelist}"', *extra, "",
     ])
+
+
+def site_links_conf(run_dir: Path) -> str:
+    """The symlinks scenario: site.conf serving the run's torrent directory at /torrents, in
+    which an attacker dropped links to the config, the run directory and /."""
+    torrents = run_dir / "torrents"
+    (torrents / "conf.txt").symlink_to(run_dir / "tracker.toml")
+    (torrents / "dbdir").symlink_to(run_dir)
+    (torrents / "rootfs").symlink_to("/")
+    return (f'Define TRACKER_WSGI_SITE "{torrents}"\nDefine TRACKER_WSGI_OUTPUT "{run_dir / "output"}"\n'
+            f'Alias /torrents "{torrents}"\nInclude "{APACHE_DIR}/site.conf"\n')
+
+
+def issue17_measures(scenario: str, db: Database, hashes: list[bytes], peers: list[Peer]) -> str:
+    """What the attacker of an issue-17 scenario holds in the store after the run."""
+    def count(sql: str, params: tuple) -> int:
+        return int(db.fetch(sql, params)[0][0])
+
+    in_swarm = ("SELECT COUNT(*) FROM peers p JOIN info_hashes h ON h.torrent_id = p.torrent_id "
+                "WHERE h.info_hash = ? AND ")
+    if scenario == "split-route":
+        flood = count(in_swarm + "p.ip = ?", (hashes[0], socket.inet_aton(FLOOD_SOURCE)))
+        return f"torrent 0: {flood} peers stored from {FLOOD_SOURCE} (peers_per_address {Limits().peers_per_address})"
+    if scenario == "rotation-48":
+        site = socket.inet_pton(socket.AF_INET6, ROTATION_48 + "::")[:6]
+        rows = db.fetch("SELECT p.ip FROM peers p JOIN info_hashes h ON h.torrent_id = p.torrent_id "
+                        "WHERE h.info_hash = ?", (hashes[0],))
+        theirs = sum(bytes(ip)[:6] == site and len(bytes(ip)) == 16 for (ip,) in rows)
+        legit_completions = sum(p.completed for p in peers if p.torrent == 0)
+        downloaded = count("SELECT t.downloaded FROM torrents t JOIN info_hashes h ON h.torrent_id = t.id "
+                           "WHERE h.info_hash = ?", (hashes[0],))
+        swarms = count("SELECT COUNT(*) FROM torrents", ()) - len(hashes)
+        limits = Limits()
+        return (f"the /48 holds {theirs} peers of torrent 0 (peers_per_ipv6_48 {limits.peers_per_ipv6_48}), "
+                f"{downloaded - legit_completions} completions counted there, {swarms} new swarms registered "
+                f"(per process and minute: {limits.completions_per_minute_ipv6_48}, "
+                f"{limits.new_swarms_per_minute_ipv6_48})")
+    return ""
 
 
 def memory_limit(topology: str, conf: Path = APACHE_DIR / "tracker.conf") -> int | None:
@@ -901,7 +1111,7 @@ def memory_limit(topology: str, conf: Path = APACHE_DIR / "tracker.conf") -> int
     the snippet's WSGIDaemonProcess lines; in embedded mode the config's memory_limit (this
     script's config leaves the default), which each Apache child measures its RSS against."""
     if topology == "embedded":
-        return Config().memory_limit
+        return Config().limits.memory_limit
     text = conf.read_text().replace("\\\n", " ")
     limits = [int(m.group(1)) for line in text.splitlines() if line.strip().startswith("WSGIDaemonProcess")
               for m in [re.search(r"memory-limit=(\d+)", line)] if m]
@@ -984,6 +1194,7 @@ class Row:
     log_bytes: int = 0
     attack: Counter = field(default_factory=Counter)
     attack_seconds: float = 0.0
+    measured: str = ""  # what the store says a scenario's attacker added (issue17_measures)
     error: str = ""
 
     def outcomes(self, *kinds: str) -> list[tuple[str, float]]:
@@ -1041,8 +1252,10 @@ def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMar
         db = Database(store, run_dir, label, server)
         stack.callback(db.drop)
         db.prepare(hashes)
-        apache = Apache(run_dir, config_text(run_dir, db.url, "open" if scenario == "swarm-flood" else "directory"),
-                        args.topology)
+        open_mode = scenario in ("swarm-flood", "rotation-48")
+        extra = [f'trusted_proxies = ["{FLOOD_SOURCE}/32"]'] if scenario == "rotation-48" else []
+        text = config_text(run_dir, db.url, "open" if open_mode else "directory", *extra)
+        apache = Apache(run_dir, text, args.topology, site_links_conf(run_dir) if scenario == "symlinks" else "")
         stack.callback(apache.stop)
         sampler = DaemonSampler(apache.process.pid, args.topology)
         sampler.sample()
@@ -1092,6 +1305,7 @@ def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMar
             late = row.late = check_store(db, hashes, legit.peers)
         if isinstance(fault, Attack):
             row.attack, row.attack_seconds = fault.counts, duration
+        row.measured = issue17_measures(scenario, db, hashes, legit.peers)
         if legit.refused:
             row.error = f"{len(legit.refused)} completions still refused {COMPLETION_RETRY_LIMIT} s after the run"
     return row
@@ -1165,7 +1379,7 @@ def print_tables(rows: list[Row], limit: int | None, args) -> None:
         print(f"| {row.store} | {row.scenario} | {kinds} | {counts_text(row.attack)} | {rate} | "
               f"{row.rss_total / 2**20:.0f} MiB | {row.restarts} | {row.rows.completions_answered} / "
               f"{row.rows.completions_extra} | {row.rows.peers_stale} | {late or ''} | {row.log_bytes} | "
-              f"{row.error} |")
+              f"{'; '.join(t for t in (row.measured, row.error) if t)} |")
 
     print("\nWhat each fault is:")
     seen = set()

@@ -14,6 +14,7 @@ import pytest
 
 from tracker_wsgi import config as config_module
 from tracker_wsgi.config import ENV_VAR, ENVIRON_KEY, Config, ConfigError, config_path, from_dict, load
+from tracker_wsgi.limits import Limits, reference_rows
 
 # These tests compare the built-in defaults (production's paths) and never use a path.
 pytestmark = pytest.mark.builtin_defaults
@@ -216,7 +217,7 @@ def test_unknown_key_lists_the_known_keys(tmp_path):
     message = str(exc.value)
     assert message.startswith(f"{path}: unknown key 'numwant'; known keys: database, torrent_dir, base_url, ")
     listed = message.partition("known keys: ")[2].split(", ")
-    assert listed == [f.name for f in fields(Config)]
+    assert listed == [f.name for f in fields(Config) if f.name != "limits"] + [f.name for f in fields(Limits)]
 
 
 UNREADABLE_CASES = [
@@ -307,3 +308,36 @@ def test_without_environ_or_env_var_the_installs_config_file_if_it_is_there(monk
     monkeypatch.setenv(ENV_VAR, "/etc/b.toml")
     assert config_path({}) == "/etc/b.toml"
     assert config_path({ENVIRON_KEY: "/etc/a.toml"}) == "/etc/a.toml"
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_every_limit_is_a_key_of_its_own_read_into_config_limits_by_name(tmp_path):
+    """Each limit is declared once (limits.Limits): a config key of its own, its range
+    checked, its value landing in the field of its name whatever the declarations' order."""
+    declared = fields(Limits)
+    text = "\n".join(f"{f.name} = {f.metadata['range'][0] + n}" for n, f in enumerate(declared))
+    config = load(str(write(tmp_path, text)))
+    assert [getattr(config.limits, f.name) for f in declared] == [
+        f.metadata["range"][0] + n for n, f in enumerate(declared)]
+    for f in declared:
+        low, high = f.metadata["range"]
+        assert low <= f.default <= high
+        for bad in (low - 1, high + 1, "1", True):
+            with pytest.raises(ConfigError, match=f"{f.name} = .* must be a whole number from {low} to {high}"):
+                from_dict({f.name: bad})
+    assert load(None).limits == Limits()
+
+
+def test_the_readme_lists_every_limit_as_declared():
+    """The README's Configuration reference rows of the limits are the declarations'
+    (limits.reference_rows): a new limit, or a new default, cannot leave the README behind."""
+    readme = README.read_text().splitlines()
+    rows = reference_rows()
+    assert len(rows) == len(fields(Limits))
+    missing = [row for row in rows if row not in readme]
+    assert not missing, "paste these rows into README.md's Configuration reference:\n" + "\n".join(missing)
+    names = {f.name for f in fields(Limits)}
+    stale = [line for line in readme if line.startswith("| `") and line.split("`")[1] in names and line not in rows]
+    assert not stale

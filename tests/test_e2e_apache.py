@@ -29,6 +29,8 @@ from tracker_wsgi.protocol import (
     BAD_PORT,
     FULL_SCRAPE_DISABLED,
     METHOD_NOT_ALLOWED,
+    PEER_CONFLICT,
+    REPEATED_PARAMETER,
     SERVER_FAULT,
     UNKNOWN_PATH,
     UNKNOWN_TORRENT,
@@ -351,6 +353,40 @@ def test_one_host_keeps_each_swarm_in_one_process_whatever_the_escapes(mysql_url
     wait_for_log(apache, "tracker_wsgi: ready:")
     time.sleep(0.5)
     assert len(re.findall(r"\[pid (\d+).*tracker_wsgi: ready:", apache.error_log())) == 2, apache.error_log()
+
+
+def test_split_routing_cannot_take_a_peer_into_the_other_process(sqlite_url, apache_factory):
+    """Issue 17: Apache routes an announce by its first info_hash. A victim announces
+    `started` with a key; an attacker from another address sends the victim's peer_id with
+    another key, the real hash last and first a hash the other daemon process serves. Were
+    the last one read, the other process (whose view lacks the peer, and whose store row is
+    not written yet: sync_interval is a minute) would take it past the key rule. Refused,
+    as is an escaped key standing in for the first info_hash; the victim goes on."""
+    register(sqlite_url, 1)
+    apache = apache_factory(config_text(sqlite_url, sync_interval="60", trusted_proxies='["127.0.0.1/32"]'))
+    victim, attacker = {"X-Forwarded-For": "192.0.2.10"}, {"X-Forwarded-For": "198.51.100.66"}
+    real = ih(1)
+    other = bytes([real[0] + 1]) + real[1:]  # routed to the other process (the first byte mod 2)
+    assert apache_conf.group_of(real[0], 2) != apache_conf.group_of(other[0], 2)
+    announce(apache, 1, 1, 6881, headers=victim, key="victimkey", event="started")
+    base = {"peer_id": pid(1), "port": 6999, "uploaded": 0, "downloaded": 0, "left": 100, "key": "otherkey",
+            "event": "started"}
+    for first in ("info_hash", "info%5Fhash"):
+        query = f"{first}={quote_plus(other)}&" + urlencode({"info_hash": real, **base})
+        if first != "info_hash":  # the escaped key alone: not an info_hash at all
+            query = f"{first}={quote_plus(real)}&" + urlencode(base)
+        status, _, body = apache.get("/tracker/announce", query, headers=attacker)
+        reason = decode(body)[b"failure reason"]
+        assert status == 200 and reason == (REPEATED_PARAMETER if first == "info_hash" else BAD_INFO_HASH).encode()
+    # The attacker's own address in the right process: the key rule, as ever.
+    status, _, body = apache.get("/tracker/announce", urlencode({"info_hash": real, **base}), headers=attacker)
+    assert decode(body)[b"failure reason"] == PEER_CONFLICT.encode()
+    announce(apache, 1, 1, 6881, headers=victim, key="victimkey")
+    apache.stop()  # the last batches written: the store holds the victim's peer, not the attacker's
+    store = open_store(sqlite_url, 2700)
+    stored = store.find_peer(store.find_swarm(real, NOW, 10).torrent_id, pid(1))
+    assert (stored.ip, stored.key) == (bytes([192, 0, 2, 10]), b"victimkey")
+    store.close()
 
 
 # -- 3. the MySQL C extension inside the daemon --------------------------------------------
@@ -896,3 +932,28 @@ def test_a_hung_database_holds_no_announce_that_memory_can_answer(private_mariad
             break
         time.sleep(1)
     assert scrape(apache, 1)[b"files"][ih(1)][b"downloaded"] == 10
+
+
+def test_one_ipv6_48_fills_at_most_its_share_of_an_answer(sqlite_url, apache_factory):
+    """Issue 17.4 through Apache: a /48 rotating its /64s (by X-Forwarded-For from a trusted
+    proxy) into a swarm of 40 others: a leecher outside it asking for 200 peers gets at
+    most answer_share_per_prefix of them from the /48, and every other peer."""
+    register(sqlite_url, 1)
+    apache = apache_factory(config_text(sqlite_url, trusted_proxies='["127.0.0.1/32"]'))
+    for n in range(40):
+        announce(apache, 1, 1000 + n, 7000 + n, headers={"X-Forwarded-For": f"192.0.2.{n + 1}"})
+    def probe() -> tuple[int, int]:
+        answer = announce(apache, 1, 5000, 6999, headers={"X-Forwarded-For": "198.51.100.7"}, numwant=200,
+                          compact=1)
+        return len(answer.get(b"peers6", b"")) // 18, len(answer[b"peers"]) // 6
+
+    for n in range(300):
+        announce(apache, 1, n, 6881, headers={"X-Forwarded-For": f"2001:db8:4817:{n % 256:02x}{n // 256:02x}::1"},
+                 compact=1)
+        if n == 140:  # 181 peers in all: fewer than asked for, and still not the /48's 141
+            assert probe() == (50, 40)
+    for attempt in range(10):
+        answer = announce(apache, 1, 5000, 6999, headers={"X-Forwarded-For": "198.51.100.7"}, numwant=200,
+                          compact=1)
+        theirs, others = len(answer.get(b"peers6", b"")) // 18, len(answer[b"peers"]) // 6
+        assert theirs <= 200 * 25 // 100 and others == 40, (theirs, others)

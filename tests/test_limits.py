@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tracker_wsgi import limits
-from tracker_wsgi.limits import MemoryGuard, RateWindow, address_key
+from tracker_wsgi.limits import MemoryGuard, RateWindow, by_prefix, prefixes
 from tracker_wsgi.live import DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS, StoreGate
 from tracker_wsgi.model import StoreUnavailable
 
@@ -22,32 +22,54 @@ class Clock:
         return self.now
 
 
-def test_an_ipv6_host_counts_as_its_64_and_an_ipv4_host_as_its_address():
-    assert address_key(V4) == V4
+def test_an_address_counts_at_every_prefix_level_and_no_two_levels_share_a_key():
+    assert prefixes(V4) == (V4, V4[:3])  # the address, its /24
     other_interface = V6[:8] + bytes(7) + b"\x02"
-    assert address_key(V6) == address_key(other_interface) == V6[:8]
-    assert address_key(bytes.fromhex("20010db8000000020000000000000001")) != address_key(V6)
+    assert prefixes(V6) == prefixes(other_interface) == (V6[:8], V6[:7], V6[:6])  # /64, /56, /48
+    assert prefixes(bytes.fromhex("20010db8000000020000000000000001"))[0] != prefixes(V6)[0]
+    assert prefixes(bytes.fromhex("20010db8000000020000000000000001"))[2] == prefixes(V6)[2]  # one /48
+    # The level is the key's length: an IPv4 /32 never meets an IPv6 prefix in one table.
+    assert sorted(len(k) for k in prefixes(V4) + prefixes(V6)) == [3, 4, 6, 7, 8]
+
+
+def same_limit(n: int) -> dict[int, int]:
+    return by_prefix(n, n, n, n)
 
 
 def test_a_rate_window_allows_its_limit_per_address_per_minute():
     clock = Clock()
-    window = RateWindow(3, clock)
+    window = RateWindow(by_prefix(3, 100, 100, 100), clock)
     assert [window.allow(V4) for _ in range(4)] == [True, True, True, False]
     assert window.allow(bytes([198, 51, 100, 8]))  # another address has its own count
     clock.now += limits.WINDOW_SECONDS
     assert window.allow(V4)
 
 
-def test_a_rate_window_remembers_a_bounded_number_of_addresses(monkeypatch):
-    monkeypatch.setattr(limits, "TRACKED_ADDRESSES", 10)
+def test_a_rate_window_bounds_each_prefix_level_whatever_the_addresses_inside():
+    """Rotating addresses (or /64s) inside a prefix buys nothing past the prefix's limit, and
+    a refused event uses up nothing."""
+    window = RateWindow(by_prefix(address=2, ipv4_24=5, ipv6_56=3, ipv6_48=4), Clock())
+    assert sum(window.allow(bytes([198, 51, 100, n])) for n in range(100)) == 5  # one /24
+    assert window.allow(bytes([198, 51, 101, 1]))  # the next /24
+    home = V6[:7]  # a /56: 256 /64s
+    assert sum(window.allow(home + bytes([n]) + bytes(8)) for n in range(256)) == 3
+    site = V6[:6]  # its /48: 65,536 /64s, the /56 above already holds 3
+    assert sum(window.allow(site + bytes([n, 0]) + bytes(8)) for n in range(1, 256)) == 1
+
+
+def test_a_rate_window_remembers_a_bounded_number_of_prefixes(monkeypatch):
+    monkeypatch.setattr(limits, "TRACKED_PREFIXES", 20)  # two per IPv4 address
     clock = Clock()
-    window = RateWindow(5, clock)
+    window = RateWindow(same_limit(5), clock)
+    def address(n: int) -> bytes:  # each in a /24 of its own
+        return bytes([10, n, 0, 1])
+
     for n in range(10):
-        assert window.allow(n.to_bytes(4, "big"))
-    assert not window.allow((99).to_bytes(4, "big"))  # a new address past the table's size
-    assert window.allow((3).to_bytes(4, "big"))  # one it already counts goes on
+        assert window.allow(address(n))
+    assert not window.allow(address(99))  # a new address past the table's size
+    assert window.allow(address(3))  # one it already counts goes on
     clock.now += limits.WINDOW_SECONDS
-    assert window.allow((99).to_bytes(4, "big"))
+    assert window.allow(address(99))
 
 
 def test_the_memory_guard_reads_the_process_at_most_once_a_second():

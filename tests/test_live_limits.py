@@ -4,14 +4,18 @@ announces, and the key rule for peers the view does not hold."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import pytest
 
 from conftest import ih
 from test_store_contract import NOW, SYNC, TIMEOUT, V4, ann
-from tracker_wsgi.limits import Limits, MemoryGuard, Shed
+from tracker_wsgi.limits import ANSWER_FLOOR, Limits, MemoryGuard, broad_prefix, prefixes
+from tracker_wsgi.model import Shed
 from tracker_wsgi import view as view_module
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.model import ClientError, Event, PeerConflict, Torrent, TooManyPeers
+from tracker_wsgi.model import ClientError, Event, PeerConflict, PeerState, Torrent, TooManyPeers, make_peer
 from tracker_wsgi.store import open_store
 
 OTHER_V4 = bytes([198, 51, 100, 99])
@@ -186,3 +190,126 @@ def test_the_key_rule_holds_for_a_peer_the_view_forgot_beyond_its_limit(store, m
     swarms.flush()
     assert store.find_peer(view.torrent_id, ann(victim).peer_id).ip == bytes([198, 51, 100, victim])
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 40
+
+
+SITE = bytes.fromhex("20010db8abcd")  # an IPv6 /48: 256 /56s of 256 /64s each
+
+
+def in_site(n: int, interface: int = 1) -> bytes:
+    """The n-th /64 of SITE, rotating its /56 first (n's low byte), then the /64 in it."""
+    return SITE + bytes([n % 256, n // 256 % 256]) + interface.to_bytes(8, "big")
+
+
+def test_each_prefix_level_holds_its_own_share_of_a_swarm(store):
+    swarms = live(store, peers_per_address=2, peers_per_ipv6_56=3, peers_per_ipv6_48=5, peers_per_ipv4_24=4)
+    home = SITE + b"\x07"  # one /56
+    assert [accepted(swarms, ann(n, ip=home + bytes([n]) + bytes(8))) for n in range(5)] == [True] * 3 + [False] * 2
+    assert accepted(swarms, ann(10, ip=SITE + b"\x08\x00" + bytes(8)))  # another /56 of the /48
+    assert accepted(swarms, ann(11, ip=SITE + b"\x09\x00" + bytes(8)))
+    assert not accepted(swarms, ann(12, ip=SITE + b"\x0a\x00" + bytes(8)))  # the /48 holds 5
+    assert accepted(swarms, ann(13, ip=bytes.fromhex("20010db8abce") + bytes(10)))  # the next /48
+    assert [accepted(swarms, ann(20 + n, ip=bytes([198, 51, 100, n]))) for n in range(6)] == [True] * 4 + [False] * 2
+    assert accepted(swarms, ann(30, ip=bytes([198, 51, 101, 1])))  # the next /24
+    swarms.announce(ann(0, ip=home + bytes(9)), NOW)  # a peer that holds its place re-announces as ever
+
+
+def accepted(swarms: LiveSwarms, request, now: int = NOW) -> bool:
+    try:
+        swarms.announce(request, now)
+    except TooManyPeers:
+        return False
+    return True
+
+
+def test_one_ipv6_48_adds_at_most_what_its_documented_limits_say(store):
+    """The issue's attack with the shipped limits: one /48 rotating through its /56s and
+    /64s. It holds at most peers_per_ipv6_48 peers in a swarm, fills at most
+    answer_share_per_prefix of a leecher's numwant=200 answer while others' peers are
+    there, and has completions_per_minute_ipv6_48 completions counted a minute (whitelist
+    `open`: the next test)."""
+    shipped = Limits()
+    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW, limits=shipped)
+    for n in range(300):  # legitimate leechers, each from its own IPv4 /24
+        swarms.announce(ann(10_000 + n, ip=bytes([198, 18 + n // 256, n % 256, 1])), NOW)
+    attackers = [n for n in range(1500) if accepted(swarms, ann(n, ip=in_site(n)))]
+    assert len(attackers) == shipped.peers_per_ipv6_48 == 1024
+
+    asker = ann(20_000, ip=bytes([203, 0, 113, 9]), numwant=200)
+    for _ in range(20):
+        peers = swarms.announce(asker, NOW).peers
+        assert len(peers) == 200
+        theirs = sum(p.ip[:6] == SITE for p in peers)
+        assert theirs <= 200 * shipped.answer_share_per_prefix // 100 == 50
+
+    counted = 0
+    for n in attackers[:600]:
+        try:
+            swarms.announce(ann(n, ip=in_site(n), left=0, event=Event.COMPLETED), NOW)
+            counted += 1
+        except Shed:
+            pass
+    assert counted == shipped.completions_per_minute_ipv6_48 == 480
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 480
+
+
+def test_one_ipv6_48_registers_at_most_its_documented_new_swarms_a_minute(store_url_open):
+    shipped = Limits()
+    registrations = LiveSwarms(store_url_open, SYNC, clock=lambda: NOW, limits=shipped)
+    registered = 0
+    for n in range(300):
+        try:
+            registrations.announce(ann(n, ip=in_site(n), info_hash=n.to_bytes(20, "big")), NOW)
+            registered += 1
+        except Shed:
+            pass
+    assert registered == shipped.new_swarms_per_minute_ipv6_48 == 240
+
+
+def test_a_views_prefix_counts_and_random_places_stay_true_through_joins_and_leaves():
+    """The bookkeeping the limits and the answer's share read (view.SwarmView): counts at
+    every prefix level, the prefixes crowding the view, and each peer's place in its pool."""
+    rng = random.Random(7)
+    swarm = view_module.SwarmView(1)
+    held: dict[bytes, view_module.Member] = {}
+    for step in range(4000):
+        if held and rng.random() < 0.4:
+            peer_id = rng.choice(list(held))
+            swarm._forget_peer(peer_id)
+            del held[peer_id]
+            continue
+        peer_id = rng.randbytes(20)
+        ip = (bytes([198, 51, rng.randrange(3), rng.randrange(256)]) if rng.random() < 0.5
+              else SITE[:5] + bytes([rng.randrange(2), rng.randrange(3), rng.randrange(3)]) + bytes(7) + b"\x01")
+        member = view_module.Member(None, rng.randrange(2), PeerState(rng.randrange(3)), NOW,
+                                    make_peer(ip, 6881, peer_id))
+        swarm._add(peer_id, member)
+        held[peer_id] = member
+    counts = Counter(key for m in held.values() for key in prefixes(m.peer.ip))
+    assert swarm._per_prefix == counts
+    assert swarm._crowders == {key for m in held.values() if counts[key := broad_prefix(m.peer.ip)] > ANSWER_FLOOR}
+    for pool, ids in zip(swarm._pools, swarm._pool_ids):
+        assert [held[p].peer.compact for p in ids] == pool
+        assert all(swarm._positions[p] == n for n, p in enumerate(ids))
+    assert sorted(swarm._positions) == sorted(held)
+
+
+def test_a_prefix_cannot_grow_past_its_limit_through_a_view_that_holds_part_of_the_swarm(store, monkeypatch):
+    """A view re-read from the store holds at most live.VIEW_PEERS of its swarm (a random
+    sample); the prefix's share of it stands for its share of the swarm, so a re-read
+    does not make room: the prefix ends near its limit (a sample's error), not a limit
+    further on at every re-read."""
+    monkeypatch.setattr("tracker_wsgi.live.VIEW_PEERS", 100)
+    clock = [NOW]
+    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
+    for n in range(100):
+        swarms.announce(ann(10_000 + n, ip=bytes([198, 18, n, 1])), clock[0])  # others
+    attackers = sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in range(150))
+    assert attackers == 100
+    for round in range(1, 6):
+        swarms.flush()
+        clock[0] += SYNC  # stale: the next announce reads the view again, 100 of its peers
+        tries = range(200 * round, 200 * round + 150)
+        attackers += sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in tries)
+    swarms.flush()
+    theirs = sum(1 for p in store.find_swarm(ih(1), clock[0], 10_000).peers if bytes(p[1])[:6] == SITE)
+    assert theirs == attackers <= 125

@@ -33,6 +33,8 @@ from tracker_wsgi.protocol import (
     MAX_QUERY_BYTES,
     MAX_SCRAPE_HASHES,
     QUERY_TOO_LONG,
+    READ_ONCE,
+    REPEATED_PARAMETER,
     TOO_MANY_HASHES,
     AnnouncePolicy,
     encode_announce,
@@ -66,9 +68,10 @@ QUERY_CASES = [
     ("plus is a space", b"name=a+b+c", {b"name": b"a b c"}),
     ("%2B is a literal plus", b"name=a%2Bb", {b"name": b"a+b"}),
     ("%20 is a space too", b"name=a%20b", {b"name": b"a b"}),
-    ("encoded key is decoded", b"info%5Fhash=x", {b"info_hash": b"x"}),
-    ("plus in a key is a space", b"a+b=1", {b"a b": b"1"}),
-    ("repeated key: the last value wins", b"info_hash=1&info_hash=2&info_hash=3", {b"info_hash": b"3"}),
+    # Keys as sent, as Apache's routing reads them (apache_conf.FIRST_INFO_HASH).
+    ("an encoded key is not decoded", b"info%5Fhash=x", {b"info%5Fhash": b"x"}),
+    ("plus in a key stays", b"a+b=1", {b"a+b": b"1"}),
+    ("a key the tracker never reads may repeat: the last value", b"x=1&x=2&x=3", {b"x": b"3"}),
     ("% with non-hex kept literally", b"a=%zz", {b"a": b"%zz"}),
     ("% with one hex digit kept literally", b"a=%4", {b"a": b"%4"}),
     ("trailing % kept literally", b"a=100%", {b"a": b"100%"}),
@@ -253,11 +256,40 @@ def test_binary_key_arrives_as_exact_bytes_from_the_raw_query():
     assert parse(query).key == b"\xb9\x2f\x00\xff \xe2"
 
 
-def test_repeated_announce_keys_last_one_wins():
-    query = (b"info_hash=" + b"a" * 20 + b"&info_hash=" + b"b" * 20 + b"&peer_id=" + b"p" * 20
-             + b"&port=1&port=2&left=5&left=7&event=started&event=completed")
-    request = parse(parse_query(query))
-    assert (request.info_hash, request.port, request.left, request.event) == (b"b" * 20, 2, 7, Event.COMPLETED)
+def announce_query(**extra: bytes) -> bytes:
+    return b"&".join([b"info_hash=" + b"a" * 20, b"peer_id=" + b"p" * 20, b"port=1", b"left=5",
+                      *(k.encode() + b"=" + v for k, v in extra.items())])
+
+
+@pytest.mark.parametrize("key", sorted(k.decode() for k in READ_ONCE))
+def test_an_announce_names_each_parameter_it_is_read_for_once(key):
+    """Issue 17: Apache routes an announce by its first info_hash; a second one would let the
+    tracker read another, in a process that does not hold the swarm. Every parameter the
+    tracker reads is refused twice, wherever the two are."""
+    for query in (announce_query() + b"&" + key.encode() + b"=1&" + key.encode() + b"=2",
+                  key.encode() + b"=1&" + announce_query() + b"&" + key.encode(),
+                  key.encode() + b"&&" + key.encode()):
+        with pytest.raises(ClientError) as exc:
+            parse_query(query)
+        assert exc.value.reason == REPEATED_PARAMETER
+
+
+def test_the_split_routing_attack_of_issue_17_is_refused():
+    other, real = b"%01" * 20, b"%02" * 20  # routed by the first byte: another process than the real one's
+    with pytest.raises(ClientError) as exc:
+        parse_query(b"info_hash=" + other + b"&info_hash=" + real + b"&peer_id=" + b"p" * 20 + b"&port=1&left=1")
+    assert exc.value.reason == REPEATED_PARAMETER
+    # An encoded key is not an info_hash, so it cannot stand in for the first one either.
+    fields = parse_query(b"info%5Fhash=" + other + b"&info_hash=" + real + b"&peer_id=" + b"p" * 20 + b"&port=1&left=1")
+    assert parse(fields).info_hash == b"\x02" * 20
+    with pytest.raises(ClientError) as exc:
+        parse(parse_query(b"info%5Fhash=" + real + b"&peer_id=" + b"p" * 20 + b"&port=1&left=1"))
+    assert exc.value.reason == BAD_INFO_HASH
+
+
+def test_empty_fields_and_unread_keys_may_repeat():
+    fields = parse_query(b"&&" + announce_query(ipv6=b"1", x=b"2") + b"&ipv6=3&x=4&&")
+    assert (fields[b"ipv6"], fields[b"x"], parse(fields).port) == (b"3", b"4", 1)
 
 
 EVENT_CASES = [
@@ -487,8 +519,9 @@ def test_parse_scrape(hashes, expected):
     assert parse_scrape(scrape_query(*hashes)) == expected
 
 
-def test_parse_scrape_ignores_other_keys_and_decodes_like_parse_query():
-    query = b"peer_id=" + pid(1) + b"&info%5Fhash=" + b"%" + b"%".join(f"{b:02x}".encode() for b in ih(1))
+def test_parse_scrape_ignores_other_keys_and_reads_keys_as_parse_query_does():
+    escaped = b"%" + b"%".join(f"{b:02x}".encode() for b in ih(1))
+    query = b"peer_id=" + pid(1) + b"&info%5Fhash=" + plain(3) + b"&info_hash=" + escaped
     assert parse_scrape(query + b"&info_hash=" + plain(7)) == [ih(1), plain(7)]
 
 
@@ -600,3 +633,31 @@ def test_compact_answers_are_exactly_bencode_of_their_dictionary():
             expected[b"warning message"] = request.warning.encode()
         result = AnnounceResult(stats, [p.compact for p in peers])
         assert encode_announce(request, result, interval, min_interval) == bencode(expected)
+
+
+def test_the_info_hash_apache_routes_by_is_the_one_the_tracker_reads():
+    """apache_conf.FIRST_INFO_HASH finds the value Apache routes an announce by; for every
+    announce the tracker accepts, it is the info_hash the tracker reads (issue 17)."""
+    import re
+
+    from tracker_wsgi.apache_conf import FIRST_INFO_HASH
+
+    rng = random.Random(17)
+    first_value = re.compile(FIRST_INFO_HASH + "([^&]*)")
+    decoys = ["xinfo_hash=" + "%01" * 20, "info%5Fhash=" + "%02" * 20, "info_hash", "info_hashx=1", "Info_hash=3",
+              "a=info_hash=4", ""]
+    accepted = 0
+    for _ in range(3000):
+        fields = [f"info_hash={quote_from_bytes(bytes(rng.randrange(256) for _ in range(20)), safe='')}",
+                  f"peer_id={'p' * 20}", "port=1", "left=1"]
+        fields += rng.sample(decoys, rng.randrange(3)) + (["info_hash=" + "%03" * 20] if rng.random() < 0.2 else [])
+        rng.shuffle(fields)
+        query = "&".join(fields)
+        try:
+            request = parse(parse_query(query.encode()))
+        except ClientError:
+            continue
+        accepted += 1
+        routed = first_value.match(query)
+        assert routed is not None and unquote_to_bytes(routed.group(1).replace("+", " ")) == request.info_hash, query
+    assert accepted > 1000

@@ -148,6 +148,23 @@ def test_refresh_registers_new_torrents_and_writes_both_include_files(setup):
     assert sorted(os.listdir(output)) == ["bt_rss.inc", "bt_stats.css", "bt_stats.inc"]
 
 
+def test_every_refresh_names_each_link_in_the_torrent_directory(setup, tmp_path):
+    """A link is never followed (scanner.py) nor served (site.conf); the admin hears of each
+    one at every refresh until it is gone, not once (issue 17: they were skipped silently)."""
+    config, store, torrents, output = setup
+    torrent_file(torrents, "one.torrent", "First One")
+    os.symlink("/", torrents / "rootfs")
+    os.symlink(config.output_dir, torrents / "sub-output")
+    for now in (NOW, NOW + 900):
+        report = refresh(config, store, force=True, now=now)
+        assert sorted(report.warnings) == [f"{name}: a symbolic link, not followed (nor served by the site); "
+                                           "remove it" for name in ("rootfs", "sub-output")]
+        assert report.torrents == 1
+    os.unlink(torrents / "rootfs")
+    os.unlink(torrents / "sub-output")
+    assert refresh(config, store, force=True, now=NOW + 1800).warnings == []
+
+
 def test_a_torrent_whose_file_is_gone_is_removed_with_all_its_peers(setup):
     config, store, torrents, output = setup
     gone = torrent_file(torrents, "gone.torrent", "Gone")

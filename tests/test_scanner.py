@@ -140,6 +140,24 @@ def test_walk_does_not_follow_symlinks_to_files_or_directories_outside(tmp_path)
     assert [f.path for f in found.torrents] == ["real.torrent"]
     assert found.all_files == {"real.torrent"}
     assert found.complete is True
+    # Each one named: an admin must see what someone dropped here (issue 17).
+    assert sorted(found.warnings) == [
+        f"{name}: a symbolic link, not followed (nor served by the site); remove it"
+        for name in ("link.torrent", "linkdir")]
+    assert scanner.walk(str(root)).warnings == found.warnings  # and again at every refresh
+
+
+def test_a_directory_of_many_links_is_a_bounded_number_of_warnings(tmp_path):
+    root = tmp_path / "root"
+    put(root, "real.torrent", metainfo(v1_info("real")))
+    (root / "sub").mkdir()
+    for n in range(3000):
+        os.symlink("/", root / "sub" / f"link-{n}")
+    found = scanner.walk(str(root))
+    assert len(found.warnings) == scanner.LINKS_NAMED + 1
+    assert found.warnings[-1] == (f"{3000 - scanner.LINKS_NAMED} more symbolic links below {root}, not followed "
+                                  f"either (`find {root} -type l` lists them all)")
+    assert [f.path for f in found.torrents] == ["real.torrent"]
 
 
 def test_walk_lists_other_files_for_info_links_but_only_torrents_as_torrents(tmp_path):

@@ -186,3 +186,28 @@ def test_pages_and_text_tracker_answers_are_compressed(site, shared_dir):
     )
     assert "Content-Encoding" not in headers
     assert decode(body)[b"incomplete"] == 1
+
+
+def test_links_in_the_torrent_directory_publish_nothing_and_log_nothing_each(site, shared_dir):
+    """Issue 17: anyone who can drop a .torrent in the torrent directory can drop a link: to
+    the config, the state directory, or `/`. The site serves none of them (site.conf's
+    Options has no FollowSymLinks), and asking again and again adds no log line each."""
+    torrents = shared_dir / "torrents"
+    outside = shared_dir / "private"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("the tracker's secret\n")
+    for path in (outside, outside / "secret.txt"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (torrents / "conf.txt").symlink_to(outside / "secret.txt")
+    (torrents / "dbdir").symlink_to(outside)
+    (torrents / "music" / "rootfs").symlink_to("/")
+    (torrents / "self.torrent").symlink_to(torrents / "film.torrent")  # even one inside
+    assert site.get("/torrents/film.torrent")[0] == 200
+    log_before = len(site.error_log())
+    for _ in range(50):
+        for path in ("conf.txt", "dbdir/secret.txt", "music/rootfs/etc/passwd", "self.torrent", "dbdir/"):
+            status, _, body = site.get("/torrents/" + path)
+            assert status in (403, 404), (path, status)
+            assert b"secret" not in body and b"root:" not in body and not body.startswith(b"d8:announce")
+    grown = site.error_log()[log_before:]
+    assert len(grown.splitlines()) < 10, grown[:2000]

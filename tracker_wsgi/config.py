@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from . import logs
-from .limits import OPEN_MAX_TORRENTS, Limits
+from .limits import Limits, limit_range
 from .netaddr import Network, parse_networks
 
 ENVIRON_KEY = "tracker_wsgi.config"
@@ -27,7 +27,6 @@ ENV_VAR = "TRACKER_WSGI_CONFIG"
 # The config file of the README's production install (tmpfiles.d makes it, empty).
 SYSTEM_CONFIG = "/etc/tracker-wsgi/tracker.toml"
 WHITELIST_MODES = ("directory", "open")
-_LIMITS = Limits()  # their defaults
 
 
 class ConfigError(Exception):
@@ -81,32 +80,13 @@ class Config:
     # Also send log lines to the local syslog (/dev/log) with this facility: "local0" to
     # "local7", "daemon" or "user". Empty: Apache's error log only.
     syslog_facility: str = ""
-    # Bounds on what clients can make each daemon process hold (live.py, limits.py; the
-    # defaults fit the shipped memory-limit). Beyond them new swarms and peers are answered
-    # `retry in` (BEP 31) until room is made.
-    max_swarms: int = _LIMITS.max_swarms  # swarm views held
-    max_peers: int = _LIMITS.max_peers  # peers held in views, all swarms together
-    max_unwritten: int = _LIMITS.max_unwritten  # announces waiting to be written (a database outage)
-    # Per address (an IPv4 address or an IPv6 /64): peers in one swarm, and per minute new
-    # swarms (whitelist `open`) and completions counted. Thousands of users behind one
-    # carrier-grade NAT address stay well inside them.
-    peers_per_address: int = _LIMITS.peers_per_address
-    new_swarms_per_minute: int = _LIMITS.new_swarms_per_minute
-    completions_per_minute: int = _LIMITS.completions_per_minute
-    # Whitelist `open`: the most torrents announces may register (the store's size).
-    open_max_torrents: int = OPEN_MAX_TORRENTS
-    # Embedded mode (apache/tracker-embedded.conf) only: the resident memory, in bytes, of one
-    # Apache child past 70% of which it takes no new swarms or peers (limits.MemoryGuard).
-    # Daemon processes use their WSGIDaemonProcess memory-limit instead.
-    memory_limit: int = 512 * 1024 * 1024
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_swarms, self.max_peers, self.max_unwritten, self.peers_per_address,
-                      self.new_swarms_per_minute, self.completions_per_minute)
+    # Every bound on what clients can make a process hold or do, and the process's memory:
+    # each is a key of its own in the file (max_swarms = ..., peers_per_address = ...), each
+    # declared once, with its default, range and meaning, in limits.Limits.
+    limits: Limits = Limits()
 
 
-# Allowed ranges: (minimum, maximum) for each integer key.
+# Allowed ranges: (minimum, maximum) for each integer key but the limits (declared in limits.Limits).
 _RANGES = {
     "interval": (60, 86400),
     "min_interval": (0, 86400),
@@ -115,19 +95,14 @@ _RANGES = {
     "peer_timeout": (60, 7 * 86400),
     "refresh_interval": (60, 86400),
     "sync_interval": (1, 60),
-    "max_swarms": (100, 10_000_000),
-    "max_peers": (1000, 100_000_000),
-    "max_unwritten": (1000, 100_000_000),
-    "peers_per_address": (1, 1_000_000),
-    "new_swarms_per_minute": (1, 1_000_000),
-    "completions_per_minute": (1, 1_000_000),
-    "open_max_torrents": (1, 1_000_000_000),
-    "memory_limit": (64 * 1024 * 1024, 1 << 40),
 }
 # A refresh secret must outlast years of guessing at the web refresh's rate limit: 32
 # characters, and not a pattern such as "aaaa..." or "abab...".
 MIN_SECRET_LENGTH = 32
 MIN_SECRET_DISTINCT_CHARACTERS = 10  # `openssl rand -hex 32` has 16; a repeated word has fewer
+
+
+_KEYS = [f.name for f in fields(Config) if f.name != "limits"]  # the file's keys besides the limits'
 
 
 def config_path(environ: dict[str, Any] | None = None) -> str | None:
@@ -160,13 +135,17 @@ def load(path: str | None) -> Config:
 
 
 def from_dict(data: dict[str, Any], path: str = "<config>") -> Config:
-    known = {f.name: f for f in fields(Config)}
     values: dict[str, Any] = {}
+    limits: dict[str, int] = {}
     for key, value in data.items():
-        if key not in known:
+        if limit_range(key) is not None:
+            limits[key] = _check(path, key, value, getattr(Limits(), key))
+        elif key in _KEYS:
+            values[key] = _check(path, key, value, getattr(Config, key))
+        else:
+            known = [*_KEYS, *(f.name for f in fields(Limits))]
             raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(known)}")
-        values[key] = _check(path, key, value, getattr(Config, key))
-    config = Config(**values)
+    config = Config(**values, limits=Limits(**limits))
     if config.numwant_default > config.numwant_max:
         raise ConfigError(
             f"{path}: numwant_default = {config.numwant_default} is above numwant_max = "
@@ -188,7 +167,7 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
             raise bad("true or false")
         return value
     if isinstance(default, int):
-        low, high = _RANGES[key]
+        low, high = limit_range(key) or _RANGES[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise bad(f"a whole number from {low} to {high}")
         return value

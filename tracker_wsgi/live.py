@@ -46,11 +46,13 @@ store applies too. The text a refusal is answered with: protocol.py. So:
   as it writes; only two processes taking one new peer_id from two addresses in the same
   sync_interval can still meet it there: the later write is set aside.)
 - Refusals are typed (model.UnknownTorrent, PeerConflict, TooManyPeers); `retry in` is
-  limits.Shed or model.StoreUnavailable. wsgi.py answers them; protocol.py says the text.
+  model.Shed or model.StoreUnavailable. wsgi.py answers them; refusals.py says the text.
 - Bounds (limits.Limits, from the config): views, peers held, unwritten announces, peers
-  per address in a swarm, completions and (whitelist `open`) new swarms per address and
-  minute, and the process's data size against its memory-limit. Past one, new swarms and
-  peers get `retry in` (limits.Shed) while known peers are answered as ever.
+  per prefix in a swarm, completions and (whitelist `open`) new swarms per prefix and
+  minute (every prefix level of the address: limits.prefixes), and the process's data size
+  against its memory-limit. Past one, new swarms and peers get `retry in` (model.Shed)
+  while known peers are answered as ever. No broad prefix fills more than its share of an
+  answer (view.SwarmView.sample).
 """
 
 from __future__ import annotations
@@ -200,8 +202,10 @@ class LiveSwarms:
         self.clock = clock
         self.limits = limits
         self.memory = memory or MemoryGuard()
-        self._registrations = RateWindow(limits.new_swarms_per_minute) if store.register_unknown else None
-        self._completions = RateWindow(limits.completions_per_minute)
+        self._registrations = RateWindow(limits.new_swarms_by_prefix) if store.register_unknown else None
+        self._completions = RateWindow(limits.completions_by_prefix)
+        self._peers_by_prefix = limits.peers_by_prefix
+        self._answer_share = limits.answer_share_per_prefix
         self._lock = threading.Lock()  # guards every view and the tables below; never held across a store call
         self._flush_lock = threading.Lock()  # one batch at a time; taken before _lock
         self._by_hash: dict[bytes, SwarmView] = {}
@@ -255,7 +259,7 @@ class LiveSwarms:
         downloaded = -1
         if update.counts_completion:
             if not self._completions.allow(request.ip):
-                raise Shed("completions from this address")
+                raise Shed("completions from this address or its prefix")
             try:
                 downloaded = self.ask_store(self.store.write_through, view.torrent_id, write, True)
             except UnknownTorrent:
@@ -280,9 +284,9 @@ class LiveSwarms:
             return Held(len(self._by_id), self._held_peers, self._unwritten, self._failing)
 
     def _admit(self, view: SwarmView, ip: bytes) -> None:
-        """Refuse a new peer beyond its address's share of the swarm, or when the process
-        holds all it may (lock held)."""
-        if not view.admits(ip, self.limits.peers_per_address):
+        """Refuse a new peer beyond the share of the swarm of any prefix its address is in,
+        or when the process holds all it may (lock held)."""
+        if not view.admits(ip, self._peers_by_prefix):
             raise TooManyPeers()
         if (self._unwritten >= self.limits.max_unwritten or self._held_peers >= self.limits.max_peers
                 or self.memory.full()):
@@ -308,7 +312,7 @@ class LiveSwarms:
             self._dirty[view] = None
         # Only a leecher wants seeds: a seed or a partial seed has nothing to download.
         peers = view.sample(write.peer_id, write.state is LEECHER, request.numwant, self.rng,
-                            request.compact) if request.numwant else []
+                            request.compact, self._answer_share) if request.numwant else []
         return AnnounceResult(view.stats(), peers)
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
@@ -352,7 +356,7 @@ class LiveSwarms:
             elif len(self._by_id) >= self.limits.max_swarms or self.memory.full():
                 raise Shed("swarms")
         if view is None and self._registrations is not None and not self._registrations.allow(request.ip):
-            raise Shed("new swarms from this address")  # whitelist `open`: a read may register
+            raise Shed("new swarms from this address or its prefix")  # whitelist `open`: a read may register
         try:
             if view is None:  # one read: the info hash's torrent, its counters and peers
                 snapshot = self.ask_store(self.store.find_swarm, info_hash, now, VIEW_PEERS)

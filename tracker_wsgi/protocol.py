@@ -26,11 +26,7 @@ from .model import (
     ClientError,
     Event,
     Peer,
-    PeerConflict,
     SwarmStats,
-    TooManyPeers,
-    TrackerFull,
-    UnknownTorrent,
 )
 from .netaddr import pack_ip, unpack_ip
 
@@ -59,30 +55,15 @@ BAD_KEY = "Invalid key: it must be at most 64 bytes."
 BAD_TRACKER_ID = "Invalid trackerid: it must be at most 64 bytes."
 TOO_MANY_HASHES = f"Too many info_hash values: at most {MAX_SCRAPE_HASHES} per scrape."
 QUERY_TOO_LONG = "Request query string is too long."
+REPEATED_PARAMETER = "Invalid request: each parameter may appear only once (only a scrape repeats info_hash)."
 FULL_SCRAPE_DISABLED = "Full scrape is disabled on this tracker: name an info_hash."
 PEER_CONFLICT = "Duplicated peer_id or changed IP address without the same key. Please restart BitTorrent."
 UNKNOWN_PATH = "Unknown tracker path: announce at /tracker/announce, scrape at /tracker/scrape."
 METHOD_NOT_ALLOWED = "Only GET and HEAD are accepted."
 SERVER_FAULT = "The tracker is temporarily unavailable; please retry later."
 BUSY = "The tracker is busy; please retry later."
-TOO_MANY_PEERS = "Too many peers from your address in this swarm."
+TOO_MANY_PEERS = "Too many peers from your address or network in this swarm."
 TRACKER_FULL = "This tracker is full: it takes no new torrents now."
-
-# The text of each typed refusal the core and the store raise (model.py): chosen here, at
-# the edge, and nowhere else.
-FAILURE_REASONS: dict[type[ClientError], str] = {
-    UnknownTorrent: UNKNOWN_TORRENT,
-    PeerConflict: PEER_CONFLICT,
-    TooManyPeers: TOO_MANY_PEERS,
-    TrackerFull: TRACKER_FULL,
-}
-
-
-def failure_reason(error: ClientError) -> str:
-    """The `failure reason` to answer a ClientError with: its type's text, or the text an
-    edge module raised it with."""
-    return FAILURE_REASONS.get(type(error)) or error.reason
-
 
 def _missing_or_bad(name: str) -> str:
     return f"Missing or invalid {name}: it must be a non-negative whole number."
@@ -94,26 +75,57 @@ def _missing_or_bad(name: str) -> str:
 _PERCENT, _PLUS = ord("%"), ord("+")
 
 
-def parse_query(query: bytes) -> dict[bytes, bytes]:
-    """Split a raw query string into keys and values, all bytes. A repeated key: the last
-    value wins, as the original tracker did (a scrape's repeated info_hash: parse_scrape).
+# The parameters the tracker reads (parse_announce, and the web refresh's): each may appear
+# once. Apache routes an announce by its first info_hash (apache_conf.FIRST_INFO_HASH); were
+# a repeat allowed, the tracker would read another one than the router, so a swarm's peer
+# could be taken in a process that does not hold the swarm, past the key rule and with
+# every per-process limit doubled (issue 17). No other parameter is read outside the
+# tracker today, but which of two `peer_id`s, `key`s, `ip`s or `left`s counts is ambiguous
+# for anything that ever does (a proxy, a log reader), and no client sends two: each is
+# refused as well, at no cost to a query that repeats nothing. An unknown key may repeat
+# (it is never read).
+READ_ONCE = frozenset({b"info_hash", b"peer_id", b"port", b"uploaded", b"downloaded", b"left", b"event",
+                       b"numwant", b"key", b"trackerid", b"ip", b"compact", b"no_peer_id", b"refresh",
+                       b"force-refresh", b"secret"})
 
-    application/x-www-form-urlencoded: `&`-separated, `+` is a space, `%XX` in either case.
-    Keys and values are never decoded as text: info_hash and peer_id are binary.
-    A `%` not followed by two hex digits is kept literally (the value then fails validation).
+
+def parse_query(query: bytes) -> dict[bytes, bytes]:
+    """Split a raw query string into keys and values, all bytes. A key the tracker reads
+    (READ_ONCE) may appear once; a scrape's repeated info_hash is parse_scrape's.
+
+    application/x-www-form-urlencoded values: `&`-separated, `+` is a space, `%XX` in either
+    case. Keys are taken as sent, never decoded, as Apache's routing reads them: `info%5Fhash`
+    is not `info_hash`. Keys and values are never decoded as text: info_hash and peer_id
+    are binary. A `%` not followed by two hex digits is kept literally (the value then
+    fails validation).
     """
     if len(query) > MAX_QUERY_BYTES:
         raise ClientError(QUERY_TOO_LONG)
     fields: dict[bytes, bytes] = {}
-    for field in query.split(b"&"):
+    parts = query.split(b"&")
+    for field in parts:
         if field:
             key, _, value = field.partition(b"=")
             # _decode, inlined: this runs for every field of every announce, and most
-            # fields (numbers, flags, every key a client sends) have nothing to decode.
-            if _PERCENT in field or _PLUS in field:
-                key, value = _decode(key), _decode(value)
+            # values (numbers, flags) have nothing to decode.
+            if _PERCENT in value or _PLUS in value:
+                value = _unquote(value.replace(b"+", b" "))
             fields[key] = value
+    # Fewer keys than fields: a key repeats, or a field is empty (`a=1&&b=2`). Only then look.
+    if len(fields) != len(parts) and _repeats_a_read_key(parts):
+        raise ClientError(REPEATED_PARAMETER)
     return fields
+
+
+def _repeats_a_read_key(parts: list[bytes]) -> bool:
+    seen: set[bytes] = set()
+    for field in parts:
+        key = field.partition(b"=")[0]
+        if key in READ_ONCE:
+            if key in seen:
+                return True
+            seen.add(key)
+    return False
 
 
 def _decode(text: bytes) -> bytes:
@@ -227,7 +239,7 @@ def parse_scrape(query: bytes) -> list[bytes]:
     hashes = [
         _decode(value)
         for key, _, value in (field.partition(b"=") for field in query.split(b"&"))
-        if _decode(key) == b"info_hash"
+        if key == b"info_hash"  # as sent, as parse_query and Apache's routing read keys
     ]
     if len(hashes) > MAX_SCRAPE_HASHES:
         raise ClientError(TOO_MANY_HASHES)

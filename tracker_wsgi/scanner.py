@@ -1,7 +1,10 @@
 """The torrent directory is the whitelist: walk it, and decide what to register and remove.
 
 The walk never leaves the directory: symbolic links (to files or directories) are not
-followed, and os.scandir never yields `.` or `..`. Each file is remembered by
+followed, and os.scandir never yields `.` or `..`. Each link found is a warning at every
+refresh (anyone who can drop a .torrent here can drop a link to the config or to `/`; the
+site does not serve them either, apache/site.conf), up to LINKS_NAMED, then one line counts
+the rest. Each file is remembered by
 (path, size, mtime), in the database, so a refresh re-reads only files that changed: an
 unchanged tree of 10,000 torrents costs one stat per file.
 """
@@ -17,6 +20,7 @@ from .model import Torrent
 
 DUPLICATE = "duplicate of "  # the reason's prefix for a torrent another file already serves
 INFO_SUFFIXES = (".html", ".txt", ".nfo")  # a page about X.torrent, looked for in this order
+LINKS_NAMED = 20  # symbolic links a refresh names in a warning each; one more line counts the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,7 @@ class Walk:
 def walk(root: str) -> Walk:
     """Every regular *.torrent file below root (not through symlinks)."""
     result = Walk()
+    links = 0
     stack = [""]
     while stack:
         relative_dir = stack.pop()
@@ -51,6 +56,10 @@ def walk(root: str) -> Walk:
         for entry in entries:
             relative = f"{relative_dir}/{entry.name}" if relative_dir else entry.name
             if entry.is_symlink():
+                links += 1
+                if links <= LINKS_NAMED:
+                    result.warnings.append(f"{relative}: a symbolic link, not followed (nor served by the site); "
+                                           "remove it")
                 continue
             if entry.is_dir(follow_symlinks=False):
                 stack.append(relative)
@@ -59,6 +68,9 @@ def walk(root: str) -> Walk:
                 if entry.name.endswith(".torrent"):
                     stat = entry.stat(follow_symlinks=False)
                     result.torrents.append(TorrentFile(relative, stat.st_size, stat.st_mtime_ns))
+    if links > LINKS_NAMED:
+        result.warnings.append(f"{links - LINKS_NAMED} more symbolic links below {root}, not followed either "
+                               f"(`find {root} -type l` lists them all)")
     result.torrents.sort(key=lambda f: f.path)
     return result
 

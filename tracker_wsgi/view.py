@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
-from .limits import address_key
+from .limits import ANSWER_FLOOR, broad_prefix, prefixes
 from .model import LEECHER, Peer, PeerState, PeerWrite, SwarmSnapshot, SwarmStats, SwarmWritten, make_peer
 from .swarm import swarm_stats
 
@@ -30,6 +30,7 @@ _STATES = tuple(PeerState)  # stored state -> PeerState: indexing costs a tenth 
 VIEW_LIMIT = 2000  # peers a view holds at most: bounds a huge swarm's memory
 PRUNE_SECONDS = 60  # how often a view drops its silent peers
 ROOM_TRIES = 4  # random draws per announce to find a written peer that makes room
+SPREAD_WALK = 4  # entries per wanted peer an answer in a hogged view walks at most (SwarmView._spread)
 NOTHING_NEW = (0, 0)  # what SwarmView.take returns for nearly every announce: no new unwritten announce, no new peer
 
 
@@ -56,7 +57,7 @@ class SwarmView:
 
     __slots__ = ("_torrent_id", "_hashes", "_name", "_downloaded", "_counts", "_unwritten", "_members",
                  "_pools", "_pool_ids", "_positions", "_version", "_loaded_at", "_loading", "_used_at",
-                 "_pruned_at", "_pending", "_flushing", "_stats_cache", "_per_address")
+                 "_pruned_at", "_pending", "_flushing", "_stats_cache", "_per_prefix", "_crowders", "_hog_cache")
 
     def __init__(self, torrent_id: int):
         self._torrent_id = torrent_id
@@ -80,7 +81,11 @@ class SwarmView:
         self._pending: dict[bytes, PeerWrite] = {}  # announces not yet given to a batch
         self._flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
         self._stats_cache: SwarmStats | None = None  # stats() until counts, downloaded or name change
-        self._per_address: dict[bytes, int] = {}  # members by limits.address_key
+        self._per_prefix: dict[bytes, int] = {}  # members by every limits.prefixes level
+        # Broad prefixes (limits.broad_prefix) holding more than ANSWER_FLOOR members: while
+        # none holds more than its share of the view, `sample` takes its window as it is.
+        self._crowders: set[bytes] = set()
+        self._hog_cache: tuple[int, list[bytes]] | None = None  # (share, hogs) until members change
 
     # -- what the coordinator reads ----------------------------------------------------------
 
@@ -126,10 +131,20 @@ class SwarmView:
             return self._members.get(peer_id)
         return None
 
-    def admits(self, ip: bytes, limit: int) -> bool:
-        """Whether a new peer from this address may join (its address holds fewer than
-        `limit` of the view's peers)."""
-        return self._per_address.get(address_key(ip), 0) < limit
+    def admits(self, ip: bytes, limits: dict[int, int]) -> bool:
+        """Whether a new peer from this address may join: every prefix it is in holds fewer
+        of the swarm's peers than its level's limit (limits.Limits.peers_by_prefix). A
+        view that holds part of its swarm (it read VIEW_PEERS of a larger one, a random
+        sample, or made room) counts each prefix as its share of the view times the swarm:
+        else every re-read would forget the rest, and a prefix could add more each time."""
+        per_prefix = self._per_prefix
+        members = len(self._members)
+        counted = max(members, sum(self._counts))
+        for key in prefixes(ip):
+            held = per_prefix.get(key, 0)
+            if held and held * counted >= limits[len(key)] * members:
+                return False
+        return True
 
     def stats(self) -> SwarmStats:
         if self._stats_cache is None:
@@ -187,7 +202,8 @@ class SwarmView:
         self._stats_cache = None
         self._counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self._members, self._pools, self._pool_ids = read._members, read._pools, read._pool_ids
-        self._positions, self._per_address = read._positions, read._per_address
+        self._positions, self._per_prefix, self._crowders = read._positions, read._per_prefix, read._crowders
+        self._hog_cache = None
         members = self._members
         for write in self._flushing.values():
             self._move(members.get(write.peer_id), write)
@@ -251,12 +267,14 @@ class SwarmView:
             self._unwritten[write.state] += 1
 
     def sample(self, asker: bytes, wants_seeds: bool, numwant: int, rng: random.Random,
-               compact: bool = True) -> list[bytes] | list[Peer]:
+               compact: bool = True, share: int = 100) -> list[bytes] | list[Peer]:
         """Up to numwant peers from a random place in the pools, never the asker: their
         compact forms, or (compact=False) their Peers. A seed is sent only leechers (BEP 3
         practice, and BitTornado's). A window, not random.sample: slices cost a few
-        microseconds, numwant random draws ten times that, and pool order is shuffled by
-        every peer that leaves (see _unpool)."""
+        microseconds, numwant random draws ten times that, and every peer takes a random
+        place in its pool as it joins (_add). A broad prefix that holds more than `share`
+        percent of the view fills no more than that share of numwant (at least
+        ANSWER_FLOOR peers) of an answer to anyone outside it (_spread)."""
         leechers, others = self._pools if compact else self._pool_ids
         split = len(leechers)
         total = split + len(others) if wants_seeds else split
@@ -264,7 +282,12 @@ class SwarmView:
         at = self._positions.get(asker)
         if at is not None and self._members[asker].state is not LEECHER:
             at = at + split if wants_seeds else None
-        if total <= numwant + (at is not None):  # everyone
+        hogs = self._hogs(share, asker) if self._crowders else None
+        cap = max(ANSWER_FLOOR, numwant * share // 100)
+        if hogs and total > cap:  # however small the swarm: a hog's share holds in every answer
+            chosen = self._spread(leechers + others if wants_seeds else leechers, at, numwant, cap, hogs, rng,
+                                  compact)
+        elif total <= numwant + (at is not None):  # everyone
             chosen = leechers + others if wants_seeds else leechers[:]
             if at is not None:
                 del chosen[at]
@@ -281,6 +304,56 @@ class SwarmView:
             if skip < numwant:
                 del chosen[skip]
         return chosen if compact else [self._members[peer_id].peer for peer_id in chosen]
+
+    def _hogs(self, share: int, asker: bytes) -> list[bytes]:
+        """The broad prefixes that hold more than `share` percent of the view (not all of
+        it), when the asker is in none of them (a hog's own peers get a
+        window as it is: they hog their own answers, at the cost of no one else's).
+        Elsewhere a window is fair as it is: peers take random places in the pools as they
+        join (_add), so a window holds each prefix about in its share of the view; and a
+        swarm all behind one carrier-grade NAT /24 is answered as any other."""
+        cached = self._hog_cache
+        if cached is not None and cached[0] == share:
+            hogs = cached[1]
+        else:
+            per_prefix = self._per_prefix
+            members = len(self._members)
+            hogs = [p for p in self._crowders if share * members < per_prefix[p] * 100 and per_prefix[p] < members]
+            self._hog_cache = (share, hogs)
+        member = self._members.get(asker)
+        return [] if not hogs or member is None or broad_prefix(member.peer.ip) in hogs else hogs
+
+    def _spread(self, entries: list[bytes], at: int | None, numwant: int, cap: int, hogs: list[bytes],
+                rng: random.Random, compact: bool) -> list[bytes]:
+        """`sample` where prefixes hog the view: from a random place on, at most `cap`
+        entries of each hog, however few others there are (a leecher asking for 200 peers
+        of a swarm one /48 floods gets 50 of its peers and every other one found, not 194
+        of the flood's). Walks at most SPREAD_WALK x numwant entries (pool order is
+        random: a fair sample of the view), only for an asker outside the hogs."""
+        total = len(entries)
+        start = int(rng.random() * total)
+        walk = min(total, SPREAD_WALK * numwant)
+        members = self._members
+        taken = dict.fromkeys(hogs, 0)
+        chosen: list[bytes] = []
+        for first, end in ((start, min(total, start + walk)), (0, max(0, start + walk - total))):
+            for index in range(first, end):
+                if index == at:
+                    continue
+                entry = entries[index]
+                if compact:  # broad_prefix of a compact form (address + 2-byte port), inlined
+                    prefix = entry[:3] if len(entry) == 6 else entry[:6]
+                else:
+                    prefix = broad_prefix(members[entry].peer.ip)
+                count = taken.get(prefix)
+                if count is not None:
+                    if count >= cap:
+                        continue
+                    taken[prefix] = count + 1
+                chosen.append(entry)
+                if len(chosen) == numwant:
+                    return chosen
+        return chosen
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -350,13 +423,30 @@ class SwarmView:
 
     def _add(self, peer_id: bytes, member: Member) -> None:
         self._members[peer_id] = member
-        address = address_key(member.peer.ip)
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+        self._hog_cache = None
+        per_prefix = self._per_prefix
+        for key in prefixes(member.peer.ip):
+            count = per_prefix[key] = per_prefix.get(key, 0) + 1
+        if count == ANSWER_FLOOR + 1:  # the last key is the broad prefix
+            self._crowders.add(key)
         which = member.state is not LEECHER
-        pool = self._pools[which]
-        self._positions[peer_id] = len(pool)
-        pool.append(member.peer.compact)
-        self._pool_ids[which].append(peer_id)
+        pool, ids, positions = self._pools[which], self._pool_ids[which], self._positions
+        # A random place, not the end: peers of one prefix that join one after the other must
+        # not sit side by side, where one window of `sample` could hold only them. The
+        # place comes from the peer_id's hash, which the client cannot predict (Python salts
+        # bytes hashes per process).
+        end = len(pool)
+        place = hash(peer_id) % (end + 1)
+        if place == end:
+            pool.append(member.peer.compact)
+            ids.append(peer_id)
+        else:
+            pool.append(pool[place])
+            moved = ids[place]
+            ids.append(moved)
+            positions[moved] = end
+            pool[place], ids[place] = member.peer.compact, peer_id
+        positions[peer_id] = place
 
     def _unpool(self, peer_id: bytes, state: PeerState) -> None:
         which = state is not LEECHER
@@ -370,10 +460,14 @@ class SwarmView:
     def _forget_peer(self, peer_id: bytes) -> None:
         """Out of the view, not out of the counts: the store still holds the peer."""
         member = self._members.pop(peer_id)
+        self._hog_cache = None
         self._unpool(peer_id, member.state)
-        address = address_key(member.peer.ip)
-        left = self._per_address[address] - 1
-        if left:
-            self._per_address[address] = left
-        else:
-            del self._per_address[address]
+        per_prefix = self._per_prefix
+        for key in prefixes(member.peer.ip):
+            left = per_prefix[key] - 1
+            if left:
+                per_prefix[key] = left
+            else:
+                del per_prefix[key]
+        if left == ANSWER_FLOOR:  # the broad prefix's (the last key): it no longer crowds the view
+            self._crowders.discard(key)

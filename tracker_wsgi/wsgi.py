@@ -97,7 +97,7 @@ class Tracker:
         self.rng = rng or random.Random()
         self.swarms = LiveSwarms(store, config.sync_interval, rng=self.rng, clock=clock, limits=config.limits,
                                  batch_store=self.batch_store, faults=self.faults,
-                                 memory=MemoryGuard.for_process_group(apache_process_group(), config.memory_limit))
+                                 memory=MemoryGuard.for_process_group(apache_process_group(), config.limits.memory_limit))
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)
         self.refresh_gate = RefreshGate(config.refresh_secret.encode(), self.faults)
         self.trusted = config.trusted_proxies
@@ -237,7 +237,7 @@ class Tracker:
         else:
             host = metrics_module.Host.of(self.swarms.held())
         healthy, report = metrics_module.health(database_error, last_refresh, self.clock(),
-                                                self.config.refresh_interval, host, self.config.max_unwritten)
+                                                self.config.refresh_interval, host, self.config.limits.max_unwritten)
         return _answer(metrics_module.health_body(report), "application/json",
                        "200 OK" if healthy else "503 Service Unavailable")
 

@@ -205,7 +205,7 @@ def open_current(config: Config, creates: bool) -> Store:
 def _open(config: Config, wait_seconds: float = 30.0, pool_size: int = POOL_SIZE) -> Store:
     try:
         return open_store(config.database, config.peer_timeout, config.whitelist == "open", wait_seconds,
-                          config.open_max_torrents, pool_size)
+                          config.limits.open_max_torrents, pool_size)
     except ValueError as exc:
         raise ConfigError(f"database = {masked(config.database)!r}: {exc}") from None
 
