@@ -293,6 +293,21 @@ def test_a_views_prefix_counts_and_random_places_stay_true_through_joins_and_lea
     assert sorted(swarm._positions) == sorted(held)
 
 
+def test_a_prefix_new_to_a_partly_held_swarm_has_its_whole_limit(store, monkeypatch):
+    """The peers a view holds of a prefix are counted as they are, not scaled up by the
+    swarm's size: a site whose users all arrive after the view read a tenth of a large
+    swarm (all of them held, unwritten) may still have its whole limit. Scaling what the
+    view holds by swarm / view refused this site at 11 peers instead of 100."""
+    monkeypatch.setattr("tracker_wsgi.live.VIEW_PEERS", 100)
+    clock = [NOW]
+    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
+    for n in range(1000):
+        swarms.announce(ann(10_000 + n, ip=bytes([198, 18, n // 256, n % 256])), clock[0])  # others
+    swarms.flush()
+    clock[0] += SYNC  # stale: the next announce reads the view again, 100 of its 1,000 peers
+    assert sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in range(150)) == 100
+
+
 def test_a_prefix_cannot_grow_past_its_limit_through_a_view_that_holds_part_of_the_swarm(store, monkeypatch):
     """A view re-read from the store holds at most live.VIEW_PEERS of its swarm (a random
     sample); the prefix's share of it stands for its share of the swarm, so a re-read

@@ -57,7 +57,8 @@ class SwarmView:
 
     __slots__ = ("_torrent_id", "_hashes", "_name", "_downloaded", "_counts", "_unwritten", "_members",
                  "_pools", "_pool_ids", "_positions", "_version", "_loaded_at", "_loading", "_used_at",
-                 "_pruned_at", "_pending", "_flushing", "_stats_cache", "_per_prefix", "_crowders", "_hog_cache")
+                 "_pruned_at", "_pending", "_flushing", "_stats_cache", "_per_prefix", "_unheld", "_crowders",
+                 "_hog_cache")
 
     def __init__(self, torrent_id: int):
         self._torrent_id = torrent_id
@@ -82,6 +83,9 @@ class SwarmView:
         self._flushing: dict[bytes, PeerWrite] = {}  # given to a batch not yet committed
         self._stats_cache: SwarmStats | None = None  # stats() until counts, downloaded or name change
         self._per_prefix: dict[bytes, int] = {}  # members by every limits.prefixes level
+        # The stored swarm's peers the view does not hold, by prefix: estimated from the
+        # sample a read holds, counted one by one as the view forgets written peers (admits).
+        self._unheld: dict[bytes, int] = {}
         # Broad prefixes (limits.broad_prefix) holding more than ANSWER_FLOOR members: while
         # none holds more than its share of the view, `sample` takes its window as it is.
         self._crowders: set[bytes] = set()
@@ -133,16 +137,12 @@ class SwarmView:
 
     def admits(self, ip: bytes, limits: dict[int, int]) -> bool:
         """Whether a new peer from this address may join: every prefix it is in holds fewer
-        of the swarm's peers than its level's limit (limits.Limits.peers_by_prefix). A
-        view that holds part of its swarm (it read VIEW_PEERS of a larger one, a random
-        sample, or made room) counts each prefix as its share of the view times the swarm:
-        else every re-read would forget the rest, and a prefix could add more each time."""
-        per_prefix = self._per_prefix
-        members = len(self._members)
-        counted = max(members, sum(self._counts))
+        of the swarm's peers than its level's limit (limits.Limits.peers_by_prefix). What
+        the view holds of a prefix is exact; what it does not hold (`_unheld`) is counted
+        too, or every re-read would forget the rest and a prefix could add more each time."""
+        per_prefix, unheld = self._per_prefix, self._unheld
         for key in prefixes(ip):
-            held = per_prefix.get(key, 0)
-            if held and held * counted >= limits[len(key)] * members:
+            if per_prefix.get(key, 0) + unheld.get(key, 0) >= limits[len(key)]:
                 return False
         return True
 
@@ -191,6 +191,13 @@ class SwarmView:
         read = cls(snapshot.torrent_id)
         for peer_id, ip, port, state, key, left, last_seen in snapshot.peers:  # already counted
             read._add(peer_id, Member(key, left, _STATES[state], last_seen, make_peer(ip, port, peer_id)))
+        held = len(snapshot.peers)
+        stored = snapshot.leechers + snapshot.seeders + snapshot.partial_seeds
+        if held and stored > held:
+            # A read holds a random window of a larger swarm (peer ranks are random): each
+            # prefix is about as common among the peers it did not read as among those it did.
+            unheld = (stored - held) / held
+            read._unheld = {key: int(count * unheld) for key, count in read._per_prefix.items()}
         return read
 
     def install(self, snapshot: SwarmSnapshot, read: SwarmView, now: int) -> int:
@@ -203,6 +210,7 @@ class SwarmView:
         self._counts = [snapshot.leechers, snapshot.seeders, snapshot.partial_seeds]
         self._members, self._pools, self._pool_ids = read._members, read._pools, read._pool_ids
         self._positions, self._per_prefix, self._crowders = read._positions, read._per_prefix, read._crowders
+        self._unheld = read._unheld
         self._hog_cache = None
         members = self._members
         for write in self._flushing.values():
@@ -410,13 +418,13 @@ class SwarmView:
             ids = max(self._pool_ids, key=len)
             peer_id = ids[int(rng.random() * len(ids))]
             if peer_id not in self._pending and peer_id not in self._flushing:
-                self._forget_peer(peer_id)
+                self._forget_peer(peer_id, stays_stored=True)
 
     def forget_written(self, most: int) -> int:
         """Forget up to `most` peers whose announces are written; returns how many."""
         chosen = [p for p in self._members if p not in self._pending and p not in self._flushing][:most]
         for peer_id in chosen:
-            self._forget_peer(peer_id)
+            self._forget_peer(peer_id, stays_stored=True)
         return len(chosen)
 
     # -- the pools -----------------------------------------------------------------------------
@@ -457,17 +465,20 @@ class SwarmView:
             pool[index], ids[index] = last, last_id
             self._positions[last_id] = index
 
-    def _forget_peer(self, peer_id: bytes) -> None:
-        """Out of the view, not out of the counts: the store still holds the peer."""
+    def _forget_peer(self, peer_id: bytes, stays_stored: bool = False) -> None:
+        """Out of the view, not out of the counts: the store still holds the peer. One that
+        `stays_stored` (written, and not silent) still counts against its prefixes."""
         member = self._members.pop(peer_id)
         self._hog_cache = None
         self._unpool(peer_id, member.state)
-        per_prefix = self._per_prefix
+        per_prefix, unheld = self._per_prefix, self._unheld
         for key in prefixes(member.peer.ip):
             left = per_prefix[key] - 1
             if left:
                 per_prefix[key] = left
             else:
                 del per_prefix[key]
+            if stays_stored:
+                unheld[key] = unheld.get(key, 0) + 1
         if left == ANSWER_FLOOR:  # the broad prefix's (the last key): it no longer crowds the view
             self._crowders.discard(key)
