@@ -98,7 +98,7 @@ def check_processes(processes: int) -> None:
 
 NEEDS = """\
 # Needs mod_wsgi, mod_headers, mod_setenvif, mod_alias and mod_authz_host (Debian: a2enmod wsgi
-# headers setenvif alias authz_host; authz_host is on by default).
+# headers setenvif alias authz_host; alias and authz_host are on by default).
 """
 
 # Inside <Location /tracker>, after the lines that choose where Python runs.
@@ -114,23 +114,32 @@ LOCATION_BODY = """\
     </IfModule>
     # Apache's own refusals get a bencoded `failure reason` as text/plain, never an HTML
     # page: each ErrorDocument serves a file of errors/ (an internal redirect that keeps the
-    # status). 500/502/503/504 (the tracker down, overloaded, timed out, a body cut short)
-    # carry `retry in` (BEP 31). These reach what Apache refuses once it knows the URL: a
-    # path mod_wsgi cannot map (404), a slow (408) or chunked (411) or large (413) body, and
-    # any 400/405 a module of yours adds. What it refuses before (a bad request line or
+    # status). 500/502/503/504 (the tracker down, overloaded or timed out) carry `retry in`
+    # (BEP 31). These reach what Apache refuses once it knows the URL: a path mod_wsgi cannot
+    # map (404), the monitoring pages to another address (403, below), a body (413, below),
+    # and any 400/405 a module of yours adds. What it refuses before (a bad request line or
     # header, %00 or %2F in the path, TRACE, 414) only tracker-host.conf can reach.
     ErrorDocument 400 /tracker-errors/malformed
+    ErrorDocument 403 /tracker-errors/forbidden
     ErrorDocument 404 /tracker-errors/unknown-path
     ErrorDocument 405 /tracker-errors/method-not-allowed
-    ErrorDocument 408 /tracker-errors/timeout
-    ErrorDocument 411 /tracker-errors/length-required
-    ErrorDocument 413 /tracker-errors/too-large
+    ErrorDocument 413 /tracker-errors/body-refused
     ErrorDocument 500 /tracker-errors/unavailable
     ErrorDocument 502 /tracker-errors/unavailable
     ErrorDocument 503 /tracker-errors/unavailable
     ErrorDocument 504 /tracker-errors/unavailable
-    # Announces and scrapes have no body; a web refresh posts a small form (the secret).
-    LimitRequestBody 4096
+    # No request here has a body: announces and scrapes are GETs, and a web refresh sends
+    # its secret in an X-Refresh-Secret header. One with a body (a Content-Length other than
+    # 0, or chunked) is answered 413 before the tracker sees it, and unread: after a 413
+    # Apache closes the connection without waiting for the body (ap_status_drops_connection).
+    # Else mod_wsgi reads the whole body before the answer, holding a tracker thread while it
+    # trickles in (a daemon process has 15), and logs each body cut short (WSGI0126) or
+    # chunked (WSGI0139). mod_alias's Redirect answers at the fixups phase, after the access
+    # checks: `Require all granted` lets the monitoring pages' 413 come before their 403.
+    <If "-n req('Transfer-Encoding') || req('Content-Length') !~ /^0*$/">
+        Require all granted
+        Redirect 413
+    </If>
 </Location>
 """
 
@@ -158,9 +167,12 @@ Alias /tracker-errors ${TRACKER_WSGI_APACHE}/errors
 # which database it cannot reach: by default only this host may ask. To let a monitoring
 # host in too, add its address below `Require local` (several Require lines: any one of
 # them lets a client in).
+# Anyone else gets the bencoded 403 above, and no line in the error log each (mod_authz_core
+# logs every refusal, AH01630: any client could write lines at will).
 <LocationMatch "^/tracker/+(health|metrics)">
     Require local
     # Require ip 192.0.2.10
+    LogLevel authz_core:crit
 </LocationMatch>
 """
 
