@@ -12,9 +12,13 @@ Both share every line that is not about where Python runs (ErrorDocuments, limit
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
-GROUP_PREFIX = "tracker_wsgi_"  # daemon process group names: tracker_wsgi_0 .. tracker_wsgi_<N-1>
+GROUP_PREFIX = "tracker_wsgi_"  # daemon process group names: tracker_wsgi_[<site>_]0 .. <N-1>
+# A site's name goes into its daemons' names, which mod_wsgi keeps server-wide (as the `ps`
+# name and in the error log): what a second tracker on one server needs (--site).
+SITE_NAME = re.compile(r"[a-z][a-z0-9]{0,15}\Z")
 MAX_PROCESSES = 16  # routing by one byte; more processes than cores only add memory
 DEFAULT_PROCESSES = 2  # the shipped tracker.conf: one per core of the 2-core machines we measure on
 DAEMON_THREADS = 15  # per daemon process; see the comment of WSGIDaemonProcess below
@@ -41,8 +45,8 @@ def unescaped_byte(char: str) -> int:
     return 0x20 if char == "+" else ord(char)
 
 
-def group_name(group: int) -> str:
-    return f"{GROUP_PREFIX}{group}"
+def group_name(group: int, site: str = "") -> str:
+    return f"{GROUP_PREFIX}{site}{'_' if site else ''}{group}"
 
 
 def group_of(first_byte: int, processes: int) -> int:
@@ -92,6 +96,11 @@ def routing_pattern(group: int, processes: int) -> str:
 def check_processes(processes: int) -> None:
     if not 1 <= processes <= MAX_PROCESSES:
         raise ValueError(f"--processes {processes}: choose 1 to {MAX_PROCESSES}")
+
+
+def check_site(site: str) -> None:
+    if site and not SITE_NAME.match(site):
+        raise ValueError(f"--site {site!r}: a lower-case letter, then up to 15 lower-case letters or digits")
 
 
 # -- the text both snippets share ------------------------------------------------------------
@@ -185,11 +194,14 @@ def generated_by(command: str) -> str:
 
 # -- daemon mode -------------------------------------------------------------------------------
 
-def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
-    """apache/tracker.conf for `processes` daemon processes, routed by info hash."""
+def daemon_conf(processes: int = DEFAULT_PROCESSES, site: str = "") -> str:
+    """apache/tracker.conf for `processes` daemon processes, routed by info hash; `site` names
+    them apart from another tracker's on the same server."""
     check_processes(processes)
-    groups = [group_name(g) for g in range(processes)]
-    command = "tracker-wsgi apache-conf" + (f" --processes {processes}" if processes != DEFAULT_PROCESSES else "")
+    check_site(site)
+    groups = [group_name(g, site) for g in range(processes)]
+    command = ("tracker-wsgi apache-conf" + (f" --processes {processes}" if processes != DEFAULT_PROCESSES else "")
+               + (f" --site {site}" if site else ""))
     one = processes == 1
     if one:
         processes_text = """\
@@ -250,8 +262,11 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
 # Everything below applies to /tracker and /tracker-errors of the host that includes it, and
 # nothing else: other virtual hosts, and other WSGI applications beside it (embedded mode
 # included), are left as they were. In the server config (conf-available), every host would
-# get /tracker. On a server whose every WSGI application runs in daemon mode, an admin may
-# add `WSGIRestrictEmbedded On` to the server config (Debian: mods-available/wsgi.conf) to keep
+# get /tracker. A second tracker on the same server (another <VirtualHost>, its own config)
+# needs daemons of other names: generate its file with `--site NAME` and include that, after
+# Defines of its own (a Define holds from where it is read to the next one of its name).
+# On a server whose every WSGI application runs in daemon mode, an admin may add
+# `WSGIRestrictEmbedded On` to the server config (Debian: mods-available/wsgi.conf) to keep
 # Python out of Apache's own worker processes; this file does not, as that is server-wide.
 # To run the tracker in Apache's own processes instead, include tracker-embedded.conf (and
 # embedded-server.conf) in place of this file.
@@ -311,6 +326,9 @@ def embedded_conf() -> str:
 # as separate hosts do: a peer announced to one child reaches the others' answers within
 # 2 x sync_interval. Embedded mode has none of daemon mode's timeouts, memory-limit or
 # restarts: the tracker runs as Apache's user, and a crash takes the child with it.
+# One tracker per server: a child builds it once, from the config of the first request it
+# answers, so a second tracker <VirtualHost> would be answered with the first one's. Run
+# a second tracker in daemon mode (tracker-wsgi apache-conf --site NAME).
 
 # /tracker/announce and /tracker/scrape (and a bare /tracker) go to tracker.wsgi, in Apache's
 # own children (process-group %{{GLOBAL}}) and their main interpreter (application-group
