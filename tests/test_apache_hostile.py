@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import multiprocessing
 import os
 import resource
 import signal
@@ -362,10 +363,15 @@ def wait_for_log_quiet(apache, seconds: float = 1.0) -> int:
     return size
 
 
+# Logged once when embedded mode's fixed pool is busy, whose spare-thread limits are the whole
+# pool on purpose (apache/embedded-server.conf): a line per busy spell, not per request.
+POOL_BUSY = "AH10159: server is within MinSpareThreads of MaxRequestWorkers"
+
+
 def new_log_lines(apache, since: int) -> list[str]:
     with open(apache.run_dir / "error.log", "rb") as log:
         log.seek(since)
-        return log.read().decode(errors="replace").splitlines()
+        return [line for line in log.read().decode(errors="replace").splitlines() if POOL_BUSY not in line]
 
 
 @pytest.mark.parametrize("topology", ["daemon", "embedded"])
@@ -440,4 +446,103 @@ def test_what_once_flooded_the_error_log_is_refused_without_a_line(topology, sql
         assert (got_status, headers["Content-Type"], body) == (
             status, "text/plain; charset=iso-8859-1", (ERRORS / error_file).read_bytes()), (sent[:60], body[:200])
     time.sleep(1)  # a line is written after its answer
+    assert new_log_lines(apache, log_size) == []
+
+
+# -- slow readers (issue 17, finding 6) ----------------------------------------------------------
+
+SLOW_READERS = 2100  # the issue's: more than the 2 x 1024 workers of either topology's Apache
+READER_PIPELINE = 50  # announces each sends at once
+READER_RCVBUF = 4096  # so the answers pile up in Apache, not in the reader's kernel
+READERS_SECONDS = 25
+# A reader looks this often whether Apache closed its connection, and opens another this long
+# after (as bench/hostile.py's): slow readers, not a flood of new connections.
+READER_CHECK_SECONDS = 2
+READER_RECONNECT_SECONDS = 1
+
+
+class SlowReaders:
+    """SLOW_READERS connections from 127.0.0.1, each with a READER_RCVBUF receive buffer,
+    pipelining READER_PIPELINE `compact=0&numwant=200` announces and never reading; each is
+    opened again once Apache closes it. Counts the connections opened and those Apache closed."""
+
+    def __init__(self, apache, until: float):
+        self.apache, self.until = apache, until
+        self.opened = self.closed_by_apache = 0
+
+    async def one(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(n * RAMP_SECONDS / SLOW_READERS)
+        requests = b"".join(request(f"/tracker/announce?{announce_query(ih(1), pid(20_000 + i), 7000)}"
+                                    "&compact=0&numwant=200", HOST).replace(b"Connection: close\r\n", b"")
+                            for i in range(READER_PIPELINE))
+        while time.monotonic() < self.until:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READER_RCVBUF)  # before connect: the window
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", self.apache.port))
+                await loop.sock_sendall(sock, requests)
+            except OSError:
+                sock.close()
+                await asyncio.sleep(0.5)
+                continue
+            self.opened += 1
+            while time.monotonic() < self.until:
+                await asyncio.sleep(READER_CHECK_SECONDS)
+                # TCP_INFO's first byte is the state: CLOSE (7) after a reset, CLOSE_WAIT (8) after a FIN.
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (7, 8):
+                    self.closed_by_apache += 1
+                    break
+            sock.close()
+            await asyncio.sleep(READER_RECONNECT_SECONDS)
+
+    def run(self, report) -> None:
+        """In a process of its own (its event loop would slow the legitimate clients' threads
+        here): puts (connections opened, closed by Apache) on `report`."""
+        async def all_of_them():
+            await asyncio.gather(*(self.one(n) for n in range(SLOW_READERS)))
+
+        asyncio.run(all_of_them())
+        report.put((self.opened, self.closed_by_apache))
+
+
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_clients_that_never_read_do_not_starve_announces(topology, sqlite_url, shared_dir, apache_factory):
+    """Issue 17, finding 6: each slow reader's connection held an Apache worker (and in daemon
+    mode a tracker thread) while Apache waited to write answers nobody read; 2,100 of them
+    left other announces answered late (before: p99 5.6 s daemon, 3.7 s embedded) and made
+    mod_wsgi log WSGI0116 for each refused. Apache now closes a tracker connection after one
+    answer, the rest of the pipeline unread."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * SLOW_READERS + 1000)), hard))
+    register(sqlite_url, 1)
+    apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(1), 6001), HOST),
+                          source=LEGIT_ADDRESS)
+    assert status == 200 and b"failure reason" not in bdecode(body), body
+    log_size = wait_for_log_quiet(apache)
+    start = time.monotonic()
+    context = multiprocessing.get_context("fork")  # no other thread runs here yet
+    report = context.Queue()
+    attack = context.Process(target=SlowReaders(apache, start + READERS_SECONDS).run, args=(report,))
+    attack.start()
+    time.sleep(RAMP_SECONDS)
+    results: list[tuple[bool, float]] = []
+    clients = [threading.Thread(target=legit_announces, args=(apache, start + READERS_SECONDS, c, results))
+               for c in range(2)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    opened, closed_by_apache = report.get(timeout=60)
+    attack.join()
+
+    assert opened >= SLOW_READERS, opened
+    latencies = sorted(seconds for _, seconds in results)
+    successes = sum(ok for ok, _ in results)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    assert len(results) >= 100, len(results)
+    assert successes >= 0.99 * len(results) and p99 < 1, (successes, len(results), p99)
+    assert closed_by_apache >= SLOW_READERS, closed_by_apache
     assert new_log_lines(apache, log_size) == []

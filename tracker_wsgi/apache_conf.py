@@ -117,6 +117,13 @@ LOCATION_BODY = """\
     # Announces change every second: never let a proxy or the client cache one.
     Header always set Cache-Control "no-cache, no-store, max-age=0"
     Header always set Pragma "no-cache"
+    # One answer per connection: a client announces once an interval (30 minutes), so
+    # keep-alive saves it nothing, while a connection kept open lets one client pipeline
+    # announces and never read the answers, each connection then holding an Apache worker
+    # (and in daemon mode a tracker thread) while Apache waits to write (2,100 of them: 97 %
+    # of other announces answered, p99 5.6 s, and mod_wsgi's WSGI0116 logged for each).
+    # With this, Apache closes the connection after the first answer, unread the rest.
+    SetEnv nokeepalive 1
     # Compress text answers (scrapes, compact=0 peer lists); compact ones are binary.
     <IfModule mod_deflate.c>
         AddOutputFilterByType DEFLATE text/plain
