@@ -546,3 +546,34 @@ def test_clients_that_never_read_do_not_starve_announces(topology, sqlite_url, s
     assert successes >= 0.99 * len(results) and p99 < 1, (successes, len(results), p99)
     assert closed_by_apache >= SLOW_READERS, closed_by_apache
     assert new_log_lines(apache, log_size) == []
+
+
+# -- which site answers before the Host is known (issue 19, finding 5) ----------------------------
+
+SITES = {  # (the tracker's Include spelled unquoted: without_host_conf takes out the quoted one)
+    "tracker": f'<VirtualHost *>\n    ServerName tracker.example.org\n    Include {APACHE_DIR}/tracker-host.conf\n'
+               "</VirtualHost>\n",
+    "other": "<VirtualHost *>\n    ServerName other.test\n</VirtualHost>\n",  # as Debian's 000-default
+}
+
+
+@pytest.mark.parametrize("first", ["tracker", "other"])
+def test_refusals_before_the_host_is_known_come_from_the_first_site(first, without_host_conf, sqlite_url,
+                                                                   apache_factory):
+    """A malformed request line, one over 8 KiB, or one without Host reaches the first
+    <VirtualHost> of the address: the tracker's bencoded refusals only where its site is
+    first (README: a2dissite 000-default, or a site name read before it)."""
+    second = "other" if first == "tracker" else "tracker"
+    apache = apache_factory(config_text(sqlite_url), site_conf=SITES[first] + SITES[second])
+    for sent in (b"GET /tracker/announce HTTP/1.1 x\r\nHost: tracker.example.org\r\n\r\n",
+                 request("/tracker/announce?x=" + "a" * 9000, HOST),
+                 request("/tracker/announce")):
+        status, headers, body = raw(apache, sent)
+        assert status in (400, 414), (sent[:40], status)
+        if first == "tracker":
+            assert headers["Content-Type"].startswith("text/plain") and bdecode(body)[b"failure reason"], body
+        else:
+            assert html_page(status, headers, body)[2], body[:200]
+    # Once the Host is read, the tracker's site answers whichever is first.
+    status, headers, body = raw(apache, request("/%zz", HOST))
+    assert status == 400 and bdecode(body)[b"failure reason"], body
