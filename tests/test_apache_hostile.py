@@ -455,16 +455,14 @@ SLOW_READERS = 2100  # the issue's: more than the 2 x 1024 workers of either top
 READER_PIPELINE = 50  # announces each sends at once
 READER_RCVBUF = 4096  # so the answers pile up in Apache, not in the reader's kernel
 READERS_SECONDS = 25
-# A reader looks this often whether Apache closed its connection, and opens another this long
-# after (as bench/hostile.py's): slow readers, not a flood of new connections.
-READER_CHECK_SECONDS = 2
-READER_RECONNECT_SECONDS = 1
+READER_CHECK_SECONDS = 1  # how often a reader looks whether Apache closed its connection
 
 
 class SlowReaders:
-    """SLOW_READERS connections from 127.0.0.1, each with a READER_RCVBUF receive buffer,
-    pipelining READER_PIPELINE `compact=0&numwant=200` announces and never reading; each is
-    opened again once Apache closes it. Counts the connections opened and those Apache closed."""
+    """SLOW_READERS connections from 127.0.0.1, opened over RAMP_SECONDS, each with a
+    READER_RCVBUF receive buffer, pipelining READER_PIPELINE `compact=0&numwant=200` announces
+    and never reading, held until Apache closes them (bench/hostile.py's slow-readers also
+    opens them again: a flood of announces too). Counts those opened and those Apache closed."""
 
     def __init__(self, apache, until: float):
         self.apache, self.until = apache, until
@@ -476,26 +474,18 @@ class SlowReaders:
         requests = b"".join(request(f"/tracker/announce?{announce_query(ih(1), pid(20_000 + i), 7000)}"
                                     "&compact=0&numwant=200", HOST).replace(b"Connection: close\r\n", b"")
                             for i in range(READER_PIPELINE))
-        while time.monotonic() < self.until:
-            sock = socket.socket()
+        with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READER_RCVBUF)  # before connect: the window
             sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, ("127.0.0.1", self.apache.port))
-                await loop.sock_sendall(sock, requests)
-            except OSError:
-                sock.close()
-                await asyncio.sleep(0.5)
-                continue
+            await loop.sock_connect(sock, ("127.0.0.1", self.apache.port))
+            await loop.sock_sendall(sock, requests)
             self.opened += 1
             while time.monotonic() < self.until:
                 await asyncio.sleep(READER_CHECK_SECONDS)
                 # TCP_INFO's first byte is the state: CLOSE (7) after a reset, CLOSE_WAIT (8) after a FIN.
                 if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (7, 8):
                     self.closed_by_apache += 1
-                    break
-            sock.close()
-            await asyncio.sleep(READER_RECONNECT_SECONDS)
+                    return
 
     def run(self, report) -> None:
         """In a process of its own (its event loop would slow the legitimate clients' threads
