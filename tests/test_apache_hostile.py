@@ -567,3 +567,19 @@ def test_refusals_before_the_host_is_known_come_from_the_first_site(first, witho
     # Once the Host is read, the tracker's site answers whichever is first.
     status, headers, body = raw(apache, request("/%zz", HOST))
     assert status == 400 and bdecode(body)[b"failure reason"], body
+
+
+@pytest.mark.parametrize("target", ["/tracker/announce?" + announce_query(ih(1), pid(1)), "/tracker/health",
+                                    "/tracker/" + "a" * 5000, "/tracker/%00"])
+def test_every_answer_under_tracker_is_the_last_on_its_connection(target, tracker):
+    """Issue 17, finding 6: two requests pipelined get one answer (the tracker's, or an error
+    document Apache serves for it), then Apache closes the connection: no client can pile up
+    answers it does not read."""
+    pipelined = request(target, HOST).replace(b"Connection: close\r\n", b"") * 2
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=30) as sock:
+        sock.sendall(pipelined)
+        received = b""
+        while chunk := sock.recv(65536):  # to the end: Apache closes the connection
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received[:500]
+    assert b"\r\nConnection: close\r\n" in received.partition(b"\r\n\r\n")[0], received[:500]

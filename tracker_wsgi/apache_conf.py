@@ -175,6 +175,9 @@ Alias /tracker-errors ${TRACKER_WSGI_APACHE}/errors
     Options None
     ForceType "text/plain; charset=ISO-8859-1"
     Header always set Cache-Control "no-cache, no-store, max-age=0"
+    # One answer per connection here too (an error document is another request, which does
+    # not inherit /tracker's setting).
+    SetEnv nokeepalive 1
 </Directory>
 
 # /tracker/health (JSON, 503 when the tracker cannot do its work) and /tracker/metrics
