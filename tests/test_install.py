@@ -144,6 +144,12 @@ Listen 127.0.0.1:{port}
 PidFile "{run_dir}/httpd.pid"
 ErrorLog "{run_dir}/error.log"
 LogLevel warn
+# Debian's envvars and apache2.conf: where the sites' logs go, and their usual format.
+Define APACHE_LOG_DIR "{run_dir}"
+LogFormat "%h %l %u %t \\"%r\\" %>s %O \\"%{{Referer}}i\\" \\"%{{User-Agent}}i\\"" combined
+# Debian's conf-enabled/other-vhosts-access-log.conf: every host without a CustomLog of its own.
+LogFormat "%v:%p %h %l %u %t \\"%r\\" %>s %O \\"%{{Referer}}i\\" \\"%{{User-Agent}}i\\"" vhost_combined
+CustomLog "{run_dir}/other_vhosts_access.log" vhost_combined
 User www-data
 Group www-data
 {modules}
@@ -337,6 +343,23 @@ def test_the_installed_site_serves_the_stats_page(machine):
     status, _, body = tracker_get(machine, "/")
     assert status == 200 and SITE_NAME in body.decode(), body[:500]
     assert b"<!--#include" not in body
+
+
+def test_the_access_log_keeps_the_pages_and_no_tracker_request(machine):
+    """Issue 19, finding 2: the shipped site file logs its pages, and no announce (its URL
+    and the client's address say who downloads what)."""
+    query = announce_query(machine.info_hash, pid(3))
+    assert tracker_get(machine, "/tracker/announce", query)[0] == 200
+    assert tracker_get(machine, "/rss.xml")[0] == 200
+    log = machine.root / "run/tracker-wsgi-access.log"
+    deadline = time.monotonic() + 10  # Apache writes a line after its answer
+    while "/rss.xml" not in (lines := log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert '"GET /rss.xml HTTP/1.1" 200' in lines, lines
+    # Neither in the site's own log nor in the server's (where a host without one is logged).
+    server_log = machine.root / "run/other_vhosts_access.log"
+    for text in (lines, server_log.read_text() if server_log.exists() else ""):
+        assert "/tracker" not in text and "info_hash" not in text, text
 
 
 def test_the_tracker_hosts_refusals_are_bencoded(machine):

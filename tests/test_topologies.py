@@ -10,6 +10,7 @@ import resource
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +101,12 @@ def test_apache_conf_command(capsys):
     out = capsys.readouterr().out
     assert out == apache_conf.embedded_server_conf(3, 20)
     assert "MaxRequestWorkers       60" in out and "ServerLimit             3" in out
+    assert cli.main(["apache-conf", "--processes", "3", "--site", "two"]) == 0
+    out = capsys.readouterr().out
+    assert out == apache_conf.daemon_conf(3, site="two") and "WSGIDaemonProcess tracker_wsgi_two_2 " in out
     for argv, message in ((["--processes", "17"], "--processes 17: choose 1 to 16"),
+                          (["--site", "Two"], "--site 'Two': a lower-case letter"),
+                          (["--embedded", "--site", "two"], "--site: daemon mode only"),
                           (["--processes", "0"], "--processes 0: choose 1 to 16"),
                           (["--embedded", "--processes", "2"], "belong to --embedded-server"),
                           (["--threads", "8"], "only with --embedded-server")):
@@ -208,6 +214,11 @@ def test_generated_daemon_conf_every_process_answers_the_tracker(sqlite_url, sha
 
 # -- embedded mode in a real Apache ---------------------------------------------------------------
 
+# The shipped snippets close each connection under /tracker after one answer (slow readers,
+# issue 17); tests that reach one child through one keep-alive connection take that back. An
+# <If> is merged after every <Location>, so its UnsetEnv undoes the snippet's SetEnv.
+KEEP_ALIVE = '<If "true">\n    UnsetEnv nokeepalive\n</If>\n'
+
 
 @pytest.mark.parametrize("mpm", ["event", "worker"])
 def test_embedded_mode_answers_bencoded_in_apaches_own_children(mpm, sqlite_url, shared_dir, apaches):
@@ -268,7 +279,7 @@ def test_embedded_children_hand_out_each_others_peers_within_two_sync_intervals(
     # Which child answers each keep-alive connection (it stays with the child that accepted
     # it): Apache's access log names the child's pid and the client's port.
     access_log = directory / "access.log"
-    site = f'LogFormat "%P %{{remote}}p" child\nCustomLog "{access_log}" child\n'
+    site = KEEP_ALIVE + f'LogFormat "%P %{{remote}}p" child\nCustomLog "{access_log}" child\n'
     apache = start_apache(directory, config_path, site, topology="embedded")
     apaches.append(apache)
 
@@ -409,7 +420,7 @@ def test_embedded_child_past_its_memory_limit_takes_no_new_swarm_or_peer_but_ans
     # the smallest memory_limit before its first request.
     conf_dir = apache_dir_with(directory, embedded_server_conf=apache_conf.embedded_server_conf(threads=64))
     # One keep-alive connection that Apache never closes: every request reaches one child.
-    apache = start_apache(directory, config_path, site_conf="MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded",
+    apache = start_apache(directory, config_path, site_conf=KEEP_ALIVE + "MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded",
                           apache_dir=conf_dir)
     apaches.append(apache)
     connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
@@ -448,3 +459,80 @@ def test_embedded_child_past_its_memory_limit_takes_no_new_swarm_or_peer_but_ans
     again = announce_on(1, 1)
     assert b"failure reason" not in again and again[b"incomplete"] == 1, again
     connection.close()
+
+
+# -- two trackers in one Apache (issue 19, finding 7) -----------------------------------------------
+
+# Each site defines what its file uses, as the shipped site file does: the Defines of one hold
+# until the next site's (and the main server's, which devserver writes after these).
+TWO_SITES = """\
+<VirtualHost *>
+    ServerName {site}.example
+    Define TRACKER_WSGI_VENV "{venv}"
+    Define TRACKER_WSGI_APACHE "{apache_dir}"
+    Define TRACKER_WSGI_CONFIG "{config}"
+    Include "{apache_dir}/{site}.conf"
+</VirtualHost>
+"""
+
+
+def two_sites(root: Path, second_conf: str) -> tuple[Path, str]:
+    """A copy of apache/ with one.conf (daemon_conf(site="one")) and two.conf (second_conf),
+    and the <VirtualHost>s of sites one and two, each with its own config file."""
+    conf_dir = apache_dir_with(root)
+    (conf_dir / "one.conf").write_text(apache_conf.daemon_conf(site="one"))
+    (conf_dir / "two.conf").write_text(second_conf)
+    hosts = "".join(TWO_SITES.format(site=site, venv=sys.prefix, config=root / f"{site}.toml", apache_dir=conf_dir)
+                    for site in ("one", "two"))
+    return conf_dir, hosts
+
+
+def test_two_tracker_sites_need_their_own_daemon_names(shared_dir):
+    """Daemon process names are server-wide in mod_wsgi: a second site whose file has the
+    default names (those of the main server's tracker.conf here) or the first site's makes
+    Apache refuse its config; one generated with its own --site passes."""
+    directory, config_path = make_run_dir(shared_dir, "two-sites-syntax", "")
+    conf = directory / "httpd.conf"
+    for n, (second, passes) in enumerate([(apache_conf.daemon_conf(), False),
+                                          (apache_conf.daemon_conf(site="one"), False),
+                                          (apache_conf.daemon_conf(site="two"), True)]):
+        (directory / str(n)).mkdir()
+        conf_dir, hosts = two_sites(directory / str(n), second)
+        conf.write_text(devserver.httpd_conf(directory, 1, config_path, conf_dir, site_conf=hosts))
+        check = subprocess.run([devserver.APACHE_BIN, "-t", "-f", str(conf)], capture_output=True, text=True)
+        if passes:
+            assert check.returncode == 0, check.stderr
+        else:
+            assert check.returncode != 0 and "duplicates previous WSGI daemon definition" in check.stderr, check.stderr
+
+
+def test_two_tracker_sites_in_one_apache_each_answer_from_their_own_config(shared_dir, apaches):
+    """Sites one and two, each with its own database (torrent 1 registered in one's, torrent 2
+    in two's) and daemons of its own name, in one Apache: each answers its own torrent and
+    refuses the other's (a daemon builds one tracker, from its first request's config: had
+    the sites shared daemons, one would answer with the other's)."""
+    directory, config_path = make_run_dir(shared_dir, "two-sites", "")
+    for site, torrent in (("one", 1), ("two", 2)):
+        site_dir = directory / site
+        for sub in ("db", "torrents", "output"):
+            (site_dir / sub).mkdir(parents=True)
+            (site_dir / sub).chmod(0o777)
+        site_dir.chmod(0o755)
+        url = f"sqlite:///{site_dir}/db/tracker.sqlite"
+        register(url, torrent)
+        (directory / f"{site}.toml").write_text(config_text(
+            url, torrent_dir=f'"{site_dir}/torrents"', output_dir=f'"{site_dir}/output"'))
+        (directory / f"{site}.toml").chmod(0o644)
+    conf_dir, hosts = two_sites(directory, apache_conf.daemon_conf(site="two"))
+    apache = start_apache(directory, config_path, site_conf=hosts, apache_dir=conf_dir)
+    apaches.append(apache)
+    for site, own, other in (("one", 1, 2), ("two", 2, 1)):
+        host = {"Host": f"{site}.example"}
+        status, _, body = apache.get("/tracker/announce", announce_query(ih(own), pid(own), 7000), headers=host)
+        assert status == 200 and b"failure reason" not in decode(body), (site, body)
+        status, _, body = apache.get("/tracker/announce", announce_query(ih(other), pid(own), 7000), headers=host)
+        assert status == 200 and b"failure reason" in decode(body), (site, body)
+    # Both sites' daemons and the main server's (ps shows their names cut to argv[0]'s length).
+    children = subprocess.run(["pgrep", "-a", "-P", str(apache.process.pid)], capture_output=True,
+                              text=True).stdout.splitlines()
+    assert sum("(wsgi:" in line for line in children) == 3 * apache_conf.DEFAULT_PROCESSES, children

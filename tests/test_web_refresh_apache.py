@@ -1,9 +1,10 @@
 """The web refresh through the shipped snippet in a real Apache (issue 12, finding 8): the
-secret in an X-Refresh-Secret header or a POST body runs the refresh and stays out of
-Apache's access log; in the URL it is refused, and the error log names who tried. A
-guessing address is locked out while the right secret from another address works (issue
-17), from two loopback addresses. tests/test_wsgi.py has the cases in-process (the limits
-on failures, body reading)."""
+secret in an X-Refresh-Secret header (GET or POST) runs the refresh and stays out of
+Apache's access log; in the URL it is refused, and the error log names who tried; a request
+body is refused by Apache before the tracker (issue 17, finding 1). A guessing address is
+locked out while the right secret from another address works (issue 17, finding 7), from
+two loopback addresses. tests/test_wsgi.py has the cases in-process (the limits on
+failures)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import urllib.request
 
 import pytest
 
-from conftest import decode
+from conftest import APACHE_DIR, decode
 from tracker_wsgi.protocol import METHOD_NOT_ALLOWED
 from tracker_wsgi.refresh_auth import (
     FAILURES_PER_ADDRESS,
-    REFRESH_BODY_CUT,
     REFRESH_LOCKED_OUT,
     REFRESH_REFUSED,
     REFRESH_SECRET_IN_QUERY,
@@ -64,12 +64,15 @@ def test_web_refresh_takes_the_secret_in_a_header_or_a_post_body_never_the_url(s
     assert stats.exists()
     stats.unlink()
 
-    status, content_type, body = request(apache, "force-refresh", "POST", body=f"secret={SECRET}".encode(),
-                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, content_type, body = request(apache, "force-refresh", "POST", headers={"X-Refresh-Secret": SECRET})
     assert (status, content_type) == (200, "text/plain; charset=utf-8"), body
     assert body.startswith(b"refreshed in "), body
     assert stats.exists()
     stats.unlink()
+    # A body is refused unread, before the tracker (issue 17: a slow one held a daemon thread).
+    status, _, body = request(apache, "force-refresh", "POST", body=f"secret={SECRET}".encode(),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (status, body) == (413, (APACHE_DIR / "errors" / "body-refused").read_bytes())
 
     # The URL form of before: refused without being compared, and the answer says what to do.
     status, _, body = request(apache, f"force-refresh&secret={SECRET}")
@@ -78,14 +81,14 @@ def test_web_refresh_takes_the_secret_in_a_header_or_a_post_body_never_the_url(s
     assert (status, decode(body)) == (200, {b"failure reason": REFRESH_REFUSED.encode()})
     assert not stats.exists()
     # POST is for the refresh only.
-    status, _, body = request(apache, "info_hash=x", "POST", body=f"secret={SECRET}".encode())
+    status, _, body = request(apache, "info_hash=x", "POST", headers={"X-Refresh-Secret": SECRET})
     assert (status, decode(body)) == (405, {b"failure reason": METHOD_NOT_ALLOWED.encode()})
 
     apache.stop()  # flushes the logs
     requests = access_log.read_text().splitlines()
-    assert len(requests) == 5, requests
+    assert len(requests) == 6, requests
     # Only the refused URL form put the secret in the access log.
-    assert [SECRET in line for line in requests] == [False, False, True, False, False]
+    assert [SECRET in line for line in requests] == [False, False, False, True, False, False]
     error_log = apache.error_log()
     assert "web refresh refused from 127.0.0.1: secret in the URL, refused unread" in error_log
     # The next refusal within the minute is counted, not a line of its own (refresh_auth.py).
@@ -136,10 +139,9 @@ def test_a_guessing_address_is_locked_out_and_the_admin_elsewhere_is_not(shared_
 @pytest.mark.parametrize("topology", ["daemon", "embedded"])
 def test_a_post_body_cut_short_is_no_fault_of_ours(shared_dir, apache_factory, topology):
     """Issue 17: a POST /tracker?force-refresh whose body is cut short was counted and
-    logged as a fault of the tracker's, and answered as one. Where the tracker reads the
-    body (embedded mode) it is now the client's mistake, bencoded; in daemon mode the Apache
-    child proxying the body meets the end first and answers with the snippet's bencoded
-    ErrorDocument (its WSGI0126 line is Apache's, apache/tracker.conf's LogLevel decides)."""
+    logged as a fault of the tracker's, and answered as one. Apache now refuses every body
+    under /tracker before the tracker, bencoded, without reading it: nothing reaches mod_wsgi
+    to be cut short (its WSGI0126 line), nothing is the tracker's fault."""
     apache, _ = site(shared_dir, apache_factory, topology)
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", apache.port), timeout=30) as client:
@@ -150,11 +152,8 @@ def test_a_post_body_cut_short_is_no_fault_of_ours(shared_dir, apache_factory, t
             while chunk := client.recv(65536):
                 answer += chunk
         head, _, body = answer.partition(b"\r\n\r\n")
-        if topology == "embedded":
-            assert head.startswith(b"HTTP/1.1 200 "), answer
-            assert decode(body) == {b"failure reason": REFRESH_BODY_CUT.encode()}
-        else:
-            assert head.startswith(b"HTTP/1.1 500 ") and b"retry in" in decode(body), answer
+        assert head.startswith(b"HTTP/1.1 413 "), answer
+        assert body == (APACHE_DIR / "errors" / "body-refused").read_bytes()
     apache.stop()
     log = apache.error_log()
     assert "tracker_wsgi:" not in log, log  # no fault, no traceback, nothing of the tracker's

@@ -12,9 +12,13 @@ Both share every line that is not about where Python runs (ErrorDocuments, limit
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
-GROUP_PREFIX = "tracker_wsgi_"  # daemon process group names: tracker_wsgi_0 .. tracker_wsgi_<N-1>
+GROUP_PREFIX = "tracker_wsgi_"  # daemon process group names: tracker_wsgi_[<site>_]0 .. <N-1>
+# A site's name goes into its daemons' names, which mod_wsgi keeps server-wide (as the `ps`
+# name and in the error log): what a second tracker on one server needs (--site).
+SITE_NAME = re.compile(r"[a-z][a-z0-9]{0,15}\Z")
 MAX_PROCESSES = 16  # routing by one byte; more processes than cores only add memory
 DEFAULT_PROCESSES = 2  # the shipped tracker.conf: one per core of the 2-core machines we measure on
 DAEMON_THREADS = 15  # per daemon process; see the comment of WSGIDaemonProcess below
@@ -41,8 +45,8 @@ def unescaped_byte(char: str) -> int:
     return 0x20 if char == "+" else ord(char)
 
 
-def group_name(group: int) -> str:
-    return f"{GROUP_PREFIX}{group}"
+def group_name(group: int, site: str = "") -> str:
+    return f"{GROUP_PREFIX}{site}{'_' if site else ''}{group}"
 
 
 def group_of(first_byte: int, processes: int) -> int:
@@ -94,11 +98,16 @@ def check_processes(processes: int) -> None:
         raise ValueError(f"--processes {processes}: choose 1 to {MAX_PROCESSES}")
 
 
+def check_site(site: str) -> None:
+    if site and not SITE_NAME.match(site):
+        raise ValueError(f"--site {site!r}: a lower-case letter, then up to 15 lower-case letters or digits")
+
+
 # -- the text both snippets share ------------------------------------------------------------
 
 NEEDS = """\
 # Needs mod_wsgi, mod_headers, mod_setenvif, mod_alias and mod_authz_host (Debian: a2enmod wsgi
-# headers setenvif alias authz_host; authz_host is on by default).
+# headers setenvif alias authz_host; alias and authz_host are on by default).
 """
 
 # Inside <Location /tracker>, after the lines that choose where Python runs.
@@ -108,29 +117,45 @@ LOCATION_BODY = """\
     # Announces change every second: never let a proxy or the client cache one.
     Header always set Cache-Control "no-cache, no-store, max-age=0"
     Header always set Pragma "no-cache"
+    # One answer per connection: a client announces once an interval (30 minutes), so
+    # keep-alive saves it nothing, while a connection kept open lets one client pipeline
+    # announces and never read the answers, each connection then holding an Apache worker
+    # (and in daemon mode a tracker thread) while Apache waits to write (2,100 of them: 97 %
+    # of other announces answered, p99 5.6 s, and mod_wsgi's WSGI0116 logged for each).
+    # With this, Apache closes the connection after the first answer, unread the rest.
+    SetEnv nokeepalive 1
     # Compress text answers (scrapes, compact=0 peer lists); compact ones are binary.
     <IfModule mod_deflate.c>
         AddOutputFilterByType DEFLATE text/plain
     </IfModule>
     # Apache's own refusals get a bencoded `failure reason` as text/plain, never an HTML
     # page: each ErrorDocument serves a file of errors/ (an internal redirect that keeps the
-    # status). 500/502/503/504 (the tracker down, overloaded, timed out, a body cut short)
-    # carry `retry in` (BEP 31). These reach what Apache refuses once it knows the URL: a
-    # path mod_wsgi cannot map (404), a slow (408) or chunked (411) or large (413) body, and
-    # any 400/405 a module of yours adds. What it refuses before (a bad request line or
+    # status). 500/502/503/504 (the tracker down, overloaded or timed out) carry `retry in`
+    # (BEP 31). These reach what Apache refuses once it knows the URL: a path mod_wsgi cannot
+    # map (404), the monitoring pages to another address (403, below), a body (413, below),
+    # and any 400/405 a module of yours adds. What it refuses before (a bad request line or
     # header, %00 or %2F in the path, TRACE, 414) only tracker-host.conf can reach.
     ErrorDocument 400 /tracker-errors/malformed
+    ErrorDocument 403 /tracker-errors/forbidden
     ErrorDocument 404 /tracker-errors/unknown-path
     ErrorDocument 405 /tracker-errors/method-not-allowed
-    ErrorDocument 408 /tracker-errors/timeout
-    ErrorDocument 411 /tracker-errors/length-required
-    ErrorDocument 413 /tracker-errors/too-large
+    ErrorDocument 413 /tracker-errors/body-refused
     ErrorDocument 500 /tracker-errors/unavailable
     ErrorDocument 502 /tracker-errors/unavailable
     ErrorDocument 503 /tracker-errors/unavailable
     ErrorDocument 504 /tracker-errors/unavailable
-    # Announces and scrapes have no body; a web refresh posts a small form (the secret).
-    LimitRequestBody 4096
+    # No request here has a body: announces and scrapes are GETs, and a web refresh sends
+    # its secret in an X-Refresh-Secret header. One with a body (a Content-Length other than
+    # 0, or chunked) is answered 413 before the tracker sees it, and unread: after a 413
+    # Apache closes the connection without waiting for the body (ap_status_drops_connection).
+    # Else mod_wsgi reads the whole body before the answer, holding a tracker thread while it
+    # trickles in (a daemon process has 15), and logs each body cut short (WSGI0126) or
+    # chunked (WSGI0139). mod_alias's Redirect answers at the fixups phase, after the access
+    # checks: `Require all granted` lets the monitoring pages' 413 come before their 403.
+    <If "-n req('Transfer-Encoding') || req('Content-Length') !~ /^0*$/">
+        Require all granted
+        Redirect 413
+    </If>
 </Location>
 """
 
@@ -150,6 +175,9 @@ Alias /tracker-errors ${TRACKER_WSGI_APACHE}/errors
     Options None
     ForceType "text/plain; charset=ISO-8859-1"
     Header always set Cache-Control "no-cache, no-store, max-age=0"
+    # One answer per connection here too (an error document is another request, which does
+    # not inherit /tracker's setting).
+    SetEnv nokeepalive 1
 </Directory>
 
 # /tracker/health (JSON, 503 when the tracker cannot do its work) and /tracker/metrics
@@ -158,9 +186,12 @@ Alias /tracker-errors ${TRACKER_WSGI_APACHE}/errors
 # which database it cannot reach: by default only this host may ask. To let a monitoring
 # host in too, add its address below `Require local` (several Require lines: any one of
 # them lets a client in).
+# Anyone else gets the bencoded 403 above, and no line in the error log each (mod_authz_core
+# logs every refusal, AH01630: any client could write lines at will).
 <LocationMatch "^/tracker/+(health|metrics)">
     Require local
     # Require ip 192.0.2.10
+    LogLevel authz_core:crit
 </LocationMatch>
 """
 
@@ -173,11 +204,14 @@ def generated_by(command: str) -> str:
 
 # -- daemon mode -------------------------------------------------------------------------------
 
-def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
-    """apache/tracker.conf for `processes` daemon processes, routed by info hash."""
+def daemon_conf(processes: int = DEFAULT_PROCESSES, site: str = "") -> str:
+    """apache/tracker.conf for `processes` daemon processes, routed by info hash; `site` names
+    them apart from another tracker's on the same server."""
     check_processes(processes)
-    groups = [group_name(g) for g in range(processes)]
-    command = "tracker-wsgi apache-conf" + (f" --processes {processes}" if processes != DEFAULT_PROCESSES else "")
+    check_site(site)
+    groups = [group_name(g, site) for g in range(processes)]
+    command = ("tracker-wsgi apache-conf" + (f" --processes {processes}" if processes != DEFAULT_PROCESSES else "")
+               + (f" --site {site}" if site else ""))
     one = processes == 1
     if one:
         processes_text = """\
@@ -238,8 +272,11 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES) -> str:
 # Everything below applies to /tracker and /tracker-errors of the host that includes it, and
 # nothing else: other virtual hosts, and other WSGI applications beside it (embedded mode
 # included), are left as they were. In the server config (conf-available), every host would
-# get /tracker. On a server whose every WSGI application runs in daemon mode, an admin may
-# add `WSGIRestrictEmbedded On` to the server config (Debian: mods-available/wsgi.conf) to keep
+# get /tracker. A second tracker on the same server (another <VirtualHost>, its own config)
+# needs daemons of other names: generate its file with `--site NAME` and include that, after
+# Defines of its own (a Define holds from where it is read to the next one of its name).
+# On a server whose every WSGI application runs in daemon mode, an admin may add
+# `WSGIRestrictEmbedded On` to the server config (Debian: mods-available/wsgi.conf) to keep
 # Python out of Apache's own worker processes; this file does not, as that is server-wide.
 # To run the tracker in Apache's own processes instead, include tracker-embedded.conf (and
 # embedded-server.conf) in place of this file.
@@ -299,6 +336,9 @@ def embedded_conf() -> str:
 # as separate hosts do: a peer announced to one child reaches the others' answers within
 # 2 x sync_interval. Embedded mode has none of daemon mode's timeouts, memory-limit or
 # restarts: the tracker runs as Apache's user, and a crash takes the child with it.
+# One tracker per server: a child builds it once, from the config of the first request it
+# answers, so a second tracker <VirtualHost> would be answered with the first one's. Run
+# a second tracker in daemon mode (tracker-wsgi apache-conf --site NAME).
 
 # /tracker/announce and /tracker/scrape (and a bare /tracker) go to tracker.wsgi, in Apache's
 # own children (process-group %{{GLOBAL}}) and their main interpreter (application-group

@@ -66,8 +66,8 @@ class Config:
     output_dir: str = "/var/lib/tracker-wsgi/output"
     # Seconds between refreshes (expiry, recount, rescan, include files).
     refresh_interval: int = 900
-    # Secret a web refresh (/tracker?refresh) must send in an X-Refresh-Secret header or a
-    # POST body; empty: refresh over the web is off. Make one with `openssl rand -hex 32`.
+    # Secret a web refresh (/tracker?refresh) must send in an X-Refresh-Secret header;
+    # empty: refresh over the web is off. Make one with `openssl rand -hex 32`.
     refresh_secret: str = ""
     # When set, a .torrent is registered only if it announces this URL.
     announce_url: str = ""

@@ -2,7 +2,8 @@
 request may carry it, and how guessing is held back.
 
 The original ran `refresh` for anyone who asked; ours needs `refresh_secret`, in an
-X-Refresh-Secret header or a POST body `secret=...`, never the URL (access logs keep URLs).
+X-Refresh-Secret header, never the URL (access logs keep URLs) and never a body (Apache
+refuses every request body under /tracker unread: apache_conf.LOCATION_BODY).
 It is compared in constant time (hmac.compare_digest).
 
 Guessing. The secret has at least 128 bits (config.MIN_SECRET_LENGTH hex digits), so no
@@ -35,20 +36,17 @@ from .faultlog import FaultLog
 from .limits import address_key
 from .model import ClientError
 from .netaddr import unpack_ip
-from .protocol import parse_query
 
 REFRESH_OFF = "Refresh over the web is off: set refresh_secret in the tracker's config file."
 REFRESH_REFUSED = "Wrong or missing refresh secret."
 REFRESH_SECRET_IN_QUERY = (
     "The refresh secret must not be in the URL (access logs keep URLs): "
-    "send it in an X-Refresh-Secret header or a POST body secret=..."
+    "send it in an X-Refresh-Secret header"
 )
 REFRESH_LOCKED_OUT = "Too many wrong refresh secrets; try again in a minute."
 REFRESH_BUSY = "Another refresh is running; try again in a minute."
-REFRESH_BODY_CUT = "The request body ended before its Content-Length."
 WEB_REFRESH_COMMANDS = {b"refresh": False, b"force-refresh": True}  # command -> force
 REFRESH_SECRET_HEADER = "HTTP_X_REFRESH_SECRET"  # X-Refresh-Secret: S
-MAX_REFRESH_BODY_BYTES = 1024  # `secret=` and a 64-hex-digit secret, with room to spare; never more is read
 # An admin mistypes a few times a minute; a guesser from one address gets this many checks.
 FAILURES_PER_ADDRESS = 10
 # Wrong secrets checked a minute, all addresses together (a flood from many addresses).
@@ -67,23 +65,12 @@ def web_refresh_command(fields: dict[bytes, bytes]) -> bytes | None:
 
 
 def given_secret(environ: dict[str, Any], fields: dict[bytes, bytes]) -> tuple[bytes, str]:
-    """(the secret a web refresh came with, where it was): header, POST body, query or nowhere."""
+    """(the secret a web refresh came with, where it was): header, query or nowhere."""
     if b"secret" in fields:
         return fields[b"secret"], "query"
     header = environ.get(REFRESH_SECRET_HEADER)
     if header is not None:
         return header.encode("latin-1"), "header"  # PEP 3333: raw header bytes as latin-1
-    if environ.get("REQUEST_METHOD") == "POST":
-        length = int(environ.get("CONTENT_LENGTH") or 0)  # Apache refuses one that is not a number
-        # Read only what CONTENT_LENGTH announces, never past MAX_REFRESH_BODY_BYTES: without
-        # a length (none, or a chunked body) nothing is read, so nothing can block on it.
-        if length > 0:
-            try:
-                body = environ["wsgi.input"].read(min(length, MAX_REFRESH_BODY_BYTES))
-            except OSError:  # mod_wsgi: the client closed or stalled before the body's end
-                raise ClientError(REFRESH_BODY_CUT) from None
-            if b"secret" in (posted := parse_query(body)):
-                return posted[b"secret"], "POST body"
     return b"", "nowhere"
 
 

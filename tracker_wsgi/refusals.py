@@ -38,7 +38,6 @@ from .protocol import (
     encode_failure,
 )
 from .refresh_auth import (
-    REFRESH_BODY_CUT,
     REFRESH_BUSY,
     REFRESH_LOCKED_OUT,
     REFRESH_OFF,
@@ -105,7 +104,6 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal("refresh_secret_in_query", REFRESH_SECRET_IN_QUERY),
     Refusal("refresh_locked_out", REFRESH_LOCKED_OUT),
     Refusal("refresh_busy", REFRESH_BUSY),
-    Refusal("refresh_body_cut", REFRESH_BODY_CUT),
     SHED,
     DATABASE,
     SERVER_FAULT_REFUSAL,

@@ -12,7 +12,7 @@
   tracker-wsgi force-refresh          the same, now
   tracker-wsgi serve                  run the tracker in a real Apache, for development
   tracker-wsgi paths [NAME]           where the installed Apache files and files for /etc are
-  tracker-wsgi apache-conf [--processes N | --embedded | --embedded-server]
+  tracker-wsgi apache-conf [--processes N] [--site NAME] | --embedded | --embedded-server
                                       print an Apache snippet for /tracker (apache/*.conf)
 
 Options go before or after the command. The config file is --config FILE, else
@@ -129,6 +129,8 @@ def cmd_apache_conf(options: Options) -> int:
         raise ConfigError("apache-conf --embedded: the pool's numbers belong to --embedded-server")
     if args.threads is not None and not args.embedded_server:
         raise ConfigError("apache-conf --threads: only with --embedded-server (daemon threads are fixed)")
+    if args.site and (args.embedded or args.embedded_server):
+        raise ConfigError("apache-conf --site: daemon mode only (embedded mode runs one tracker per server)")
     try:
         if args.embedded:
             text = apache_conf.embedded_conf()
@@ -137,7 +139,8 @@ def cmd_apache_conf(options: Options) -> int:
                 apache_conf.EMBEDDED_PROCESSES if args.processes is None else args.processes,
                 apache_conf.EMBEDDED_THREADS if args.threads is None else args.threads)
         else:
-            text = apache_conf.daemon_conf(apache_conf.DEFAULT_PROCESSES if args.processes is None else args.processes)
+            text = apache_conf.daemon_conf(apache_conf.DEFAULT_PROCESSES if args.processes is None else args.processes,
+                                           args.site)
     except ValueError as exc:
         raise ConfigError(f"apache-conf {exc}") from None
     sys.stdout.write(text)
@@ -278,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                       f"--embedded-server (default {apache_conf.EMBEDDED_PROCESSES})")
     conf.add_argument("--threads", type=int, metavar="N",
                       help=f"threads per Apache child, with --embedded-server (default {apache_conf.EMBEDDED_THREADS})")
+    conf.add_argument("--site", default="", metavar="NAME",
+                      help="daemon mode: name this tracker's daemon processes tracker_wsgi_NAME_0.. apart from "
+                      "another tracker's on the same server (default: tracker_wsgi_0..)")
     return parser
 
 
