@@ -54,7 +54,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,7 +274,7 @@ def wait_listening(port: int, process: subprocess.Popen, what: str, log: Path) -
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not listen on {port} in {START_SECONDS}s")
+                raise RuntimeError(f"{what} did not listen on {port} in {START_SECONDS}s") from None
             time.sleep(0.1)
 
 
@@ -362,9 +361,9 @@ class Apache:
 
 # Replaces apache/tracker.conf in the static-file Apache: the same request URLs answered from
 # files (the tracker's own answers, fetched once), with the tracker's content type and headers.
-STATIC_CONF = """\
-Alias {path}/announce ${{TRACKER_WSGI_APACHE}}/static/announce
-Alias {path}/scrape ${{TRACKER_WSGI_APACHE}}/static/scrape
+STATIC_CONF = f"""\
+Alias {TRACKER_PATH}/announce ${{TRACKER_WSGI_APACHE}}/static/announce
+Alias {TRACKER_PATH}/scrape ${{TRACKER_WSGI_APACHE}}/static/scrape
 <Directory ${{TRACKER_WSGI_APACHE}}/static>
     Require all granted
     Options None
@@ -372,7 +371,7 @@ Alias {path}/scrape ${{TRACKER_WSGI_APACHE}}/static/scrape
     Header always set Cache-Control "no-cache, no-store, max-age=0"
     Header always set Pragma "no-cache"
 </Directory>
-""".format(path=TRACKER_PATH)
+"""
 
 
 def static_apache(root: Path) -> tuple[Apache, Path]:

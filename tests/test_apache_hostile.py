@@ -257,7 +257,7 @@ class Slowloris:
                 while time.monotonic() < self.until:
                     try:
                         chunk = await asyncio.wait_for(reader.read(65536), SLOW_HEADER_EVERY)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         writer.write(b"X-Slow: 1\r\n")
                         await writer.drain()
                         continue

@@ -952,7 +952,7 @@ def test_one_ipv6_48_fills_at_most_its_share_of_an_answer(sqlite_url, apache_fac
                  compact=1)
         if n == 140:  # 181 peers in all: fewer than asked for, and still not the /48's 141
             assert probe() == (50, 40)
-    for attempt in range(10):
+    for _ in range(10):
         answer = announce(apache, 1, 5000, 6999, headers={"X-Forwarded-For": "198.51.100.7"}, numwant=200,
                           compact=1)
         theirs, others = len(answer.get(b"peers6", b"")) // 18, len(answer[b"peers"]) // 6

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from conftest import pid
-from tracker_wsgi.view import SwarmView
 from tracker_wsgi.model import PeerState, PeerWrite
+from tracker_wsgi.view import SwarmView
 
 V4 = bytes([192, 0, 2, 1])
 

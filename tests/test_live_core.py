@@ -13,9 +13,8 @@ import pytest
 from conftest import ih, pid
 from test_store_contract import NOW, SYNC, TIMEOUT, ann
 from tracker_wsgi.limits import Limits
-from tracker_wsgi.model import Shed
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.model import Event, PeerConflict, StoreUnavailable, Torrent
+from tracker_wsgi.model import Event, PeerConflict, Shed, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store
 from tracker_wsgi.view import VIEW_LIMIT
 

@@ -10,12 +10,11 @@ from collections import Counter
 import pytest
 
 from conftest import ih
-from test_store_contract import NOW, SYNC, TIMEOUT, V4, ann
-from tracker_wsgi.limits import ANSWER_FLOOR, Limits, MemoryGuard, broad_prefix, prefixes
-from tracker_wsgi.model import Shed
+from test_store_contract import NOW, SYNC, TIMEOUT, ann
 from tracker_wsgi import view as view_module
+from tracker_wsgi.limits import ANSWER_FLOOR, Limits, MemoryGuard, broad_prefix, prefixes
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.model import ClientError, Event, PeerConflict, PeerState, Torrent, TooManyPeers, make_peer
+from tracker_wsgi.model import ClientError, Event, PeerConflict, PeerState, Shed, TooManyPeers, Torrent, make_peer
 from tracker_wsgi.store import open_store
 
 OTHER_V4 = bytes([198, 51, 100, 99])
@@ -271,7 +270,7 @@ def test_a_views_prefix_counts_and_random_places_stay_true_through_joins_and_lea
     rng = random.Random(7)
     swarm = view_module.SwarmView(1)
     held: dict[bytes, view_module.Member] = {}
-    for step in range(4000):
+    for _ in range(4000):
         if held and rng.random() < 0.4:
             peer_id = rng.choice(list(held))
             swarm._forget_peer(peer_id)

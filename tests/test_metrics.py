@@ -16,10 +16,9 @@ import pytest
 from conftest import announce_query, ih, pid
 from test_wsgi import call, make_app, register, tracker_log  # noqa: F401 (make_app and tracker_log are fixtures)
 from tracker_wsgi import metrics
-from tracker_wsgi.model import Shed
 from tracker_wsgi.live import Held
 from tracker_wsgi.metrics import Counts, Host, health
-from tracker_wsgi.model import StoreUnavailable
+from tracker_wsgi.model import Shed, StoreUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,7 +187,7 @@ def test_fold_gives_each_count_once_and_a_scrape_sums_the_processes(tmp_path):
 # -- in the WSGI application, without Apache (metrics off: no directory is made) ----------------
 
 
-def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monkeypatch):
+def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monkeypatch):  # noqa: F811 (a fixture imported)
     app, tracker = make_app()
     register(tracker, 1)
     for n in (1, 2):
@@ -217,7 +216,7 @@ def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monk
     }
 
 
-def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):
+def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):  # noqa: F811 (a fixture imported)
     app, tracker = make_app()
     register(tracker, 1)
     call(app, "/announce", announce_query(ih(1), pid(1), 6001))
@@ -229,7 +228,7 @@ def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):
     assert answer.status == "503 Service Unavailable" and b"Metrics are off" in answer.body
 
 
-def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):
+def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):  # noqa: F811 (a fixture imported)
     from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES
 
     app, tracker = make_app()

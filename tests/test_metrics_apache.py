@@ -21,8 +21,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import (APACHE_DIR, Apache, announce_query, decode, free_port, give_to_www_data, own_directories,
-                      pid)
+from conftest import APACHE_DIR, Apache, announce_query, decode, free_port, give_to_www_data, own_directories, pid
 from test_e2e_apache import APACHE_LOG_INFO, PrivateMariadb, config_text, reachable
 from tracker_wsgi import devserver
 from tracker_wsgi.metrics import DIRECTORY_PREFIX

@@ -18,8 +18,8 @@ from tracker_wsgi.model import (
     AnnounceResult,
     ClientError,
     Event,
-    make_peer,
     SwarmStats,
+    make_peer,
 )
 from tracker_wsgi.protocol import (
     BAD_EVENT,

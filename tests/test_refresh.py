@@ -26,8 +26,8 @@ from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, UnknownTorrent
 from tracker_wsgi.protocol import UNKNOWN_TORRENT
 from tracker_wsgi.refresh import BackgroundRefresh, RefreshBusy, RefreshReport, refresh
-from tracker_wsgi.store import open_store
 from tracker_wsgi.refresh_auth import REFRESH_BUSY, REFRESH_OFF, REFRESH_REFUSED
+from tracker_wsgi.store import open_store
 from tracker_wsgi.wsgi import Application, build_tracker
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from bencoder import bdecode
 
-from tracker_wsgi.model import ClientError, PeerConflict, Shed, StoreUnavailable, TooManyPeers, TrackerFull, UnknownTorrent
+from tracker_wsgi.model import (
+    ClientError,
+    PeerConflict,
+    Shed,
+    StoreUnavailable,
+    TooManyPeers,
+    TrackerFull,
+    UnknownTorrent,
+)
 from tracker_wsgi.protocol import BUSY, SERVER_FAULT, UNKNOWN_TORRENT
 from tracker_wsgi.refusals import (
     DATABASE_UNAVAILABLE,

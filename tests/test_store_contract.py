@@ -13,7 +13,6 @@ from tracker_wsgi import view as view_module
 from tracker_wsgi.config import Config
 from tracker_wsgi.limits import Limits
 from tracker_wsgi.live import LiveSwarms
-from tracker_wsgi.view import PRUNE_SECONDS
 from tracker_wsgi.model import (
     KEY_RULE_REFUSED,
     AnnounceRequest,
@@ -36,6 +35,7 @@ from tracker_wsgi.refresh import refresh
 from tracker_wsgi.store import open_store, sql
 from tracker_wsgi.store.sql import BATCH_ROWS, MAX_TOTAL_BYTES
 from tracker_wsgi.swarm import plan_announce
+from tracker_wsgi.view import PRUNE_SECONDS
 
 NOW = 1_700_000_000
 TIMEOUT = 2700

@@ -18,12 +18,11 @@ import pytest
 
 from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
 from test_e2e_apache import PrivateMariadb
-from test_wsgi import call as wsgi_call, tracker_log  # noqa: F401 (tracker_log is a fixture)
+from test_wsgi import call as wsgi_call  # noqa: F401 (tracker_log is a fixture)
 from tracker_wsgi import config as config_module
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import (
     ACCESS_DENIED,
-    TIMEOUT as TIMEOUT_CAUSE,
     UNKNOWN_DATABASE,
     UNREACHABLE,
     AnnounceRequest,
@@ -34,10 +33,13 @@ from tracker_wsgi.model import (
     StoreUnavailable,
     Torrent,
 )
+from tracker_wsgi.model import (
+    TIMEOUT as TIMEOUT_CAUSE,
+)
 from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
-from tracker_wsgi.wsgi import Application, build_tracker
 from tracker_wsgi.store import open_store
 from tracker_wsgi.store.mysql import connect_args, timeouts
+from tracker_wsgi.wsgi import Application, build_tracker
 
 NOW = 1_700_000_000
 TIMEOUT = 2700

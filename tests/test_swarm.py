@@ -6,13 +6,12 @@ Both stores apply these rules, so they are specified here once, without a databa
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
 import pytest
 
 from conftest import ih, pid
 from tracker_wsgi.model import AnnounceRequest, Event, PeerConflict, PeerState
-from typing import NamedTuple
-
 from tracker_wsgi.swarm import PeerUpdate, plan_announce, swarm_stats
 
 HOME = ipaddress.ip_address("198.51.100.7").packed

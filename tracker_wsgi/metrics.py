@@ -43,7 +43,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
-from .refusals import REFUSALS, OUTCOMES
+from .refusals import OUTCOMES, REFUSALS
 
 DIRECTORY_PREFIX = "tracker-wsgi-metrics-"  # + Apache's parent pid, in the temporary directory
 LOCK_FILE = "lock"  # in the directory: one collection at a time

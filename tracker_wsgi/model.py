@@ -9,8 +9,8 @@ packed addresses) are always `bytes`, never `str`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 

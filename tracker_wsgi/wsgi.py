@@ -28,9 +28,12 @@ from . import metrics as metrics_module
 from .config import Config, ConfigError
 from .faultlog import FaultLog, _one_line
 from .limits import MemoryGuard, apache_process_group
+from .live import DB_WAITERS, LiveSwarms
+from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .model import ClientError, Shed, StoreUnavailable
 from .netaddr import client_address, is_trusted
 from .protocol import (
+    FULL_SCRAPE_DISABLED,
     AnnouncePolicy,
     encode_announce,
     encode_scrape,
@@ -38,12 +41,16 @@ from .protocol import (
     parse_announce,
     parse_query,
     parse_scrape,
-    FULL_SCRAPE_DISABLED,
 )
-from .live import DB_WAITERS, LiveSwarms
-from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .refresh import BackgroundRefresh, RefreshBusy, refresh
-from .refresh_auth import REFRESH_BUSY, REFRESH_OFF, WEB_REFRESH_COMMANDS, RefreshGate, given_secret, web_refresh_command
+from .refresh_auth import (
+    REFRESH_BUSY,
+    REFRESH_OFF,
+    WEB_REFRESH_COMMANDS,
+    RefreshGate,
+    given_secret,
+    web_refresh_command,
+)
 from .refusals import (
     DATABASE,
     METHOD_REFUSAL,

@@ -34,9 +34,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .. import apache_conf
+from .. import apache_conf, logs
 from .. import config as config_module
-from .. import logs
 from ..config import ConfigError
 from ..permissions import APACHE_USER
 from ..refresh import RefreshBusy, refresh, terminal_progress

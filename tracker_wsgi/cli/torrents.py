@@ -7,7 +7,7 @@ import os
 import re
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..config import Config
 from ..metainfo import MAX_TORRENT_BYTES, MetainfoError, parse_torrent
@@ -158,7 +158,7 @@ def find_torrent(store: Catalog, config: Config, target: str, now: int) -> tuple
 
 
 def utc(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def cmd_show(options: Options) -> int:
