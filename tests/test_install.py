@@ -210,7 +210,7 @@ def machine():
         )
         torrent_bytes, info_hash = torrent(SITE_NAME)
         (torrents / "sample.torrent").write_bytes(torrent_bytes)
-        for page in ("index.shtml", "rss.xml"):
+        for page in ("index.shtml", "rss.xml", "site.css"):
             shutil.copy(root / "opt/tracker-wsgi/apache/sample-site" / page, torrents / page)
 
         # The cron.d job registers the torrent and writes the stats page, as www-data.
@@ -265,7 +265,8 @@ def test_the_wheel_carries_the_apache_files_and_the_files_for_etc(machine):
     apache = Path(installed_output(machine.venv, "paths", "apache"))
     assert apache == site_packages / "tracker_wsgi/apache"
     for name in ("tracker.conf", "tracker-embedded.conf", "embedded-server.conf", "tracker-host.conf", "site.conf",
-                 "tracker.wsgi", "errors/unavailable", "sample-site/index.shtml", "sample-site/rss.xml"):
+                 "tracker.wsgi", "errors/unavailable", "sample-site/index.shtml", "sample-site/rss.xml",
+                 "sample-site/site.css"):
         assert (apache / name).is_file(), name
     system = Path(installed_output(machine.venv, "paths", "system"))
     assert sorted(str(p.relative_to(system)) for p in system.rglob("*") if p.is_file()) == [

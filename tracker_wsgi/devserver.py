@@ -184,18 +184,15 @@ base_url = "http://127.0.0.1:{port}/"
 """
 
 
-# The placeholder link of apache/sample-site/rss.xml, which an admin edits.
-SAMPLE_SITE_LINK = "http://www.example.com/torrents/"
-
-
-def add_site_pages(site_dir: Path, sample_site: Path, base_url: str) -> list[str]:
-    """Copy the sample site's pages into site_dir where missing, linked to base_url, as
-    README's production section has the admin do. Returns the names copied."""
+def add_site_pages(site_dir: Path, sample_site: Path) -> list[str]:
+    """Copy the sample site's pages into site_dir where missing, as README's production
+    section has the admin do (the feed's links come from base_url, through bt_rss.inc).
+    Returns the names copied."""
     copied = []
     for page in sorted(sample_site.iterdir()):
         target = site_dir / page.name
         if not target.exists():
-            target.write_text(page.read_text().replace(SAMPLE_SITE_LINK, base_url))
+            target.write_bytes(page.read_bytes())
             target.chmod(0o644)
             copied.append(page.name)
     return copied
@@ -274,7 +271,7 @@ def serve(state_dir: Path, port: int, config_file: str | None, apache_dir: Path,
         if directory and not directory.exists():
             directory.mkdir(parents=True)
             directory.chmod(0o755)
-    copied = add_site_pages(site, apache_dir / "sample-site", config.base_url)
+    copied = add_site_pages(site, apache_dir / "sample-site")
     if fresh:
         add_sample_torrent(site, f"{server_url}tracker/announce")
     give_tracker_its_files(state, output, database, www)
