@@ -82,6 +82,7 @@ SERVER = "127.0.0.1"
 LEGIT_SOURCE = "127.0.0.2"
 FLOOD_SOURCE = "127.0.0.3"
 SLOW_SOURCE = "127.0.0.4"
+ADMIN_SOURCE = "127.0.0.5"  # refresh-guess: the admin's web refresh, from elsewhere than the guesser
 IP_BIND_ADDRESS_NO_PORT = 24  # Linux: a bound socket takes its port at connect(), so ports are not used up
 
 # The legitimate population and what it sends.
@@ -107,6 +108,9 @@ SLOW_LINE_SECONDS = 10  # a slow client sends one more header line this often, n
 SLOW_RAMP_SECONDS = 5  # the slow connections are opened over this long
 SLOW_RECONNECT_SECONDS = 1  # a slow connection the server closed is opened again after this
 ATTACK_TIMEOUT = 30.0  # an attacker gives up on one answer after this and reconnects
+GUESS_CONNECTIONS = 16  # refresh-guess: clients guessing the web refresh's secret, one answer each
+ADMIN_REFRESH_SECONDS = 2.0  # refresh-guess: how often the admin sends the right secret
+REFRESH_SECRET = os.urandom(32).hex()  # the run's web refresh secret (refresh-guess)
 
 # The schedule of a scenario.
 LEAD_SECONDS = 10  # legitimate traffic alone before the fault (and after an attack)
@@ -769,6 +773,14 @@ def non_local_source() -> str | None:
 
 async def one_exchange(port: int, source: str, sent: bytes, deadline: float, half_close: bool = False) -> str:
     """Send these bytes on a new connection, read the answer to its end; its class."""
+    data = await raw_exchange(port, source, sent, deadline, half_close)
+    if data is None:
+        return NO_ANSWER
+    return classify_raw(data) if data else "closed unanswered"
+
+
+async def raw_exchange(port: int, source: str, sent: bytes, deadline: float, half_close: bool = False) -> bytes | None:
+    """Send these bytes on a new connection; the answer read to its end (None: no answer)."""
     loop = asyncio.get_running_loop()
     sock, data = client_socket(source), b""
     try:
@@ -781,10 +793,10 @@ async def one_exchange(port: int, source: str, sent: bytes, deadline: float, hal
                 data += chunk
     except (OSError, TimeoutError):
         if not data:
-            return NO_ANSWER
+            return None
     finally:
         sock.close()
-    return classify_raw(data) if data else "closed unanswered"
+    return data
 
 
 async def slow_bodies(port: int, seconds: float, swarm: bytes) -> Counter:
@@ -923,7 +935,41 @@ async def slow_readers(port: int, seconds: float, swarm: bytes) -> Counter:
     return counts
 
 
-APACHE_ATTACKS = {"slow-body": slow_bodies, "log-flood": log_flood, "slow-readers": slow_readers}
+def web_refresh(secret: bytes) -> bytes:
+    return (b"GET /tracker?refresh HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Refresh-Secret: " + secret
+            + b"\r\nConnection: close\r\n\r\n")
+
+
+async def refresh_guess(port: int, seconds: float, swarm: bytes) -> Counter:
+    """GUESS_CONNECTIONS clients at FLOOD_SOURCE guess the web refresh's secret as fast as
+    they are answered, while the admin at ADMIN_SOURCE sends the right one every
+    ADMIN_REFRESH_SECONDS (issue 17, finding 7: the admin was locked out as long as guessing
+    went on). Every admin's request must be admitted: the refresh's text report (refreshed,
+    or not due yet), not a bencoded refusal."""
+    counts: Counter = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def guesser() -> None:
+        while time.monotonic() < deadline:
+            outcome = await one_exchange(port, FLOOD_SOURCE, web_refresh(random.randbytes(32).hex().encode()), deadline)
+            if outcome != NO_ANSWER or time.monotonic() < deadline:
+                counts[outcome] += 1
+
+    async def admin() -> None:
+        while time.monotonic() < deadline:
+            data = await raw_exchange(port, ADMIN_SOURCE, web_refresh(REFRESH_SECRET.encode()), deadline)
+            response = split_response(data) if data else None
+            admitted = (response is not None and response[0].get(b"content-type", b"").startswith(b"text/plain")
+                        and not response[1].startswith(b"d14:failure reason"))
+            counts["admin's refreshes admitted" if admitted else "admin's refreshes REFUSED"] += 1
+            await asyncio.sleep(ADMIN_REFRESH_SECONDS)
+
+    await asyncio.gather(admin(), *(guesser() for _ in range(GUESS_CONNECTIONS)))
+    return counts
+
+
+APACHE_ATTACKS = {"slow-body": slow_bodies, "log-flood": log_flood, "slow-readers": slow_readers,
+                  "refresh-guess": refresh_guess}
 ATTACKS.update(APACHE_ATTACKS)
 SCENARIOS += tuple(APACHE_ATTACKS)
 
@@ -1448,6 +1494,8 @@ def run_scenario(store: str, scenario: str, args, root: Path, server: PrivateMar
         db.prepare(hashes)
         open_mode = scenario in ("swarm-flood", "rotation-48")
         extra = [f'trusted_proxies = ["{FLOOD_SOURCE}/32"]'] if scenario == "rotation-48" else []
+        if scenario == "refresh-guess":
+            extra.append(f'refresh_secret = "{REFRESH_SECRET}"')
         text = config_text(run_dir, db.url, "open" if open_mode else "directory", *extra)
         apache = Apache(run_dir, text, args.topology, site_links_conf(run_dir) if scenario == "symlinks" else "")
         stack.callback(apache.stop)

@@ -244,7 +244,7 @@ def test_info_lines_come_at_apaches_info_level_when_asked_for(site, apache_facto
         ("info", "ready:"), ("info", "ready:"), ("info", "refreshed"), ("warn", "junk.torrent:")], found
 
 
-def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mariadb, apache_factory, shared_dir):  # noqa: F811 (a fixture imported)
+def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mariadb, apache_factory, shared_dir):
     """The database stops under load. Each daemon logs each kind of fault once, as one error
     line naming the cause, and then nothing more however many requests fail (a count comes
     a minute later); its recovery is a warning, so it shows wherever the error did."""

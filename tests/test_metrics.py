@@ -187,7 +187,7 @@ def test_fold_gives_each_count_once_and_a_scrape_sums_the_processes(tmp_path):
 # -- in the WSGI application, without Apache (metrics off: no directory is made) ----------------
 
 
-def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monkeypatch):  # noqa: F811 (a fixture imported)
+def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monkeypatch):
     app, tracker = make_app()
     register(tracker, 1)
     for n in (1, 2):
@@ -216,7 +216,7 @@ def test_the_application_counts_each_answer_by_outcome_and_reason(make_app, monk
     }
 
 
-def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):  # noqa: F811 (a fixture imported)
+def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):
     app, tracker = make_app()
     register(tracker, 1)
     call(app, "/announce", announce_query(ih(1), pid(1), 6001))
@@ -228,7 +228,7 @@ def test_health_of_a_lone_process_and_no_metrics_without_apache(make_app):  # no
     assert answer.status == "503 Service Unavailable" and b"Metrics are off" in answer.body
 
 
-def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):  # noqa: F811 (a fixture imported)
+def test_health_names_the_cause_of_a_database_outage(make_app, monkeypatch):
     from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES
 
     app, tracker = make_app()

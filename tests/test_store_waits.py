@@ -18,7 +18,8 @@ import pytest
 
 from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
 from test_e2e_apache import PrivateMariadb
-from test_wsgi import call as wsgi_call  # noqa: F401 (tracker_log is a fixture)
+from test_wsgi import call as wsgi_call
+from test_wsgi import tracker_log  # noqa: F401 (a fixture)
 from tracker_wsgi import config as config_module
 from tracker_wsgi.live import LiveSwarms
 from tracker_wsgi.model import (
