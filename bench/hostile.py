@@ -110,7 +110,9 @@ SLOW_RECONNECT_SECONDS = 1  # a slow connection the server closed is opened agai
 ATTACK_TIMEOUT = 30.0  # an attacker gives up on one answer after this and reconnects
 GUESS_CONNECTIONS = 16  # refresh-guess: clients guessing the web refresh's secret, one answer each
 ADMIN_REFRESH_SECONDS = 2.0  # refresh-guess: how often the admin sends the right secret
-REFRESH_SECRET = os.urandom(32).hex()  # the run's web refresh secret (refresh-guess)
+# The run's web refresh secret (refresh-guess), the same in the attack's process (spawned: it
+# imports this module again, and inherits the environment).
+REFRESH_SECRET = os.environ.setdefault("HOSTILE_REFRESH_SECRET", os.urandom(32).hex())
 
 # The schedule of a scenario.
 LEAD_SECONDS = 10  # legitimate traffic alone before the fault (and after an attack)
@@ -959,9 +961,11 @@ async def refresh_guess(port: int, seconds: float, swarm: bytes) -> Counter:
         while time.monotonic() < deadline:
             data = await raw_exchange(port, ADMIN_SOURCE, web_refresh(REFRESH_SECRET.encode()), deadline)
             response = split_response(data) if data else None
-            admitted = (response is not None and response[0].get(b"content-type", b"").startswith(b"text/plain")
-                        and not response[1].startswith(b"d14:failure reason"))
-            counts["admin's refreshes admitted" if admitted else "admin's refreshes REFUSED"] += 1
+            body = response[1] if response is not None else b""
+            if response is None or body.startswith(b"d14:failure reason"):
+                counts[f"admin's refreshes REFUSED ({body[:80]!r})"] += 1
+            else:
+                counts["admin's refreshes admitted"] += 1
             await asyncio.sleep(ADMIN_REFRESH_SECONDS)
 
     await asyncio.gather(admin(), *(guesser() for _ in range(GUESS_CONNECTIONS)))
@@ -1115,6 +1119,9 @@ FAULTS.update({
     ("slow-readers", None): f"{SLOW_READERS} connections from {SLOW_SOURCE} with a {SLOW_READER_RCVBUF}-byte "
                             f"receive buffer, each pipelining {SLOW_READER_PIPELINE} compact=0&numwant=200 "
                             "announces and never reading, reopened when Apache closes them",
+    ("refresh-guess", None): f"{GUESS_CONNECTIONS} clients at {FLOOD_SOURCE} guessing the web refresh's secret "
+                             f"as fast as answered; the admin at {ADMIN_SOURCE} sends the right one every "
+                             f"{ADMIN_REFRESH_SECONDS:.0f} s and must be admitted every time",
 })
 
 
