@@ -246,9 +246,11 @@ async def fetch_once(port: int, source: str, target: bytes, timeout: float) -> s
     return classify_raw(b"".join(chunks)) if chunks else NO_ANSWER
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[dict[bytes, bytes], bytes, bool]:
-    """One answer on a keep-alive connection: (headers, body, the server closes)."""
-    headers = parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes, bool]:
+    """One answer on a keep-alive connection: (status, headers, body, the server closes)."""
+    status_line = await reader.readuntil(b"\r\n")
+    status = int(status_line.split()[1])
+    headers = parse_head(status_line + (await reader.readuntil(b"\r\n\r\n"))[:-4])
     closing = headers.get(b"connection", b"").lower() == b"close"
     if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
         body = b""
@@ -259,7 +261,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[dict[bytes, bytes
         body = await reader.readexactly(int(headers[b"content-length"]))
     else:
         body, closing = await reader.read(), True
-    return headers, body, closing
+    return status, headers, body, closing
 
 
 # -- the legitimate peers -----------------------------------------------------------------
@@ -481,39 +483,10 @@ def wait(deadline: float) -> float:
 
 async def flood(port: int, seconds: float, target) -> Counter:
     """FLOOD_CONNECTIONS keep-alive connections sending `target()` back to back."""
-    loop = asyncio.get_running_loop()
-    counts: Counter = Counter()
-    deadline = time.monotonic() + seconds
+    def on_answer(counts: Counter, status: int, headers: dict[bytes, bytes], body: bytes, extra: bytes) -> None:
+        counts[classify(headers, body)] += 1
 
-    async def connection() -> None:
-        while time.monotonic() < deadline:
-            sock, writer = client_socket(FLOOD_SOURCE), None
-            try:
-                async with asyncio.timeout(wait(deadline)):
-                    await loop.sock_connect(sock, (SERVER, port))
-                reader, writer = await asyncio.open_connection(sock=sock)
-                while time.monotonic() < deadline:
-                    writer.write(request(target(), close=False))
-                    async with asyncio.timeout(wait(deadline)):
-                        headers, body, closing = await read_response(reader)
-                    counts[classify(headers, body)] += 1
-                    if closing:
-                        break
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-                # Also a reused connection the server closed before reading the request
-                # (the event MPM closes idle keep-alive connections when busy). A wait cut
-                # short by the attack's end is no answer missed.
-                if time.monotonic() < deadline:
-                    counts[NO_ANSWER] += 1
-                await asyncio.sleep(0.1)
-            finally:
-                if writer is not None:
-                    writer.close()
-                else:
-                    sock.close()
-
-    await asyncio.gather(*(connection() for _ in range(FLOOD_CONNECTIONS)))
-    return counts
+    return await keepalive_attack(port, seconds, lambda: (target(), b""), on_answer, FLOOD_CONNECTIONS)
 
 
 def _random_announce(info_hash_of) -> bytes:
@@ -594,10 +567,11 @@ PROBE_ADDRESS = "198.51.100.7"  # rotation-48: a leecher outside the /48 asking 
 SITE_LINKS = ("conf.txt", "dbdir/error.log", "rootfs/etc/passwd")  # symlinks: what is asked for
 
 
-async def keepalive_attack(port: int, seconds: float, next_request, on_answer) -> Counter:
-    """ISSUE17_CONNECTIONS keep-alive connections from FLOOD_SOURCE sending next_request()
-    (a target and extra header lines) back to back; on_answer(status, headers, body, extra)
-    says what each answer counts as."""
+async def keepalive_attack(port: int, seconds: float, next_request, on_answer,
+                           connections: int = ISSUE17_CONNECTIONS) -> Counter:
+    """`connections` keep-alive connections from FLOOD_SOURCE sending next_request() (a
+    target and extra header lines) back to back; on_answer(counts, status, headers, body,
+    extra) says what each answer counts as."""
     loop = asyncio.get_running_loop()
     counts: Counter = Counter()
     deadline = time.monotonic() + seconds
@@ -613,13 +587,15 @@ async def keepalive_attack(port: int, seconds: float, next_request, on_answer) -
                     target, extra = next_request()
                     writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n")
                     async with asyncio.timeout(wait(deadline)):
-                        status = int((await reader.readuntil(b"\r\n")).split()[1])
-                        headers, body, closing = await read_response_after_status(reader)
+                        status, headers, body, closing = await read_response(reader)
                     on_answer(counts, status, headers, body, extra)
                     if closing:
                         break
             except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
                     IndexError):
+                # Also a reused connection the server closed before reading the request
+                # (the event MPM closes idle keep-alive connections when busy). A wait cut
+                # short by the attack's end is no answer missed.
                 if time.monotonic() < deadline:
                     counts[NO_ANSWER] += 1
                 await asyncio.sleep(0.1)
@@ -629,25 +605,8 @@ async def keepalive_attack(port: int, seconds: float, next_request, on_answer) -
                 else:
                     sock.close()
 
-    await asyncio.gather(*(connection() for _ in range(ISSUE17_CONNECTIONS)))
+    await asyncio.gather(*(connection() for _ in range(connections)))
     return counts
-
-
-async def read_response_after_status(reader: asyncio.StreamReader) -> tuple[dict[bytes, bytes], bytes, bool]:
-    """read_response, the status line already read."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    headers = parse_head(b"status\r\n" + head[:-4])
-    closing = headers.get(b"connection", b"").lower() == b"close"
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        body = b""
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16):
-            body += (await reader.readexactly(size + 2))[:-2]
-        await reader.readuntil(b"\r\n")
-    elif b"content-length" in headers:
-        body = await reader.readexactly(int(headers[b"content-length"]))
-    else:
-        body, closing = await reader.read(), True
-    return headers, body, closing
 
 
 def other_process_hash(swarm: bytes) -> bytes:
