@@ -21,7 +21,7 @@ from test_e2e_apache import PrivateMariadb
 from test_wsgi import call as wsgi_call
 from test_wsgi import tracker_log  # noqa: F401 (a fixture)
 from tracker_wsgi import config as config_module
-from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.live import DB_QUEUE_SECONDS, LiveSwarms
 from tracker_wsgi.model import (
     ACCESS_DENIED,
     UNKNOWN_DATABASE,
@@ -37,6 +37,7 @@ from tracker_wsgi.model import (
 from tracker_wsgi.model import (
     TIMEOUT as TIMEOUT_CAUSE,
 )
+from tracker_wsgi.protocol import BUSY, UNKNOWN_TORRENT
 from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
 from tracker_wsgi.store import open_store
 from tracker_wsgi.store.mysql import connect_args, timeouts
@@ -343,3 +344,35 @@ def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypa
 def wsgi_announce(app, info_hash: bytes, peer: int, **fields):
     return wsgi_call(app, "/announce", announce_query(info_hash, pid(peer), port=6000 + peer, **fields),
                 remote=f"10.1.0.{peer}")
+
+
+def test_requests_while_the_tracker_starts_on_a_hung_database_get_retry_in_at_once(private_mariadb, tmp_path):
+    """Issue 18: the first request builds the tracker (its tables checked) under a lock; on a
+    hung database that takes the database's wait, and every other request of the process
+    waited on the lock as long. Now they wait DB_QUEUE_SECONDS, then get `retry in`."""
+    server, url = private_mariadb
+    path = tmp_path / "tracker.toml"
+    path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+    app = Application()
+    environ = {config_module.ENVIRON_KEY: str(path)}
+    os.kill(server.process.pid, signal.SIGSTOP)
+    first: list = []
+    try:
+        starting = threading.Thread(target=lambda: first.append(
+            wsgi_call(app, "/announce", announce_query(ih(1), pid(1)), extra=environ)))
+        starting.start()
+        time.sleep(0.3)  # the first request holds the build
+        assert starting.is_alive()
+        for n in range(2, 5):
+            began = time.monotonic()
+            answer = wsgi_call(app, "/announce", announce_query(ih(1), pid(n)), extra=environ)
+            assert time.monotonic() - began < DB_QUEUE_SECONDS + SLACK
+            assert answer.decoded == {b"failure reason": BUSY.encode(), b"retry in": 1}
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    starting.join()
+    # The first request met the database hung, then back (built, or `retry in` if it had
+    # waited out its time): answered either way; the tracker builds once it is back.
+    assert b"failure reason" in first[0].decoded
+    assert wsgi_call(app, "/announce", announce_query(ih(1), pid(5)), extra=environ).decoded == {
+        b"failure reason": UNKNOWN_TORRENT.encode()}  # built: it reads the (empty) torrent list

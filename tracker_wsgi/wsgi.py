@@ -28,7 +28,7 @@ from . import metrics as metrics_module
 from .config import Config, ConfigError
 from .faultlog import FaultLog, _one_line
 from .limits import MemoryGuard, apache_process_group
-from .live import DB_WAITERS, LiveSwarms
+from .live import DB_QUEUE_SECONDS, DB_WAITERS, LiveSwarms
 from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .model import ClientError, Shed, StoreUnavailable
 from .netaddr import client_address, is_trusted
@@ -55,6 +55,7 @@ from .refusals import (
     DATABASE,
     METHOD_REFUSAL,
     SERVER_FAULT_REFUSAL,
+    SHED,
     UNKNOWN_PATH_REFUSAL,
     Refusal,
     outage_of,
@@ -273,6 +274,11 @@ def build_tracker(config: Config, faults: FaultLog | None = None) -> Tracker:
                    batch_store=open_configured(config, pool_size=BATCH_POOL_SIZE), faults=faults)
 
 
+class StillStarting(Exception):
+    """Another thread of this process is building the tracker (its config read, its store
+    opened and its tables checked, which a slow database can stretch to minutes)."""
+
+
 class Application:
     """The WSGI callable. Builds its Tracker on first use, once per process. Under Apache it
     is made as the process starts (mod_wsgi preloads tracker.wsgi: WSGIImportScript, or a
@@ -290,35 +296,45 @@ class Application:
         self._lock = threading.Lock()
 
     def _build(self, environ: dict[str, Any]) -> Tracker:
-        with self._lock:
-            if self._tracker is not None:
-                return self._tracker
-            if self._config_error is not None:
-                raise self._config_error
-            path = config_module.config_path(environ)
-            config = None
-            try:
-                config = config_module.load(path)
-                self._log_to(config.log_level, config.syslog_facility)
-                tracker = build_tracker(config, self.faults)
-            except ConfigError as exc:
-                # Logged once; a fixed file takes effect when the daemon restarts
-                # (touch the .wsgi file). Store errors are not kept: the next request retries.
-                self._config_error = exc
-                if config is None:
-                    self._log_to(logs.DEFAULT_LEVEL, "")  # the file's own log_level is unknown
-                _log.error(f"configuration error: {exc}")
-                raise
-            if self._metrics is not None:
-                tracker.serve_metrics(self._metrics)
-            _log.info(
-                f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
-                f"over {tracker.store.connection_type()}"
-            )
-            observe = tracker.metrics.refreshed if tracker.metrics is not None else None
-            self._background = BackgroundRefresh(tracker.config, tracker.batch_store, observe)
-            self._tracker = tracker
-            return tracker
+        # Requests that come while another thread builds wait as long as a request waits for
+        # a database slot, then get `retry in`: never every thread of the process held for
+        # the database's minutes (issue 18).
+        if not self._lock.acquire(timeout=DB_QUEUE_SECONDS):
+            raise StillStarting()
+        try:
+            return self._build_locked(environ)
+        finally:
+            self._lock.release()
+
+    def _build_locked(self, environ: dict[str, Any]) -> Tracker:
+        if self._tracker is not None:
+            return self._tracker
+        if self._config_error is not None:
+            raise self._config_error
+        path = config_module.config_path(environ)
+        config = None
+        try:
+            config = config_module.load(path)
+            self._log_to(config.log_level, config.syslog_facility)
+            tracker = build_tracker(config, self.faults)
+        except ConfigError as exc:
+            # Logged once; a fixed file takes effect when the daemon restarts
+            # (touch the .wsgi file). Store errors are not kept: the next request retries.
+            self._config_error = exc
+            if config is None:
+                self._log_to(logs.DEFAULT_LEVEL, "")  # the file's own log_level is unknown
+            _log.error(f"configuration error: {exc}")
+            raise
+        if self._metrics is not None:
+            tracker.serve_metrics(self._metrics)
+        _log.info(
+            f"ready: config {path or '(defaults)'}, store {type(tracker.store).__name__} "
+            f"over {tracker.store.connection_type()}"
+        )
+        observe = tracker.metrics.refreshed if tracker.metrics is not None else None
+        self._background = BackgroundRefresh(tracker.config, tracker.batch_store, observe)
+        self._tracker = tracker
+        return tracker
 
     def _log_to(self, level: str, syslog_facility: str) -> None:
         # Once: a daemon that cannot reach its database at start reads its config again on
@@ -333,6 +349,8 @@ class Application:
             status, headers, body = tracker.handle(environ)
         except ConfigError:
             status, headers, body = _answer(SERVER_FAULT_REFUSAL.body)
+        except StillStarting:
+            status, headers, body = _answer(SHED.body)  # not logged: the building thread logs
         except StoreUnavailable:
             # The tracker could not be built (its tables checked): one line naming the cause.
             # The next request tries again.
