@@ -8,7 +8,7 @@ import pytest
 from tracker_wsgi import limits
 from tracker_wsgi.limits import MemoryGuard, RateWindow, by_prefix, prefixes
 from tracker_wsgi.live import DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS, StoreGate
-from tracker_wsgi.model import StoreUnavailable
+from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES, StoreUnavailable
 
 V4 = bytes([198, 51, 100, 7])
 V6 = bytes.fromhex("20010db8000000010000000000000001")
@@ -144,3 +144,20 @@ def test_the_gate_keeps_requests_off_a_failing_database_and_tries_it_again_alone
     clock.now += DB_AWAY_MAX_SECONDS
     assert gate.call(lambda: "back") == "back"
     assert gate.call(lambda: "again") == "again"  # no wait once it works
+
+
+def test_the_calls_the_gate_holds_off_name_the_cause_of_the_failure_that_closed_it():
+    """Issue 19: whichever thread logs an outage first names its cause; a call the gate
+    refused without asking the database used to say only that it had failed."""
+    clock = Clock()
+    gate = StoreGate(clock)
+
+    def refused():
+        raise StoreUnavailable("Access denied for user", ACCESS_DENIED)
+
+    with pytest.raises(StoreUnavailable):
+        gate.call(refused)
+    with pytest.raises(StoreUnavailable) as held_off:
+        gate.call(lambda: "never asked")
+    assert held_off.value.cause == ACCESS_DENIED
+    assert held_off.value.explain().startswith(OUTAGE_CAUSES[ACCESS_DENIED])

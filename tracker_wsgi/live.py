@@ -68,8 +68,10 @@ from typing import Any, NamedTuple, TypeVar
 from .faultlog import FaultLog
 from .limits import Limits, MemoryGuard, RateWindow
 from .model import (
+    FAILED,
     LEECHER,
     STOPPED,
+    TIMEOUT,
     AnnounceRequest,
     AnnounceResult,
     BatchResult,
@@ -120,26 +122,30 @@ class StoreGate:
         self._slots = threading.BoundedSemaphore(DB_WAITERS)
         self._away_until = 0.0
         self._failures = 0  # in a row
+        self._cause = FAILED  # the last failure's (StoreUnavailable.cause): what the calls it holds off say
 
     def call(self, call: Callable[..., T], *args: Any) -> T:
         now = self.clock()
         if now < self._away_until:
-            raise StoreUnavailable("the database failed a moment ago")
+            # The cause of the failure that closed the gate, so whichever thread logs
+            # first, its line names the real cause (issue 19).
+            raise StoreUnavailable("it failed a moment ago", self._cause)
         if self._failures:  # this call tries it again; the others wait for its verdict
             self._away_until = now + DB_AWAY_SECONDS
         if not self._slots.acquire(timeout=DB_QUEUE_SECONDS):
-            raise StoreUnavailable("every database slot is taken")
+            raise StoreUnavailable("every database slot is taken: the database is slow", TIMEOUT)
         try:
             result = call(*args)
-        except StoreUnavailable:
-            self.failed()
+        except StoreUnavailable as exc:
+            self.failed(exc)
             raise
         finally:
             self._slots.release()
         self.works()
         return result
 
-    def failed(self) -> None:
+    def failed(self, outage: StoreUnavailable) -> None:
+        self._cause = outage.cause
         self._failures += 1
         self._away_until = self.clock() + min(DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS * 2 ** (self._failures - 1))
 
@@ -418,7 +424,7 @@ class LiveSwarms:
                 result = self.batch_store.write_batch(batch) if batch else BatchResult({}, [])
             except BaseException as exc:
                 if isinstance(exc, StoreUnavailable):
-                    self._gate.failed()
+                    self._gate.failed(exc)
                 self._batch_failed(views)
                 raise
             self._gate.works()
