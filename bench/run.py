@@ -38,6 +38,8 @@ import argparse
 import bisect
 import hashlib
 import http.client
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pwd
@@ -294,6 +296,15 @@ def command_pids(name: str) -> dict[int, str]:
         except OSError:
             pass
     return found
+
+
+def apache_copy(root: Path, name: str, wsgi_text: str) -> Path:
+    """A copy of apache/ whose tracker.wsgi is `wsgi_text`: every Apache and mod_wsgi setting as shipped."""
+    app_dir = root / f"{name}-apache"
+    shutil.copytree(APACHE_DIR, app_dir)
+    (app_dir / "tracker.wsgi").write_text(wsgi_text)
+    app_dir.chmod(0o755)
+    return app_dir
 
 
 class Apache:
@@ -823,6 +834,193 @@ def print_cpu(mode: str, runs: dict[str, list[dict]]) -> None:
               f"wrk {c['wrk']:.2f}{rss}")
 
 
+# -- --candidates: the swarm state the processes of one host share (issue 18) ----------------
+
+# bench/candidates.wsgi's candidates, and their rows' names.
+CANDIDATES = {"dict": "(a) per-process dict", "lmdb": "(b) LMDB, key per peer", "sqlite": "(c) SQLite WAL, /dev/shm"}
+# The cross-process check: fresh swarms, and the announces it may send to reach a process
+# other than a given one (Apache's children take connections as they come).
+CROSS_SWARMS, CROSS_TRIES = 10, 200
+
+
+def candidates_module():
+    """bench/candidates.wsgi as a module (mod_wsgi loads it by path, not by import)."""
+    loader = importlib.machinery.SourceFileLoader("bench_candidates", str(BENCH / "candidates.wsgi"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def candidate_state(root: Path, candidate: str, topology: str, shm_dirs: list[Path]) -> str:
+    """The candidate's config (tracker.toml, read by candidates.wsgi) and its state directory,
+    www-data's: LMDB's in the bench's temp dir (the processes make the files), SQLite's in a
+    temp dir on /dev/shm holding the tables, in WAL mode (kept by the file)."""
+    www = pwd.getpwnam("www-data")
+    if candidate == "dict":
+        return 'candidate = "dict"\n'
+    if candidate == "lmdb":
+        state = root / f"lmdb-{topology}"
+        state.mkdir()
+    else:
+        state = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-", dir="/dev/shm"))
+        shm_dirs.append(state)
+        candidates_module().create_sqlite(str(state))
+    for path in [state, *state.iterdir()]:
+        os.chown(path, www.pw_uid, www.pw_gid)
+    return f'candidate = "{candidate}"\nstate_dir = "{state}"\n'
+
+
+def allow_keepalive(app_dir: Path) -> None:
+    """Take the snippets' one answer per connection (`SetEnv nokeepalive 1`) out of a copy of
+    apache/, so that keep-alive runs keep their connections and the store's cost is a larger
+    part of each answer; close runs are what clients do. Everything else stays as shipped."""
+    for snippet in ("tracker.conf", "tracker-embedded.conf"):
+        path = app_dir / snippet
+        text = path.read_text()
+        if "    SetEnv nokeepalive 1\n" not in text:
+            raise RuntimeError(f"{path}: no `SetEnv nokeepalive 1` to take out: keep bench/run.py in step")
+        path.write_text(text.replace("    SetEnv nokeepalive 1\n", ""))
+
+
+def candidate_announce(apache: Apache, swarm: bytes, peer_id: bytes, address: str, event: str = "") -> tuple[str, bytes]:
+    """One announce on a connection of its own: (the answering process's pid, the answer)."""
+    query = urllib.parse.urlencode({"info_hash": swarm, "peer_id": peer_id, "port": 6881, "uploaded": 0,
+                                    "downloaded": 0, "left": 0, "compact": 1, "numwant": 50,
+                                    **({"event": event} if event else {})}, quote_via=urllib.parse.quote)
+    conn = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
+    try:
+        conn.request("GET", f"{TRACKER_PATH}/announce?{query}",
+                     headers={"X-Forwarded-For": address, "Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status != 200 or b"5:peers" not in body:
+        raise RuntimeError(f"candidate announce: {response.status} {body[:200]!r}\n{apache.error_log()[-2000:]}")
+    return response.getheader("X-Bench-Pid"), body
+
+
+def announce_elsewhere(apache: Apache, swarm: bytes, peer_id: bytes, address: str, process: str) -> bytes | None:
+    """The answer of the first process other than `process` to answer this peer's re-announce,
+    of CROSS_TRIES tries; None if none did."""
+    for _ in range(CROSS_TRIES):
+        pid, body = candidate_announce(apache, swarm, peer_id, address)
+        if pid != process:
+            return body
+    return None
+
+
+def cross_process_check(apache: Apache) -> dict | None:
+    """Per fresh swarm: peer P announces at one process; peer Q announces until another
+    process answers: is P in that answer (found)? Then P stops, wherever that lands, and Q
+    announces until a process other than the stop's answers: is P still handed out (stale)?
+    None when no other process ever answered (daemon mode routes each swarm to one process)."""
+    found = stale = 0
+    for n in range(CROSS_SWARMS):
+        swarm, p_id, q_id = secrets.token_bytes(20), secrets.token_bytes(20), secrets.token_bytes(20)
+        p_address, q_address = f"10.250.{n}.1", f"10.250.{n}.2"
+        p_compact = socket.inet_aton(p_address) + (6881).to_bytes(2, "big")
+        p_process, _ = candidate_announce(apache, swarm, p_id, p_address, "started")
+        body = announce_elsewhere(apache, swarm, q_id, q_address, p_process)
+        if body is None:
+            return None
+        found += p_compact in compact_peers(body)
+        stop_process, _ = candidate_announce(apache, swarm, p_id, p_address, "stopped")
+        body = announce_elsewhere(apache, swarm, q_id, q_address, stop_process)
+        if body is None:
+            return None
+        stale += p_compact in compact_peers(body)
+    return {"found": found, "stale": stale, "swarms": CROSS_SWARMS}
+
+
+def cross_process_text(check: dict | None, topology: str) -> str:
+    if check is None:
+        return ("one process per swarm (routed by info hash)" if topology == "daemon"
+                else f"no other process answered in {CROSS_TRIES} tries")
+    return (f"found {check['found']}/{check['swarms']}; stopped at one, still handed out by another "
+            f"{check['stale']}/{check['swarms']}")
+
+
+def run_candidates(args, root: Path, topologies: list[str], modes: list[str]) -> None:
+    """Issue 18: bench/candidates.wsgi's candidates for the swarm state of one host, each in
+    every topology beside bench/hello.wsgi in the same snippet, in turn in every round; then
+    a table of each one's rate as a ratio to that topology's hello, and the cross-process check."""
+    servers: list[Apache] = []
+    shm_dirs: list[Path] = []
+    try:
+        hello_dir = apache_copy(root, "candidates-hello", (BENCH / "hello.wsgi").read_text())
+        candidates_dir = apache_copy(root, "candidates", (BENCH / "candidates.wsgi").read_text())
+        for app_dir in (hello_dir, candidates_dir):
+            allow_keepalive(app_dir)
+        systems: list[tuple[str, System]] = []  # (topology, system), hello first in each topology
+        checks: dict[tuple[str, str], dict | None] = {}
+        for topology in topologies:
+            hello = Apache(root / f"candidates-hello-{topology}-run", hello_dir, "", topology)
+            servers.append(hello)
+            systems.append((topology, System("hello", hello)))
+            for candidate, name in CANDIDATES.items():
+                t0 = time.monotonic()
+                apache = Apache(root / f"candidate-{candidate}-{topology}-run", candidates_dir,
+                                candidate_state(root, candidate, topology, shm_dirs), topology)
+                servers.append(apache)
+                checks[topology, name] = cross_process_check(apache)
+                prefill(apache.url, args)  # also the warm-up: every process has served and opened its store
+                print(f"[candidates {topology}] {name}: {cross_process_text(checks[topology, name], topology)}; "
+                      f"{args.threads * args.pool} starting peers announced; {time.monotonic() - t0:.1f}s", flush=True)
+                systems.append((topology, System(name, apache)))
+        runs: dict[tuple[str, str, str], list[dict]] = {}  # (mode, topology, name) -> each round's run
+        for mode in modes:
+            for round_ in range(args.rounds):
+                for topology, system in systems:
+                    r = measure(args, system, mode == "close")
+                    runs.setdefault((mode, topology, system.name), []).append(r)
+                    print(f"[candidates {mode} {round_ + 1}/{args.rounds}] {topology} {system.name}: "
+                          f"{r['rps']:.0f} req/s, p99 {fmt_ms(r['p99'])}, failure answers {r['errors']}, "
+                          f"{r['socket_detail'] or 'no socket errors'}", flush=True)
+                    print_first_errors(r)
+        for (topology, system), server in zip(systems, servers):
+            problems = [line for line in server.error_log().splitlines()
+                        if "Traceback" in line or (":error]" in line and "AH10159" not in line)]
+            if problems:
+                print(f"[candidates {topology}] {system.name} error.log: {len(problems)} problem lines, "
+                      f"e.g. {problems[:3]}")
+        print_candidates(args, modes, systems, runs, checks)
+    finally:
+        for server in servers:
+            server.stop()
+        for state in shm_dirs:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def print_candidates(args, modes: list[str], systems: list[tuple[str, System]],
+                     runs: dict[tuple[str, str, str], list[dict]], checks: dict[tuple[str, str], dict | None]) -> None:
+    print(f"\nCandidates for the host's shared swarm state (issue 18): wrk -t{args.threads} -c{args.connections} "
+          f"-d{args.seconds}s, announce.lua ({args.torrents} torrents, {args.threads * args.pool} starting peers "
+          f"announced first), {args.rounds} rounds of every row in turn; req/s and p99 of the median round, x hello "
+          "= the median of each round's ratio to hello.wsgi in the same topology; socket errors and failure answers "
+          f"of all rounds; bytes/answer (headers included) of the median {modes[0]} round. load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    head = ["topology", "system"]
+    for mode in modes:
+        head += [f"{mode} req/s", "x hello", "p99", "socket errors"]
+    head += ["failure answers", "bytes/answer", "a peer announced at one process, asked at another"]
+    lines = [head]
+    for topology, system in systems:
+        line = [topology, system.name]
+        for mode in modes:
+            own, hello = runs[mode, topology, system.name], runs[mode, topology, "hello"]
+            run = median_run(own)
+            line += [f"{run['rps']:.0f}", f"{median_ratio(own, hello):.2f}", fmt_ms(run["p99"]),
+                     str(sum(r["socket"] for r in own))]
+        line.append(str(sum(r["errors"] for mode in modes for r in runs[mode, topology, system.name])))
+        line.append(f"{median_run(runs[modes[0], topology, system.name])['bytes_per_answer']:.0f}")
+        line.append("" if system.name == "hello" else cross_process_text(checks[topology, system.name], topology))
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -837,6 +1035,9 @@ def main() -> None:
     parser.add_argument("--npm-cache", type=Path, default=NPM_CACHE, help=f"where {NPM_PACKAGE} is installed")
     parser.add_argument("--floor", action="store_true", help="also measure bench/floor.wsgi, the least a "
                         "Python announce handler does")
+    parser.add_argument("--candidates", action="store_true", help="also measure the candidates for the "
+                        "swarm state a host's processes share (bench/candidates.wsgi) beside hello, per topology")
+    parser.add_argument("--candidates-only", action="store_true", help="measure only the candidates")
     parser.add_argument("--metrics", action="store_true", help="also measure the tracker with its metrics "
                         "off, beside it in every round, and print the on/off ratio")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every system per mode, one after "
@@ -868,6 +1069,8 @@ def main() -> None:
     topologies = args.topologies.split(",")
     if not topologies or set(topologies) - set(devserver.TOPOLOGIES):
         sys.exit(f"bench/run.py: --topologies {args.topologies}: choose among {','.join(devserver.TOPOLOGIES)}")
+    if (args.candidates or args.candidates_only) and importlib.util.find_spec("lmdb") is None:
+        sys.exit(f"bench/run.py --candidates needs the lmdb package: {sys.executable} -m pip install lmdb")
     cores = os.sched_getaffinity(0)
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
@@ -877,6 +1080,9 @@ def main() -> None:
     trackers: dict[str, Apache] = {}
     try:
         print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+        if args.candidates_only:
+            run_candidates(args, root, topologies, args.modes.split(","))
+            return
         whitelist = root / "whitelist.txt"
         whitelist.write_text("".join(f"{info_hash(i).hex()}\n" for i in range(args.torrents)))
         whitelist.chmod(0o644)
@@ -886,12 +1092,7 @@ def main() -> None:
             return server
 
         def apache_with(name: str, wsgi_text: str) -> Path:
-            """A copy of apache/ whose tracker.wsgi is `wsgi_text`: every daemon setting as shipped."""
-            app_dir = root / f"{name}-apache"
-            shutil.copytree(APACHE_DIR, app_dir)
-            (app_dir / "tracker.wsgi").write_text(wsgi_text)
-            app_dir.chmod(0o755)
-            return app_dir
+            return apache_copy(root, name, wsgi_text)
 
         def serve(app: str, topology: str = "daemon") -> Apache:
             """bench/<app>.wsgi in place of the tracker."""
@@ -1069,6 +1270,8 @@ def main() -> None:
                       f"{s['small']['rps']:.0f} | {t['rps'] / s['small']['rps']:.2f} | {fmt_ms(t['p50'])} | "
                       f"{fmt_ms(t['p99'])} | {t['errors']} | {s['bytes'] / s['peers']:.0f} | "
                       f"{t['rss_kib'] / 1024:.0f} MiB (small {s['small']['rss_kib'] / 1024:.0f} MiB) |")
+        if args.candidates:
+            run_candidates(args, root, topologies, modes)
     finally:
         for server in servers:
             server.stop()
