@@ -1,7 +1,7 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
     .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--topologies daemon,embedded]
-                                  [--scale] [--metrics]
+                                  [--scale] [--metrics] [--candidates | --candidates-only]
 
 Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
 each peer from its own address by X-Forwarded-For) in the same run, one after the other in
@@ -28,6 +28,12 @@ off (a second Apache on a store filled alike, whose tracker.wsgi turns counting 
 no-op call and keeps no prometheus_client values) one right after the other, in an order
 swapped every round, and prints the rate on/off and the daemons' CPU per request off/on,
 per round and the median.
+
+With --candidates (or --candidates-only, alone), issue 18's candidates for the swarm state a
+host's processes share (bench/candidates.wsgi: a per-process dict, LMDB, SQLite WAL on
+/dev/shm) are measured in each topology beside hello.wsgi, as ratios to it, with a check of
+what a peer announced at one process looks like at another (bench/README.md, "Choosing the
+host's shared swarm state").
 
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
