@@ -156,7 +156,7 @@ def test_without_mod_wsgi_6_the_level_is_in_the_message_and_info_is_left_out_by_
 def test_the_command_line_prints_the_trackers_warnings_as_its_own(shared_dir, capsys):
     config = shared_dir / "tracker.toml"
     config.write_text(f'database = "sqlite:///{shared_dir}/tracker.sqlite"\nlog_level = "info"\n'
-                      f'torrent_dir = "{shared_dir}"\noutput_dir = "{shared_dir}/out"\n')
+                      f'torrent_dir = "{shared_dir}"\noutput_dir = "{shared_dir}/out"\nswarm_dir = "{shared_dir}/out-swarms"\n')
     assert cli.main(["init-db", "--config", str(config), "--allow-root"]) == 0
     capsys.readouterr()
     logging.getLogger("tracker_wsgi.store").info("routine")  # log_level is the tracker's, in Apache

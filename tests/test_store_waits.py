@@ -16,12 +16,13 @@ import time
 import mysql.connector
 import pytest
 
-from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
+from conftest import new_swarm_dir, TEST_PASSWORD, TEST_USER, announce_query, ih, pid
 from test_e2e_apache import PrivateMariadb
 from test_wsgi import call as wsgi_call
 from test_wsgi import tracker_log  # noqa: F401 (a fixture)
 from tracker_wsgi import config as config_module
-from tracker_wsgi.live import DB_QUEUE_SECONDS, LiveSwarms
+from tracker_wsgi.gate import DB_QUEUE_SECONDS
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import (
     ACCESS_DENIED,
     UNKNOWN_DATABASE,
@@ -114,11 +115,11 @@ def test_sqlite_locked_by_another_process_is_unavailable_within_the_wait(sqlite_
 
 
 def test_sqlite_a_batch_the_store_cannot_take_stays_pending(sqlite_url):
-    """LiveSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it. A
+    """HostSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it. A
     peer the view holds goes on being answered meanwhile; a new one gets `retry in` (the
     key rule cannot be checked against the store)."""
     store = opened(sqlite_url, 0.5)
-    swarms = LiveSwarms(store, 2, clock=lambda: NOW)
+    swarms = HostSwarms(store, 2, new_swarm_dir(), clock=lambda: NOW)
     swarms.announce(ann(1), NOW)
     path = sqlite_url.removeprefix("sqlite://")
     process = holder(f"import fcntl; f = open({path + '-writer'!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)")
@@ -328,7 +329,7 @@ def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypa
         port = closed.getsockname()[1]
     path = tmp_path / "tracker.toml"
     path.write_text(f'database = "mysql://tracker:pw@127.0.0.1:{port}/tracker"\n'
-                    f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+                    f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\nswarm_dir = "{tmp_path}/output-swarms"\n')
     app = Application()
     for _ in range(3):
         answer = wsgi_call(app, "/announce", announce_query(ih(1), pid(1)),
@@ -352,7 +353,7 @@ def test_requests_while_the_tracker_starts_on_a_hung_database_get_retry_in_at_on
     waited on the lock as long. Now they wait DB_QUEUE_SECONDS, then get `retry in`."""
     server, url = private_mariadb
     path = tmp_path / "tracker.toml"
-    path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+    path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\nswarm_dir = "{tmp_path}/output-swarms"\n')
     app = Application()
     environ = {config_module.ENVIRON_KEY: str(path)}
     os.kill(server.process.pid, signal.SIGSTOP)
