@@ -251,18 +251,17 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
-def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir")) -> str:
-    """Config lines giving a tracker its torrent_dir (empty) and output_dir (the tracker's,
-    www-data's) in `directory`, a test's own, made here; `keys`: only those."""
+def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir", "swarm_dir")) -> str:
+    """Config lines giving a tracker its torrent_dir (empty), output_dir and swarm_dir (the
+    tracker's, www-data's) in `directory`, a test's own, made here; `keys`: only those."""
     www = pwd.getpwnam("www-data")
     lines = []
     for key in keys:
-        path = directory / {"torrent_dir": "torrents", "output_dir": "output"}[key]
+        path = directory / {"torrent_dir": "torrents", "output_dir": "output", "swarm_dir": "swarms"}[key]
         path.mkdir(exist_ok=True)
-        if key == "output_dir":
+        if key in ("output_dir", "swarm_dir"):
             os.chown(path, www.pw_uid, www.pw_gid)
         lines.append(f'{key} = "{path}"\n')
-    lines.append(f'swarm_dir = "{directory / "swarms"}"\n')
     return "".join(lines)
 
 
@@ -280,10 +279,8 @@ def make_run_dir(shared_dir: Path, name: str, config_text: str) -> tuple[Path, P
         named = dict.fromkeys(PATH_KEYS)  # a test of a broken file: as written
     config_path = run_dir / "tracker.toml"
     database = "" if "database" in named else f'database = "sqlite:///{run_dir}/tracker.sqlite"\n'
-    if "swarm_dir" not in named:
-        database += f'swarm_dir = "{run_dir}/swarms"\n'
     config_path.write_text(config_text.rstrip("\n") + "\n" + database + own_directories(
-        run_dir, tuple(key for key in ("torrent_dir", "output_dir") if key not in named)))
+        run_dir, tuple(key for key in ("torrent_dir", "output_dir", "swarm_dir") if key not in named)))
     config_path.chmod(0o644)
     return run_dir, config_path
 

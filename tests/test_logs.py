@@ -263,11 +263,11 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
 
     server.stop()
     # (query, answered `retry in`): a completion must be written at once, a swarm never
-    # read must be read, a peer the view lacks must be checked against the store (the key
-    # rule); announces of the peers the view holds are answered and wait to be written.
+    # read must be read; announces to the swarm the host holds (new peers too: it holds it
+    # whole) are answered and wait to be written.
     requests = [(announce_query(ih(1), pid(n), 7000 + n, event="completed", left=0), True) for n in range(1, 5)]
     requests += [(announce_query(ih(2), pid(n), 7000 + n), True) for n in range(1, 5)]
-    requests += [(announce_query(ih(1), pid(n), 7000 + n), True) for n in range(10, 12)]
+    requests += [(announce_query(ih(1), pid(n), 7000 + n), False) for n in range(10, 12)]
     requests += [(announce_query(ih(1), pid(n), 7000 + n), False) for n in range(1, 5)]
 
     def outage(rounds: int) -> None:

@@ -98,7 +98,8 @@ def dirs(shared_dir):
 
 def make_config(url: str, dirs, **extra) -> Config:
     torrents, output = dirs
-    return Config(database=url, torrent_dir=str(torrents), output_dir=str(output), base_url=BASE_URL,
+    return Config(database=url, torrent_dir=str(torrents), output_dir=str(output), swarm_dir=new_swarm_dir(),
+                  base_url=BASE_URL,
                   peer_timeout=TIMEOUT, refresh_interval=900, **extra)
 
 

@@ -266,6 +266,10 @@ class HostState:
 
     # -- the environment ---------------------------------------------------------------------
 
+    def open(self) -> None:
+        """Open (or make) the environment now; raises OSError or lmdb.Error."""
+        self._env()
+
     def _env(self) -> tuple[lmdb.Environment, threading.Lock, Any]:
         opened = self._opened
         if opened is None or opened[0] != os.getpid():

@@ -41,6 +41,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+import lmdb
+
+from .config import ConfigError
 from .faultlog import FaultLog
 from .gate import StoreGate
 from .hoststate import HOST_SWARM_PEERS, Bounds, Completes, HostState, NeedsStoredPeer, NotHeld
@@ -102,6 +105,11 @@ class HostSwarms:
         self.state = HostState(swarm_dir, store.peer_timeout,
                                Bounds(limits.max_swarms, limits.max_peers, limits.max_unwritten,
                                       limits.peers_by_prefix, limits.answer_share_per_prefix), rng)
+        try:
+            self.state.open()  # at once, so a directory the tracker cannot use is one line at start
+        except (OSError, lmdb.Error) as exc:
+            raise ConfigError(f"swarm_dir = {swarm_dir!r}: {exc}; make it a directory the tracker's user can "
+                              f"write: install -d -o www-data -g www-data {swarm_dir}") from None
         self._registrations = RateWindow(limits.new_swarms_by_prefix) if store.register_unknown else None
         self._completions = RateWindow(limits.completions_by_prefix)
         self._gate = StoreGate()
