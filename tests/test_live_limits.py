@@ -9,11 +9,10 @@ from collections import Counter
 
 import pytest
 
-from conftest import ih
+from conftest import new_swarm_dir, ih
 from test_store_contract import NOW, SYNC, TIMEOUT, ann
-from tracker_wsgi import view as view_module
 from tracker_wsgi.limits import ANSWER_FLOOR, Limits, MemoryGuard, broad_prefix, prefixes
-from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import ClientError, Event, PeerConflict, PeerState, Shed, TooManyPeers, Torrent, make_peer
 from tracker_wsgi.store import open_store
 
@@ -31,11 +30,11 @@ def store(request):
     store.close()
 
 
-def live(store, **limits) -> LiveSwarms:
-    return LiveSwarms(store, SYNC, clock=lambda: NOW, limits=Limits(**limits))
+def live(store, **limits) -> HostSwarms:
+    return HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW, limits=Limits(**limits))
 
 
-def refused(swarms: LiveSwarms, request) -> type[ClientError]:
+def refused(swarms: HostSwarms, request) -> type[ClientError]:
     with pytest.raises(ClientError) as err:
         swarms.announce(request, NOW)
     return type(err.value)
@@ -76,7 +75,7 @@ def test_new_peers_wait_while_the_unwritten_backlog_is_full_and_known_ones_go_on
 
 def test_past_max_swarms_a_new_swarm_waits_until_the_batch_drops_idle_views(store):
     clock = [NOW]
-    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(max_swarms=3))
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: clock[0], limits=Limits(max_swarms=3))
     for torrent in (1, 2, 3):
         swarms.announce(ann(torrent, torrent=torrent), clock[0])
     with pytest.raises(Shed):
@@ -104,7 +103,7 @@ def test_past_max_peers_the_batch_forgets_written_peers_of_the_largest_swarm(sto
 
 def test_a_process_near_its_memory_limit_takes_no_new_swarms_or_peers(store):
     size = [0]
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW,
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW,
                         memory=MemoryGuard(limit=1000, clock=lambda: size[0], data_bytes=lambda: size[0]))
     swarms.announce(ann(0), NOW)
     size[0] = 10_000  # over the limit; the clock moved on, so the guard reads it again
@@ -212,7 +211,7 @@ def test_each_prefix_level_holds_its_own_share_of_a_swarm(store):
     swarms.announce(ann(0, ip=home + bytes(9)), NOW)  # a peer that holds its place re-announces as ever
 
 
-def accepted(swarms: LiveSwarms, request, now: int = NOW) -> bool:
+def accepted(swarms: HostSwarms, request, now: int = NOW) -> bool:
     try:
         swarms.announce(request, now)
     except TooManyPeers:
@@ -227,7 +226,7 @@ def test_one_ipv6_48_adds_at_most_what_its_documented_limits_say(store):
     there, and has completions_per_minute_ipv6_48 completions counted a minute (whitelist
     `open`: the next test)."""
     shipped = Limits()
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW, limits=shipped)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW, limits=shipped)
     for n in range(300):  # legitimate leechers, each from its own IPv4 /24
         swarms.announce(ann(10_000 + n, ip=bytes([198, 18 + n // 256, n % 256, 1])), NOW)
     attackers = [n for n in range(1500) if accepted(swarms, ann(n, ip=in_site(n)))]
@@ -253,7 +252,7 @@ def test_one_ipv6_48_adds_at_most_what_its_documented_limits_say(store):
 
 def test_one_ipv6_48_registers_at_most_its_documented_new_swarms_a_minute(store_url_open):
     shipped = Limits()
-    registrations = LiveSwarms(store_url_open, SYNC, clock=lambda: NOW, limits=shipped)
+    registrations = HostSwarms(store_url_open, SYNC, new_swarm_dir(), clock=lambda: NOW, limits=shipped)
     registered = 0
     for n in range(300):
         try:
@@ -299,7 +298,7 @@ def test_a_prefix_new_to_a_partly_held_swarm_has_its_whole_limit(store, monkeypa
     view holds by swarm / view refused this site at 11 peers instead of 100."""
     monkeypatch.setattr("tracker_wsgi.live.VIEW_PEERS", 100)
     clock = [NOW]
-    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
     for n in range(1000):
         swarms.announce(ann(10_000 + n, ip=bytes([198, 18, n // 256, n % 256])), clock[0])  # others
     swarms.flush()
@@ -314,7 +313,7 @@ def test_a_prefix_cannot_grow_past_its_limit_through_a_view_that_holds_part_of_t
     further on at every re-read."""
     monkeypatch.setattr("tracker_wsgi.live.VIEW_PEERS", 100)
     clock = [NOW]
-    swarms = LiveSwarms(store, SYNC, clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: clock[0], limits=Limits(peers_per_ipv6_48=100))
     for n in range(100):
         swarms.announce(ann(10_000 + n, ip=bytes([198, 18, n, 1])), clock[0])  # others
     attackers = sum(accepted(swarms, ann(n, ip=in_site(n)), clock[0]) for n in range(150))
