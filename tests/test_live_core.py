@@ -3,14 +3,13 @@ does not hold, a swarm bigger than a view, and many threads against a model."""
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
 
 import pytest
 
-from conftest import new_swarm_dir, ih, pid
+from conftest import ih, new_swarm_dir, pid
 from test_store_contract import NOW, SYNC, TIMEOUT, ann
 from tracker_wsgi.limits import Limits
 from tracker_wsgi.live import HostSwarms

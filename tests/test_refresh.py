@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from bencoder import bencode
 
-from conftest import new_swarm_dir, announce_query, decode, ih, pid
+from conftest import announce_query, decode, ih, new_swarm_dir, pid
 from tracker_wsgi import refresh as refresh_module
 from tracker_wsgi.config import Config
 from tracker_wsgi.live import HostSwarms

@@ -18,7 +18,7 @@ from pathlib import Path
 import mysql.connector
 import pytest
 
-from conftest import new_swarm_dir, announce_query, decode, give_to_www_data, own_directories, pid
+from conftest import announce_query, decode, give_to_www_data, new_swarm_dir, own_directories, pid
 from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store, schema

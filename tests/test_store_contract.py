@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conftest import new_swarm_dir, announce_query, ih, pid
+from conftest import announce_query, ih, new_swarm_dir, pid
 from tracker_wsgi import hoststate, live
 from tracker_wsgi.config import Config
 from tracker_wsgi.limits import Limits

@@ -16,7 +16,7 @@ import time
 import mysql.connector
 import pytest
 
-from conftest import new_swarm_dir, TEST_PASSWORD, TEST_USER, announce_query, ih, pid
+from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, new_swarm_dir, pid
 from test_e2e_apache import PrivateMariadb
 from test_wsgi import call as wsgi_call
 from test_wsgi import tracker_log  # noqa: F401 (a fixture)
@@ -31,7 +31,6 @@ from tracker_wsgi.model import (
     Event,
     PeerState,
     PeerWrite,
-    Shed,
     StoreUnavailable,
     Torrent,
 )

@@ -24,8 +24,8 @@ from conftest import APACHE_DIR, announce_query, decode, ih, make_run_dir, pid, 
 from test_e2e_apache import BINARY, PID_LOG, SYNC, TEXT, config_text, register, serving_pids
 from tracker_wsgi import apache_conf, cli, devserver
 from tracker_wsgi.apache_conf import UNESCAPED, routing_pattern, unescaped_byte
-from tracker_wsgi.limits import MEMORY_SHARE
 from tracker_wsgi.gate import DB_WAITERS
+from tracker_wsgi.limits import MEMORY_SHARE
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import BUSY, parse_query
 from tracker_wsgi.store import open_store

@@ -47,8 +47,6 @@ from .model import (
     STOPPED,
     AnnounceRequest,
     AnnounceResult,
-    Peer,
-    PeerConflict,
     PeerState,
     PeerWrite,
     Shed,
@@ -84,8 +82,8 @@ _POOL = (b"\0", b"\1", b"\1")  # by PeerState: leechers, seeds, partial seeds
 class Swarm(NamedTuple):
     """A swarm's record (swarms database)."""
 
-    counts: tuple[int, int, int]  # held peers by PeerState
-    unheld: tuple[int, int, int]  # stored peers of a swarm larger than a read, by state
+    counts: tuple[int, ...]  # held peers by PeerState (three)
+    unheld: tuple[int, ...]  # stored peers of a swarm larger than a read, by state
     downloaded: int
     version: int  # the database's version this state matches
     used_at: int
@@ -340,7 +338,7 @@ class HostState:
                     unheld = tuple(max(0, c - (i == was)) for i, c in enumerate(unheld))
             if held is not None and (update.remove or held.state is not write.state or held.ip != write.ip
                                      or held.port != write.port):
-                txn.delete(old_key, db=peers_db)
+                txn.delete(old_key, db=peers_db)  # type: ignore[arg-type]  # held: found under old_key
                 counts[held.state] -= 1
                 changed = True
                 if update.remove or held.ip != write.ip:
@@ -407,7 +405,7 @@ class HostState:
         start = self.rng.getrandbits(32).to_bytes(4, "big")
         # The walk: the first pool from `start`, the other pool whole, the first pool to `start`.
         order = pools[first:] + pools[:first]
-        segments = [(tid4 + order[0] + start, tid4 + order[0], None)]
+        segments: list[tuple[bytes, bytes, bytes | None]] = [(tid4 + order[0] + start, tid4 + order[0], None)]
         segments += [(tid4 + pool, tid4 + pool, None) for pool in order[1:]]
         segments.append((tid4 + order[0], tid4 + order[0], tid4 + order[0] + start))
         share = self.bounds.answer_share

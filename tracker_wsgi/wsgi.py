@@ -27,8 +27,8 @@ from . import logs
 from . import metrics as metrics_module
 from .config import Config, ConfigError
 from .faultlog import FaultLog, _one_line
-from .limits import MemoryGuard, apache_process_group
 from .gate import DB_QUEUE_SECONDS, DB_WAITERS
+from .limits import MemoryGuard, apache_process_group
 from .live import HostSwarms
 from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .model import ClientError, Shed, StoreUnavailable
