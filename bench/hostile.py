@@ -1267,9 +1267,12 @@ def config_text(run_dir: Path, database: str, whitelist: str, *extra: str) -> st
     output.mkdir()
     www = pwd.getpwnam("www-data")
     os.chown(output, www.pw_uid, www.pw_gid)
+    swarms = run_dir / "swarms"
+    swarms.mkdir()
+    os.chown(swarms, www.pw_uid, www.pw_gid)
     return "\n".join([
         f'database = "{database}"', 'base_url = "http://torrents.example.org/files"',
-        f'torrent_dir = "{torrents}"', f'output_dir = "{output}"',
+        f'torrent_dir = "{torrents}"', f'output_dir = "{output}"', f'swarm_dir = "{swarms}"',
         f"refresh_interval = {REFRESH_INTERVAL}", f'whitelist = "{whitelist}"', *extra, "",
     ])
 

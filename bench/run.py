@@ -643,7 +643,10 @@ def tracker_config(root: Path, url: str) -> str:
     (root / "torrents").mkdir(exist_ok=True)
     (root / "output").mkdir(exist_ok=True)
     (root / "output").chmod(0o777)
+    (root / "swarms").mkdir(exist_ok=True)
+    (root / "swarms").chmod(0o777)
     return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
+            f'swarm_dir = "{root}/swarms"\n'
             f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
 
 

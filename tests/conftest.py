@@ -27,7 +27,7 @@ from bencoder import bdecode
 from tracker_wsgi import config as config_module
 from tracker_wsgi import devserver, logs
 from tracker_wsgi.config import Config
-from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.live import HostSwarms
 
 REPO = Path(__file__).resolve().parent.parent
 APACHE_DIR = REPO / "apache"
@@ -59,11 +59,11 @@ def wait_for_mariadb(seconds: float = 60) -> None:
 # /etc/tracker-wsgi/tracker.toml): a test run once rewrote a live stats page and registered
 # live torrents in its databases (issue 19). Every test keeps every path in its own
 # temporary directory, and these guards make one that does not fail loudly.
-PATH_KEYS = ("database", "torrent_dir", "output_dir")
+PATH_KEYS = ("database", "torrent_dir", "output_dir", "swarm_dir")
 # Below a file: nothing can be read, made or opened there, not even by root (ENOTDIR).
 UNUSABLE = "/dev/null/tracker-wsgi-test-built-in-default"
 UNUSABLE_DEFAULTS = {"database": f"sqlite://{UNUSABLE}/tracker.sqlite", "torrent_dir": f"{UNUSABLE}/torrents",
-                     "output_dir": f"{UNUSABLE}/output"}
+                     "output_dir": f"{UNUSABLE}/output", "swarm_dir": f"{UNUSABLE}/swarms"}
 
 
 @pytest.fixture(autouse=True)
@@ -119,21 +119,30 @@ def paths_not_own(config_file: Path) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def stop_flush_threads(monkeypatch):
-    """A LiveSwarms starts a flush thread (and an atexit flush) at its first announce. A
+    """A HostSwarms starts a sync thread (and an atexit flush) at its first announce. A
     test's must end with the test, or they go on writing to, and logging about, a database
     the test dropped, into later tests' logs."""
     started = []
-    start = LiveSwarms._start_flusher
+    start = HostSwarms._start_syncer
 
     def start_and_remember(self):
         started.append(self)
         start(self)
 
-    monkeypatch.setattr(LiveSwarms, "_start_flusher", start_and_remember)
+    monkeypatch.setattr(HostSwarms, "_start_syncer", start_and_remember)
     yield
     for swarms in started:
         swarms._closed.set()  # the thread ends at its next wait; no last flush into a dropped database
         atexit.unregister(swarms.close)
+
+
+_SWARM_DIRS = Path(tempfile.mkdtemp(prefix="tracker-wsgi-test-swarms-"))
+atexit.register(shutil.rmtree, _SWARM_DIRS, True)
+
+
+def new_swarm_dir() -> str:
+    """A host state directory of its own (a new host), in this test run's temporary directory."""
+    return tempfile.mkdtemp(dir=_SWARM_DIRS)
 
 
 @pytest.fixture
@@ -242,15 +251,15 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
-def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir")) -> str:
-    """Config lines giving a tracker its torrent_dir (empty) and output_dir (the tracker's,
-    www-data's) in `directory`, a test's own, made here; `keys`: only those."""
+def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir", "swarm_dir")) -> str:
+    """Config lines giving a tracker its torrent_dir (empty), output_dir and swarm_dir (the
+    tracker's, www-data's) in `directory`, a test's own, made here; `keys`: only those."""
     www = pwd.getpwnam("www-data")
     lines = []
     for key in keys:
-        path = directory / {"torrent_dir": "torrents", "output_dir": "output"}[key]
+        path = directory / {"torrent_dir": "torrents", "output_dir": "output", "swarm_dir": "swarms"}[key]
         path.mkdir(exist_ok=True)
-        if key == "output_dir":
+        if key in ("output_dir", "swarm_dir"):
             os.chown(path, www.pw_uid, www.pw_gid)
         lines.append(f'{key} = "{path}"\n')
     return "".join(lines)
@@ -271,7 +280,7 @@ def make_run_dir(shared_dir: Path, name: str, config_text: str) -> tuple[Path, P
     config_path = run_dir / "tracker.toml"
     database = "" if "database" in named else f'database = "sqlite:///{run_dir}/tracker.sqlite"\n'
     config_path.write_text(config_text.rstrip("\n") + "\n" + database + own_directories(
-        run_dir, tuple(key for key in ("torrent_dir", "output_dir") if key not in named)))
+        run_dir, tuple(key for key in ("torrent_dir", "output_dir", "swarm_dir") if key not in named)))
     config_path.chmod(0o644)
     return run_dir, config_path
 

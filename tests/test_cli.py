@@ -85,7 +85,7 @@ def make_site(url: str, root: Path, **extra: str) -> Site:
     torrents, output = root / "torrents", root / "output"
     torrents.mkdir()
     config = root / "tracker.toml"
-    text = (f'database = "{url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\n'
+    text = (f'database = "{url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\nswarm_dir = "{output}-swarms"\n'
             f'base_url = "{BASE_URL}"\n')
     config.write_text(text + "".join(f'{k} = "{v}"\n' for k, v in extra.items()))
     return Site(url, config, torrents, output, root)

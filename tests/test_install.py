@@ -205,7 +205,7 @@ def machine():
         config.write_text(
             f'database = "sqlite://{root}/var/lib/tracker-wsgi/tracker.sqlite"\n'
             f'torrent_dir = "{torrents}"\n'
-            f'output_dir = "{root}/var/lib/tracker-wsgi/output"\n'
+            f'output_dir = "{root}/var/lib/tracker-wsgi/output"\nswarm_dir = "{root}/var/lib/tracker-wsgi/swarms"\n'
             f'base_url = "http://{TRACKER_HOST}/"\n'
         )
         torrent_bytes, info_hash = torrent(SITE_NAME)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tracker_wsgi import limits
+from tracker_wsgi.gate import DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS, StoreGate
 from tracker_wsgi.limits import MemoryGuard, RateWindow, by_prefix, prefixes
-from tracker_wsgi.live import DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS, StoreGate
 from tracker_wsgi.model import ACCESS_DENIED, OUTAGE_CAUSES, StoreUnavailable
 
 V4 = bytes([198, 51, 100, 7])

@@ -156,7 +156,7 @@ def test_without_mod_wsgi_6_the_level_is_in_the_message_and_info_is_left_out_by_
 def test_the_command_line_prints_the_trackers_warnings_as_its_own(shared_dir, capsys):
     config = shared_dir / "tracker.toml"
     config.write_text(f'database = "sqlite:///{shared_dir}/tracker.sqlite"\nlog_level = "info"\n'
-                      f'torrent_dir = "{shared_dir}"\noutput_dir = "{shared_dir}/out"\n')
+                      f'torrent_dir = "{shared_dir}"\noutput_dir = "{shared_dir}/out"\nswarm_dir = "{shared_dir}/out-swarms"\n')
     assert cli.main(["init-db", "--config", str(config), "--allow-root"]) == 0
     capsys.readouterr()
     logging.getLogger("tracker_wsgi.store").info("routine")  # log_level is the tracker's, in Apache
@@ -263,11 +263,11 @@ def test_a_database_outage_is_one_error_per_fault_then_nothing_more(private_mari
 
     server.stop()
     # (query, answered `retry in`): a completion must be written at once, a swarm never
-    # read must be read, a peer the view lacks must be checked against the store (the key
-    # rule); announces of the peers the view holds are answered and wait to be written.
+    # read must be read; announces to the swarm the host holds (new peers too: it holds it
+    # whole) are answered and wait to be written.
     requests = [(announce_query(ih(1), pid(n), 7000 + n, event="completed", left=0), True) for n in range(1, 5)]
     requests += [(announce_query(ih(2), pid(n), 7000 + n), True) for n in range(1, 5)]
-    requests += [(announce_query(ih(1), pid(n), 7000 + n), True) for n in range(10, 12)]
+    requests += [(announce_query(ih(1), pid(n), 7000 + n), False) for n in range(10, 12)]
     requests += [(announce_query(ih(1), pid(n), 7000 + n), False) for n in range(1, 5)]
 
     def outage(rounds: int) -> None:

@@ -134,13 +134,13 @@ m.flushed(3.0, False)
 m.refreshed(0.3)
 # What a process that is gone left behind: its counters count, its gauges do not.
 def gone(pid):
-    for kind in ("counter", "histogram", "gauge_livesum"):
+    for kind in ("counter", "histogram", "gauge_livesum", "gauge_livemax"):
         shutil.copy(os.path.join(directory, f"{kind}_{os.getpid()}.db"), os.path.join(directory, f"{kind}_{pid}.db"))
 gone(sys.argv[2])
 first = m.exposition().decode()
 # Its counters and histograms went into the archives; scraping again counts them once.
 assert sorted(os.listdir(directory)) == sorted([f"{kind}_{os.getpid()}.db" for kind in
-    ("counter", "histogram", "gauge_livesum")] + ["counter_archive.db", "histogram_archive.db", "lock"]), os.listdir(directory)
+    ("counter", "histogram", "gauge_livesum", "gauge_livemax")] + ["counter_archive.db", "histogram_archive.db", "lock"]), os.listdir(directory)
 assert m.exposition().decode() == first
 gone(sys.argv[3])  # a second one, added to the archive
 text = m.exposition().decode()

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from bencoder import bencode
 
-from conftest import announce_query, decode, ih, pid
+from conftest import announce_query, decode, ih, new_swarm_dir, pid
 from tracker_wsgi import refresh as refresh_module
 from tracker_wsgi.config import Config
-from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, UnknownTorrent
 from tracker_wsgi.protocol import UNKNOWN_TORRENT
 from tracker_wsgi.refresh import BackgroundRefresh, RefreshBusy, RefreshReport, refresh
@@ -55,7 +55,7 @@ def torrent_file(directory: Path, relative: str, name: str, length: int = 1000) 
 
 def announce_written(store, request: AnnounceRequest, now: int):
     """Announce through a daemon process's swarms and write the batch, as its flush would."""
-    swarms = LiveSwarms(store, sync_interval=2)
+    swarms = HostSwarms(store, 2, new_swarm_dir())
     try:
         return swarms.announce(request, now)
     finally:
@@ -98,7 +98,8 @@ def dirs(shared_dir):
 
 def make_config(url: str, dirs, **extra) -> Config:
     torrents, output = dirs
-    return Config(database=url, torrent_dir=str(torrents), output_dir=str(output), base_url=BASE_URL,
+    return Config(database=url, torrent_dir=str(torrents), output_dir=str(output), swarm_dir=new_swarm_dir(),
+                  base_url=BASE_URL,
                   peer_timeout=TIMEOUT, refresh_interval=900, **extra)
 
 
@@ -116,7 +117,7 @@ def write_toml(path: Path, config: Config) -> Path:
     path.write_text(
         f'database = "{config.database}"\n'
         f'torrent_dir = "{config.torrent_dir}"\n'
-        f'output_dir = "{config.output_dir}"\n'
+        f'output_dir = "{config.output_dir}"\nswarm_dir = "{config.output_dir}-swarms"\n'
         f'base_url = "{config.base_url}"\n'
     )
     return path

@@ -18,8 +18,8 @@ from pathlib import Path
 import mysql.connector
 import pytest
 
-from conftest import announce_query, decode, give_to_www_data, own_directories, pid
-from tracker_wsgi.live import LiveSwarms
+from conftest import announce_query, decode, give_to_www_data, new_swarm_dir, own_directories, pid
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import AnnounceRequest, Event, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store, schema
 from tracker_wsgi.store.mysql_settings import connect_args
@@ -158,7 +158,7 @@ def test_a_database_of_an_earlier_release_migrates_to_what_schema_sql_creates(ki
     assert store.history(0) == [(1_700_000_050, 1, 1)]
     assert store.skipped_files() == {"junk.torrent": (4, 1_700_000_000_000_000_000, "not a torrent")}
     # And the tracker goes on with it: a new peer joins, a hybrid torrent keeps its SHA-256.
-    swarms = LiveSwarms(store, 2, clock=lambda: NOW)
+    swarms = HostSwarms(store, 2, new_swarm_dir(), clock=lambda: NOW)
     assert swarms.announce(announce(3, 100), NOW).stats.incomplete == 2
     assert swarms.flush() == 1
     assert store.scrape([HASH_V1], NOW)[HASH_V1].incomplete == 2

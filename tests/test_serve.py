@@ -187,7 +187,7 @@ def test_refuses_a_config_that_would_publish_the_state():
     try:
         config = state / "tracker.toml"
         config.write_text(f'database = "sqlite:///{state}/tracker.sqlite"\ntorrent_dir = "{state}"\n'
-                          f'output_dir = "{state}/output"\n')
+                          f'output_dir = "{state}/output"\nswarm_dir = "{state}/output-swarms"\n')
         serve = subprocess.Popen(
             [TRACKER_WSGI, "serve", "--config", str(config), "--state-dir", str(state), "--port", str(free_port())],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

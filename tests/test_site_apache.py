@@ -54,7 +54,7 @@ def site(shared_dir, apache_factory, sqlite_url):
     apache = apache_factory(f'database = "{sqlite_url}"\n', site_conf=site_conf)
     # Now that the port is known, give the tracker its real base URL, then refresh.
     config_text = (
-        f'database = "{sqlite_url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\n'
+        f'database = "{sqlite_url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\nswarm_dir = "{output}-swarms"\n'
         f'base_url = "{apache.base}/torrents"\n'
     )
     (apache.run_dir / "tracker.toml").write_text(config_text)

@@ -4,15 +4,16 @@ the embedded SQLite and the real MariaDB. Any store must pass every test here.""
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 
 import pytest
 
-from conftest import announce_query, ih, pid
-from tracker_wsgi import view as view_module
+from conftest import announce_query, ih, new_swarm_dir, pid
+from tracker_wsgi import hoststate, live
 from tracker_wsgi.config import Config
 from tracker_wsgi.limits import Limits
-from tracker_wsgi.live import LiveSwarms
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import (
     KEY_RULE_REFUSED,
     AnnounceRequest,
@@ -35,7 +36,6 @@ from tracker_wsgi.refresh import refresh
 from tracker_wsgi.store import open_store, sql
 from tracker_wsgi.store.sql import BATCH_ROWS, MAX_TOTAL_BYTES
 from tracker_wsgi.swarm import plan_announce
-from tracker_wsgi.view import PRUNE_SECONDS
 
 NOW = 1_700_000_000
 TIMEOUT = 2700
@@ -54,7 +54,7 @@ def swarms(store):
     """One daemon process's swarms in front of the store. Every test peer announces from
     one address: the per-address completion rate is raised out of the way (test_live_limits
     tests it)."""
-    return LiveSwarms(store, SYNC, clock=lambda: NOW, limits=Limits(completions_per_minute=10_000))
+    return HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW, limits=Limits(completions_per_minute=10_000))
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_unknown_torrent_is_refused(store, swarms):
 def test_open_store_registers_unknown_hashes(store_url):
     store = open_store(store_url, TIMEOUT, register_unknown=True)
     store.create_tables()
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     result = swarms.announce(ann(1, torrent=42), NOW)
     assert (result.stats.complete, result.stats.incomplete) == (0, 1)
     swarms.flush()
@@ -185,7 +185,7 @@ def test_ipv6_peers_keep_their_address(store, swarms):
 def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store):
     """As the original: counts are corrected when the refresh expires silent peers."""
     clock = Clock(NOW - TIMEOUT - 1)
-    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     swarms.announce(ann(1), clock.now)
     swarms.flush()
     clock.now = NOW - 10
@@ -199,6 +199,7 @@ def test_silent_peers_are_not_handed_out_and_leave_the_counts_at_expiry(store):
     assert store.expire_peers(NOW) == 1
     assert store.expire_peers(NOW) == 0
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
+    swarms.sync()  # the host's writer forgets it too
     assert swarms.announce(ann(3), NOW + SYNC).stats.incomplete == 2
 
 
@@ -354,7 +355,7 @@ def count_reads(store) -> list:
 
 def test_a_process_alone_never_reads_its_busy_swarm_again(store):
     clock = Clock(NOW)
-    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     reads = count_reads(store)
     for t in range(20):  # twenty batches, each finding the version the view was built on
         clock.now = NOW + t
@@ -369,7 +370,7 @@ def test_a_process_alone_never_reads_its_busy_swarm_again(store):
 def test_a_busy_swarm_is_not_read_again_while_its_next_batch_is_late(store):
     """The batch that checks a view comes a little over sync_interval after the last one."""
     clock = Clock(NOW)
-    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     swarms.announce(ann(1), NOW)
     swarms.flush()
     reads = count_reads(store)
@@ -384,7 +385,7 @@ def test_a_busy_swarm_is_not_read_again_while_its_next_batch_is_late(store):
 
 def test_another_writer_makes_the_batch_read_the_swarm_again(store):
     clock = Clock(NOW)
-    first, second = LiveSwarms(store, SYNC, clock=clock), LiveSwarms(store, SYNC, clock=clock)
+    first, second = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock), HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     first.announce(ann(1), NOW)
     second.announce(ann(2), NOW)
     second.flush()
@@ -397,14 +398,14 @@ def test_another_writer_makes_the_batch_read_the_swarm_again(store):
     assert len(reads) == 1  # the announce itself read nothing
 
 
-def test_silent_peers_leave_a_view_that_is_never_read_again(store):
-    """Pruned from the peer lists at peer_timeout; counted until the refresh expires them."""
+def test_silent_peers_are_never_handed_out_and_a_held_swarm_is_never_read_again(store):
+    """Left out of answers at peer_timeout; counted until expired."""
     sync = 60
     clock = Clock(NOW)
-    swarms = LiveSwarms(store, sync, clock=clock)
+    swarms = HostSwarms(store, sync, new_swarm_dir(), clock=clock)
     swarms.announce(ann(1), NOW)
     reads = count_reads(store)
-    for t in range(0, TIMEOUT + 2 * PRUNE_SECONDS, sync - 1):
+    for t in range(0, TIMEOUT + 120, sync - 1):
         clock.now = NOW + t
         result = swarms.announce(ann(2), NOW + t)
         swarms.flush()
@@ -412,14 +413,14 @@ def test_silent_peers_leave_a_view_that_is_never_read_again(store):
     assert result.peers == [] and result.stats.incomplete == 2
     assert store.expire_peers(clock.now) == 1
     swarms.announce(ann(2), clock.now)
-    swarms.flush()  # the refresh moved the version on: the swarm is read again
+    swarms.sync()  # the refresh moved the version on: the writer reads the swarm again
     assert len(reads) == 1
     assert swarms.announce(ann(2), clock.now).stats.incomplete == 1
 
 
 def test_a_completion_written_through_is_counted_once_by_the_batches_after_it(store):
     clock = Clock(NOW)
-    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     swarms.announce(ann(1), NOW)
     swarms.announce(ann(2), NOW)
     swarms.flush()
@@ -431,24 +432,23 @@ def test_a_completion_written_through_is_counted_once_by_the_batches_after_it(st
 
 
 def test_a_huge_swarm_is_held_in_part_and_counted_whole(store, monkeypatch):
-    monkeypatch.setattr(view_module, "VIEW_LIMIT", 20)
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
-    for n in range(1, 61):
-        swarms.announce(ann(n), NOW)
-    swarms.flush()
-    for n in range(61, 101):
-        swarms.announce(ann(n), NOW)  # each new peer makes room by forgetting written ones
-    swarms.flush()
-    view = next(iter(swarms._by_id.values()))
-    assert view.peer_count <= 60
-    assert swarms.announce(ann(200, numwant=0), NOW).stats.incomplete == 101
-    forgotten = next(n for n in range(1, 101) if not view.holds(pid(n)))
-    # Between batches a forgotten peer's re-announce counts as new; the batch corrects it.
-    assert swarms.announce(ann(forgotten, numwant=0), NOW).stats.incomplete == 102
-    swarms.flush()
-    assert swarms.announce(ann(200, numwant=0), NOW).stats.incomplete == 101
-    peers = swarms.announce(ann(201, numwant=200), NOW).peers
-    assert len(peers) == len({p.peer_id for p in peers}) == view.peer_count - 1
+    """A host reads at most HOST_SWARM_PEERS of a stored swarm: the rest is counted, and a
+    peer it lacks is looked up (the key rule) and counted once when it comes."""
+    monkeypatch.setattr(hoststate, "HOST_SWARM_PEERS", 20)
+    monkeypatch.setattr(live, "HOST_SWARM_PEERS", 20)
+    first = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
+    for n in range(1, 101):
+        first.announce(ann(n), NOW)
+    first.flush()
+    other_host = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
+    assert other_host.announce(ann(200, numwant=0), NOW).stats.incomplete == 101
+    assert other_host.held().peers == 21
+    held = {p.peer_id for p in other_host.announce(ann(201, numwant=200), NOW).peers}
+    assert len(held) == 21 and pid(200) in held
+    lacking = next(n for n in range(1, 101) if pid(n) not in held)
+    # Its stored row decides the key rule, and it is counted once, not as new.
+    assert other_host.announce(ann(lacking, numwant=0), NOW).stats.incomplete == 102
+    assert other_host.announce(ann(lacking, numwant=0), NOW).stats.incomplete == 102
 
 
 def test_a_batch_split_over_transactions_reports_the_versions_it_wrote_over(store):
@@ -479,7 +479,7 @@ def test_the_largest_numbers_break_no_write_and_no_sum(store, store_url, shared_
     hold 2**63-1 itself, as a version without the counter cap stored them."""
     caplog.set_level(logging.INFO, logger="tracker_wsgi")
     clock = Clock(NOW)
-    swarms = LiveSwarms(store, SYNC, clock=clock)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     for n in range(1, 6):
         swarms.announce(parsed(n), NOW)
     assert swarms.flush() == 5
@@ -541,7 +541,7 @@ def test_a_poisoned_write_is_set_aside_and_the_rest_written(store):
     assert store.find_peer(1, pid(1)) == StoredPeer(V4, b"k1", 100)  # the refused write changed nothing
 
 
-def test_a_poisoned_announce_is_set_aside_forgotten_and_logged_once(store, caplog):
+def test_a_poisoned_announce_fails_alone_and_a_refused_write_is_set_aside_forgotten_and_logged_once(store, caplog):
     store.register(Torrent(ih(2), None, "two", 5), NOW)
     caplog.set_level(logging.INFO, logger="tracker_wsgi")
 
@@ -551,21 +551,31 @@ def test_a_poisoned_announce_is_set_aside_forgotten_and_logged_once(store, caplo
         assert {r.levelname for r in records} <= {"WARNING"}, records  # the admin's to look at
         return [r.getMessage() for r in records]
 
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
+    other_host = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     for n in range(1, 4):
         swarms.announce(ann(n), NOW)
-    swarms.announce(ann(4, uploaded=POISON), NOW)  # the parser never makes one; a bug might
-    swarms.announce(ann(1, torrent=2, uploaded=POISON), NOW)  # torrent 2's only write
-    assert swarms.flush() == 5
+    # The host state cannot hold a number no column holds: that announce fails alone.
+    with pytest.raises(struct.error):
+        swarms.announce(ann(4, uploaded=POISON), NOW)  # the parser never makes one; a bug might
+    other_host.announce(ann(9, torrent=2), NOW)
+    # Peer 1's id from another address, at a host that has not heard of it yet: answered
+    # there, refused by the key rule when written after peer 1's own write.
+    other_host.announce(ann(1, ip=V6), NOW)
+    other_host.announce(ann(1, torrent=2, ip=V6), NOW)
+    assert swarms.flush() == 3
+    assert other_host.flush() == 3
     logs = logged()
-    assert len(logs) == 1 and logs[0].startswith("2 announces set aside, not written: ")
-    assert f"torrent 1 peer {pid(4).hex()}" in logs[0] and f"torrent 2 peer {pid(1).hex()}" in logs[0]
-    assert pid(4) not in {p.peer_id for p in swarms.announce(ann(5, numwant=50), NOW).peers}
-    assert ih(2) in swarms._by_hash  # its view was read again, not dropped as unregistered
-    assert swarms.scrape([ih(2)], NOW)[ih(2)].incomplete == 0
-    assert swarms.flush() == 1 and len(logged()) == 1  # set aside once, not retried
+    assert len(logs) == 1 and logs[0].startswith("1 announces set aside, not written: ")
+    assert f"torrent 1 peer {pid(1).hex()}" in logs[0] and "another address" in logs[0]
+    answer = other_host.announce(ann(5, numwant=50), NOW)
+    # Forgotten where it was set aside; the swarm read again holds the real one.
+    assert {p.ip for p in answer.peers if p.peer_id == pid(1)} == {V4}
+    assert ih(2) in other_host.state.stats([ih(2)])  # still held, not dropped as unregistered
+    assert other_host.flush() == 1 and len(logged()) == 1  # set aside once, not retried
     assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 4
-    assert store.find_peer(1, pid(4)) is None
+    assert store.scrape([ih(2)], NOW)[ih(2)].incomplete == 2
+    assert store.find_peer(1, pid(1)).ip == V4 and store.find_peer(1, pid(4)) is None
 
 
 # -- the key rule on a view miss ---------------------------------------------------------------
@@ -596,7 +606,7 @@ def test_open_mode_registers_up_to_open_max_torrents(store_url, monkeypatch):
     monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 60)
     store = open_mode_store(store_url, open_max_torrents=3)
     store.register(Torrent(ih(1), None, "listed", 1, path="one.torrent"), NOW)  # every torrent counts
-    swarms = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     for n in (2, 3):
         swarms.announce(ann(1, torrent=n), NOW)
     with pytest.raises(TrackerFull):
@@ -617,7 +627,7 @@ def test_idle_torrents_of_open_mode_leave_the_store(store_url):
     old = NOW - TIMEOUT - 1
     store.register(Torrent(ih(1), None, "listed", 1, path="dir/one.torrent"), old)
     store.register(Torrent(ih(2), None, "hand-added", 1, path="/srv/two.torrent"), old)
-    swarms = LiveSwarms(store, SYNC, clock=lambda: old)
+    swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: old)
     swarms.announce(ann(1, torrent=3), old)  # silent since: a peer until it expires
     swarms.announce(ann(2, torrent=4), old)
     swarms.announce(ann(2, torrent=4, event=Event.STOPPED), old)  # its only peer left
@@ -646,7 +656,7 @@ def test_a_leecher_that_stops_with_nothing_left_has_finished_once(store, swarms)
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)
     # A peer the view never held (another process answered its `started`) counts the same.
-    other = LiveSwarms(store, SYNC, clock=lambda: NOW)
+    other = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     swarms.announce(ann(2, left=10, event=Event.STARTED), NOW)
     swarms.flush()
     other.announce(ann(2, left=0, event=Event.STOPPED), NOW)

@@ -16,12 +16,13 @@ import time
 import mysql.connector
 import pytest
 
-from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, pid
+from conftest import TEST_PASSWORD, TEST_USER, announce_query, ih, new_swarm_dir, pid
 from test_e2e_apache import PrivateMariadb
 from test_wsgi import call as wsgi_call
 from test_wsgi import tracker_log  # noqa: F401 (a fixture)
 from tracker_wsgi import config as config_module
-from tracker_wsgi.live import DB_QUEUE_SECONDS, LiveSwarms
+from tracker_wsgi.gate import DB_QUEUE_SECONDS
+from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import (
     ACCESS_DENIED,
     UNKNOWN_DATABASE,
@@ -30,7 +31,6 @@ from tracker_wsgi.model import (
     Event,
     PeerState,
     PeerWrite,
-    Shed,
     StoreUnavailable,
     Torrent,
 )
@@ -114,23 +114,22 @@ def test_sqlite_locked_by_another_process_is_unavailable_within_the_wait(sqlite_
 
 
 def test_sqlite_a_batch_the_store_cannot_take_stays_pending(sqlite_url):
-    """LiveSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it. A
-    peer the view holds goes on being answered meanwhile; a new one gets `retry in` (the
-    key rule cannot be checked against the store)."""
+    """HostSwarms.flush on StoreUnavailable: nothing is lost, the next flush writes it. The
+    swarm the host holds goes on being answered meanwhile, new peers included (the host
+    holds it whole: the key rule needs no database)."""
     store = opened(sqlite_url, 0.5)
-    swarms = LiveSwarms(store, 2, clock=lambda: NOW)
+    swarms = HostSwarms(store, 2, new_swarm_dir(), clock=lambda: NOW)
     swarms.announce(ann(1), NOW)
     path = sqlite_url.removeprefix("sqlite://")
     process = holder(f"import fcntl; f = open({path + '-writer'!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX)")
     try:
         timed_unavailable(swarms.flush)
         swarms.announce(ann(1)._replace(left=50), NOW)
-        with pytest.raises(Shed):
-            swarms.announce(ann(2), NOW)
+        assert swarms.announce(ann(2), NOW).stats.incomplete == 2
     finally:
         release(process)
-    assert swarms.flush() == 1
-    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
+    assert swarms.flush() == 2
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
     assert store.find_peer(1, pid(1)).left == 50  # the re-announce was written
 
 
@@ -293,7 +292,7 @@ def test_a_refused_login_is_one_line_and_one_wording_for_every_request(own_user,
     database did not answer a request in time" with an 18-line traceback, and completions
     were told "busy" where an unknown swarm was told "temporarily unavailable"."""
     url, admin = own_user
-    tracker = build_tracker(config_module.from_dict({"database": url}))
+    tracker = build_tracker(config_module.from_dict({"database": url, "swarm_dir": new_swarm_dir()}))
     try:
         tracker.store.register(Torrent(ih(1), None, "one", 1000), NOW)
         tracker.store.register(Torrent(ih(2), None, "two", 1000), NOW)
@@ -328,7 +327,7 @@ def test_a_closed_port_at_start_is_one_line_naming_the_config(tmp_path, monkeypa
         port = closed.getsockname()[1]
     path = tmp_path / "tracker.toml"
     path.write_text(f'database = "mysql://tracker:pw@127.0.0.1:{port}/tracker"\n'
-                    f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+                    f'torrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\nswarm_dir = "{tmp_path}/output-swarms"\n')
     app = Application()
     for _ in range(3):
         answer = wsgi_call(app, "/announce", announce_query(ih(1), pid(1)),
@@ -352,7 +351,7 @@ def test_requests_while_the_tracker_starts_on_a_hung_database_get_retry_in_at_on
     waited on the lock as long. Now they wait DB_QUEUE_SECONDS, then get `retry in`."""
     server, url = private_mariadb
     path = tmp_path / "tracker.toml"
-    path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\n')
+    path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\nswarm_dir = "{tmp_path}/output-swarms"\n')
     app = Application()
     environ = {config_module.ENVIRON_KEY: str(path)}
     os.kill(server.process.pid, signal.SIGSTOP)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import re
-import resource
 import secrets
 import shutil
 import subprocess
@@ -21,13 +20,12 @@ import mysql.connector
 import pytest
 
 from conftest import APACHE_DIR, announce_query, decode, ih, make_run_dir, pid, start_apache
-from test_e2e_apache import BINARY, PID_LOG, SYNC, TEXT, config_text, register, serving_pids
+from test_e2e_apache import BINARY, SYNC, TEXT, config_text, register
 from tracker_wsgi import apache_conf, cli, devserver
 from tracker_wsgi.apache_conf import UNESCAPED, routing_pattern, unescaped_byte
-from tracker_wsgi.limits import MEMORY_SHARE
-from tracker_wsgi.live import DB_WAITERS
+from tracker_wsgi.gate import DB_WAITERS
 from tracker_wsgi.model import Torrent
-from tracker_wsgi.protocol import BUSY, parse_query
+from tracker_wsgi.protocol import parse_query
 from tracker_wsgi.store import open_store
 from tracker_wsgi.wsgi import BATCH_POOL_SIZE
 
@@ -401,70 +399,6 @@ def test_embedded_database_connections_stay_bounded_under_a_burst(private_mysql_
     assert all(decode(body).get(b"retry in") for body in refused), refused[:3]
 
 
-def test_embedded_child_past_its_memory_limit_takes_no_new_swarm_or_peer_but_answers_known_ones(
-        sqlite_url, shared_dir, apaches):
-    """Embedded mode has no daemon memory-limit: each child measures its resident memory
-    against the config's memory_limit (limits.MemoryGuard). With the smallest one allowed,
-    64 MiB (a child starts at ~27 MiB resident; 70 % of 64 MiB is 44.8 MiB), a flood of new
-    peers fills one child until it answers `retry in` to new peers and new swarms, while a
-    peer it holds is still answered. (Without the guard in Apache's children the same flood
-    held 37,749 peers and 73.6 MiB after 60 s, none refused: this test fails.)"""
-    register(sqlite_url, *range(1, 42))
-    limit = 64 * 2**20
-    # Nothing else bounds the flood: no batch within the test (the view holds what it takes),
-    # and the count limits far away.
-    config = config_text(sqlite_url, sync_interval="60", memory_limit=str(limit), peers_per_address="1000000",
-                         max_peers="100000000", max_unwritten="100000000")
-    directory, config_path = make_run_dir(shared_dir, "embedded-memory", config)
-    # Children of 64 threads: the shipped 1024 threads' stacks alone put a child past 70 % of
-    # the smallest memory_limit before its first request.
-    conf_dir = apache_dir_with(directory, embedded_server_conf=apache_conf.embedded_server_conf(threads=64))
-    # One keep-alive connection that Apache never closes: every request reaches one child.
-    apache = start_apache(directory, config_path, site_conf=KEEP_ALIVE + "MaxKeepAliveRequests 0\n" + PID_LOG, topology="embedded",
-                          apache_dir=conf_dir)
-    apaches.append(apache)
-    connection = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=30)
-
-    def announce_on(torrent: int, peer: int, **extra) -> dict:
-        connection.request("GET", "/tracker/announce?" + announce_query(ih(torrent), pid(peer), 7000 + peer % 50000,
-                                                                        numwant=0, **extra))
-        return decode(connection.getresponse().read())
-
-    def resident(child: int) -> int:
-        return int(Path(f"/proc/{child}/statm").read_text().split()[1]) * resource.getpagesize()
-
-    known = announce_on(1, 1, event="started")
-    assert b"failure reason" not in known, known
-    deadline = time.monotonic() + 5
-    while not serving_pids(apache) and time.monotonic() < deadline:
-        time.sleep(0.05)  # Apache logs a request after its answer
-    (child,) = serving_pids(apache)
-    threshold = limit * MEMORY_SHARE
-    assert resident(child) < threshold, resident(child)
-
-    # New peers over torrents 2..40 (a view holds VIEW_LIMIT peers at most) until one is refused.
-    refused, peer, deadline = None, 100, time.monotonic() + 60
-    while refused is None and time.monotonic() < deadline:
-        peer += 1
-        answer = announce_on(2 + peer % 39, peer, event="started")
-        if b"failure reason" in answer:
-            refused = answer
-    assert refused == {b"failure reason": BUSY.encode(), b"retry in": 1}, (peer, refused)
-    assert resident(child) > threshold, (resident(child), threshold)
-    assert serving_pids(apache) == {child}
-    # Still past it: a new peer of a held swarm and a swarm this child never read are refused...
-    assert announce_on(1, 2, event="started") == refused
-    assert announce_on(41, 3, event="started") == refused
-    # ...and the peer it holds is answered, as every re-announce of a peer it holds would be.
-    again = announce_on(1, 1)
-    assert b"failure reason" not in again and again[b"incomplete"] == 1, again
-    connection.close()
-
-
-# -- two trackers in one Apache (issue 19, finding 7) -----------------------------------------------
-
-# Each site defines what its file uses, as the shipped site file does: the Defines of one hold
-# until the next site's (and the main server's, which devserver writes after these).
 TWO_SITES = """\
 <VirtualHost *>
     ServerName {site}.example
@@ -514,14 +448,15 @@ def test_two_tracker_sites_in_one_apache_each_answer_from_their_own_config(share
     directory, config_path = make_run_dir(shared_dir, "two-sites", "")
     for site, torrent in (("one", 1), ("two", 2)):
         site_dir = directory / site
-        for sub in ("db", "torrents", "output"):
+        for sub in ("db", "torrents", "output", "swarms"):
             (site_dir / sub).mkdir(parents=True)
             (site_dir / sub).chmod(0o777)
         site_dir.chmod(0o755)
         url = f"sqlite:///{site_dir}/db/tracker.sqlite"
         register(url, torrent)
         (directory / f"{site}.toml").write_text(config_text(
-            url, torrent_dir=f'"{site_dir}/torrents"', output_dir=f'"{site_dir}/output"'))
+            url, torrent_dir=f'"{site_dir}/torrents"', output_dir=f'"{site_dir}/output"',
+            swarm_dir=f'"{site_dir}/swarms"'))
         (directory / f"{site}.toml").chmod(0o644)
     conf_dir, hosts = two_sites(directory, apache_conf.daemon_conf(site="two"))
     apache = start_apache(directory, config_path, site_conf=hosts, apache_dir=conf_dir)

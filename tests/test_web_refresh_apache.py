@@ -52,7 +52,7 @@ def test_web_refresh_takes_the_secret_in_a_header_or_a_post_body_never_the_url(s
     torrents.mkdir()
     output.mkdir()
     output.chmod(0o777)
-    config = (f'database = "{sqlite_url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\n'
+    config = (f'database = "{sqlite_url}"\ntorrent_dir = "{torrents}"\noutput_dir = "{output}"\nswarm_dir = "{output}-swarms"\n'
               f'refresh_secret = "{SECRET}"\n')
     access_log = shared_dir / "apache" / "access.log"  # apache_factory's run directory
     apache = apache_factory(config, site_conf=ACCESS_LOG.format(path=access_log))
@@ -102,7 +102,7 @@ def site(shared_dir, apache_factory, topology: str = "daemon"):
     output.mkdir()
     output.chmod(0o777)
     return apache_factory(f'database = "sqlite:///{shared_dir}/tracker.sqlite"\ntorrent_dir = "{torrents}"\n'
-                          f'output_dir = "{output}"\nrefresh_secret = "{SECRET}"\n', topology=topology), output
+                          f'output_dir = "{output}"\nswarm_dir = "{output}-swarms"\nrefresh_secret = "{SECRET}"\n', topology=topology), output
 
 
 def refresh_from(apache, source: str, secret: str) -> tuple[int, bytes]:

@@ -105,7 +105,8 @@ def make_app(sqlite_url, shared_dir, tracker_log):
     """make_app(**config) -> (Application, Tracker) on a fresh SQLite store, its torrent_dir
     and output_dir in the test's directory unless given."""
     made = []
-    directories = {"torrent_dir": str(shared_dir / "torrents"), "output_dir": str(shared_dir / "output")}
+    directories = {"torrent_dir": str(shared_dir / "torrents"), "output_dir": str(shared_dir / "output"),
+                   "swarm_dir": str(shared_dir / "swarms")}
 
     def make(**config):
         tracker = build_tracker(config_module.from_dict(
@@ -340,21 +341,25 @@ def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_ap
     assert "RuntimeError: database on fire at /var/lib/secret/path" in logged
 
 
-def test_a_peer_the_view_lacks_while_the_database_cannot_say_gets_retry_in(make_app, monkeypatch):
-    """The key rule cannot be checked: no success that a batch could refuse later, but a
-    bencoded `retry in` (BEP 31). A peer the view holds is answered as ever."""
+def test_a_held_swarm_is_answered_whole_while_the_database_is_hung(make_app, monkeypatch):
+    """The host holds a swarm whole once read: new peers, known ones and stops are answered
+    with no database call; only a completion (written through first) gets the bencoded
+    `retry in` (BEP 31) that every request meeting the outage gets."""
     app, tracker = make_app()
     register(tracker, 1)
     assert b"interval" in announce(app, 1).decoded
 
-    def hung(torrent_id, peer_id):
+    def hung(*args):
         raise StoreUnavailable("hung")
 
-    monkeypatch.setattr(tracker.store, "find_peer", hung)
-    answer = announce(app, 2)
+    for call in ("find_peer", "find_swarm", "load_swarm", "write_through", "write_batch"):
+        monkeypatch.setattr(tracker.store, call, hung)
+    assert peer_ids(announce(app, 2, compact=0)) == [pid(1)]
+    assert b"interval" in announce(app, 1).decoded
+    assert b"interval" in announce(app, 3, event="stopped").decoded
+    answer = announce(app, 2, left=0, event="completed")
     # The database's silence is the reason: the wording every other request meeting it gets.
     assert (answer.status, answer.decoded) == ("200 OK", failure(DATABASE_UNAVAILABLE, 1))
-    assert b"interval" in announce(app, 1).decoded
 
 
 class FakeClock:

@@ -52,10 +52,14 @@ class Config:
     numwant_max: int = 200
     # Seconds after its last announce that a peer is dropped (1.5 x interval, as the original).
     peer_timeout: int = 2700
-    # Seconds between each daemon process's writes of the announces it answered; a swarm
-    # nobody announced to for this long is read again before it answers. A peer announced to
-    # one process or host is handed out by the others within about twice this (live.py).
+    # Seconds between the host's writes of the announces its processes answered, and its
+    # reads of what other hosts wrote: a peer announced to one host is handed out by the
+    # others within about twice this (live.py).
     sync_interval: int = 5
+    # The swarm state every process of this host shares (LMDB; hoststate.py): a directory
+    # the tracker's user (www-data) may create and write, one per host and tracker. Soft
+    # state: the database holds everything but its last sync_interval of announces.
+    swarm_dir: str = "/var/lib/tracker-wsgi/swarms"
     # Answer a scrape that names no info_hash with every torrent.
     full_scrape: bool = False
     # Networks whose X-Forwarded-For is believed and whose clients may set `ip=`.
@@ -184,7 +188,7 @@ def _check(path: str, key: str, value: Any, default: Any) -> Any:
         raise bad(" or ".join(repr(m) for m in WHITELIST_MODES))
     if key == "database":
         _check_database(path, value, bad)
-    if key in ("torrent_dir", "output_dir") and not os.path.isabs(value):
+    if key in ("torrent_dir", "output_dir", "swarm_dir") and not os.path.isabs(value):
         raise bad("an absolute path")
     if key == "template_dir" and value and not os.path.isabs(value):
         raise bad("empty (the packaged templates) or an absolute path")

@@ -176,6 +176,8 @@ def dev_config(state_dir: Path, port: int) -> str:
 # tracker-wsgi serve's config, written on its first start: edit freely, then restart.
 # The SQLite database has a directory of its own: the tracker (www-data) writes there.
 database = "sqlite:///{state_dir}/db/tracker.sqlite"
+# The swarm state the tracker's processes share (soft: the database keeps what matters).
+swarm_dir = "{state_dir}/db/swarms"
 # The site at /: the .torrent files, index.shtml (the stats page) and rss.xml (the feed).
 torrent_dir = "{state_dir}/torrents"
 output_dir = "{state_dir}/output"

@@ -57,10 +57,10 @@ class Limits:
     defaults serve a carrier-grade NAT: thousands of users behind one IPv4 address, or a
     /24 of them, stay well inside them."""
 
-    max_swarms: int = _limit(50_000, 100, 10_000_000, "swarm views a daemon process holds; see Hostile clients")
-    max_peers: int = _limit(300_000, 1000, 100_000_000, "peers a daemon process holds in its views")
+    max_swarms: int = _limit(50_000, 100, 10_000_000, "swarms the host's shared state holds; see Hostile clients")
+    max_peers: int = _limit(300_000, 1000, 100_000_000, "peers the host's shared state holds")
     max_unwritten: int = _limit(100_000, 1000, 100_000_000,
-                                "announces a daemon process keeps waiting for the database")
+                                "announces the host keeps waiting for the database")
     peers_per_address: int = _limit(256, 1, 1_000_000,
                                     "peers one address (IPv4, or IPv6 /64) may have in one swarm")
     peers_per_ipv4_24: int = _limit(1024, 1, 1_000_000, "peers one IPv4 /24 may have in one swarm")
@@ -89,8 +89,8 @@ class Limits:
                                     "whitelist `open`: the most torrents announces may register")
     memory_limit: int = _limit(
         512 * 1024 * 1024, 64 * 1024 * 1024, 1 << 40,
-        f"embedded mode: an Apache child's resident bytes past {MEMORY_SHARE:.0%} of which it takes no new "
-        "swarms or peers (daemon mode: the snippet's `memory-limit`)")
+        f"embedded mode: an Apache child's resident bytes past {MEMORY_SHARE:.0%} of which it reads no new "
+        "swarms (daemon mode: the snippet's `memory-limit`)")
 
     @property
     def peers_by_prefix(self) -> dict[int, int]:

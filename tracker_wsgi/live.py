@@ -1,198 +1,92 @@
-"""Swarms kept in the daemon process: announces answered from memory, written in batches.
+"""The swarms of one host, in front of the database: the coordinator.
 
-Each Apache daemon process keeps a view of every swarm it serves: the swarm's counters,
-the live peers read from the store (up to VIEW_PEERS) and every peer that announced to
-this process since. An announce (nearly all traffic: re-announces, `started`, `stopped`)
-is answered from the view with no database round trip; what it changed waits until the
-flush thread writes every waiting announce, every `sync_interval` seconds and when the
-process exits. XBT and Ocelot do the same (peer-trackers.md section 4); they run one
-process per host. We run two (apache/tracker.conf sends each announce to the one its info
-hash names, so a swarm normally lives in one of them) and several hosts per database.
+Every process of an Apache host answers announces from the state they share
+(hoststate.HostState: LMDB in `swarm_dir`), so whichever process a client's connection
+reaches, it gets the answer one process would give. This module decides when the database
+is asked, and runs the host's one writer:
 
-Who owns what: this module is the coordinator (LiveSwarms: finding, reading and dropping
-views, the locks, the flush cycle, the process's bounds) and the database gate
-(StoreGate). A view and every change to it: view.py. What an announce does to its peer
-(the key rule, the completion rule) and what counts say: swarm.py, whose functions the
-store applies too. The text a refusal is answered with: protocol.py. So:
-
-- A completion (`completed`, or a leecher the view knew reporting left=0) is written
-  through and committed before the answer: a killed process never loses one.
-- Every transaction that writes a swarm's peers moves the torrent row's `version` on by
-  one (store/__init__.py). A batch that finds the version its view was built on (nobody
-  else wrote the swarm since) leaves the view as it is: one process alone never reads a
-  busy swarm again. A batch that finds another version reads the swarm again, in the
-  flush thread, off the requests' path. A view nobody announced to for `sync_interval` is
-  read again by its next announce. So a peer another process or host heard from is
-  handed out within about 2 x sync_interval.
-- Counts: every batch recounts the swarms it wrote from their stored peers; the view
-  takes those counts, moved by the announces it answered since. Between batches a view
-  that holds only part of its swarm counts a re-announcing peer it did not hold as new,
-  until the next batch corrects it.
-- A silent peer leaves the view's peer lists once it is `peer_timeout` old (checked every
-  view.PRUNE_SECONDS) and stays in the counts until the refresh expires it, as the original.
-- A view holds at most view.VIEW_LIMIT peers; beyond that, peers whose announces are already
-  written make room (they stay in the store and the counts).
-- While the database is down or hung, swarms this process holds go on being answered from
-  memory; only a completion, a swarm it has not read yet, a peer its view does not hold
-  and a scrape of a swarm it does not hold get `retry in`. Requests reach the database through a StoreGate: a short wait, a few threads at a
-  time, and none for a while after it failed.
-- A process killed without warning loses at most its last sync_interval of announces:
-  peers re-announce anyway, and a lost `stopped` peer leaves at expiry.
-- The key rule (swarm.conflicts, through swarm.plan_announce) is checked before every
-  answer: against the view when it holds the peer, else against the stored row
-  (store.find_peer): a peer the view forgot (beyond VIEW_LIMIT) or another process or
-  host took is in the store. While the database cannot say, the announce gets `retry
-  in`, never a success its batch could refuse later. (The store checks the rule again
-  as it writes; only two processes taking one new peer_id from two addresses in the same
-  sync_interval can still meet it there: the later write is set aside.)
-- Refusals are typed (model.UnknownTorrent, PeerConflict, TooManyPeers); `retry in` is
-  model.Shed or model.StoreUnavailable. wsgi.py answers them; refusals.py says the text.
-- Bounds (limits.Limits, from the config): views, peers held, unwritten announces, peers
-  per prefix in a swarm, completions and (whitelist `open`) new swarms per prefix and
-  minute (every prefix level of the address: limits.prefixes), and the process's data size
-  against its memory-limit. Past one, new swarms and peers get `retry in` (model.Shed)
-  while known peers are answered as ever. No broad prefix fills more than its share of an
-  answer (view.SwarmView.sample).
+- An announce is one transaction on the host state, with no database round trip, unless
+  the host does not hold its swarm yet (read once, then held until idle), the announce
+  counts a completion (written through and committed before the answer: a killed process
+  or host never loses one), or it names a peer the host lacks of a swarm held only in part
+  (its row decides the key rule). Those calls go through the StoreGate (gate.py).
+- What the database must know waits in the host state's `dirty` set: new peers, stops,
+  changes of state, address, key or bytes left, and a peer's time once the database's
+  grows old (hoststate.REWRITE_SECONDS). A re-announce that changes nothing else writes no
+  row.
+- One process of the host holds the writer's lease (kept in the host state, renewed every
+  `sync_interval`, taken over by another process when its holder dies): it writes the dirty
+  set in batches, reads again the swarms another host (or a completion written through)
+  changed, forgets idle swarms and silent peers. Any process writes the dirty set when it
+  stops, or before a refresh or a full scrape.
+- Hosts meet in the database: every write moves a torrent's `version` on, and the writer
+  reads again every held swarm whose version another writer moved, so a peer announced at
+  one host is handed out by the others within about 2 x sync_interval.
+- While the database is down or hung, every held swarm is answered as ever; a completion,
+  a swarm not held yet and a scrape of one get `retry in`. Announces wait in the dirty set,
+  up to `max_unwritten`.
+- Bounds (limits.Limits), per host: swarms, peers, unwritten announces, peers per prefix in
+  a swarm (exact: the host holds the whole swarm); per process: completions and (whitelist
+  `open`) new swarms per prefix and minute, and new swarms against the process's memory.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+import lmdb
+
+from .config import ConfigError
 from .faultlog import FaultLog
+from .gate import StoreGate
+from .hoststate import HOST_SWARM_PEERS, Bounds, Completes, HostState, NeedsStoredPeer, NotHeld
 from .limits import Limits, MemoryGuard, RateWindow
 from .model import (
-    FAILED,
-    LEECHER,
-    STOPPED,
-    TIMEOUT,
     AnnounceRequest,
     AnnounceResult,
-    BatchResult,
-    PeerConflict,
-    PeerWrite,
-    SetAside,
     Shed,
     StoredPeer,
     StoreUnavailable,
     SwarmStats,
-    SwarmWritten,
-    TooManyPeers,
     UnknownTorrent,
 )
 from .store import AnnounceStore
-from .swarm import KnownPeer, PeerUpdate, conflicts, plan_announce
-from .view import NOTHING_NEW, SwarmView
 
-VIEW_PEERS = 1000  # peers read into a view: plenty to sample a numwant of 200 from
-IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the process's memory
-TURN = 200  # views the flush thread handles per hold of the views' lock
-# Over TRIM_AT of a limit (limits.Limits), the flush thread brings views and peers down to
-# TRIM_TO of it, so new swarms and peers find room; at the limit itself they are refused.
-TRIM_AT, TRIM_TO = 0.9, 0.8
-DB_WAITERS = 8  # request threads (of mod_wsgi's 15) that may wait for the database at once
-DB_QUEUE_SECONDS = 0.5  # how long a request waits for one of those slots (a busy moment, not a hang)
-DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it alone this long,
-DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
-T = TypeVar("T")
+IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the host state
+BATCH_MOST = 20_000  # unwritten announces per batch (one batch runs at a time)
+VERSIONS_TURN = 1000  # held swarms whose version one statement checks
+ANSWER_TRIES = 4  # a swarm read, a peer read, a completion written through: then answered
 SET_ASIDE_SHOWN = 5  # set-aside writes named in a batch's log line (the count says the rest)
+T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
-def _peer_write(request: AnnounceRequest, update: PeerUpdate, now: int) -> PeerWrite:
-    return PeerWrite(request.peer_id, request.ip, request.port, update.key, request.state, request.left,
-                     request.uploaded, request.downloaded, now, update.remove)
-
-
-class StoreGate:
-    """The request path's way to the database. At most DB_WAITERS threads wait for it at
-    once; once it has failed, none does for DB_AWAY_SECONDS (doubling while it keeps
-    failing), and then a single call tries it again. So a database that hangs holds a few
-    requests for the store's short wait, not every thread: the rest answer from memory.
-    Thread-safe; its races only let a second call try."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self.clock = clock
-        self._slots = threading.BoundedSemaphore(DB_WAITERS)
-        self._away_until = 0.0
-        self._failures = 0  # in a row
-        self._cause = FAILED  # the last failure's (StoreUnavailable.cause): what the calls it holds off say
-
-    def call(self, call: Callable[..., T], *args: Any) -> T:
-        now = self.clock()
-        if now < self._away_until:
-            # The cause of the failure that closed the gate, so whichever thread logs
-            # first, its line names the real cause (issue 19).
-            raise StoreUnavailable("it failed a moment ago", self._cause)
-        if self._failures:  # this call tries it again; the others wait for its verdict
-            self._away_until = now + DB_AWAY_SECONDS
-        if not self._slots.acquire(timeout=DB_QUEUE_SECONDS):
-            raise StoreUnavailable("every database slot is taken: the database is slow", TIMEOUT)
-        try:
-            result = call(*args)
-        except StoreUnavailable as exc:
-            self.failed(exc)
-            raise
-        finally:
-            self._slots.release()
-        self.works()
-        return result
-
-    def failed(self, outage: StoreUnavailable) -> None:
-        self._cause = outage.cause
-        self._failures += 1
-        self._away_until = self.clock() + min(DB_AWAY_MAX_SECONDS, DB_AWAY_SECONDS * 2 ** (self._failures - 1))
-
-    def works(self) -> None:
-        if self._failures:
-            self._failures, self._away_until = 0, 0.0
-
-
 class Held(NamedTuple):
-    """What a process holds (metrics.py counts it)."""
+    """What the host holds (metrics.py shows it)."""
 
-    swarms: int  # views
-    peers: int  # peers in them
+    swarms: int
+    peers: int
     unwritten: int  # announces answered, not written yet
-    failing: bool  # the last batch failed
+    failing: bool  # this process's last batch failed
 
 
-class LiveSwarms:
-    """The swarms of one process, in front of the store: the coordinator. It finds, reads
-    and drops views, answers announces from them, and runs the flush cycle; every change
-    to a view is a method of view.SwarmView. Thread-safe.
-
-    Locking protocol:
-    - `_lock` guards every view (each SwarmView method is called with it held) and the
-      coordinator's tables and tallies: `_by_hash`, `_by_id`, `_dirty`, `_unwritten`,
-      `_held_peers`. It is never held across a store call, so a hung database never
-      holds up an answer from memory, and the flush cycle holds it for TURN views at a
-      time, so an answer never waits for a whole pass.
-    - `_flush_lock` lets one batch run at a time (the flush thread, close(), a full
-      scrape, a web refresh). Order: `_flush_lock`, then `_lock`; never the other way.
-    - The StoreGate's semaphore and the RateWindows' locks are leaves: taken with `_lock`
-      released (every store call goes outside it), and nothing is taken while they are held.
-    - Read without a lock: `_flusher` and `_closed` in announce (a stale read only calls
-      _start_flusher, which checks again under `_lock`); `_failing` (a bool only the flush
-      thread writes); the StoreGate's fields (see there); and the views' sort keys in the
-      trims (an int read is atomic; a stale one only changes which view goes first).
-      Between a store call and the next hold of `_lock` a view may change or leave
-      memory: whatever was read before the call is checked again under the lock.
-    - Outside the lock on purpose: SwarmView.read, which lays out a snapshot's peers (the
-      costly part of installing one) on a new view no other thread can reach yet; only
-      the swap into the held view (install) takes `_lock`.
-    """
+class HostSwarms:
+    """The announce path of one process, on the host's shared state; its sync thread is the
+    host's writer while it holds the lease. Thread-safe: the host state has its own locks;
+    `_flush_lock` lets one batch of this process run at a time."""
 
     def __init__(
         self,
         store: AnnounceStore,
         sync_interval: int,
+        swarm_dir: str,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         limits: Limits = Limits(),
@@ -201,354 +95,171 @@ class LiveSwarms:
         faults: FaultLog | None = None,
     ):
         self.store = store  # the requests' store: short waits (wsgi.REQUEST_WAIT_SECONDS)
-        self.batch_store = batch_store or store  # the flush thread's: waits as long as it must
+        self.batch_store = batch_store or store  # the writer's: waits as long as it must
         self.sync_interval = sync_interval
+        self.lease_seconds = 3 * sync_interval + 5
         self.faults = faults or FaultLog(_log.error)
-        self.rng = rng or random.Random()
         self.clock = clock
         self.limits = limits
         self.memory = memory or MemoryGuard()
+        self.state = HostState(swarm_dir, store.peer_timeout,
+                               Bounds(limits.max_swarms, limits.max_peers, limits.max_unwritten,
+                                      limits.peers_by_prefix, limits.answer_share_per_prefix), rng)
+        try:
+            self.state.open()  # at once, so a directory the tracker cannot use is one line at start
+        except (OSError, lmdb.Error) as exc:
+            raise ConfigError(f"swarm_dir = {swarm_dir!r}: {exc}; make it a directory the tracker's user can "
+                              f"write: install -d -o www-data -g www-data {swarm_dir}") from None
         self._registrations = RateWindow(limits.new_swarms_by_prefix) if store.register_unknown else None
         self._completions = RateWindow(limits.completions_by_prefix)
-        self._peers_by_prefix = limits.peers_by_prefix
-        self._answer_share = limits.answer_share_per_prefix
-        self._lock = threading.Lock()  # guards every view and the tables below; never held across a store call
-        self._flush_lock = threading.Lock()  # one batch at a time; taken before _lock
-        self._by_hash: dict[bytes, SwarmView] = {}
-        self._by_id: dict[int, SwarmView] = {}
-        self._dirty: dict[SwarmView, None] = {}  # views with pending announces, in order
-        self._unwritten = 0  # announces in views' pending and flushing: recounted every batch
-        self._held_peers = 0  # peers in all views: recounted every batch
         self._gate = StoreGate()
-        self._flusher: threading.Thread | None = None
+        self._flush_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._syncer: threading.Thread | None = None
         self._closed = threading.Event()
         self._failing = False
-        # Told how long each batch took and whether it was written (metrics.py), in the flush thread.
+        # Told how long each batch took and whether it was written (metrics.py), in the sync thread.
         self.on_flush: Callable[[float, bool], None] = lambda seconds, written: None
 
     # -- announces and scrapes --------------------------------------------------------------
 
     def announce(self, request: AnnounceRequest, now: int) -> AnnounceResult:
-        if self._flusher is None and not self._closed.is_set():
-            self._start_flusher()
-        with self._lock:
-            view = self._by_hash.get(request.info_hash)
-            if view is not None:
-                member = view.usable_member(request.peer_id, now, self.sync_interval)
-                if member is not None:
-                    # Nearly every announce: a peer this process holds, in a view it holds,
-                    # and nothing to write through.
-                    update = plan_announce(request, member)  # raises PeerConflict
-                    if not update.counts_completion:
-                        return self._take(view, request, _peer_write(request, update, now))
-        return self._announce_with_store(request, now)
-
-    def _announce_with_store(self, request: AnnounceRequest, now: int) -> AnnounceResult:
-        """A swarm to read first, a peer the view does not hold, or a completion to write
-        through: store calls, outside the lock."""
-        view = self._view(request, now)
-        peer_id = request.peer_id
-        with self._lock:
-            known: KnownPeer | None = view.member(peer_id)
-            if known is None and request.event is not STOPPED:
-                self._admit(view, request.ip)
-        if known is None:
-            # The key rule holds whether or not the view holds the peer: a peer the view
-            # forgot (or another process or host took) is in the store.
-            known = self._stored_peer(view, peer_id)
-            if known is None and request.event is STOPPED:
-                # Nothing to stop; recording it would let random peer_ids grow the backlog.
-                with self._lock:
-                    return AnnounceResult(view.stats(), [])
-        update = plan_announce(request, known)
-        write = _peer_write(request, update, now)
-        downloaded = -1
-        if update.counts_completion:
-            if not self._completions.allow(request.ip):
-                raise Shed("completions from this address or its prefix")
+        if self._syncer is None and not self._closed.is_set():
+            self._start_syncer()
+        downloaded: int | None = None
+        stored: StoredPeer | None = None
+        stored_read = False
+        for _ in range(ANSWER_TRIES):
             try:
-                downloaded = self.ask_store(self.store.write_through, view.torrent_id, write, True)
-            except UnknownTorrent:
-                self._forget(view)
-                raise
-        with self._lock:
-            if self._by_id.get(view.torrent_id) is not view:
-                # The batch dropped the view (or another read replaced it) while we asked the
-                # store: an answer from it would never be written.
-                raise Shed("a swarm view left memory meanwhile")
-            member = view.member(peer_id)
-            if member is not None and conflicts(member.ip, member.key, request.ip, request.key):
-                raise PeerConflict()  # another thread took this peer_id from another address meanwhile
-            # A write through moved the stored version on, so the next batch reads the swarm
-            # again (its recount may or may not hold this write; completions are rare).
-            if downloaded >= 0:
-                view.completion_counted(downloaded)
-            return self._take(view, request, write)
+                return self.state.announce(request, now, downloaded, stored, stored_read)
+            except (NotHeld, NeedsStoredPeer, Completes) as exc:
+                needs = exc  # handled below, outside the except: a fault there is not chained to it
+            if isinstance(needs, NotHeld):
+                self._read_swarm(request, now)
+            elif isinstance(needs, NeedsStoredPeer):
+                stored = self._stored_peer(needs.torrent_id, request.peer_id)
+                stored_read = True
+            elif downloaded is None:
+                if not self._completions.allow(request.ip):
+                    raise Shed("completions from this address or its prefix")
+                try:
+                    downloaded = self.ask_store(self.store.write_through, needs.torrent_id, needs.write, True)
+                except UnknownTorrent:
+                    self.state.drop(needs.torrent_id)
+                    raise
+        raise Shed("the swarm changed while it was answered")
 
-    def held(self) -> Held:
-        with self._lock:
-            return Held(len(self._by_id), self._held_peers, self._unwritten, self._failing)
+    def _read_swarm(self, request: AnnounceRequest, now: int) -> None:
+        """Read a swarm the host does not hold from the database, and hold it."""
+        if self.memory.full():
+            raise Shed("swarms")
+        if self._registrations is not None and not self._registrations.allow(request.ip):
+            raise Shed("new swarms from this address or its prefix")  # whitelist `open`: a read may register
+        snapshot = self.ask_store(self.store.find_swarm, request.info_hash, now, HOST_SWARM_PEERS)
+        self.state.install(request.info_hash, snapshot, now)
 
-    def _admit(self, view: SwarmView, ip: bytes) -> None:
-        """Refuse a new peer beyond the share of the swarm of any prefix its address is in,
-        or when the process holds all it may (lock held)."""
-        if not view.admits(ip, self._peers_by_prefix):
-            raise TooManyPeers()
-        if (self._unwritten >= self.limits.max_unwritten or self._held_peers >= self.limits.max_peers
-                or self.memory.full()):
-            raise Shed("peers")
-
-    def _stored_peer(self, view: SwarmView, peer_id: bytes) -> StoredPeer | None:
-        """The stored row of a peer the view does not hold, or None if there is none. While
-        the database cannot say, the announce gets `retry in`: the key rule is checked
-        before every answer, so an announce answered with success is never refused later."""
+    def _stored_peer(self, torrent_id: int, peer_id: bytes) -> StoredPeer | None:
+        """The stored row of a peer the host lacks of a swarm it holds in part. While the
+        database cannot say, the announce gets `retry in`: the key rule is checked before
+        every answer, so an announce answered with success is never refused later."""
         try:
-            return self.ask_store(self.store.find_peer, view.torrent_id, peer_id)
+            return self.ask_store(self.store.find_peer, torrent_id, peer_id)
         except StoreUnavailable as exc:
-            raise Shed("a peer the view does not hold, while the database cannot say whose it is") from exc
-
-    def _take(self, view: SwarmView, request: AnnounceRequest, write: PeerWrite) -> AnnounceResult:
-        """Take an announce into its view and answer it from there (lock held)."""
-        taken = view.take(write, self.rng)
-        # A view with pending announces is in _dirty already (or in the batch under way,
-        # which takes its whole pending), so only a first one since the last batch marks it.
-        if taken is not NOTHING_NEW:
-            self._unwritten += taken[0]
-            self._held_peers += taken[1]
-            self._dirty[view] = None
-        # Only a leecher wants seeds: a seed or a partial seed has nothing to download.
-        peers = view.sample(write.peer_id, write.state is LEECHER, request.numwant, self.rng,
-                            request.compact, self._answer_share) if request.numwant else []
-        return AnnounceResult(view.stats(), peers)
+            raise Shed("a peer the host does not hold, while the database cannot say whose it is") from exc
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
-        """Stats from fresh views; the rest from the store, in one query."""
-        fresh = self._fresh_stats(info_hashes, now)
-        rest = [h for h in info_hashes if h not in fresh]
-        return {**self.ask_store(self.store.scrape, rest, now), **fresh} if rest else fresh
+        """Stats of held swarms from the host state; the rest from the database, in one query."""
+        held = self.state.stats(info_hashes)
+        rest = [h for h in info_hashes if h not in held]
+        return {**self.ask_store(self.store.scrape, rest, now), **held} if rest else held
 
     def scrape_all(self, now: int) -> dict[bytes, SwarmStats]:
-        """Every torrent from the store, after writing this process's announces (a full
-        scrape reads every torrent anyway; one batch more is nothing beside it)."""
+        """Every torrent from the database, after writing the host's announces."""
         self.flush()
         return self.ask_store(self.store.scrape_all, now)
-
-    def _fresh_stats(self, info_hashes: Iterable[bytes], now: int) -> dict[bytes, SwarmStats]:
-        result = {}
-        with self._lock:
-            for info_hash in info_hashes:
-                view = self._by_hash.get(info_hash)
-                stats = view.fresh_stats(now, self.sync_interval) if view is not None else None
-                if stats is not None:
-                    result[info_hash] = stats
-        return result
 
     def ask_store(self, call: Callable[..., T], *args: Any) -> T:
         """A store call on the request path (or the health check), through the database gate."""
         return self._gate.call(call, *args)
 
-    # -- views in memory -------------------------------------------------------------------
+    def held(self) -> Held:
+        swarms, peers, unwritten = self.state.sizes()
+        return Held(swarms, peers, unwritten, self._failing)
 
-    def _view(self, request: AnnounceRequest, now: int) -> SwarmView:
-        """The view of a swarm, read from the store first if it is missing or stale. While
-        one thread reads, others answer from the stale view; if the database cannot answer,
-        a stale view answers as it is."""
-        info_hash = request.info_hash
-        with self._lock:
-            view = self._by_hash.get(info_hash)
-            if view is not None:
-                if not view.start_load(now, self.sync_interval):
-                    return view
-            elif len(self._by_id) >= self.limits.max_swarms or self.memory.full():
-                raise Shed("swarms")
-        if view is None and self._registrations is not None and not self._registrations.allow(request.ip):
-            raise Shed("new swarms from this address or its prefix")  # whitelist `open`: a read may register
-        try:
-            if view is None:  # one read: the info hash's torrent, its counters and peers
-                snapshot = self.ask_store(self.store.find_swarm, info_hash, now, VIEW_PEERS)
-            else:
-                snapshot = self.ask_store(self.store.load_swarm, view.torrent_id, now, VIEW_PEERS)
-        except Exception:
-            if view is None:
-                raise
-            with self._lock:
-                view.load_failed(now)  # answer from it as it is; try again in sync_interval
-            return view
-        read = SwarmView.read(snapshot) if snapshot is not None else None
-        with self._lock:
-            if snapshot is None:  # unregistered since this process read it
-                self._drop(view)
-                raise UnknownTorrent()
-            torrent_id = snapshot.torrent_id
-            view = self._by_id.get(torrent_id)
-            if view is None:
-                view = self._by_id[torrent_id] = SwarmView(torrent_id)
-            self._held_peers += view.install(snapshot, read, now)
-            view.answers_to(info_hash)
-            self._by_hash[info_hash] = view
-            return view
-
-    def _forget(self, view: SwarmView) -> None:
-        with self._lock:
-            self._drop(view)
-
-    def _drop(self, view: SwarmView) -> None:
-        """Forget a view (lock held): an unregistered torrent's, whose unwritten announces go
-        too, or an idle one's. A view that replaced it stays."""
-        torrent_id = view.torrent_id
-        if self._by_id.get(torrent_id) is view:
-            del self._by_id[torrent_id]
-        self._dirty.pop(view, None)
-        for info_hash in view.info_hashes:
-            if self._by_hash.get(info_hash) is view:
-                del self._by_hash[info_hash]
-
-    def _views(self) -> list[SwarmView]:
-        with self._lock:
-            return list(self._by_id.values())
-
-    # -- the flush cycle ---------------------------------------------------------------------
+    # -- the writer ---------------------------------------------------------------------------
 
     def flush(self) -> int:
-        """Write every pending announce in one batch; returns how many. On failure they stay
-        pending (newer announces of a peer replace older ones) and the error is raised.
-        Then views another writer changed are read again, idle ones dropped, silent peers
-        pruned, and the process brought back within its limits. Views are handled TURN at
-        a time, so answers never wait for a pass."""
+        """Write every unwritten announce of the host; returns how many. On failure they stay
+        unwritten and the error is raised. Then swarms another writer changed meanwhile are
+        read again."""
+        written = 0
         with self._flush_lock:
-            with self._lock:
-                views = list(self._dirty)
-                self._dirty.clear()
-            batch = self._hand_over(views)
-            try:
-                result = self.batch_store.write_batch(batch) if batch else BatchResult({}, [])
-            except BaseException as exc:
-                if isinstance(exc, StoreUnavailable):
+            while True:
+                batch = self.state.dirty(BATCH_MOST)
+                if not batch:
+                    return written
+                try:
+                    result = self.batch_store.write_batch([(entry.torrent_id, entry.write) for entry in batch])
+                except StoreUnavailable as exc:
                     self._gate.failed(exc)
-                self._batch_failed(views)
-                raise
-            self._gate.works()
-            if result.set_aside:
-                self._set_aside(result.set_aside)
-            now = int(self.clock())
-            for view in self._settle(views, result.written, now):
-                self._reload(view, now)
-            self._tidy(now)
-            return len(batch)
+                    raise
+                self._gate.works()
+                if result.set_aside:
+                    self._log_set_aside(result.set_aside)
+                now = int(self.clock())
+                again = self.state.written(batch, result.written,
+                                           [(row.torrent_id, row.peer_id) for row in result.set_aside], now)
+                self._read_again(again, now)
+                written += len(batch)
+                if len(batch) < BATCH_MOST:
+                    return written
 
-    def _hand_over(self, views: list[SwarmView]) -> list[tuple[int, PeerWrite]]:
-        batch: list[tuple[int, PeerWrite]] = []
-        for turn in _turns(views):
-            with self._lock:
-                for view in turn:
-                    view.hand_over(batch)
-        return batch
+    def sync(self) -> None:
+        """The writer's round: write the host's announces, read again the swarms other hosts
+        wrote, forget silent peers and idle swarms."""
+        self.flush()
+        now = int(self.clock())
+        swarms = self.state.swarms()
+        changed: list[int] = []
+        ids = sorted(swarms)
+        for start in range(0, len(ids), VERSIONS_TURN):
+            turn = ids[start:start + VERSIONS_TURN]
+            versions = self.batch_store.torrent_versions(turn)
+            for torrent_id in turn:
+                version = versions.get(torrent_id)
+                if version is None:
+                    changed.append(-torrent_id)
+                elif version != swarms[torrent_id].version:
+                    changed.append(torrent_id)
+        self._read_again(changed, now)
+        while self.state.expire(now) and not self._closed.is_set():
+            pass
+        for torrent_id in self.state.idle_swarms(now - IDLE_SECONDS):
+            self.state.drop(torrent_id)
 
-    def _batch_failed(self, views: list[SwarmView]) -> None:
-        """The views' announces wait for the next batch (in their `flushing`)."""
-        with self._lock:
-            for view in views:
-                if self._by_id.get(view.torrent_id) is view:
-                    self._dirty[view] = None
-            # Re-announces while the batch failed were counted as new: recount the backlog.
-            self._unwritten = sum(view.unwritten_count for view in self._by_id.values())
-
-    def _settle(self, views: list[SwarmView], written: dict[int, SwarmWritten], now: int) -> list[SwarmView]:
-        """Give each view its batch's result; returns the views another writer changed."""
-        changed = []
-        for turn in _turns(views):
-            with self._lock:
-                for view in turn:
-                    result = written.get(view.torrent_id)
-                    if result is None:
-                        self._drop(view)  # unregistered meanwhile
-                    elif not view.settle(result, now):
-                        changed.append(view)
-        return changed
-
-    def _reload(self, view: SwarmView, now: int) -> None:
-        snapshot = self.batch_store.load_swarm(view.torrent_id, now, VIEW_PEERS)
-        read = SwarmView.read(snapshot) if snapshot is not None else None
-        with self._lock:
+    def _read_again(self, torrent_ids: Sequence[int], now: int) -> None:
+        """Swarms another writer changed (negative: no longer registered)."""
+        for torrent_id in torrent_ids:
+            if torrent_id < 0:
+                self.state.drop(-torrent_id)
+                continue
+            snapshot = self.batch_store.load_swarm(torrent_id, now, HOST_SWARM_PEERS)
             if snapshot is None:
-                self._drop(view)
-            elif self._by_id.get(view.torrent_id) is view:
-                self._held_peers += view.install(snapshot, read, now)
+                self.state.drop(torrent_id)
+            else:
+                self.state.reload(snapshot, now)
 
-    def _tidy(self, now: int) -> None:
-        """Drop idle views, prune silent peers, bring the process back within its limits
-        (the least recently used views, then the written peers of the largest go; they
-        stay in the store), and recount what the limits count."""
-        idle_since, silent_since = now - IDLE_SECONDS, now - self.store.peer_timeout
-        for turn in _turns(self._views()):
-            with self._lock:
-                for view in turn:
-                    if view.is_idle(idle_since):
-                        self._drop(view)
-                    else:
-                        view.prune_if_due(now, silent_since)
-        self._trim_views()
-        self._trim_peers()
-        with self._lock:  # one pass over the views, once a batch
-            views = self._by_id.values()
-            self._held_peers = sum(view.peer_count for view in views)
-            self._unwritten = sum(view.unwritten_count for view in views)
-
-    def _trim_views(self) -> None:
-        """Over TRIM_AT of max_swarms: drop the least recently used views that hold nothing
-        unwritten, down to TRIM_TO."""
-        views = self._views()
-        if len(views) <= self.limits.max_swarms * TRIM_AT:
-            return
-        views.sort(key=lambda view: view.last_used)  # read without the lock: see the class
-        excess = len(views) - int(self.limits.max_swarms * TRIM_TO)
-        for turn in _turns(views):
-            with self._lock:
-                for view in turn:
-                    if excess > 0 and view.may_drop():
-                        self._drop(view)
-                        excess -= 1
-            if excess <= 0:
-                return
-
-    def _trim_peers(self) -> None:
-        """Over TRIM_AT of max_peers: the largest views forget peers whose announces are
-        written, down to TRIM_TO."""
-        sized: list[tuple[int, SwarmView]] = []
-        for turn in _turns(self._views()):
-            with self._lock:
-                sized += [(view.peer_count, view) for view in turn]
-        held = sum(size for size, _ in sized)
-        if held <= self.limits.max_peers * TRIM_AT:
-            return
-        sized.sort(key=lambda pair: pair[0], reverse=True)
-        excess = held - int(self.limits.max_peers * TRIM_TO)
-        for turn in _turns([view for _, view in sized]):
-            with self._lock:
-                for view in turn:
-                    if excess > 0:
-                        excess -= view.forget_written(excess)
-            if excess <= 0:
-                return
-
-    def _set_aside(self, rows: Sequence[SetAside]) -> None:
-        """Writes the store did not take leave the views too (a refused one must not leave
-        another address in the view); one log line for the batch."""
-        with self._lock:
-            for row in rows:
-                view = self._by_id.get(row.torrent_id)
-                if view is not None:
-                    view.forget(row.peer_id)
+    def _log_set_aside(self, rows: Sequence[Any]) -> None:
         shown = ", ".join(f"torrent {row.torrent_id} peer {row.peer_id.hex()}" for row in rows[:SET_ASIDE_SHOWN])
         _log.warning(f"{len(rows)} announces set aside, not written: {shown}; the first because: {rows[0].reason}")
 
-    def _start_flusher(self) -> None:
-        with self._lock:
-            if self._flusher is not None:
+    def _start_syncer(self) -> None:
+        with self._start_lock:
+            if self._syncer is not None:
                 return
-            self._flusher = threading.Thread(target=self._flush_forever, name="tracker_wsgi flush", daemon=True)
-        self._flusher.start()
-        # A clean stop (Apache stop or restart, a touched .wsgi file) writes what is pending.
+            self._syncer = threading.Thread(target=self._sync_forever, name="tracker_wsgi sync", daemon=True)
+        self._syncer.start()
+        # A clean stop (Apache stop or restart, a touched .wsgi file) writes what is unwritten.
         # mod_wsgi's process_stopping event comes while the interpreter is still whole and
         # before the force-kill after shutdown-timeout; atexit runs later, if at all, and
         # stays for a process that is not mod_wsgi's (the CLI, tests).
@@ -560,25 +271,31 @@ class LiveSwarms:
             pass
         atexit.register(self.close)
 
-    def _flush_forever(self) -> None:
+    def _sync_forever(self) -> None:
         while not self._closed.wait(self.sync_interval):
-            self._flush_logged()
+            try:
+                holds = self.state.hold_lease(os.getpid(), int(self.clock()), self.lease_seconds)
+            except Exception:
+                self.faults.fault("batch", "the host's swarm state failed:")
+                continue
+            if holds:
+                self._logged(self.sync)
             self.faults.flush_summaries()  # the counts of faults that have stopped coming
 
     def close(self) -> None:
-        """Stop the flush thread and write what is pending (the process is stopping).
-        Safe to call twice (mod_wsgi's shutdown event, then atexit)."""
+        """Stop the sync thread and write what is unwritten (the process is stopping). Safe
+        to call twice (mod_wsgi's shutdown event, then atexit)."""
         self._closed.set()
-        if self._flusher is not None:
-            self._flusher.join()
-        self._flush_logged()
+        if self._syncer is not None and self._syncer is not threading.current_thread():
+            self._syncer.join()
+        self._logged(self.flush)
         atexit.unregister(self.close)
 
-    def _flush_logged(self) -> None:
-        """Flush; log failures at a bounded rate (FaultLog), and the recovery."""
+    def _logged(self, work: Callable[[], Any]) -> None:
+        """Run the writer's work; log failures at a bounded rate (FaultLog), and the recovery."""
         started = time.monotonic()
         try:
-            self.flush()
+            work()
         except Exception:
             self.faults.fault("batch", "writing announces to the database failed; they are kept and retried:")
             self._failing = True
@@ -589,9 +306,3 @@ class LiveSwarms:
             # A warning, not info: it must show wherever the failure (an error) showed.
             _log.warning("writing announces to the database works again")
             self._failing = False
-
-
-def _turns(views: list[SwarmView]) -> Iterator[list[SwarmView]]:
-    """The flush cycle's views, TURN at a time: it holds the lock for one turn at a time."""
-    for start in range(0, len(views), TURN):
-        yield views[start:start + TURN]

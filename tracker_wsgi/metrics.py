@@ -156,7 +156,7 @@ class Metrics:
     `tracker_wsgi_processes` counts every process serving the tracker from the start, not
     only those that have had a request. `serve` then gives it what to fold, once the
     tracker is built: the request counters (`counts`), what the swarms hold (`held`:
-    live.LiveSwarms.held) and the stores' `errors` and `reconnects` (store/sql.py)."""
+    live.HostSwarms.held) and the stores' `errors` and `reconnects` (store/sql.py)."""
 
     def __init__(self, directory: str, parent: int, log: Callable[[str], None]):
         # Multiprocess mode is chosen when prometheus_client is imported: set the directory
@@ -199,9 +199,12 @@ class Metrics:
             return g(name, text, multiprocess_mode="livesum", registry=None)
 
         self.processes = live_sum("tracker_wsgi_processes", "Processes serving the tracker.")
-        self.swarms_held = live_sum("tracker_wsgi_swarms_held", "Swarm views held in the processes' memory.")
-        self.peers_held = live_sum("tracker_wsgi_peers_held", "Peers held in those views.")
-        self.flush_backlog = live_sum("tracker_wsgi_flush_backlog", "Announces answered and not written yet.")
+        def host_wide(name: str, text: str):  # every process reads the same host state
+            return g(name, text, multiprocess_mode="livemax", registry=None)
+
+        self.swarms_held = host_wide("tracker_wsgi_swarms_held", "Swarms the host's shared state holds.")
+        self.peers_held = host_wide("tracker_wsgi_peers_held", "Peers held in those swarms.")
+        self.flush_backlog = host_wide("tracker_wsgi_flush_backlog", "Announces answered and not written yet.")
         self.flush_failing = live_sum("tracker_wsgi_flush_failing", "Processes whose last batch write failed.")
         self.processes.set(1)
         # Every label a counter can have, at 0: a rate over a series that appears only at its
@@ -261,7 +264,7 @@ class Metrics:
             self._folded[key] = total
 
     def flushed(self, seconds: float, written: bool) -> None:
-        """A batch write ended (live.LiveSwarms.on_flush, in the flush thread: never raises)."""
+        """A batch write ended (live.HostSwarms.on_flush, in the flush thread: never raises)."""
         try:
             if written:
                 self.flush_seconds.observe(seconds)

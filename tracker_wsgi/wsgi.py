@@ -27,8 +27,9 @@ from . import logs
 from . import metrics as metrics_module
 from .config import Config, ConfigError
 from .faultlog import FaultLog, _one_line
+from .gate import DB_QUEUE_SECONDS, DB_WAITERS
 from .limits import MemoryGuard, apache_process_group
-from .live import DB_QUEUE_SECONDS, DB_WAITERS, LiveSwarms
+from .live import HostSwarms
 from .metrics import ANNOUNCE, FAILURE, OK, SCRAPE, Counts, Metrics
 from .model import ClientError, Shed, StoreUnavailable
 from .netaddr import client_address, is_trusted
@@ -103,7 +104,7 @@ class Tracker:
         self.batch_store = batch_store or store
         self.clock = clock
         self.rng = rng or random.Random()
-        self.swarms = LiveSwarms(store, config.sync_interval, rng=self.rng, clock=clock, limits=config.limits,
+        self.swarms = HostSwarms(store, config.sync_interval, config.swarm_dir, rng=self.rng, clock=clock, limits=config.limits,
                                  batch_store=self.batch_store, faults=self.faults,
                                  memory=MemoryGuard.for_process_group(apache_process_group(), config.limits.memory_limit))
         self.policy = AnnouncePolicy(config.numwant_default, config.numwant_max)

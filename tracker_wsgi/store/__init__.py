@@ -84,6 +84,10 @@ class AnnounceStore(Protocol):
         """A peer's stored row (expired or not), for the key rule when a view lacks the peer;
         one primary-key read."""
 
+    def torrent_versions(self, torrent_ids: Sequence[int]) -> dict[int, int]:
+        """The `version` of each of these torrents still registered (the host's writer
+        compares them with the versions its swarms were read at)."""
+
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         """Write one announce now, counting its completion once per peer; returns the
         torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""

@@ -203,6 +203,7 @@ class Statements:
         "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
         "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)"
     )
+    VERSIONS = "SELECT id, version FROM torrents WHERE id IN ({})"
     WRITTEN = "SELECT id, version, leechers, seeders, partial_seeds, downloaded FROM torrents WHERE id IN ({})"
     INSERT_TORRENT = (
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime, info_sha256) "
@@ -493,6 +494,11 @@ class SqlStore:
             (bytes(peer_id), bytes(ip), port, state, bytes(peer_key) if peer_key else None, left, last_seen)
             for peer_id, ip, port, state, peer_key, left, last_seen in peers
         ])
+
+    def torrent_versions(self, torrent_ids: Sequence[int]) -> dict[int, int]:
+        if not torrent_ids:
+            return {}
+        return dict(self._fetchall(self.sql.VERSIONS.format(self.dialect.marks(len(torrent_ids))), tuple(torrent_ids)))
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         """One announce committed before its answer (a completion): the same rules as a batch
