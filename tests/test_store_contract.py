@@ -677,16 +677,23 @@ def test_a_completion_counts_once_whatever_follows(store, swarms):
     assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 1
 
 
-def test_the_batch_counts_a_stopped_finish_the_view_could_not_see(store):
-    """While the database could not say (the view took the peer on trust), the batch applies
-    the same rule against the stored row."""
-    batch = [(store.find_swarm(ih(1), NOW, 10).torrent_id, write)
-             for write in (PeerWrite(pid(1), V4, 6001, None, PeerState.LEECHER, 7, 0, 0, NOW, False),)]
-    store.write_batch(batch)
-    torrent_id = batch[0][0]
-    store.write_batch([(torrent_id, PeerWrite(pid(1), V4, 6001, None, PeerState.SEED, 0, 0, 7, NOW + 1, True))])
+def test_a_finish_at_a_host_that_has_not_read_the_peer_yet_counts_once(store):
+    """aria2's finish across hosts: `started` at one host, `stopped` with left=0 at another
+    that has not read the peer yet. That host reads the peer's row (a leecher) and counts
+    the completion before its answer; the batches count nothing more."""
+    first = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
+    second = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
+    second.announce(ann(9), NOW)  # the second host holds the swarm already
+    first.announce(ann(1, left=7, event=Event.STARTED), NOW)
+    first.flush()
+    answer = second.announce(ann(1, left=0, event=Event.STOPPED), NOW)
+    assert answer.stats.downloaded == 1
+    for host in (first, second):
+        host.flush()
+        host.sync()
     stats = store.scrape([ih(1)], NOW)[ih(1)]
-    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)
+    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 1)
+    assert store.find_peer(1, pid(1)) is None
 
 
 def test_a_stop_that_finishes_leaves_the_swarm_at_once_when_written_through(store, swarms):

@@ -342,8 +342,8 @@ def test_a_store_fault_is_a_failure_with_retry_in_and_a_logged_traceback(make_ap
 
 
 def test_a_held_swarm_is_answered_whole_while_the_database_is_hung(make_app, monkeypatch):
-    """The host holds a swarm whole once read: new peers, known ones and stops are answered
-    with no database call; only a completion (written through first) gets the bencoded
+    """The host holds a swarm whole once read: new peers, known ones and their stops are
+    answered with no database call; a completion (written through first) gets the bencoded
     `retry in` (BEP 31) that every request meeting the outage gets."""
     app, tracker = make_app()
     register(tracker, 1)
@@ -356,6 +356,7 @@ def test_a_held_swarm_is_answered_whole_while_the_database_is_hung(make_app, mon
         monkeypatch.setattr(tracker.store, call, hung)
     assert peer_ids(announce(app, 2, compact=0)) == [pid(1)]
     assert b"interval" in announce(app, 1).decoded
+    assert b"interval" in announce(app, 3).decoded
     assert b"interval" in announce(app, 3, event="stopped").decoded
     answer = announce(app, 2, left=0, event="completed")
     # The database's silence is the reason: the wording every other request meeting it gets.

@@ -71,7 +71,8 @@ SPREAD_WALK = 4  # entries per wanted peer an answer walks at most where a prefi
 _PEER = struct.Struct(">BqBBBqqqq")  # compact length, last_seen, state, completed, has key, left, up, down, written_seen
 _SEEN = struct.Struct(">Bq")  # the first two fields of _PEER: what a sample reads
 _SWARM = struct.Struct(">iiiiiiqqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, version, used_at, loaded_at, hashes
-_WRITE = struct.Struct(">BBBqqqqHB")  # state, stopped, has key, left, up, down, last_seen, port, ip length
+_WRITE = struct.Struct(">BBqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, port; lengths: ip, key, base ip, base key
+_W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY = 1, 2, 4, 8, 16
 _TID = struct.Struct(">I")
 _COUNT = struct.Struct(">i")
 _LEASE = struct.Struct(">iq")  # pid, until
@@ -147,16 +148,24 @@ def _peer_value(write: PeerWrite, completed: bool, written_seen: int) -> bytes:
 
 
 def pack_write(write: PeerWrite) -> bytes:
-    return _WRITE.pack(write.state, write.stopped, write.key is not None, write.left, write.uploaded,
-                       write.downloaded, write.last_seen, write.port, len(write.ip)) + write.ip + (write.key or b"")
+    base_ip, base_key = write.base or (b"", None)
+    flags = ((write.stopped and _W_STOPPED) | (write.key is not None and _W_KEY) | (write.fresh and _W_FRESH)
+             | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY))
+    key, base_key = write.key or b"", base_key or b""
+    return (_WRITE.pack(write.state, flags, write.left, write.uploaded, write.downloaded, write.last_seen, write.port,
+                        len(write.ip), len(key), len(base_ip), len(base_key)) + write.ip + key + base_ip + base_key)
 
 
 def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
-    state, stopped, has_key, left, up, down, last_seen, port, iplen = _WRITE.unpack_from(raw)
-    start = _WRITE.size
-    ip = bytes(raw[start:start + iplen])
-    key = bytes(raw[start + iplen:]) if has_key else None
-    return PeerWrite(peer_id, ip, port, key, _STATES[state], left, up, down, last_seen, bool(stopped))
+    state, flags, left, up, down, last_seen, port, iplen, keylen, base_iplen, base_keylen = _WRITE.unpack_from(raw)
+    at = _WRITE.size
+    ip, at = bytes(raw[at:at + iplen]), at + iplen
+    key, at = bytes(raw[at:at + keylen]), at + keylen
+    base_ip, at = bytes(raw[at:at + base_iplen]), at + base_iplen
+    base_key = bytes(raw[at:at + base_keylen])
+    base = (base_ip, base_key if flags & _W_BASE_KEY else None) if flags & _W_BASE else None
+    return PeerWrite(peer_id, ip, port, key if flags & _W_KEY else None, _STATES[state], left, up, down, last_seen,
+                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH))
 
 
 class Dirty(NamedTuple):
@@ -315,23 +324,34 @@ class HostState:
                     old_key, held = key, _held(raw)
                     break
             known: Any = held
-            if held is None and swarm.partial and not stored_read:
+            dirty_key = tid4 + peer_id
+            prior = txn.get(dirty_key, db=dbs["dirty"])
+            if held is None and not stored_read and prior is None and (
+                    swarm.partial or request.event is STOPPED or request.left == 0):
+                # A peer the host does not hold that stops or reports nothing left: another host
+                # may have its row (a leecher whose finish counts), a swarm held in part surely.
                 raise NeedsStoredPeer(_TID.unpack(tid4)[0])
             if held is None:
                 known = stored
             update = plan_announce(request, known)  # raises PeerConflict
             counts_completion = update.counts_completion and not (held is not None and held.completed)
-            write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
-                              request.uploaded, request.downloaded, now, update.remove)
-            if counts_completion and downloaded is None:
-                raise Completes(_TID.unpack(tid4)[0], write)
-            if held is None and request.event is STOPPED:
+            if held is None and known is None and request.event is STOPPED:
                 # Nothing to stop; recording it would let random peer_ids grow the backlog.
                 return AnnounceResult(swarm.stats(), [])
+            if prior is not None:  # the first unwritten announce's view of the stored row holds
+                earlier = unpack_write(peer_id, prior)
+                base, fresh = earlier.base, earlier.fresh or held is None
+            else:
+                base = (known.ip, known.key) if known is not None else None
+                fresh = known is None
+            write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
+                              request.uploaded, request.downloaded, now, update.remove, base, fresh)
+            if counts_completion and downloaded is None:
+                raise Completes(_TID.unpack(tid4)[0], write)
             counts, changed = list(swarm.counts), False
             prefix_db = dbs["prefixes"]
             unheld = swarm.unheld
-            if held is None:
+            if held is None and not update.remove:
                 self._admit(txn, dbs, tid4, request.ip, stored is not None)
                 if stored is not None:  # counted among the unheld until now
                     was = 0 if stored.left else 1
@@ -362,7 +382,7 @@ class HostState:
             else:
                 must_write = True
             if must_write:
-                txn.put(tid4 + peer_id, pack_write(write), db=dbs["dirty"])
+                txn.put(dirty_key, pack_write(write), db=dbs["dirty"])
             new_downloaded = max(swarm.downloaded, downloaded or 0)
             if changed or new_downloaded != swarm.downloaded or now - swarm.used_at >= 60:
                 swarm = swarm._replace(counts=tuple(counts), unheld=unheld, downloaded=new_downloaded, used_at=now)

@@ -183,6 +183,16 @@ class RateWindow:
                 counts[key] = counts.get(key, 0) + 1
             return True
 
+    def refund(self, ip: bytes) -> None:
+        """Take back an `allow` whose event did not happen (a completion the database could
+        not write): only what is counted counts."""
+        with self._lock:
+            counts = self._counts
+            for key in prefixes(ip):
+                count = counts.get(key, 0)
+                if count:
+                    counts[key] = count - 1
+
 
 def _data_bytes() -> int:
     """The process's data segment as RLIMIT_DATA counts it (statm's `data`: heap, anonymous

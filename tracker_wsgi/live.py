@@ -144,8 +144,10 @@ class HostSwarms:
                     raise Shed("completions from this address or its prefix")
                 try:
                     downloaded = self.ask_store(self.store.write_through, needs.torrent_id, needs.write, True)
-                except UnknownTorrent:
-                    self.state.drop(needs.torrent_id)
+                except BaseException as exc:
+                    self._completions.refund(request.ip)  # not counted: it comes again (`retry in`)
+                    if isinstance(exc, UnknownTorrent):
+                        self.state.drop(needs.torrent_id)
                     raise
         raise Shed("the swarm changed while it was answered")
 

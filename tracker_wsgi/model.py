@@ -172,6 +172,12 @@ class PeerWrite(NamedTuple):
     downloaded: int
     last_seen: int
     stopped: bool  # the peer leaves the swarm: its row is deleted
+    # The stored row as the host knew it when it took the first of the peer's unwritten
+    # announces: (address, key). The host's key rule passed from there, so the store takes
+    # the write over a row that still says so; over another row, the key rule decides
+    # (another host wrote it). None: a peer new to the host.
+    base: tuple[bytes, bytes | None] | None = None
+    fresh: bool = False  # (re)joined since its row was written: a new life, whose completion counts anew
 
 
 class SwarmSnapshot(NamedTuple):

@@ -1,13 +1,14 @@
 """Swarm rules: what one announce does to the peer it comes from, and what a swarm's counts
 say. Pure: each rule is one function here, and everything that applies it calls it.
 
-- The key rule: `conflicts`. live.py applies it (through `plan_announce`) before every
-  answer, against the view's member or the stored row; the store applies it again as it
-  writes (store/sql.py).
-- The completion rule: `finishes`. live.py applies it before the answer (a completion is
-  written through); the store's batches apply it to a stored leecher that reports left=0.
+- The key rule: `conflicts`. hoststate.py applies it (through `plan_announce`) before every
+  answer, against the peer the host holds or the stored row; the store applies it again as
+  it writes, over a row another host wrote (store/sql.py).
+- The completion rule: `finishes`. The host state applies it before the answer, against
+  the peer it holds or (a peer it does not hold that stops or reports left=0) the stored
+  row; a completion is written through, and the store counts it once per peer life.
 - What a swarm's counts say: `swarm_stats`. How the counts move with one announce is the
-  view's (view.SwarmView._move); the store recounts from its rows every batch.
+  host state's (hoststate.HostState.announce); the store recounts from its rows every batch.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def plan_announce(request: AnnounceRequest, known: KnownPeer | None) -> PeerUpda
 
 def conflicts(known_ip: bytes, known_key: bytes | None, ip: bytes, key: bytes | None) -> bool:
     """The key rule: an announce for a known peer from another address must carry the key
-    the peer registered. The view (plan_announce) and the store (against the stored row)
-    apply this one function."""
+    the peer registered. The host state (plan_announce) and the store (against a stored row
+    another host wrote) apply this one function."""
     return known_ip != ip and (known_key is None or known_key != key)
 
 
@@ -63,7 +64,7 @@ def finishes(completed_event: bool, left: int, known_left: int | None) -> bool:
     """A download finishes on `completed` with left=0, or when a peer this tracker knew as a
     leecher (left > 0) reports left=0, whatever the event (the original's rule) - `stopped`
     included: aria2 with --seed-time=0 announces `started`, downloads, then only `stopped`
-    with left=0. The view (plan_announce) and the store's batches apply this one rule."""
+    with left=0. The host state (plan_announce) applies this one rule."""
     return left == 0 and (completed_event or (known_left is not None and known_left > 0))
 
 

@@ -36,7 +36,7 @@ from ..model import (
     TrackerFull,
     UnknownTorrent,
 )
-from ..swarm import conflicts, finishes, swarm_stats
+from ..swarm import conflicts, swarm_stats
 from . import schema
 from .pool import ConnectionPool
 from .schema import SchemaChange, SchemaError, describe
@@ -129,6 +129,11 @@ def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> 
     return conflicts(bytes(stored_ip), None if stored_key is None else bytes(stored_key), write.ip, write.key)
 
 
+def _as_the_host_knew(row: Sequence, write: PeerWrite) -> bool:
+    """The stored row is the one the host's key rule passed from (PeerWrite.base)."""
+    return write.base is not None and (bytes(row[0]), None if row[1] is None else bytes(row[1])) == write.base
+
+
 def _pairs(writes: Sequence[tuple[int, PeerWrite]]) -> list:
     """(torrent_id, peer_id) of each write, flat, for `(torrent_id, peer_id) IN (...)`."""
     return [v for torrent_id, write in writes for v in (torrent_id, write.peer_id)]
@@ -191,6 +196,7 @@ class Statements:
         "WHERE (torrent_id, peer_id) IN ({})"
     )
     DELETE_PEERS = "DELETE FROM peers WHERE (torrent_id, peer_id) IN ({})"
+    NEW_LIVES = "UPDATE peers SET completed = 0 WHERE (torrent_id, peer_id) IN ({})"
     ADD_TRANSFERRED = "UPDATE torrents SET transferred = {least}(transferred + ?, {cap}) WHERE id = ?"
     # Conditional, so two racing completions of one peer count once.
     MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
@@ -585,11 +591,13 @@ class SqlStore:
     def _apply_writes(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]],
                       counted: set[tuple[int, bytes]]) -> list[SetAside]:
         """The one place a write meets its stored row, for the write-through and the batch
-        alike: the key rule, the completion rule, a stop (the row goes, its bytes join the
-        departed total) or an upsert. `counted` holds the writes whose completion the caller's
-        view has already decided (swarm.finishes against what it knew); for the others the
-        stored row decides. Returns the writes the key rule refused. The caller holds the
-        torrents' rows (LOCK_TORRENTS order) and recounts them afterwards."""
+        alike: the key rule (over a row other than the one the host's rule passed from:
+        PeerWrite.base), a new life (PeerWrite.fresh: its completion mark goes), a stop (the
+        row goes, its bytes join the departed total) or an upsert, and the completions
+        `counted` holds: the host decided them before the answer (swarm.finishes against the
+        peer it holds or the row it read), and the row's mark counts each once per life.
+        Returns the writes the key rule refused. The caller holds the torrents' rows
+        (LOCK_TORRENTS order) and recounts them afterwards."""
         if not writes:
             return []
         stored: dict[tuple[int, bytes], tuple] = {}
@@ -597,20 +605,20 @@ class SqlStore:
         cur.execute(statement, _pairs(writes))
         for torrent_id, peer_id, *row in cur.fetchall():
             stored[torrent_id, bytes(peer_id)] = row  # ip, key, bytes_left, completed
-        upserts, stops, completions, refused = [], [], [], []
+        upserts, stops, completions, refused, new_lives = [], [], [], [], []
         transferred: dict[int, int] = {}
         for torrent_id, write in writes:
             row = stored.get((torrent_id, write.peer_id))
-            if row is not None and _conflicts(row[0], row[1], write):
-                # Someone else's peer_id: the answer was sent, the write is not.
+            if row is not None and not _as_the_host_knew(row, write) and _conflicts(row[0], row[1], write):
+                # Someone else's peer_id (another host took it): the answer was sent, the write is not.
                 refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
                 continue
-            # A stored leecher reporting left=0 has finished, event or not (swarm.finishes);
-            # the view counts it before its answer when it can, this is the safety net.
+            if row is not None and write.fresh:
+                new_lives.append((torrent_id, write))  # rejoined after a stop not written: counts anew
+            # The host decided the completion before its answer (swarm.finishes against the
+            # peer it holds, or this row): the store marks it once per peer life.
             if (torrent_id, write.peer_id) in counted:
                 completions.append((torrent_id, write.peer_id, row is None and write.stopped))
-            elif row is not None and not row[3] and finishes(False, write.left, row[2]):
-                completions.append((torrent_id, write.peer_id, False))
             if write.stopped:
                 if row is not None:
                     stops.append((torrent_id, write))
@@ -618,6 +626,8 @@ class SqlStore:
                     transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
                 continue
             upserts.append((torrent_id, write))
+        if new_lives:
+            cur.execute(self.sql.NEW_LIVES.format(self.dialect.pairs(len(new_lives))), _pairs(new_lives))
         if upserts:  # first, so that a new peer's completion is marked on its new row
             self._upsert(cur, upserts)
         # Before the stops: a stopped peer's completion is marked on its row first. The row
