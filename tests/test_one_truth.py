@@ -313,6 +313,8 @@ def check_announce(run: Run, torrent: int, host: int, since: float | None, reply
     if wrong:
         return wrong
     answer = reply.decoded
+    if b"retry in" in answer:
+        return [("retry in", f"{what}: still {answer} after {RETRIES} tries")]
     if want.refused or b"failure reason" in answer:
         expected = {b"failure reason": PEER_CONFLICT.encode()} if want.refused else "an answer"
         return [] if answer == expected else [("key rule", f"{what}: got {answer}, the model {expected}")]
