@@ -9,15 +9,17 @@ new connection, to a process or host the test picks at random where it can pick.
 - every answer is bencoded; the key rule refuses exactly what the model refuses;
 - on one host, every answer's complete/incomplete/downloaded and peers are the model's at
   once: a stopped peer is never handed out after its stop was answered, a new one is;
-- across hosts, a peer whose join, stop, move or state change another host answered is
-  handed out as the model says within LAG (2 x sync_interval, and slack);
+- across hosts, the same once nothing another host answered is younger than LAG (2 x
+  sync_interval, and slack): a peer joined, stopped, moved or changed state there (or a
+  completion counted there) may be seen late, never later than that;
 - after each round, scrapes at every process and host say the model's counts (at once on
   one host, within LAG across hosts): every completion counted exactly once; after the
   last, once more after LAG, when every batch is written and views were read again.
 
 Where a test picks the daemon process, STEERING routes the announce there by a request
 header, and a wrapper around tracker.wsgi names the process that answered in a response
-header: the test's PID log. Seeds: ONE_TRUTH_SEED=<n> replays a failure's sequence.
+header: the test's PID log. ONE_TRUTH_SEED=<n> replays a failure's sequence of announces
+(what the processes' timing makes of it may differ).
 """
 
 from __future__ import annotations
@@ -120,11 +122,11 @@ class Topology:
 
 
 EMBEDDED = Topology("embedded", "embedded", steered=False)
-# The shipped routing (a swarm lives in one process): what main already gets right.
+# The shipped routing: each swarm lives in the one process its info hash names.
 ROUTED = Topology("daemon-routed", "daemon", steered=False)
 DAEMON_2 = Topology("daemon-2", "daemon")
 DAEMON_4 = Topology("daemon-4", "daemon", processes=4)
-TWO_HOSTS = Topology("two-hosts", "daemon", hosts=2)
+TWO_HOSTS = Topology("two-hosts", "daemon", hosts=2)  # each host's announces steered to its processes
 
 CASES = [(EMBEDDED, "sqlite"), (EMBEDDED, "mysql"), (ROUTED, "sqlite"), (ROUTED, "mysql"), (DAEMON_2, "sqlite"),
          (DAEMON_2, "mysql"), (DAEMON_4, "mysql"), (TWO_HOSTS, "mysql"), (TWO_HOSTS, "sqlite")]
@@ -253,16 +255,17 @@ class Run:
     # or not, leecher or not), and its completion count (DOWNLOADED): -> (the time its
     # announce was answered, the host that answered it).
     changed: list[dict[bytes, tuple[float, int]]]
-    violations: list[tuple[str, str]] = field(default_factory=list)  # (kind, what happened)
+    # (kind, what happened, (torrent, peer) of an announce of a round or None)
+    violations: list[tuple[str, str, tuple[int, int] | None]] = field(default_factory=list)
     # Each torrent's announces, each with the model's answer and the tracker's.
-    history: list[list[str]] = field(default_factory=lambda: [[] for _ in range(TORRENTS)])
+    history: list[list[tuple[int, str]]] = field(default_factory=lambda: [[] for _ in range(TORRENTS)])
     answered_by: Counter = field(default_factory=Counter)  # (host, "pid group") -> answers
     retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def violation(self, kind: str, text: str) -> None:
+    def violation(self, kind: str, text: str, peer: tuple[int, int] | None = None) -> None:
         with self.lock:
-            self.violations.append((kind, text))
+            self.violations.append((kind, text, peer))
 
     def answered(self, host: int, process: int | None, torrent: int, reply: Reply, what: str) -> None:
         """Count who answered; a steered request must be answered by the process chosen, a
@@ -384,8 +387,8 @@ def play_round(run: Run, torrent: int, rng: random.Random, number: int) -> None:
         reply = run.send(host, process, announce.ip, query_of(torrent, client, announce.left, announce.event,
                                                               announce.key), torrent, what)
         for kind, problem in check_announce(run, torrent, host, sent, reply, want, what):
-            run.violation(kind, problem)
-        run.history[torrent].append(f"{what}: the model {tuple(want[:4])}, got {summary(reply)}")
+            run.violation(kind, problem, (torrent, n))
+        run.history[torrent].append((n, f"{what}: the model {tuple(want[:4])}, got {summary(reply)}"))
         if not want.refused:
             client.ip = announce.ip
             client.key = announce.key if announce.key is not None else client.key
@@ -485,18 +488,17 @@ def register_torrents(url: str) -> None:
 
 
 def report(run: Run) -> str:
-    kinds = Counter(kind for kind, _ in run.violations)
-    firsts = {kind: text for kind, text in reversed(run.violations)}  # the first of each kind
-    shown = "\n".join([*firsts.values(), "...", *(text for _, text in run.violations[:10])])
-    # The first disagreement's peer: every announce of it so far.
-    first = run.violations[0][1] if run.violations else ""
-    torrent, _, peer = first.partition(" torrent ")[2].partition(": peer ")
-    peer_history = [line for line in run.history[int(torrent.split()[0])] if f": peer {peer.split()[0]} " in line] \
-        if torrent and peer else []
-    shown += "\nThe first one's peer, announce by announce:\n" + "\n".join(peer_history)
+    kinds = Counter(kind for kind, _, _ in run.violations)
+    firsts = {kind: text for kind, text, _ in reversed(run.violations)}  # the first of each kind
+    lines = [*firsts.values(), "...", *(text for _, text, _ in run.violations[:10])]
+    about = next((peer for _, _, peer in run.violations if peer), None)
+    if about:
+        torrent, peer = about
+        lines.append(f"Peer {peer} of torrent {torrent} (the first disagreement's), announce by announce:")
+        lines += [text for n, text in run.history[torrent] if n == peer]
     return (f"{run.topology.name}: {len(run.violations)} disagreements with the model (ONE_TRUTH_SEED={run.seed} "
             f"replays the sequence): {dict(kinds)}; answers by host and process: {dict(run.answered_by)}; "
-            f"retries: {run.retries}\n{shown}")
+            f"retries: {run.retries}\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize(("topology", "store"), CASES, ids=[f"{t.name}-{s}" for t, s in CASES])
