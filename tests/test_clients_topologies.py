@@ -1,0 +1,305 @@
+"""Issue #18, "one truth per swarm", with real clients and under load: the processes of one
+host, and hosts on one database, answer as one tracker.
+
+Each test runs in two topologies, on a MariaDB database of its own (mysql_url):
+- `embedded`: one Apache running the tracker in its 2 children (apache/tracker-embedded.conf);
+- `two_hosts`: two Apaches in daemon mode (apache/tracker.conf), each with its own swarm
+  state, on the one database (seeders announce to host A, leechers to host B).
+
+What is proved, each 10 times where a client moves a file:
+- libtorrent: a leecher's every answer names the seeder, and it downloads the whole file;
+- aria2 (`--seed-time=0`: `started`, then only `stopped` with left=0, across hosts the one
+  at A and the other at B): the scrape counts each leecher's finish exactly once;
+- under wrk's load a new peer is in the very next answer of every process of its host, and
+  in the other host's answers within 2 x sync_interval;
+- kill -9 of an Apache child (embedded) or a daemon process mid-load: every answer is
+  bencoded, at most `retry in`, and every completion answered is counted exactly once.
+
+Clients here all run on 127.0.0.1: libtorrent needs `ssrf_mitigation` off to announce to a
+loopback tracker at /tracker/announce and `allow_multiple_connections_per_ip`; DHT, local
+peer discovery, UPnP and NAT-PMP are off in both clients, so the tracker is the only way
+peers meet.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+import pytest
+
+from conftest import Apache, decode, free_port
+from tracker_wsgi.metainfo import parse_torrent
+from tracker_wsgi.store import open_store
+
+# End to end through real Apaches and clients: scripts/test --quick leaves this file out.
+pytestmark = pytest.mark.slow
+
+TOPOLOGIES = ("embedded", "two_hosts")
+# Short, so that what crosses hosts does so within a run: the promise is 2 x this.
+SYNC_INTERVAL = 1
+RUNS = 10  # client runs per topology, each on a torrent of its own; every one must succeed
+FILE_SIZE = 256 * 1024 + 4321  # small (a run takes about a second), not a whole number of pieces
+# How long a client may take for a step that takes well under a second on an idle machine:
+# generous, as the 2 cores are shared with Apache, MariaDB and other tests.
+STEP_TIMEOUT = 20
+# Beyond 2 x sync_interval, what a busy 2-core machine may add before a flush thread runs.
+SYNC_SLACK = 3
+
+
+def tracker_config(database: str) -> str:
+    """The config of every host here: the test's database, a short sync_interval, and
+    127.0.0.1 trusted as a proxy, so wrk's peers (bench/announce.lua) announce from many
+    addresses by X-Forwarded-For, as through a reverse proxy, and no per-address limit of a
+    busy host refuses them; the clients, which send no such header, stay 127.0.0.1."""
+    return (f'database = "{database}"\nbase_url = "http://127.0.0.1"\nsync_interval = {SYNC_INTERVAL}\n'
+            'trusted_proxies = ["127.0.0.1/32"]\n')
+
+
+@dataclass
+class Topology:
+    name: str
+    hosts: list[Apache]  # embedded: the one; two hosts: A, B
+    database: str
+
+    @property
+    def seeder_host(self) -> Apache:
+        return self.hosts[0]
+
+    @property
+    def leecher_host(self) -> Apache:
+        return self.hosts[-1]
+
+    def register(self, torrent_bytes: bytes) -> bytes:
+        """Registers a torrent (all its hashes) as the refresh would; returns its v1 info hash."""
+        meta = parse_torrent(torrent_bytes)
+        store = open_store(self.database, 2700)
+        try:
+            assert store.register(meta.torrent, int(time.time()))
+        finally:
+            store.close()
+        return meta.torrent.info_hash
+
+    def scrape(self, host: Apache, info_hash: bytes) -> dict:
+        status, _, body = host.get("/tracker/scrape", {"info_hash": info_hash})
+        assert status == 200, (status, body[:200])
+        return decode(body)[b"files"].get(info_hash, {})
+
+    def error_logs(self) -> str:
+        return "\n".join(f"--- {host.run_dir.name}'s error log (tail)\n{host.error_log()[-3000:]}"
+                         for host in self.hosts)
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request, apache_factory, mysql_url) -> Topology:
+    store = open_store(mysql_url, 2700)
+    store.create_tables()
+    store.close()
+    config = tracker_config(mysql_url)
+    if request.param == "embedded":
+        hosts = [apache_factory(config, name="embedded", topology="embedded")]
+    else:
+        hosts = [apache_factory(config, name=name, topology="daemon") for name in ("a", "b")]
+    return Topology(request.param, hosts, mysql_url)
+
+
+def payload(directory: Path, name: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_bytes(os.urandom(FILE_SIZE))
+    return path
+
+
+def make_torrent(content: Path, announce: str, v1_only: bool = False) -> bytes:
+    """A .torrent of `content`: libtorrent's default, a v1 + v2 hybrid, or v1 only (aria2
+    speaks no v2)."""
+    flags = lt.create_torrent.v1_only if v1_only else 0
+    creator = lt.create_torrent(lt.list_files(str(content)), 0, flags)
+    creator.add_tracker(announce)
+    creator.set_creator("tracker_wsgi test")
+    lt.set_piece_hashes(creator, str(content.parent))
+    return lt.bencode(creator.generate())
+
+
+def with_announce(torrent_bytes: bytes, announce: str) -> bytes:
+    """The same torrent (the same info, so the same info hashes) announcing elsewhere."""
+    meta = lt.bdecode(torrent_bytes)
+    meta[b"announce"] = announce.encode()
+    meta.pop(b"announce-list", None)
+    return lt.bencode(meta)
+
+
+def wait_until(done, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def wait_counted(topology: Topology, expected: dict[bytes, int]) -> dict[str, dict[bytes, int]]:
+    """Scrapes every host until each torrent's `downloaded` is what `expected` says (a
+    count crosses hosts within 2 x sync_interval; in embedded mode a scrape reaches either
+    child, so each host is asked several times); returns what differs, per host (empty: all
+    agreed), once the deadline passes or they agree."""
+    deadline = time.monotonic() + 2 * SYNC_INTERVAL + SYNC_SLACK
+    while True:
+        wrong: dict[str, dict[bytes, int]] = {}
+        for host in topology.hosts:
+            for _ in range(4 if topology.name == "embedded" else 1):
+                for info_hash, count in expected.items():
+                    got = topology.scrape(host, info_hash).get(b"downloaded")
+                    if got != count:
+                        wrong.setdefault(host.run_dir.name, {})[info_hash] = got
+        if not wrong or time.monotonic() > deadline:
+            return wrong
+        time.sleep(0.2)
+
+
+# -- libtorrent ---------------------------------------------------------------------------------
+
+
+class LibtorrentPeer:
+    """One libtorrent session holding one torrent, and every alert it raised (for failures)."""
+
+    def __init__(self, name: str, torrent_bytes: bytes, save_path: Path, seed: bool = False):
+        self.name = name
+        self.alerts: list[str] = []
+        # (event, peers in the answer) of each announce answered, in order
+        self.replies: list[tuple[str, int]] = []
+        self._sent: dict[str, str] = {}  # the event of the last announce of each hash version
+        self.session = lt.session({
+            "listen_interfaces": f"127.0.0.1:{free_port()}",
+            "outgoing_interfaces": "127.0.0.1",
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "ssrf_mitigation": False,
+            "allow_multiple_connections_per_ip": True,
+            "enable_incoming_utp": False,
+            "enable_outgoing_utp": False,
+            "user_agent": f"tracker_wsgi-test-{name}",
+            # A tracker that does not answer fails the step at once rather than after the
+            # default 30 s (completion) and 10 s (receive).
+            "tracker_completion_timeout": 10,
+            "tracker_receive_timeout": 5,
+            "stop_tracker_timeout": 2,  # bounds the `stopped` announces at session exit
+            "alert_mask": (lt.alert_category.error | lt.alert_category.status | lt.alert_category.tracker
+                           | lt.alert_category.connect | lt.alert_category.peer),
+        })
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(lt.bdecode(torrent_bytes))
+        params.save_path = str(save_path)
+        if seed:
+            params.flags |= lt.torrent_flags.seed_mode  # the file is the torrent's: no check
+        self.handle = self.session.add_torrent(params)
+
+    def pump(self) -> None:
+        for alert in self.session.pop_alerts():
+            self.alerts.append(f"{time.strftime('%H:%M:%S')} {type(alert).__name__}: {alert.message()}")
+            if isinstance(alert, lt.tracker_announce_alert):
+                self._sent[str(alert.version)] = alert.event.name
+            elif isinstance(alert, lt.tracker_reply_alert):
+                self.replies.append((self._sent.get(str(alert.version), "?"), alert.num_peers))
+
+    def tracker_errors(self) -> list[str]:
+        return [a for a in self.alerts if "tracker_error_alert" in a]
+
+    def announces_sent(self) -> int:
+        return sum("tracker_announce_alert" in a for a in self.alerts)
+
+    def report(self) -> str:
+        s = self.handle.status()
+        return (f"{self.name}: state={s.state} progress={s.progress:.3f} peers={s.num_peers} "
+                f"answers (event, peers)={self.replies}\n    " + "\n    ".join(self.alerts[-40:]))
+
+    def close(self) -> None:
+        self.session.remove_torrent(self.handle)  # sends `stopped`; the session waits for it
+        del self.session
+
+
+class RunFailed(Exception):
+    """A client run that did not do what it must: the first line says what, the rest why."""
+
+
+def libtorrent_run(topology: Topology, directory: Path) -> bytes:
+    """One seeder -> leecher run on a torrent of its own; returns its v1 info hash. Raises
+    RunFailed naming the step that did not happen."""
+    content = payload(directory / "seed", "payload.bin")
+    seeder_torrent = make_torrent(content, f"{topology.seeder_host.base}/tracker/announce")
+    info_hash = topology.register(seeder_torrent)
+    peers: list[LibtorrentPeer] = []
+
+    def unanswered(peer: LibtorrentPeer) -> bool:
+        """True while `peer` awaits an answer (a hybrid torrent's two hashes: two announces)."""
+        return peer.announces_sent() == 0 or len(peer.replies) < peer.announces_sent()
+
+    def empty_answers(peer: LibtorrentPeer) -> list[tuple[str, int]]:
+        """Answers to the leecher that named no peer while it leeched (a seed is sent only
+        leechers: an answer to `completed` may name none)."""
+        return [(event, n) for event, n in peer.replies if event != "completed" and n == 0]
+
+    def step(what: str, done, timeout: float = STEP_TIMEOUT) -> None:
+        failure = None
+
+        def check() -> bool:
+            nonlocal failure
+            for peer in peers:
+                peer.pump()
+            if errors := [e for peer in peers for e in peer.tracker_errors()]:
+                failure = f"our tracker answered an error: {errors[0]}"
+            elif empty := [e for peer in peers[1:] for e in empty_answers(peer)]:
+                failure = f"an answer to the leecher named no peer, the seeder in the swarm: {empty}"
+            return failure is not None or done()
+
+        if not wait_until(check, timeout):
+            failure = f"timed out after {timeout} s"
+        if failure:
+            raise RunFailed(f"{failure} (waiting for {what})\n" + "\n".join(peer.report() for peer in peers))
+
+    try:
+        seeder = LibtorrentPeer("seeder", seeder_torrent, content.parent, seed=True)
+        peers.append(seeder)
+        step("the seeder's announces to be answered", lambda: not unanswered(seeder))
+        if len(topology.hosts) > 1:
+            # The leecher's host learns of the seeder within 2 x sync_interval.
+            step("the leecher's host to count the seeder",
+                 lambda: topology.scrape(topology.leecher_host, info_hash).get(b"complete") == 1,
+                 2 * SYNC_INTERVAL + SYNC_SLACK)
+        leecher_torrent = with_announce(seeder_torrent, f"{topology.leecher_host.base}/tracker/announce")
+        leecher = LibtorrentPeer("leecher", leecher_torrent, directory / "leech")
+        peers.append(leecher)
+        step("the leecher to download the file", lambda: leecher.handle.status().is_seeding)
+        # Its `completed` announces answered (and so every one before them) before it goes.
+        step("the leecher's completion to be answered",
+             lambda: not unanswered(leecher) and any(event == "completed" for event, _ in leecher.replies))
+        if (directory / "leech" / "payload.bin").read_bytes() != content.read_bytes():
+            raise RunFailed("the leecher's file differs from the seeder's")
+    finally:
+        for peer in peers:
+            peer.close()
+    return info_hash
+
+
+def test_libtorrent_leecher_finds_the_seeder_and_downloads(topology, tmp_path):
+    """Ten runs: the seeder announces (across hosts to A), the leecher (to B) has it in every
+    answer and downloads the file; its completion is counted once, at every host."""
+    counted: dict[bytes, int] = {}
+    failed: list[str] = []
+    for run in range(RUNS):
+        try:
+            counted[libtorrent_run(topology, tmp_path / f"run-{run}")] = 1
+        except RunFailed as exc:
+            failed.append(f"run {run}: {exc}")
+    assert not failed, (f"{topology.name}: {len(failed)} of {RUNS} libtorrent runs failed: "
+                        + "; ".join(f.splitlines()[0] for f in failed) + "\nthe first:\n" + failed[0]
+                        + "\n" + topology.error_logs())
+    assert (wrong := wait_counted(topology, counted)) == {}, f"downloaded, where not 1: {wrong}"
+    log = "".join(host.error_log() for host in topology.hosts)
+    assert "Traceback" not in log, topology.error_logs()
