@@ -24,10 +24,14 @@ peers meet.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import libtorrent as lt
 import pytest
@@ -159,6 +163,26 @@ def wait_counted(topology: Topology, expected: dict[bytes, int]) -> dict[str, di
         if not wrong or time.monotonic() > deadline:
             return wrong
         time.sleep(0.2)
+
+
+def assert_runs(topology: Topology, client: str, failed: list[str], counted: dict[bytes, int]) -> None:
+    """Every run succeeded, and each finish of those that did is counted once at every host
+    (checked even when some runs failed: each says something of its own)."""
+    wrong = wait_counted(topology, counted)
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} of {RUNS} {client} runs failed: "
+                        + "; ".join(f.splitlines()[0] for f in failed))
+    if wrong:
+        problems.append(f"`downloaded` not 1 after the finishes of {len(counted)} runs that passed: "
+                        + ", ".join(f"{host}: {len(hashes)} torrents at {sorted(set(hashes.values()), key=str)}"
+                                    for host, hashes in wrong.items()))
+    log = "".join(host.error_log() for host in topology.hosts)
+    if "Traceback" in log:
+        problems.append("a traceback in an error log")
+    assert not problems, (f"{topology.name}: " + "; ".join(problems)
+                          + ("\nthe first failed run:\n" + failed[0] if failed else "")
+                          + "\n" + topology.error_logs())
 
 
 # -- libtorrent ---------------------------------------------------------------------------------
@@ -297,9 +321,185 @@ def test_libtorrent_leecher_finds_the_seeder_and_downloads(topology, tmp_path):
             counted[libtorrent_run(topology, tmp_path / f"run-{run}")] = 1
         except RunFailed as exc:
             failed.append(f"run {run}: {exc}")
-    assert not failed, (f"{topology.name}: {len(failed)} of {RUNS} libtorrent runs failed: "
-                        + "; ".join(f.splitlines()[0] for f in failed) + "\nthe first:\n" + failed[0]
-                        + "\n" + topology.error_logs())
-    assert (wrong := wait_counted(topology, counted)) == {}, f"downloaded, where not 1: {wrong}"
-    log = "".join(host.error_log() for host in topology.hosts)
-    assert "Traceback" not in log, topology.error_logs()
+    assert_runs(topology, "libtorrent", failed, counted)
+
+
+# -- aria2 --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """One announce through the EventRouter: who sent it, to which host, and the answer."""
+
+    host: str
+    port: int  # the announcing client's listen port (its `port` parameter)
+    event: str  # "" for a plain re-announce
+    left: int
+    answer: dict | None  # None: the answer was not bencoded (`raw` holds it)
+    raw: bytes
+
+    @property
+    def peers(self) -> int:
+        return len((self.answer or {}).get(b"peers", b"")) // 6
+
+
+class EventRouter:
+    """A forwarding proxy for clients' announces: `started` goes to the first host, every
+    other announce to the last. With two hosts an aria2 leecher is thus started at A and
+    stopped at B, its finish (left=0 on `stopped`) a peer B never saw; with one host it only
+    watches. One request per connection, as the tracker's hosts close each after its answer."""
+
+    def __init__(self, hosts: list[Apache]):
+        self.hosts = hosts
+        self.exchanges: list[Exchange] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def announce_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/tracker/announce"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        with client:
+            client.settimeout(STEP_TIMEOUT)
+            request = b""
+            while b"\r\n\r\n" not in request and (chunk := client.recv(65536)):
+                request += chunk
+            query = parse_qs(urlsplit(request.split(b" ", 2)[1].decode("latin-1")).query)
+            event = query.get("event", [""])[0]
+            host = self.hosts[0] if event == "started" else self.hosts[-1]
+            with socket.create_connection(("127.0.0.1", host.port), timeout=STEP_TIMEOUT) as upstream:
+                upstream.sendall(request)
+                response = b""
+                while chunk := upstream.recv(65536):
+                    response += chunk
+            client.sendall(response)
+            body = response.partition(b"\r\n\r\n")[2]
+            try:
+                answer = decode(body)
+            except Exception:  # noqa: BLE001 - what is not bencoded is kept raw, and fails the run
+                answer = None
+            self.exchanges.append(Exchange(host.run_dir.name, int(query["port"][0]), event,
+                                           int(query["left"][0]), answer, response))
+
+    def of(self, port: int) -> list[Exchange]:
+        return [e for e in self.exchanges if e.port == port]
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+ARIA2_RUNS_AT_ONCE = 5
+ARIA2_OPTIONS = [
+    "--no-conf=true", "--enable-dht=false", "--enable-dht6=false", "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false", "--disable-ipv6=true", "--follow-torrent=false",
+    "--bt-tracker-connect-timeout=5", "--bt-tracker-timeout=10", "--summary-interval=0",
+    "--console-log-level=warn", "--log-level=info",
+]
+
+
+def aria2(role: str, torrent: Path, directory: Path, port: int, *options: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["aria2c", *ARIA2_OPTIONS, f"--listen-port={port}", f"--dir={directory}",
+         f"--log={directory.parent / f'{role}.log'}", *options, str(torrent)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes:
+    """One aria2 seeder -> leecher (--seed-time=0) run; returns the torrent's info hash.
+    Raises RunFailed naming what did not happen."""
+    content = payload(directory / "seed", "payload.bin")
+    torrent_bytes = make_torrent(content, router.announce_url, v1_only=True)
+    info_hash = topology.register(torrent_bytes)
+    torrent = directory / "payload.torrent"
+    torrent.write_bytes(torrent_bytes)
+    seeder_port, leecher_port = free_port(), free_port()
+    processes = []
+
+    def failed(what: str) -> RunFailed:
+        logs = "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+                         for log in sorted(directory.glob("*.log")))
+        return RunFailed(f"{what}\nannounces: {router.of(seeder_port) + router.of(leecher_port)}\n{logs}")
+
+    try:
+        seeder = aria2("seeder", torrent, directory / "seed", seeder_port, "--seed-time=10", "--seed-ratio=0.0",
+                       "--bt-seed-unverified=true")
+        processes.append(seeder)
+        if not wait_until(lambda: any(e.answer for e in router.of(seeder_port)), STEP_TIMEOUT):
+            raise failed("the seeder's `started` was not answered")
+        if len(topology.hosts) > 1 and not wait_until(
+                lambda: topology.scrape(topology.leecher_host, info_hash).get(b"complete") == 1,
+                2 * SYNC_INTERVAL + SYNC_SLACK):
+            raise failed("the leecher's host did not count the seeder within 2 x sync_interval")
+        leecher = aria2("leecher", torrent, directory / "leech", leecher_port, "--seed-time=0")
+        processes.append(leecher)
+
+        def finished_or_empty() -> bool:
+            """The leecher's end, or an answer to it that named no peer (it would wait an interval)."""
+            return leecher.poll() is not None or any(e.peers == 0 and e.event != "stopped"
+                                                     for e in router.of(leecher_port))
+
+        if not wait_until(finished_or_empty, STEP_TIMEOUT):
+            raise failed(f"the leecher did not finish in {STEP_TIMEOUT} s")
+        if leecher.poll() is None:
+            raise failed("an answer to the leecher named no peer, the seeder in the swarm")
+        code = leecher.returncode
+        if code != 0:
+            raise failed(f"the leecher exited {code}: {leecher.stdout.read().decode(errors='replace')[-500:]}")
+        if (directory / "leech" / "payload.bin").read_bytes() != content.read_bytes():
+            raise failed("the leecher's file differs from the seeder's")
+        exchanges = router.of(leecher_port)
+        if refused := [e.raw[-200:] if e.answer is None else e.answer[b"failure reason"]
+                       for e in exchanges if e.answer is None or b"failure reason" in e.answer]:
+            raise failed(f"an announce of the leecher's was answered {refused[0]!r}")
+        # What this run is about: a `started`, then only a `stopped` that says left=0 (and,
+        # across hosts, the two at different hosts).
+        events = [(e.event, e.left == 0, e.host) for e in exchanges]
+        hosts = [h.run_dir.name for h in topology.hosts]
+        if events != [("started", False, hosts[0]), ("stopped", True, hosts[-1])]:
+            raise failed(f"the leecher's announces were {events}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()  # aria2 announces `stopped` as it goes
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return info_hash
+
+
+def test_aria2_leecher_finish_is_counted_once(topology, tmp_path):
+    """Ten aria2 runs, each leecher with --seed-time=0: it announces `started` (across hosts
+    at A), downloads from the seeder, and announces only `stopped` with left=0 (at B). Each
+    finish is counted exactly once: the scrape's `downloaded` is 1 at every host."""
+    router = EventRouter(topology.hosts)
+    counted: dict[bytes, int] = {}
+    failed: list[str] = []
+
+    def run(number: int) -> None:
+        try:
+            counted[aria2_run(topology, router, tmp_path / f"run-{number}")] = 1
+        except RunFailed as exc:
+            failed.append(f"run {number}: {exc}")
+
+    try:
+        # aria2 acts on a one-second tick (a run takes 4-6 s, mostly waiting): a few runs
+        # at once, each on its own torrent, keep the file's runtime down.
+        with ThreadPoolExecutor(ARIA2_RUNS_AT_ONCE) as pool:
+            list(pool.map(run, range(RUNS)))
+    finally:
+        router.close()
+    assert_runs(topology, "aria2", failed, counted)
