@@ -23,7 +23,11 @@ peers meet.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
+import re
+import signal
 import socket
 import subprocess
 import threading
@@ -36,8 +40,10 @@ from urllib.parse import parse_qs, urlsplit
 import libtorrent as lt
 import pytest
 
-from conftest import Apache, decode, free_port
+from conftest import REPO, Apache, announce_query, decode, free_port, ih, pid
+from tracker_wsgi import apache_conf
 from tracker_wsgi.metainfo import parse_torrent
+from tracker_wsgi.model import Torrent
 from tracker_wsgi.store import open_store
 
 # End to end through real Apaches and clients: scripts/test --quick leaves this file out.
@@ -105,9 +111,9 @@ def topology(request, apache_factory, mysql_url) -> Topology:
     store.close()
     config = tracker_config(mysql_url)
     if request.param == "embedded":
-        hosts = [apache_factory(config, name="embedded", topology="embedded")]
+        hosts = [apache_factory(config, name="embedded", site_conf=PROBE_LOG, topology="embedded")]
     else:
-        hosts = [apache_factory(config, name=name, topology="daemon") for name in ("a", "b")]
+        hosts = [apache_factory(config, name=name, site_conf=PROBE_LOG, topology="daemon") for name in ("a", "b")]
     return Topology(request.param, hosts, mysql_url)
 
 
@@ -503,3 +509,166 @@ def test_aria2_leecher_finish_is_counted_once(topology, tmp_path):
     finally:
         router.close()
     assert_runs(topology, "aria2", failed, counted)
+
+
+# -- under load ---------------------------------------------------------------------------------
+
+BENCH_LUA = REPO / "bench" / "announce.lua"
+BENCH_TORRENTS, BENCH_PEERS_PER_THREAD = 20, 200
+# Each probe asks on a connection of its own (the hosts close each after one answer), until
+# both of a host's children have answered, or this many connections.
+PROBE_CONNECTIONS = 200
+# Which child answered a probe: its process id by the client's port, for probes only (they
+# carry the header; wrk's traffic is not logged). Apache logs a request just after its answer.
+PROBE_HEADER = "X-Probe"
+PROBE_LOG = f'LogFormat "%P %{{remote}}p" probe\nCustomLog probe.log probe "expr=-n req(\'{PROBE_HEADER}\')"\n'
+
+
+def bench_info_hash(i: int) -> bytes:
+    """bench/announce.lua's torrent i (bench/run.py registers the same)."""
+    return hashlib.sha1(f"bench-torrent-{i}".encode()).digest()
+
+
+class Load:
+    """wrk sending bench/announce.lua's traffic (announces of its many peers, ~5 % started and
+    stopped, 10 % scrapes) to every host, 8 connections each, until stopped."""
+
+    def __init__(self, topology: Topology):
+        store = open_store(topology.database, 2700)
+        try:
+            for i in range(BENCH_TORRENTS):
+                store.register(Torrent(bench_info_hash(i), None, f"bench torrent {i}", 1 << 30), int(time.time()))
+        finally:
+            store.close()
+        self.processes = [subprocess.Popen(
+            ["wrk", "-t1", "-c8", "-d600s", "-s", str(BENCH_LUA), f"{host.base}/tracker", "--",
+             str(BENCH_TORRENTS), str(BENCH_PEERS_PER_THREAD)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for host in topology.hosts]
+
+    def stop(self) -> list[int]:
+        """Stops wrk (SIGINT: it prints its summary); returns the requests each sent."""
+        sent = []
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            out = process.communicate(timeout=30)[0]
+            found = re.search(r"(\d+) requests in", out)
+            assert found, out
+            sent.append(int(found.group(1)))
+        return sent
+
+    def __enter__(self) -> Load:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def compact_ports(answer: dict) -> set[int]:
+    peers = answer[b"peers"]
+    return {int.from_bytes(peers[i + 4:i + 6], "big") for i in range(0, len(peers), 6)}
+
+
+def probe(host: Apache, info_hash: bytes, peer: int, port: int, **extra) -> tuple[int, dict]:
+    """An announce on a connection of its own; returns the client port it came from and the
+    decoded answer (every answer must be bencoded)."""
+    connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=60)
+    try:
+        connection.request("GET", "/tracker/announce?" + announce_query(info_hash, pid(peer), port, numwant=200,
+                                                                       **extra), headers={PROBE_HEADER: "1"})
+        client_port = connection.sock.getsockname()[1]
+        return client_port, decode(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def answering_child(host: Apache, client_port: int) -> int:
+    """The process that answered the probe from `client_port` (the latest one from it)."""
+    log = host.run_dir / "probe.log"
+    found = None
+
+    def logged() -> bool:
+        nonlocal found
+        lines = log.read_text().split("\n") if log.exists() else []
+        found = next((int(child) for child, port in (line.split() for line in reversed(lines) if line)
+                      if int(port) == client_port), None)
+        return found is not None
+
+    assert wait_until(logged, 10), f"no probe.log line for client port {client_port}"
+    return found
+
+
+TRIALS = 5  # fresh swarms per topology in the discovery test
+
+
+def refused(answer: dict) -> bool:
+    return b"failure reason" in answer
+
+
+def discovery_trial(topology: Topology, trial: int) -> str | None:
+    """A seeder announced at one process of the first host, then a leecher asking on new
+    connections until every process of that host answered (each answer must name the
+    seeder), then (two hosts) at the other host until it names the seeder, within 2 x
+    sync_interval. Returns what went wrong, or None."""
+    seeder_port, leecher_port = 20000 + trial, 30000 + trial
+    host = topology.seeder_host
+    client_port, answer = probe(host, ih(trial), 1, seeder_port, left=0, event="started")
+    if refused(answer):
+        return f"swarm {trial}: the seeder's `started` at {host.run_dir.name} was answered {answer}"
+    announced = time.monotonic()
+    seeder_child = answering_child(host, client_port)
+    children: set[int] = set()
+    event = "started"
+    for _ in range(PROBE_CONNECTIONS):
+        if len(children) == processes_per_host(topology):
+            break
+        client_port, answer = probe(host, ih(trial), 2, leecher_port, event=event)
+        event = ""
+        child = answering_child(host, client_port)
+        children.add(child)
+        if refused(answer) or seeder_port not in compact_ports(answer):
+            return (f"swarm {trial}: {host.run_dir.name}'s process {child} answered the leecher "
+                    f"{time.monotonic() - announced:.2f} s after the seeder's announce at process "
+                    f"{seeder_child} without the seeder: {answer}")
+    else:
+        return f"swarm {trial}: {PROBE_CONNECTIONS} connections reached only processes {children}"
+    if len(topology.hosts) == 1:
+        return None
+    other, answers = topology.leecher_host, []
+
+    def other_has_it() -> bool:
+        answers.append(probe(other, ih(trial), 3, leecher_port + 1000)[1])
+        return not refused(answers[-1]) and seeder_port in compact_ports(answers[-1])
+
+    limit = 2 * SYNC_INTERVAL + SYNC_SLACK
+    if not wait_until(other_has_it, limit, interval=0.1):
+        return (f"swarm {trial}: host {other.run_dir.name} did not hand out the seeder announced at "
+                f"{host.run_dir.name} within {limit} s; its answers: {sorted(set(map(repr, answers)))[:3]}")
+    return None
+
+
+def test_new_peer_is_in_the_next_answer_of_every_process_under_load(topology):
+    """With wrk loading every host: a peer announced at one process is in the very next
+    answer of every process of its host (embedded: probes on new connections until both
+    children have answered, every answer naming it), and in the other host's answers within
+    2 x sync_interval, in each of 5 fresh swarms."""
+    store = open_store(topology.database, 2700)
+    for trial in range(TRIALS):
+        assert store.register(Torrent(ih(trial), None, f"discovery-{trial}", 1000), int(time.time()))
+    store.close()
+    with Load(topology) as load:
+        time.sleep(1)  # wrk's connections are up
+        problems = [problem for trial in range(TRIALS) if (problem := discovery_trial(topology, trial))]
+        sent = load.stop()
+    assert all(n > 100 for n in sent), f"wrk sent {sent} requests: not a load"
+    assert not problems, (f"{topology.name}: {len(problems)} of {TRIALS} swarms: " + "\n".join(problems)
+                          + "\n" + topology.error_logs())
+
+
+def processes_per_host(topology: Topology) -> int:
+    """Processes of one host that answer a swarm: embedded mode's children (any child takes
+    any connection); in daemon mode the one process its info hash's first byte names."""
+    return apache_conf.EMBEDDED_PROCESSES if topology.name == "embedded" else 1
