@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import os
 import re
 import signal
@@ -623,8 +624,6 @@ def discovery_trial(topology: Topology, trial: int) -> str | None:
     children: set[int] = set()
     event = "started"
     for _ in range(PROBE_CONNECTIONS):
-        if len(children) == processes_per_host(topology):
-            break
         client_port, answer = probe(host, ih(trial), 2, leecher_port, event=event)
         event = ""
         child = answering_child(host, client_port)
@@ -633,6 +632,8 @@ def discovery_trial(topology: Topology, trial: int) -> str | None:
             return (f"swarm {trial}: {host.run_dir.name}'s process {child} answered the leecher "
                     f"{time.monotonic() - announced:.2f} s after the seeder's announce at process "
                     f"{seeder_child} without the seeder: {answer}")
+        if len(children) == processes_per_host(topology):
+            break
     else:
         return f"swarm {trial}: {PROBE_CONNECTIONS} connections reached only processes {children}"
     if len(topology.hosts) == 1:
@@ -672,3 +673,138 @@ def processes_per_host(topology: Topology) -> int:
     """Processes of one host that answer a swarm: embedded mode's children (any child takes
     any connection); in daemon mode the one process its info hash's first byte names."""
     return apache_conf.EMBEDDED_PROCESSES if topology.name == "embedded" else 1
+
+
+# -- kill -9 mid-load ---------------------------------------------------------------------------
+
+KILL_CLIENTS = 6  # threads, each a client moving peers through started -> completed -> stopped
+KILL_TORRENTS = 4
+COMPLETIONS_BEFORE_KILL = COMPLETIONS_AFTER_KILL = 15
+RETRY_PAUSE = 0.2  # a client here retries at once, not after `retry in`'s minutes
+# What a client meets when the process holding its connection dies: the connection ends
+# without an answer. Only embedded mode has Apache's own processes die; in daemon mode
+# Apache answers for a dead daemon (a bencoded 500/503).
+CONNECTION_LOST = (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead)
+
+
+def tracker_processes(host: Apache, topology: Topology) -> list[int]:
+    """The processes running the tracker: Apache's children (embedded), or its mod_wsgi
+    daemon processes, which show as (wsgi:<group>), cut to argv[0]'s length."""
+    children = subprocess.run(["pgrep", "-a", "-P", str(host.process.pid)], capture_output=True,
+                              text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in children
+            if topology.name == "embedded" or line.split(maxsplit=1)[1].startswith("(wsgi:")]
+
+
+def kill_info_hash(n: int) -> bytes:
+    """The clients' torrents: their first bytes 0, 1, 2, ... put them in every daemon process
+    of a host (apache/tracker.conf routes by the first byte), so the one killed holds some."""
+    return bytes([n]) + ih(100 + n)[1:]
+
+
+@dataclass
+class KillRecord:
+    completed: dict[bytes, set[bytes]]  # info hash -> peer ids whose completion was answered
+    not_bencoded: list[str]
+    refused: list[dict]  # failure answers without `retry in`
+    retried: int = 0  # `retry in` answers
+    lost: int = 0  # connections that ended without an answer
+
+
+def kill_client(topology: Topology, number: int, record: KillRecord, stop: threading.Event) -> None:
+    """Peers one after another, each announcing started, completed and stopped, each request
+    to the hosts in turn and from the peer's own address (X-Forwarded-For, trusted), each
+    retried until it is answered with success: a peer whose completion was answered ends in
+    record.completed."""
+    sent = 0
+    for serial in itertools.count():
+        if stop.is_set():
+            return
+        info_hash = kill_info_hash(serial % KILL_TORRENTS)
+        peer_id = pid(100_000 * (number + 1) + serial)
+        address = f"10.{number + 1}.{serial // 250}.{serial % 250 + 1}"
+        for event, left in (("started", 1000), ("completed", 0), ("stopped", 0)):
+            while True:
+                host = topology.hosts[sent % len(topology.hosts)]
+                sent += 1
+                query = announce_query(info_hash, peer_id, 40000 + number, left=left, event=event, numwant=5)
+                connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=60)
+                try:
+                    connection.request("GET", f"/tracker/announce?{query}", headers={"X-Forwarded-For": address})
+                    response = connection.getresponse()
+                    body = response.read()
+                except CONNECTION_LOST:
+                    record.lost += 1
+                    time.sleep(RETRY_PAUSE)
+                    continue
+                finally:
+                    connection.close()
+                try:
+                    answer = decode(body)
+                except Exception:  # noqa: BLE001 - anything not bencoded is the finding
+                    record.not_bencoded.append(f"{response.status} {body[:200]!r}")
+                    time.sleep(RETRY_PAUSE)
+                    continue
+                if not refused(answer):
+                    break
+                if answer.get(b"retry in"):
+                    record.retried += 1
+                else:
+                    record.refused.append(answer)
+                time.sleep(RETRY_PAUSE)
+            if event == "completed":
+                record.completed.setdefault(info_hash, set()).add(peer_id)
+
+
+def test_kill_9_of_a_tracker_process_mid_load(topology):
+    """Under wrk's load and clients completing downloads, kill -9 of one of the host's Apache
+    children (embedded) or of the daemon process holding the clients' swarms (host A): every
+    answer is bencoded, at most `retry in` (in embedded mode the connections the dead child
+    held end unanswered), and each completion answered is counted exactly once afterwards."""
+    store = open_store(topology.database, 2700)
+    for n in range(KILL_TORRENTS):
+        assert store.register(Torrent(kill_info_hash(n), None, f"kill-{n}", 1000), int(time.time()))
+    store.close()
+    host = topology.hosts[0]
+    record = KillRecord({}, [], [])
+    stop = threading.Event()
+
+    def completions() -> int:
+        return sum(map(len, list(record.completed.values())))
+
+    with Load(topology) as load, ThreadPoolExecutor(KILL_CLIENTS) as pool:
+        clients = [pool.submit(kill_client, topology, n, record, stop) for n in range(KILL_CLIENTS)]
+        try:
+            assert wait_until(lambda: completions() >= COMPLETIONS_BEFORE_KILL, 60), \
+                f"{completions()} completions in 60 s before the kill: {record}"
+            before = tracker_processes(host, topology)
+            victim = before[0]
+            os.kill(victim, signal.SIGKILL)
+            killed_at = completions()
+            # Apache (or mod_wsgi) starts a process in its place, and clients go on completing.
+            replaced = wait_until(lambda: len(tracker_processes(host, topology)) == len(before)
+                                  and victim not in tracker_processes(host, topology), 60)
+            assert replaced, f"no process took {victim}'s place: {tracker_processes(host, topology)}"
+            assert wait_until(lambda: completions() >= killed_at + COMPLETIONS_AFTER_KILL, 60), \
+                f"{completions() - killed_at} completions in 60 s after the kill: {record}"
+        finally:
+            stop.set()
+            for client in clients:
+                client.result(timeout=120)  # each finishes its peer; raises what a client raised
+        sent = load.stop()
+    assert all(n > 100 for n in sent), f"wrk sent {sent} requests: not a load"
+    problems = []
+    if record.not_bencoded:
+        problems.append(f"{len(record.not_bencoded)} answers not bencoded: {record.not_bencoded[:3]}")
+    if record.refused:
+        problems.append(f"{len(record.refused)} refusals without `retry in`: {record.refused[:3]}")
+    if record.lost and topology.name != "embedded":
+        problems.append(f"{record.lost} connections ended without an answer")
+    expected = {info_hash: len(peers) for info_hash, peers in record.completed.items()}
+    if wrong := wait_counted(topology, expected):
+        problems.append(f"`downloaded` differs from the {sum(expected.values())} completions answered "
+                        f"({ {h.hex()[-4:]: n for h, n in expected.items()} }): "
+                        + "; ".join(f"{name}: { {h.hex()[-4:]: n for h, n in got.items()} }"
+                                    for name, got in wrong.items()))
+    assert not problems, (f"{topology.name}, {record.retried} `retry in`, {record.lost} connections lost: "
+                          + "\n".join(problems) + "\n" + topology.error_logs())
