@@ -1,17 +1,21 @@
 """Issue #18, "one truth per swarm", with real clients and under load: the processes of one
 host, and hosts on one database, answer as one tracker.
 
-Each test runs in two topologies, on a MariaDB database of its own (mysql_url):
-- `embedded`: one Apache running the tracker in its 2 children (apache/tracker-embedded.conf);
-- `two_hosts`: two Apaches in daemon mode (apache/tracker.conf), each with its own swarm
-  state, on the one database (seeders announce to host A, leechers to host B).
+Each test runs in three topologies, each on a MariaDB database of its own (mysql_url):
+- `daemon`: one Apache in daemon mode (apache/tracker.conf), each swarm in the one process
+  its info hash names: the case that holds without any sharing, the tests' control;
+- `embedded`: one Apache running the tracker in its 2 children (apache/tracker-embedded.conf),
+  any child answering any announce;
+- `two_hosts`: two Apaches in daemon mode, each with its own swarm state, on the one
+  database (seeders announce to host A, leechers to host B).
 
-What is proved, each 10 times where a client moves a file:
-- libtorrent: a leecher's every answer names the seeder, and it downloads the whole file;
-- aria2 (`--seed-time=0`: `started`, then only `stopped` with left=0, across hosts the one
-  at A and the other at B): the scrape counts each leecher's finish exactly once;
-- under wrk's load a new peer is in the very next answer of every process of its host, and
-  in the other host's answers within 2 x sync_interval;
+What is proved:
+- libtorrent, 10 runs: a leecher's every answer names the seeder, it downloads the whole
+  file, and its completion is counted once;
+- aria2, 10 runs (`--seed-time=0`: `started`, then only `stopped` with left=0, across hosts
+  the one at A and the other at B): the scrape counts each leecher's finish exactly once;
+- under wrk's load, a new peer is in the very next answer of every process of its host,
+  and in the other host's answers within 2 x sync_interval;
 - kill -9 of an Apache child (embedded) or a daemon process mid-load: every answer is
   bencoded, at most `retry in`, and every completion answered is counted exactly once.
 
@@ -50,7 +54,7 @@ from tracker_wsgi.store import open_store
 # End to end through real Apaches and clients: scripts/test --quick leaves this file out.
 pytestmark = pytest.mark.slow
 
-TOPOLOGIES = ("embedded", "two_hosts")
+TOPOLOGIES = ("daemon", "embedded", "two_hosts")
 # Short, so that what crosses hosts does so within a run: the promise is 2 x this.
 SYNC_INTERVAL = 1
 RUNS = 10  # client runs per topology, each on a torrent of its own; every one must succeed
@@ -60,6 +64,10 @@ FILE_SIZE = 256 * 1024 + 4321  # small (a run takes about a second), not a whole
 STEP_TIMEOUT = 20
 # Beyond 2 x sync_interval, what a busy 2-core machine may add before a flush thread runs.
 SYNC_SLACK = 3
+# Embedded mode: which child answered a probe, by the client's port (Apache logs a request
+# just after its answer). Only probes carry the header: wrk's traffic is not logged.
+PROBE_HEADER = "X-Probe"
+PROBE_LOG = f'LogFormat "%P %{{remote}}p" probe\nCustomLog probe.log probe "expr=-n req(\'{PROBE_HEADER}\')"\n'
 
 
 def tracker_config(database: str) -> str:
@@ -74,7 +82,7 @@ def tracker_config(database: str) -> str:
 @dataclass
 class Topology:
     name: str
-    hosts: list[Apache]  # embedded: the one; two hosts: A, B
+    hosts: list[Apache]  # two hosts: A, B
     database: str
 
     @property
@@ -113,8 +121,10 @@ def topology(request, apache_factory, mysql_url) -> Topology:
     config = tracker_config(mysql_url)
     if request.param == "embedded":
         hosts = [apache_factory(config, name="embedded", site_conf=PROBE_LOG, topology="embedded")]
+    elif request.param == "daemon":
+        hosts = [apache_factory(config, name="daemon", topology="daemon")]
     else:
-        hosts = [apache_factory(config, name=name, site_conf=PROBE_LOG, topology="daemon") for name in ("a", "b")]
+        hosts = [apache_factory(config, name=name, topology="daemon") for name in ("a", "b")]
     return Topology(request.param, hosts, mysql_url)
 
 
@@ -153,23 +163,30 @@ def wait_until(done, timeout: float, interval: float = 0.05) -> bool:
     return True
 
 
+def counts_differing(topology: Topology, expected: dict[bytes, int]) -> dict[str, dict[bytes, int]]:
+    """Each torrent's scrape `downloaded` where it is not what `expected` says, per host (in
+    embedded mode a scrape reaches either child: each host is asked several times)."""
+    wrong: dict[str, dict[bytes, int]] = {}
+    for host in topology.hosts:
+        for _ in range(4 if topology.name == "embedded" else 1):
+            for info_hash, count in expected.items():
+                got = topology.scrape(host, info_hash).get(b"downloaded")
+                if got != count:
+                    wrong.setdefault(host.run_dir.name, {})[info_hash] = got
+    return wrong
+
+
 def wait_counted(topology: Topology, expected: dict[bytes, int]) -> dict[str, dict[bytes, int]]:
-    """Scrapes every host until each torrent's `downloaded` is what `expected` says (a
-    count crosses hosts within 2 x sync_interval; in embedded mode a scrape reaches either
-    child, so each host is asked several times); returns what differs, per host (empty: all
-    agreed), once the deadline passes or they agree."""
+    """Scrapes every host until each torrent's `downloaded` is what `expected` says (a count
+    crosses hosts within 2 x sync_interval), and again 2 x sync_interval later (a batch
+    must not count a finish again); returns what differs, per host: empty when all agree."""
     deadline = time.monotonic() + 2 * SYNC_INTERVAL + SYNC_SLACK
-    while True:
-        wrong: dict[str, dict[bytes, int]] = {}
-        for host in topology.hosts:
-            for _ in range(4 if topology.name == "embedded" else 1):
-                for info_hash, count in expected.items():
-                    got = topology.scrape(host, info_hash).get(b"downloaded")
-                    if got != count:
-                        wrong.setdefault(host.run_dir.name, {})[info_hash] = got
-        if not wrong or time.monotonic() > deadline:
-            return wrong
+    while (wrong := counts_differing(topology, expected)) and time.monotonic() < deadline:
         time.sleep(0.2)
+    if wrong:
+        return wrong
+    time.sleep(2 * SYNC_INTERVAL)
+    return counts_differing(topology, expected)
 
 
 def assert_runs(topology: Topology, client: str, failed: list[str], counted: dict[bytes, int]) -> None:
@@ -519,10 +536,6 @@ BENCH_TORRENTS, BENCH_PEERS_PER_THREAD = 20, 200
 # Each probe asks on a connection of its own (the hosts close each after one answer), until
 # both of a host's children have answered, or this many connections.
 PROBE_CONNECTIONS = 200
-# Which child answered a probe: its process id by the client's port, for probes only (they
-# carry the header; wrk's traffic is not logged). Apache logs a request just after its answer.
-PROBE_HEADER = "X-Probe"
-PROBE_LOG = f'LogFormat "%P %{{remote}}p" probe\nCustomLog probe.log probe "expr=-n req(\'{PROBE_HEADER}\')"\n'
 
 
 def bench_info_hash(i: int) -> bytes:
@@ -586,20 +599,29 @@ def probe(host: Apache, info_hash: bytes, peer: int, port: int, **extra) -> tupl
         connection.close()
 
 
-def answering_child(host: Apache, client_port: int) -> int:
-    """The process that answered the probe from `client_port` (the latest one from it)."""
+def answering_process(topology: Topology, host: Apache, client_port: int) -> str:
+    """Which process answered the probe from `client_port`: in embedded mode the child
+    probe.log names; in daemon mode always the one the info hash names."""
+    if topology.name != "embedded":
+        return "daemon process"
     log = host.run_dir / "probe.log"
     found = None
 
     def logged() -> bool:
         nonlocal found
         lines = log.read_text().split("\n") if log.exists() else []
-        found = next((int(child) for child, port in (line.split() for line in reversed(lines) if line)
+        found = next((child for child, port in (line.split() for line in reversed(lines) if line)
                       if int(port) == client_port), None)
         return found is not None
 
     assert wait_until(logged, 10), f"no probe.log line for client port {client_port}"
-    return found
+    return f"child {found}"
+
+
+def processes_per_host(topology: Topology) -> int:
+    """Processes of one host that answer a swarm: embedded mode's children (any child takes
+    any connection); in daemon mode the one process its info hash's first byte names."""
+    return apache_conf.EMBEDDED_PROCESSES if topology.name == "embedded" else 1
 
 
 TRIALS = 5  # fresh swarms per topology in the discovery test
@@ -620,18 +642,18 @@ def discovery_trial(topology: Topology, trial: int) -> str | None:
     if refused(answer):
         return f"swarm {trial}: the seeder's `started` at {host.run_dir.name} was answered {answer}"
     announced = time.monotonic()
-    seeder_child = answering_child(host, client_port)
-    children: set[int] = set()
+    seeder_child = answering_process(topology, host, client_port)
+    children: set[str] = set()
     event = "started"
     for _ in range(PROBE_CONNECTIONS):
         client_port, answer = probe(host, ih(trial), 2, leecher_port, event=event)
         event = ""
-        child = answering_child(host, client_port)
+        child = answering_process(topology, host, client_port)
         children.add(child)
         if refused(answer) or seeder_port not in compact_ports(answer):
-            return (f"swarm {trial}: {host.run_dir.name}'s process {child} answered the leecher "
-                    f"{time.monotonic() - announced:.2f} s after the seeder's announce at process "
-                    f"{seeder_child} without the seeder: {answer}")
+            return (f"swarm {trial}: {host.run_dir.name}'s {child} answered the leecher "
+                    f"{time.monotonic() - announced:.2f} s after the seeder's announce at {seeder_child} "
+                    f"without the seeder: {answer}")
         if len(children) == processes_per_host(topology):
             break
     else:
@@ -667,12 +689,6 @@ def test_new_peer_is_in_the_next_answer_of_every_process_under_load(topology):
     assert all(n > 100 for n in sent), f"wrk sent {sent} requests: not a load"
     assert not problems, (f"{topology.name}: {len(problems)} of {TRIALS} swarms: " + "\n".join(problems)
                           + "\n" + topology.error_logs())
-
-
-def processes_per_host(topology: Topology) -> int:
-    """Processes of one host that answer a swarm: embedded mode's children (any child takes
-    any connection); in daemon mode the one process its info hash's first byte names."""
-    return apache_conf.EMBEDDED_PROCESSES if topology.name == "embedded" else 1
 
 
 # -- kill -9 mid-load ---------------------------------------------------------------------------
