@@ -163,6 +163,11 @@ def wait_until(done, timeout: float, interval: float = 0.05) -> bool:
     return True
 
 
+def refused(answer: dict) -> bool:
+    """A `failure reason` answer (BEP 3), with or without `retry in`."""
+    return b"failure reason" in answer
+
+
 def counts_differing(topology: Topology, expected: dict[bytes, int]) -> dict[str, dict[bytes, int]]:
     """Each torrent's scrape `downloaded` where it is not what `expected` says, per host (in
     embedded mode a scrape reaches either child: each host is asked several times)."""
@@ -407,14 +412,15 @@ class EventRouter:
                 response = b""
                 while chunk := upstream.recv(65536):
                     response += chunk
-            client.sendall(response)
             body = response.partition(b"\r\n\r\n")[2]
             try:
                 answer = decode(body)
             except Exception:  # noqa: BLE001 - what is not bencoded is kept raw, and fails the run
                 answer = None
+            # Recorded before the client has it: a client that exits on it finds it here.
             self.exchanges.append(Exchange(host.run_dir.name, int(query["port"][0]), event,
                                            int(query["left"][0]), answer, response))
+            client.sendall(response)
 
     def of(self, port: int) -> list[Exchange]:
         return [e for e in self.exchanges if e.port == port]
@@ -459,8 +465,10 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
         seeder = aria2("seeder", torrent, directory / "seed", seeder_port, "--seed-time=10", "--seed-ratio=0.0",
                        "--bt-seed-unverified=true")
         processes.append(seeder)
-        if not wait_until(lambda: any(e.answer for e in router.of(seeder_port)), STEP_TIMEOUT):
+        if not wait_until(lambda: router.of(seeder_port), STEP_TIMEOUT):
             raise failed("the seeder's `started` was not answered")
+        if (first := router.of(seeder_port)[0]).answer is None or refused(first.answer):
+            raise failed(f"the seeder's `started` was answered {first.raw[-200:]!r}")
         if len(topology.hosts) > 1 and not wait_until(
                 lambda: topology.scrape(topology.leecher_host, info_hash).get(b"complete") == 1,
                 2 * SYNC_INTERVAL + SYNC_SLACK):
@@ -483,9 +491,9 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
         if (directory / "leech" / "payload.bin").read_bytes() != content.read_bytes():
             raise failed("the leecher's file differs from the seeder's")
         exchanges = router.of(leecher_port)
-        if refused := [e.raw[-200:] if e.answer is None else e.answer[b"failure reason"]
-                       for e in exchanges if e.answer is None or b"failure reason" in e.answer]:
-            raise failed(f"an announce of the leecher's was answered {refused[0]!r}")
+        if bad := [e.raw[-200:] if e.answer is None else e.answer[b"failure reason"]
+                   for e in exchanges if e.answer is None or refused(e.answer)]:
+            raise failed(f"an announce of the leecher's was answered {bad[0]!r}")
         # What this run is about: a `started`, then only a `stopped` that says left=0 (and,
         # across hosts, the two at different hosts).
         events = [(e.event, e.left == 0, e.host) for e in exchanges]
@@ -625,10 +633,6 @@ def processes_per_host(topology: Topology) -> int:
 
 
 TRIALS = 5  # fresh swarms per topology in the discovery test
-
-
-def refused(answer: dict) -> bool:
-    return b"failure reason" in answer
 
 
 def discovery_trial(topology: Topology, trial: int) -> str | None:
