@@ -31,7 +31,9 @@ import hashlib
 import http.client
 import itertools
 import os
+import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import libtorrent as lt
 import pytest
 
-from conftest import REPO, Apache, announce_query, decode, free_port, ih, pid
+from conftest import REPO, Apache, announce_query, decode, ih, pid
 from tracker_wsgi import apache_conf
 from tracker_wsgi.metainfo import parse_torrent
 from tracker_wsgi.model import Torrent
@@ -68,6 +70,30 @@ SYNC_SLACK = 3
 # just after its answer). Only probes carry the header: wrk's traffic is not logged.
 PROBE_HEADER = "X-Probe"
 PROBE_LOG = f'LogFormat "%P %{{remote}}p" probe\nCustomLog probe.log probe "expr=-n req(\'{PROBE_HEADER}\')"\n'
+
+
+# Clients listen below Linux's ephemeral range (32768-60999 by default), where no outgoing
+# connection takes a port between our check and the client's bind: wrk, Apache and the
+# clients open thousands of connections a second. Each port is handed out once per session.
+CLIENT_PORTS = range(20000, 32000)
+_ports_given: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def client_port() -> int:
+    """A free TCP port on 127.0.0.1 for a client to listen on."""
+    with _ports_lock:
+        for port in random.sample(CLIENT_PORTS, len(CLIENT_PORTS)):
+            if port in _ports_given:
+                continue
+            with socket.socket() as probe_socket:
+                try:
+                    probe_socket.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_given.add(port)
+            return port
+    raise RuntimeError(f"no free port in {CLIENT_PORTS}")
 
 
 def tracker_config(database: str) -> str:
@@ -209,9 +235,9 @@ def assert_runs(topology: Topology, client: str, failed: list[str], counted: dic
     log = "".join(host.error_log() for host in topology.hosts)
     if "Traceback" in log:
         problems.append("a traceback in an error log")
-    assert not problems, (f"{topology.name}: " + "; ".join(problems)
-                          + ("\nthe first failed run:\n" + failed[0] if failed else "")
-                          + "\n" + topology.error_logs())
+    assert not problems, (f"{topology.name}: " + "; ".join(problems) + "\n"
+                          + "".join("\n" + "\n".join(f.splitlines()[:60]) + "\n" for f in failed[:3])
+                          + topology.error_logs())
 
 
 # -- libtorrent ---------------------------------------------------------------------------------
@@ -227,7 +253,7 @@ class LibtorrentPeer:
         self.replies: list[tuple[str, int]] = []
         self._sent: dict[str, str] = {}  # the event of the last announce of each hash version
         self.session = lt.session({
-            "listen_interfaces": f"127.0.0.1:{free_port()}",
+            "listen_interfaces": f"127.0.0.1:{client_port()}",
             "outgoing_interfaces": "127.0.0.1",
             "enable_dht": False,
             "enable_lsd": False,
@@ -453,7 +479,7 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
     info_hash = topology.register(torrent_bytes)
     torrent = directory / "payload.torrent"
     torrent.write_bytes(torrent_bytes)
-    seeder_port, leecher_port = free_port(), free_port()
+    seeder_port, leecher_port = client_port(), client_port()
     processes = []
 
     def failed(what: str) -> RunFailed:
@@ -465,8 +491,10 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
         seeder = aria2("seeder", torrent, directory / "seed", seeder_port, "--seed-time=10", "--seed-ratio=0.0",
                        "--bt-seed-unverified=true")
         processes.append(seeder)
-        if not wait_until(lambda: router.of(seeder_port), STEP_TIMEOUT):
+        if not wait_until(lambda: router.of(seeder_port) or seeder.poll() is not None, STEP_TIMEOUT):
             raise failed("the seeder's `started` was not answered")
+        if not router.of(seeder_port):
+            raise failed(f"the seeder exited {seeder.returncode}: {seeder.stdout.read().decode(errors='replace')}")
         if (first := router.of(seeder_port)[0]).answer is None or refused(first.answer):
             raise failed(f"the seeder's `started` was answered {first.raw[-200:]!r}")
         if len(topology.hosts) > 1 and not wait_until(
@@ -556,6 +584,7 @@ class Load:
     stopped, 10 % scrapes) to every host, 8 connections each, until stopped."""
 
     def __init__(self, topology: Topology):
+        assert shutil.which("wrk"), "wrk, the load of these tests, is not installed: apt-get install wrk"
         store = open_store(topology.database, 2700)
         try:
             for i in range(BENCH_TORRENTS):
