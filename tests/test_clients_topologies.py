@@ -407,6 +407,7 @@ class EventRouter:
     def __init__(self, hosts: list[Apache]):
         self.hosts = hosts
         self.exchanges: list[Exchange] = []
+        self.errors: list[str] = []  # what went wrong in forwarding (a run that waits says so)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -425,6 +426,12 @@ class EventRouter:
             threading.Thread(target=self._forward, args=(client,), daemon=True).start()
 
     def _forward(self, client: socket.socket) -> None:
+        try:
+            self._exchange(client)
+        except Exception as exc:  # noqa: BLE001 - kept for the run's failure, which names it
+            self.errors.append(repr(exc))
+
+    def _exchange(self, client: socket.socket) -> None:
         with client:
             client.settimeout(STEP_TIMEOUT)
             request = b""
@@ -465,10 +472,13 @@ ARIA2_OPTIONS = [
 
 
 def aria2(role: str, torrent: Path, directory: Path, port: int, *options: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["aria2c", *ARIA2_OPTIONS, f"--listen-port={port}", f"--dir={directory}",
-         f"--log={directory.parent / f'{role}.log'}", *options, str(torrent)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    """aria2c as `role`, its log (info) in <role>.log and its console in <role>.out beside
+    `directory`."""
+    with open(directory.parent / f"{role}.out", "wb") as console:
+        return subprocess.Popen(
+            ["aria2c", *ARIA2_OPTIONS, f"--listen-port={port}", f"--dir={directory}",
+             f"--log={directory.parent / f'{role}.log'}", *options, str(torrent)],
+            stdout=console, stderr=subprocess.STDOUT)
 
 
 def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes:
@@ -484,8 +494,9 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
 
     def failed(what: str) -> RunFailed:
         logs = "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-                         for log in sorted(directory.glob("*.log")))
-        return RunFailed(f"{what}\nannounces: {router.of(seeder_port) + router.of(leecher_port)}\n{logs}")
+                         for log in sorted(directory.glob("*.log")) + sorted(directory.glob("*.out")))
+        return RunFailed(f"{what}\nannounces: {router.of(seeder_port) + router.of(leecher_port)}\n"
+                         f"router errors: {router.errors}\n{logs}")
 
     try:
         seeder = aria2("seeder", torrent, directory / "seed", seeder_port, "--seed-time=10", "--seed-ratio=0.0",
@@ -494,7 +505,7 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
         if not wait_until(lambda: router.of(seeder_port) or seeder.poll() is not None, STEP_TIMEOUT):
             raise failed("the seeder's `started` was not answered")
         if not router.of(seeder_port):
-            raise failed(f"the seeder exited {seeder.returncode}: {seeder.stdout.read().decode(errors='replace')}")
+            raise failed(f"the seeder exited {seeder.returncode}")
         if (first := router.of(seeder_port)[0]).answer is None or refused(first.answer):
             raise failed(f"the seeder's `started` was answered {first.raw[-200:]!r}")
         if len(topology.hosts) > 1 and not wait_until(
@@ -504,18 +515,20 @@ def aria2_run(topology: Topology, router: EventRouter, directory: Path) -> bytes
         leecher = aria2("leecher", torrent, directory / "leech", leecher_port, "--seed-time=0")
         processes.append(leecher)
 
-        def finished_or_empty() -> bool:
-            """The leecher's end, or an answer to it that named no peer (it would wait an interval)."""
-            return leecher.poll() is not None or any(e.peers == 0 and e.event != "stopped"
-                                                     for e in router.of(leecher_port))
+        def leeching_in_vain() -> list[Exchange]:
+            """Answers to the leecher while it leeched that named no peer (so it would wait
+            an interval; a refusal names none either)."""
+            return [e for e in router.of(leecher_port) if e.event != "stopped" and e.peers == 0]
 
-        if not wait_until(finished_or_empty, STEP_TIMEOUT):
+        if not wait_until(lambda: leecher.poll() is not None or leeching_in_vain(), STEP_TIMEOUT):
             raise failed(f"the leecher did not finish in {STEP_TIMEOUT} s")
         if leecher.poll() is None:
+            answer = leeching_in_vain()[0].answer
+            if answer is None or refused(answer):
+                raise failed(f"the leecher's `started` was answered {answer}")
             raise failed("an answer to the leecher named no peer, the seeder in the swarm")
-        code = leecher.returncode
-        if code != 0:
-            raise failed(f"the leecher exited {code}: {leecher.stdout.read().decode(errors='replace')[-500:]}")
+        if leecher.returncode != 0:
+            raise failed(f"the leecher exited {leecher.returncode}")
         if (directory / "leech" / "payload.bin").read_bytes() != content.read_bytes():
             raise failed("the leecher's file differs from the seeder's")
         exchanges = router.of(leecher_port)
