@@ -340,14 +340,17 @@ class HostState:
                 return AnnounceResult(swarm.stats(), [])
             if prior is not None:  # the first unwritten announce's view of the stored row holds
                 earlier = unpack_write(peer_id, prior)
-                base, fresh = earlier.base, earlier.fresh or held is None
+                # A rejoin after a stop not written yet: the stored row is the earlier life's.
+                base, fresh = earlier.base, earlier.fresh or (earlier.stopped and not update.remove)
             else:
-                base = (known.ip, known.key) if known is not None else None
-                fresh = known is None
+                base, fresh = ((known.ip, known.key) if known is not None else None), False
             write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
                               request.uploaded, request.downloaded, now, update.remove, base, fresh)
-            if counts_completion and downloaded is None:
-                raise Completes(_TID.unpack(tid4)[0], write)
+            if counts_completion:
+                if downloaded is None:
+                    raise Completes(_TID.unpack(tid4)[0], write)
+                # Written through: the stored row is this write's, of this life.
+                write = write._replace(base=(write.ip, write.key), fresh=False)
             counts, changed = list(swarm.counts), False
             prefix_db = dbs["prefixes"]
             unheld = swarm.unheld

@@ -33,6 +33,7 @@ is asked, and runs the host's one writer:
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import random
@@ -97,6 +98,7 @@ class HostSwarms:
         self.store = store  # the requests' store: short waits (wsgi.REQUEST_WAIT_SECONDS)
         self.batch_store = batch_store or store  # the writer's: waits as long as it must
         self.sync_interval = sync_interval
+        self.swarm_dir = swarm_dir
         self.lease_seconds = 3 * sync_interval + 5
         self.faults = faults or FaultLog(_log.error)
         self.clock = clock
@@ -195,7 +197,11 @@ class HostSwarms:
         unwritten and the error is raised. Then swarms another writer changed meanwhile are
         read again."""
         written = 0
-        with self._flush_lock:
+        # One batch at a time on the host, whichever process writes it (the writer, or one
+        # that stops or refreshes): two batches racing could land an older write after a
+        # newer one (a stop, then the start it replaced).
+        with self._flush_lock, open(os.path.join(self.swarm_dir, "batch.lock"), "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
             while True:
                 batch = self.state.dirty(BATCH_MOST)
                 if not batch:
