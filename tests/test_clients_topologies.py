@@ -168,10 +168,7 @@ def topology(request, apache_factory, mysql_url) -> Topology:
     return start_topology(request.param, apache_factory, mysql_url, SYNC_INTERVAL)
 
 
-# Across two hosts aria2's finish (`started` at one, `stopped` left=0 at the other before the
-# first has written the start) needs the store to order writes by their announce and keep
-# tombstones (issue 18, not done yet): until then that case is not run.
-@pytest.fixture(params=[name for name in TOPOLOGIES if name != "two_hosts"])
+@pytest.fixture(params=TOPOLOGIES)
 def aria2_topology(request, apache_factory, mysql_url) -> Topology:
     return start_topology(request.param, apache_factory, mysql_url, ARIA2_SYNC_INTERVAL)
 

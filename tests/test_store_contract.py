@@ -711,3 +711,51 @@ def test_a_stop_that_finishes_leaves_the_swarm_at_once_when_written_through(stor
     swarms.flush()
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 1)
+
+
+# -- the announce's order, not the batch's (issue 18) -------------------------------------------
+
+
+def stamped(n: int, stamp: int, left: int = 100, stopped: bool = False, ip: bytes = V4) -> PeerWrite:
+    state = PeerState.SEED if left == 0 else PeerState.LEECHER
+    return PeerWrite(pid(n), ip, 6000 + n, None, state, left, 0, 0, NOW, stopped, stamp=stamp)
+
+
+def test_a_write_never_replaces_a_newer_one_whenever_its_batch_lands(store):
+    torrent_id = store.find_swarm(ih(1), NOW, 10).torrent_id
+    store.write_batch([(torrent_id, stamped(1, stamp=200, left=50))])
+    store.write_batch([(torrent_id, stamped(1, stamp=100, left=90))])  # older, landing later
+    assert store.find_peer(torrent_id, pid(1)).left == 50
+    store.write_batch([(torrent_id, stamped(1, stamp=300, left=10))])
+    assert store.find_peer(torrent_id, pid(1)).left == 10
+
+
+def test_a_stop_leaves_a_tombstone_that_a_late_start_cannot_undo(store):
+    torrent_id = store.find_swarm(ih(1), NOW, 10).torrent_id
+    store.write_batch([(torrent_id, stamped(1, stamp=100)), (torrent_id, stamped(2, stamp=100))])
+    store.write_batch([(torrent_id, stamped(1, stamp=300, stopped=True))])
+    store.write_batch([(torrent_id, stamped(1, stamp=200))])  # another host's older announce
+    assert store.find_peer(torrent_id, pid(1)) is None
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 1
+    assert [p[0] for p in store.find_swarm(ih(1), NOW, 10).peers] == [pid(2)]
+    store.write_batch([(torrent_id, stamped(1, stamp=400))])  # a new life, after the stop
+    assert store.scrape([ih(1)], NOW)[ih(1)].incomplete == 2
+    # Tombstones go with the refresh's expiry, uncounted.
+    assert store.expire_peers(NOW + TIMEOUT + 1) == 2
+
+
+def test_a_finish_recorded_before_its_start_lands_counts_once(store):
+    """aria2 across hosts: `stopped` with left=0 at a host that never heard of the peer
+    (its `started` at another host, not written yet). Its tombstone counts the completion
+    when the older leecher's write lands, once, however often that write comes."""
+    torrent_id = store.find_swarm(ih(1), NOW, 10).torrent_id
+    store.write_batch([(torrent_id, stamped(1, stamp=300, left=0, stopped=True))])
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 0
+    for _ in range(2):
+        store.write_batch([(torrent_id, stamped(1, stamp=200, left=70))])
+    stats = store.scrape([ih(1)], NOW)[ih(1)]
+    assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 0)
+    # A seed's older write tells nothing of a finish.
+    store.write_batch([(torrent_id, stamped(2, stamp=300, left=0, stopped=True))])
+    store.write_batch([(torrent_id, stamped(2, stamp=200, left=0))])
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 1

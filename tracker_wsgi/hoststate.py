@@ -36,7 +36,8 @@ import random
 import shutil
 import struct
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import lmdb
@@ -59,7 +60,7 @@ from .model import (
 )
 from .swarm import plan_announce, swarm_stats
 
-FORMAT = b"tracker_wsgi host state 1"  # a directory of another format is made anew
+FORMAT = b"tracker_wsgi host state 2"  # a directory of another format is made anew
 MAP_SIZE = 1 << 34  # 16 GiB of address space; the file only takes what is written
 MAX_READERS = 4096  # concurrent read transactions: every thread of every process may hold one
 # A peer whose announces change nothing but its time and byte counts is written to the
@@ -71,7 +72,7 @@ SPREAD_WALK = 4  # entries per wanted peer an answer walks at most where a prefi
 _PEER = struct.Struct(">BqBBBqqqq")  # compact length, last_seen, state, completed, has key, left, up, down, written_seen
 _SEEN = struct.Struct(">Bq")  # the first two fields of _PEER: what a sample reads
 _SWARM = struct.Struct(">iiiiiiqqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, version, used_at, loaded_at, hashes
-_WRITE = struct.Struct(">BBqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, port; lengths: ip, key, base ip, base key
+_WRITE = struct.Struct(">BBqqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, stamp, port; lengths: ip, key, base ip, base key
 _W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY = 1, 2, 4, 8, 16
 _TID = struct.Struct(">I")
 _COUNT = struct.Struct(">i")
@@ -152,12 +153,13 @@ def pack_write(write: PeerWrite) -> bytes:
     flags = ((write.stopped and _W_STOPPED) | (write.key is not None and _W_KEY) | (write.fresh and _W_FRESH)
              | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY))
     key, base_key = write.key or b"", base_key or b""
-    return (_WRITE.pack(write.state, flags, write.left, write.uploaded, write.downloaded, write.last_seen, write.port,
-                        len(write.ip), len(key), len(base_ip), len(base_key)) + write.ip + key + base_ip + base_key)
+    return (_WRITE.pack(write.state, flags, write.left, write.uploaded, write.downloaded, write.last_seen,
+                        write.stamp, write.port, len(write.ip), len(key), len(base_ip), len(base_key))
+            + write.ip + key + base_ip + base_key)
 
 
 def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
-    state, flags, left, up, down, last_seen, port, iplen, keylen, base_iplen, base_keylen = _WRITE.unpack_from(raw)
+    state, flags, left, up, down, last_seen, stamp, port, iplen, keylen, base_iplen, base_keylen = _WRITE.unpack_from(raw)
     at = _WRITE.size
     ip, at = bytes(raw[at:at + iplen]), at + iplen
     key, at = bytes(raw[at:at + keylen]), at + keylen
@@ -165,7 +167,7 @@ def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
     base_key = bytes(raw[at:at + base_keylen])
     base = (base_ip, base_key if flags & _W_BASE_KEY else None) if flags & _W_BASE else None
     return PeerWrite(peer_id, ip, port, key if flags & _W_KEY else None, _STATES[state], left, up, down, last_seen,
-                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH))
+                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH), stamp)
 
 
 class Dirty(NamedTuple):
@@ -240,6 +242,7 @@ def _open(path: str) -> lmdb.Environment:
                 if found is None and txn.stat(meta)["entries"] == 0:
                     txn.put(b"format", FORMAT, db=meta)
                     txn.put(b"salt", os.urandom(16), db=meta)
+                    txn.put(b"host", os.urandom(2), db=meta)  # breaks ties of the stamps of two hosts
                 elif found != FORMAT:
                     raise lmdb.Error(f"{path} holds another format ({found!r})")
             return env
@@ -264,12 +267,15 @@ def forget_environments() -> None:
 class HostState:
     """One host's swarms, peers and unwritten announces, in the LMDB environment at `path`."""
 
-    def __init__(self, path: str, peer_timeout: int, bounds: Bounds, rng: random.Random | None = None):
+    def __init__(self, path: str, peer_timeout: int, bounds: Bounds, rng: random.Random | None = None,
+                 finish_claims: Callable[[bytes], bool] = lambda ip: True):
         self.path = path
+        self.finish_claims = finish_claims  # whether an address may record a finish of a peer the host lacks
         self.peer_timeout = peer_timeout
         self.bounds = bounds
         self.rng = rng or random.Random()
         self._opened: tuple[int, Any] | None = None
+        self._host_id = 0
 
     # -- the environment ---------------------------------------------------------------------
 
@@ -285,6 +291,7 @@ class HostState:
                 dbs = {name: env.open_db(name.encode(), txn=txn)
                        for name in ("hashes", "swarms", "peers", "prefixes", "dirty", "meta")}
                 salt = txn.get(b"salt", db=dbs["meta"])
+                self._host_id = int.from_bytes(txn.get(b"host", db=dbs["meta"]) or b"", "big")
             opened = self._opened = (os.getpid(), (env, lock, dbs, salt))
         return opened[1][0], opened[1][1], opened[1]
 
@@ -335,8 +342,11 @@ class HostState:
                 known = stored
             update = plan_announce(request, known)  # raises PeerConflict
             counts_completion = update.counts_completion and not (held is not None and held.completed)
-            if held is None and known is None and request.event is STOPPED:
-                # Nothing to stop; recording it would let random peer_ids grow the backlog.
+            if held is None and known is None and request.event is STOPPED and not (
+                    request.left == 0 and self.finish_claims(request.ip)):
+                # Nothing to stop; recording it would let random peer_ids grow the backlog. A
+                # finish (left=0) is recorded, at the completions' rate: its start may be at
+                # another host, not written yet; the store counts it when that lands.
                 return AnnounceResult(swarm.stats(), [])
             if prior is not None:  # the first unwritten announce's view of the stored row holds
                 earlier = unpack_write(peer_id, prior)
@@ -344,8 +354,9 @@ class HostState:
                 base, fresh = earlier.base, earlier.fresh or (earlier.stopped and not update.remove)
             else:
                 base, fresh = ((known.ip, known.key) if known is not None else None), False
+            stamp = time.time_ns() // 1_000_000 * 65536 + self._host_id
             write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
-                              request.uploaded, request.downloaded, now, update.remove, base, fresh)
+                              request.uploaded, request.downloaded, now, update.remove, base, fresh, stamp)
             if counts_completion:
                 if downloaded is None:
                     raise Completes(_TID.unpack(tid4)[0], write)

@@ -104,16 +104,17 @@ class HostSwarms:
         self.clock = clock
         self.limits = limits
         self.memory = memory or MemoryGuard()
+        self._completions = RateWindow(limits.completions_by_prefix)
         self.state = HostState(swarm_dir, store.peer_timeout,
                                Bounds(limits.max_swarms, limits.max_peers, limits.max_unwritten,
-                                      limits.peers_by_prefix, limits.answer_share_per_prefix), rng)
+                                      limits.peers_by_prefix, limits.answer_share_per_prefix), rng,
+                               self._completions.allow)
         try:
             self.state.open()  # at once, so a directory the tracker cannot use is one line at start
         except (OSError, lmdb.Error) as exc:
             raise ConfigError(f"swarm_dir = {swarm_dir!r}: {exc}; make it a directory the tracker's user can "
                               f"write: install -d -o www-data -g www-data {swarm_dir}") from None
         self._registrations = RateWindow(limits.new_swarms_by_prefix) if store.register_unknown else None
-        self._completions = RateWindow(limits.completions_by_prefix)
         self._gate = StoreGate()
         self._flush_lock = threading.Lock()
         self._start_lock = threading.Lock()

@@ -178,6 +178,9 @@ class PeerWrite(NamedTuple):
     # (another host wrote it). None: a peer new to the host.
     base: tuple[bytes, bytes | None] | None = None
     fresh: bool = False  # (re)joined since its row was written: a new life, whose completion counts anew
+    # When the announce was answered: the host's clock in ms x 65536 + the host's id (ties
+    # broken by host). The store never lets a write replace a newer one (store/sql.py).
+    stamp: int = 0
 
 
 class SwarmSnapshot(NamedTuple):

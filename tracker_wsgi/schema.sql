@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS peers (
     ip         VARBINARY(16)     NOT NULL,  -- packed: 4 bytes IPv4, 16 bytes IPv6
     port       SMALLINT UNSIGNED NOT NULL,
     peer_key   VARBINARY(64)     NULL,      -- the client's `key`, opaque bytes
-    state      TINYINT UNSIGNED  NOT NULL,  -- 0 leecher, 1 seed, 2 partial seed (BEP 21)
+    state      TINYINT UNSIGNED  NOT NULL,  -- 0 leecher, 1 seed, 2 partial seed (BEP 21), 3 gone: a
+                                            -- tombstone of a stop, so an older write landing later
+                                            -- cannot bring the peer back (kept peer_timeout)
     bytes_left BIGINT UNSIGNED   NOT NULL,
     uploaded   BIGINT UNSIGNED   NOT NULL,
     downloaded BIGINT UNSIGNED   NOT NULL,
@@ -62,6 +64,9 @@ CREATE TABLE IF NOT EXISTS peers (
     last_seen  BIGINT UNSIGNED   NOT NULL,  -- unix time of the last announce
     peer_rank  INT UNSIGNED      NOT NULL,  -- random, fixed at insert: peer lists are a window of
                                             -- ranks from a random start, never ORDER BY RAND()
+    stamp      BIGINT UNSIGNED   NOT NULL DEFAULT 0,  -- when its announce was answered: the host's
+                                            -- clock in ms x 65536 + the host's id. A write never
+                                            -- replaces a newer one, whenever its batch lands.
     PRIMARY KEY (torrent_id, peer_id),
     KEY by_rank (torrent_id, peer_rank),
     KEY by_state_rank (torrent_id, state, peer_rank),

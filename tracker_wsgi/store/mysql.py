@@ -101,17 +101,17 @@ def timeouts(wait_seconds: float) -> dict[str, int]:
 
 
 _PEER_COLUMNS = (
-    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank"
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp"
 )
-_PEER_ROW = "(" + ", ".join(["%s"] * 11) + ")"
-# An older announce never overwrites a newer one (two processes' batches may cross).
-# MySQL assigns left to right, so last_seen goes last and the guard reads its old value.
-_NEWER = "VALUES(last_seen) >= last_seen"
+_PEER_ROW = "(" + ", ".join(["%s"] * 12) + ")"
+# An older announce never overwrites a newer one (hosts' batches may cross): by the stamp.
+# MySQL assigns left to right, so the stamp goes last and the guard reads its old value.
+_NEWER = "VALUES(stamp) >= stamp"
 _UPDATE_PEER = ", ".join(
     [f"{column} = IF({_NEWER}, VALUES({column}), {column})"
-     for column in ("ip", "port", "state", "bytes_left", "uploaded", "downloaded")]
+     for column in ("ip", "port", "state", "bytes_left", "uploaded", "downloaded", "last_seen")]
     + [f"peer_key = IF({_NEWER}, COALESCE(VALUES(peer_key), peer_key), peer_key)",
-       "last_seen = GREATEST(last_seen, VALUES(last_seen))"]
+       "stamp = GREATEST(stamp, VALUES(stamp))"]
 )
 
 

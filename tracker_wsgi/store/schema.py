@@ -208,6 +208,9 @@ MIGRATIONS = (
     # Torrents registered before keep no SHA-256, and so their feed guid (urn:btih).
     Migration(3, "torrents.info_sha256: the whole SHA-256 of v2 and hybrid torrents, for the feed",
               (AddColumn("torrents", "info_sha256 BINARY(32) NULL"),)),
+    # Rows written before carry stamp 0: older than any announce from now on.
+    Migration(4, "peers.stamp: writes ordered by their announce, stops kept as tombstones (state 3)",
+              (AddColumn("peers", "stamp BIGINT UNSIGNED NOT NULL DEFAULT 0"),)),
 )
 LATEST = MIGRATIONS[-1].version  # the version schema.sql creates
 

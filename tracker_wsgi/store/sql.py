@@ -36,13 +36,17 @@ from ..model import (
     TrackerFull,
     UnknownTorrent,
 )
-from ..swarm import conflicts, swarm_stats
+from ..swarm import conflicts, finishes, swarm_stats
 from . import schema
 from .pool import ConnectionPool
 from .schema import SchemaChange, SchemaError, describe
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+# peers.state of a tombstone: a stopped peer's row, kept until peer_timeout so that an older
+# write landing later cannot bring the peer back. Never read into a swarm nor counted (the
+# statements say `state < 3`).
+GONE = 3
 
 # Random peer ranks and window starts. ORDER BY RAND() would sort the whole swarm on every
 # read (the original avoided it for the same reason); OFFSET would read up to it.
@@ -167,7 +171,7 @@ class Statements:
         "SELECT t.id, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, t.version, "
         "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left, p.last_seen "
     )
-    _SWARM_PEERS_OF_T = "LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? "
+    _SWARM_PEERS_OF_T = "LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? AND p.state < 3 "
     SWARM = _SWARM + "FROM torrents t " + _SWARM_PEERS_OF_T + "WHERE t.id = ? LIMIT ?"
     SWARM_BY_HASH = (
         _SWARM + "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id " + _SWARM_PEERS_OF_T
@@ -178,7 +182,7 @@ class Statements:
     # `limit` rows whatever the swarm's size.
     _SWARM_PEERS = (
         "SELECT peer_id, ip, port, state, peer_key, bytes_left, last_seen FROM peers "
-        "WHERE torrent_id = ? AND last_seen >= ?"
+        "WHERE torrent_id = ? AND last_seen >= ? AND state < 3"
     )
     SWARM_PEERS = {
         "from": _SWARM_PEERS + " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?",
@@ -190,12 +194,11 @@ class Statements:
     LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
     LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
-    FIND_PEER = "SELECT ip, peer_key, bytes_left FROM peers WHERE torrent_id = ? AND peer_id = ?"
+    FIND_PEER = "SELECT ip, peer_key, bytes_left FROM peers WHERE torrent_id = ? AND peer_id = ? AND state < 3"
     STORED_PEERS = (
-        "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed FROM peers{} "
+        "SELECT torrent_id, peer_id, ip, peer_key, bytes_left, completed, state, stamp FROM peers{} "
         "WHERE (torrent_id, peer_id) IN ({})"
     )
-    DELETE_PEERS = "DELETE FROM peers WHERE (torrent_id, peer_id) IN ({})"
     NEW_LIVES = "UPDATE peers SET completed = 0 WHERE (torrent_id, peer_id) IN ({})"
     ADD_TRANSFERRED = "UPDATE torrents SET transferred = {least}(transferred + ?, {cap}) WHERE id = ?"
     # Conditional, so two racing completions of one peer count once.
@@ -229,8 +232,9 @@ class Statements:
     )
     # Expired peers' downloads join the departed total before the peers go.
     EXPIRE = (
+        "DELETE FROM peers WHERE last_seen < ? AND state = 3",  # tombstones: no peers, not counted
         "UPDATE torrents SET transferred = {least}(transferred + (SELECT COALESCE({total}(downloaded), 0) "
-        "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ?), {cap}) "
+        "FROM peers WHERE peers.torrent_id = torrents.id AND peers.last_seen < ? AND peers.state < 3), {cap}) "
         "WHERE id IN (SELECT torrent_id FROM peers WHERE last_seen < ?)",
         "DELETE FROM peers WHERE last_seen < ?",
     )
@@ -238,9 +242,9 @@ class Statements:
     # have relative paths, hand-added ones absolute) that have no peers left, in id order.
     IDLE_OPEN_TORRENTS = (
         "SELECT id FROM torrents WHERE path = '' AND added < ? "
-        "AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.torrent_id = torrents.id) ORDER BY id"
+        "AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.torrent_id = torrents.id AND peers.state < 3) ORDER BY id"
     )
-    TORRENTS_WITH_PEERS = "SELECT DISTINCT torrent_id FROM peers WHERE torrent_id IN ({})"
+    TORRENTS_WITH_PEERS = "SELECT DISTINCT torrent_id FROM peers WHERE torrent_id IN ({}) AND state < 3"
     DELETE_TORRENTS = (
         "DELETE FROM info_hashes WHERE torrent_id IN ({})",
         "DELETE FROM torrents WHERE id IN ({})",
@@ -278,13 +282,13 @@ class Statements:
     )
     REPORT_PEERS = (
         "SELECT torrent_id, state, COUNT(*), {total}(bytes_left), {total}(downloaded) FROM peers "
-        "WHERE last_seen >= ? GROUP BY torrent_id, state"
+        "WHERE last_seen >= ? AND state < 3 GROUP BY torrent_id, state"
     )
     # The rate snapshot: what the next refresh's "current average rate" is measured from.
     SNAPSHOT_RATES = (
         "UPDATE torrents SET last_done = downloaded, last_transfer = {least}(transferred + "
         "(SELECT COALESCE({total}(downloaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
-        "AND peers.last_seen >= ?), {cap})"
+        "AND peers.last_seen >= ? AND peers.state < 3), {cap})"
     )
     ADD_HISTORY = (
         "DELETE FROM history WHERE sampled_at = ? OR sampled_at < ?",
@@ -591,11 +595,18 @@ class SqlStore:
     def _apply_writes(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]],
                       counted: set[tuple[int, bytes]]) -> list[SetAside]:
         """The one place a write meets its stored row, for the write-through and the batch
-        alike: the key rule (over a row other than the one the host's rule passed from:
-        PeerWrite.base), a new life (PeerWrite.fresh: its completion mark goes), a stop (the
-        row goes, its bytes join the departed total) or an upsert, and the completions
-        `counted` holds: the host decided them before the answer (swarm.finishes against the
-        peer it holds or the row it read), and the row's mark counts each once per life.
+        alike. In order:
+        - A write older than the row (PeerWrite.stamp: the announce's time and host) is not
+          written, wherever and whenever its batch lands; only, over a tombstone of a finish
+          the stopping host could not tell (left=0), an older leecher's write tells it: the
+          completion is counted then (swarm.finishes), once.
+        - The key rule, over a live row other than the one the host's rule passed from
+          (PeerWrite.base): another host took the peer_id.
+        - A new life (PeerWrite.fresh, or a write over a tombstone): its completion mark goes.
+        - A stop leaves a tombstone (state GONE, kept until peer_timeout); its bytes join the
+          departed total. Anything else is upserted.
+        - The completions `counted` holds (the host decided them before the answer, against
+          the peer it holds or the row it read): the row's mark counts each once per life.
         Returns the writes the key rule refused. The caller holds the torrents' rows
         (LOCK_TORRENTS order) and recounts them afterwards."""
         if not writes:
@@ -604,52 +615,50 @@ class SqlStore:
         statement = self.sql.STORED_PEERS.format(self.dialect.by_primary_key, self.dialect.pairs(len(writes)))
         cur.execute(statement, _pairs(writes))
         for torrent_id, peer_id, *row in cur.fetchall():
-            stored[torrent_id, bytes(peer_id)] = row  # ip, key, bytes_left, completed
-        upserts, stops, completions, refused, new_lives = [], [], [], [], []
+            stored[torrent_id, bytes(peer_id)] = row  # ip, key, bytes_left, completed, state, stamp
+        upserts, completions, refused, new_lives, late_finishes = [], [], [], [], []
         transferred: dict[int, int] = {}
         for torrent_id, write in writes:
             row = stored.get((torrent_id, write.peer_id))
-            if row is not None and not _as_the_host_knew(row, write) and _conflicts(row[0], row[1], write):
+            if row is not None and row[5] > write.stamp:
+                if row[4] == GONE and not row[3] and not write.stopped and finishes(False, row[2], write.left):
+                    late_finishes.append((torrent_id, write.peer_id))
+                continue
+            gone = row is not None and row[4] == GONE
+            if (row is not None and not gone and not _as_the_host_knew(row, write)
+                    and _conflicts(row[0], row[1], write)):
                 # Someone else's peer_id (another host took it): the answer was sent, the write is not.
                 refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
                 continue
-            if row is not None and write.fresh:
-                new_lives.append((torrent_id, write))  # rejoined after a stop not written: counts anew
-            # The host decided the completion before its answer (swarm.finishes against the
-            # peer it holds, or this row): the store marks it once per peer life.
+            if row is not None and (write.fresh or (gone and not write.stopped)):
+                new_lives.append((torrent_id, write))  # rejoined after a stop: its completion counts anew
             if (torrent_id, write.peer_id) in counted:
-                completions.append((torrent_id, write.peer_id, row is None and write.stopped))
-            if write.stopped:
-                if row is not None:
-                    stops.append((torrent_id, write))
-                    total = transferred.get(torrent_id, 0) + write.downloaded
-                    transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
-                continue
+                completions.append((torrent_id, write.peer_id))
+            if write.stopped and not gone:
+                total = transferred.get(torrent_id, 0) + write.downloaded
+                transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
             upserts.append((torrent_id, write))
         if new_lives:
             cur.execute(self.sql.NEW_LIVES.format(self.dialect.pairs(len(new_lives))), _pairs(new_lives))
-        if upserts:  # first, so that a new peer's completion is marked on its new row
+        if upserts:  # first, so that a completion is marked on the row (a tombstone too)
             self._upsert(cur, upserts)
-        # Before the stops: a stopped peer's completion is marked on its row first. The row
-        # holds the mark, so a completion is counted once per peer, however often it is sent;
-        # a counted stop with no row (its start not written yet) has nothing to hold it.
-        for torrent_id, peer_id, rowless in completions:
-            if not rowless:
-                cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
-            if rowless or cur.rowcount == 1:
+        # The row (or its tombstone) holds the mark, so a completion is counted once per
+        # peer life, however often it is sent and whichever host sees it.
+        for torrent_id, peer_id in completions + late_finishes:
+            cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
+            if cur.rowcount == 1:
                 cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
-        if stops:
-            cur.execute(self.sql.DELETE_PEERS.format(self.dialect.pairs(len(stops))), _pairs(stops))
         for torrent_id, amount in transferred.items():
             cur.execute(self.sql.ADD_TRANSFERRED, (amount, torrent_id))
         return refused
 
     def _upsert(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]]) -> None:
-        """Insert or update peers' rows in one statement. A new row gets a random rank."""
+        """Insert or update peers' rows in one statement (a stop: its tombstone). A new row
+        gets a random rank."""
         values = []
         for torrent_id, w in writes:
-            values += (torrent_id, w.peer_id, w.ip, w.port, w.key, int(w.state), w.left, w.uploaded,
-                       w.downloaded, w.last_seen, _rng.getrandbits(32))
+            values += (torrent_id, w.peer_id, w.ip, w.port, w.key, GONE if w.stopped else int(w.state), w.left,
+                       w.uploaded, w.downloaded, w.last_seen, _rng.getrandbits(32), w.stamp)
         cur.execute(self.dialect.upsert_peers(len(writes)), values)
 
     def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
@@ -716,10 +725,11 @@ class SqlStore:
         cutoff = now - self.peer_timeout
 
         def work(cur: Any) -> int:
-            add_transferred, delete = self.sql.EXPIRE
+            tombstones, add_transferred, delete = self.sql.EXPIRE
             # Every torrent is recounted, so every torrent row is locked first (see LOCK_TORRENTS).
             cur.execute(self.sql.LOCK_ALL_TORRENTS + self.dialect.lock_rows)
             cur.fetchall()
+            cur.execute(tombstones, (cutoff,))
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
             expired = cur.rowcount

@@ -21,9 +21,9 @@ WRITER_POLL_SECONDS = (0.001, 0.016)
 
 
 _PEER_COLUMNS = (
-    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank"
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp"
 )
-_PEER_ROW = "(" + ", ".join("?" * 11) + ")"
+_PEER_ROW = "(" + ", ".join("?" * 12) + ")"
 
 
 class SqliteDialect(Dialect):
@@ -45,8 +45,8 @@ class SqliteDialect(Dialect):
             "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
             "peer_key = COALESCE(excluded.peer_key, peers.peer_key), state = excluded.state, "
             "bytes_left = excluded.bytes_left, uploaded = excluded.uploaded, "
-            "downloaded = excluded.downloaded, last_seen = excluded.last_seen "
-            "WHERE excluded.last_seen >= peers.last_seen"
+            "downloaded = excluded.downloaded, last_seen = excluded.last_seen, stamp = excluded.stamp "
+            "WHERE excluded.stamp >= peers.stamp"
         )
 
 
