@@ -148,7 +148,7 @@ def test_one_scrape_sums_both_daemon_processes(sqlite_url, apache_factory):
         key("tracker_wsgi_flush_failing"): 0,
         key("tracker_wsgi_database_errors_total"): 0,
     })
-    assert samples[key("tracker_wsgi_flush_seconds_count")] >= 2  # both processes' batches
+    assert samples[key("tracker_wsgi_flush_seconds_count")] >= 1  # the host writer's batches
     assert not any(name.endswith("_created") for name, _ in samples)
 
     # Each daemon process counted its own: 3 and 5, in files of its own, summed by the scrape.
@@ -259,8 +259,8 @@ def test_health_is_200_with_the_database_and_503_without(apache_factory):
         assert any("writing announces to the database fails in 1 process" in p for p in report["problems"])
         failed = scrape_metrics(apache)
         assert failed[key("tracker_wsgi_database_errors_total")] >= 2  # a probe, the writer's batch
-        assert failed[key("tracker_wsgi_flush_failures_total")] >= 2
-        assert failed[key("tracker_wsgi_flush_failing")] == 2
+        assert failed[key("tracker_wsgi_flush_failures_total")] >= 1
+        assert failed[key("tracker_wsgi_flush_failing")] == 1  # the host's one writer
 
         server.start()
         deadline = time.monotonic() + 10

@@ -679,20 +679,21 @@ def test_a_completion_counts_once_whatever_follows(store, swarms):
 
 def test_a_finish_at_a_host_that_has_not_read_the_peer_yet_counts_once(store):
     """aria2's finish across hosts: `started` at one host, `stopped` with left=0 at another
-    that has not read the peer yet. That host reads the peer's row (a leecher) and counts
-    the completion before its answer; the batches count nothing more."""
+    that has not read the peer yet: the store counts the finish when the stop's write lands
+    on the leecher's row, once, and both hosts say so after their writers' next rounds."""
     first = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     second = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     second.announce(ann(9), NOW)  # the second host holds the swarm already
     first.announce(ann(1, left=7, event=Event.STARTED), NOW)
     first.flush()
-    answer = second.announce(ann(1, left=0, event=Event.STOPPED), NOW)
-    assert answer.stats.downloaded == 1
-    for host in (first, second):
-        host.flush()
-        host.sync()
+    second.announce(ann(1, left=0, event=Event.STOPPED), NOW)
+    for _ in range(2):
+        for host in (second, first):
+            host.flush()
+            host.sync()
     stats = store.scrape([ih(1)], NOW)[ih(1)]
     assert (stats.downloaded, stats.complete, stats.incomplete) == (1, 0, 1)
+    assert first.scrape([ih(1)], NOW)[ih(1)] == second.scrape([ih(1)], NOW)[ih(1)] == stats
     assert store.find_peer(1, pid(1)) is None
 
 

@@ -333,11 +333,8 @@ class HostState:
             known: Any = held
             dirty_key = tid4 + peer_id
             prior = txn.get(dirty_key, db=dbs["dirty"])
-            if held is None and not stored_read and prior is None and (
-                    swarm.partial or request.event is STOPPED or request.left == 0):
-                # A peer the host does not hold that stops or reports nothing left: another host
-                # may have its row (a leecher whose finish counts), a swarm held in part surely.
-                raise NeedsStoredPeer(_TID.unpack(tid4)[0])
+            if held is None and not stored_read and prior is None and swarm.partial:
+                raise NeedsStoredPeer(_TID.unpack(tid4)[0])  # the stored row decides the key rule
             if held is None:
                 known = stored
             update = plan_announce(request, known)  # raises PeerConflict

@@ -5,8 +5,8 @@ say. Pure: each rule is one function here, and everything that applies it calls 
   answer, against the peer the host holds or the stored row; the store applies it again as
   it writes, over a row another host wrote (store/sql.py).
 - The completion rule: `finishes`. The host state applies it before the answer, against
-  the peer it holds or (a peer it does not hold that stops or reports left=0) the stored
-  row; a completion is written through, and the store counts it once per peer life.
+  the peer it holds (a completion is written through); the store applies it to a write
+  that finishes a stored leecher another host took, and counts each once per peer life.
 - What a swarm's counts say: `swarm_stats`. How the counts move with one announce is the
   host state's (hoststate.HostState.announce); the store recounts from its rows every batch.
 """
@@ -64,7 +64,7 @@ def finishes(completed_event: bool, left: int, known_left: int | None) -> bool:
     """A download finishes on `completed` with left=0, or when a peer this tracker knew as a
     leecher (left > 0) reports left=0, whatever the event (the original's rule) - `stopped`
     included: aria2 with --seed-time=0 announces `started`, downloads, then only `stopped`
-    with left=0. The host state (plan_announce) applies this one rule."""
+    with left=0. The host state (plan_announce) and the store apply this one rule."""
     return left == 0 and (completed_event or (known_left is not None and known_left > 0))
 
 

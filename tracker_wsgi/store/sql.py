@@ -606,7 +606,8 @@ class SqlStore:
         - A stop leaves a tombstone (state GONE, kept until peer_timeout); its bytes join the
           departed total. Anything else is upserted.
         - The completions `counted` holds (the host decided them before the answer, against
-          the peer it holds or the row it read): the row's mark counts each once per life.
+          the peer it holds or the row it read), and a leecher's row this write finishes
+          (swarm.finishes): the row's mark counts each once per life.
         Returns the writes the key rule refused. The caller holds the torrents' rows
         (LOCK_TORRENTS order) and recounts them afterwards."""
         if not writes:
@@ -621,7 +622,8 @@ class SqlStore:
         for torrent_id, write in writes:
             row = stored.get((torrent_id, write.peer_id))
             if row is not None and row[5] > write.stamp:
-                if row[4] == GONE and not row[3] and not write.stopped and finishes(False, row[2], write.left):
+                if (row[4] == GONE and not row[3] and not write.stopped and finishes(False, row[2], write.left)
+                        and not _conflicts(row[0], row[1], write)):
                     late_finishes.append((torrent_id, write.peer_id))
                 continue
             gone = row is not None and row[4] == GONE
@@ -632,7 +634,11 @@ class SqlStore:
                 continue
             if row is not None and (write.fresh or (gone and not write.stopped)):
                 new_lives.append((torrent_id, write))  # rejoined after a stop: its completion counts anew
-            if (torrent_id, write.peer_id) in counted:
+            if (torrent_id, write.peer_id) in counted or (
+                    row is not None and not gone and not row[3] and finishes(False, write.left, row[2])):
+                # Decided by the host before the answer; or a leecher's row that this newer
+                # write finishes, where the host that took it had not read the row (the start
+                # at another host, written meanwhile). The row's mark counts it once.
                 completions.append((torrent_id, write.peer_id))
             if write.stopped and not gone:
                 total = transferred.get(torrent_id, 0) + write.downloaded
