@@ -73,7 +73,7 @@ _PEER = struct.Struct(">BqBBBqqqq")  # compact length, last_seen, state, complet
 _SEEN = struct.Struct(">Bq")  # the first two fields of _PEER: what a sample reads
 _SWARM = struct.Struct(">iiiiiiqqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, version, used_at, loaded_at, hashes
 _WRITE = struct.Struct(">BBqqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, stamp, port; lengths: ip, key, base ip, base key
-_W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY = 1, 2, 4, 8, 16
+_W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY, _W_HELD = 1, 2, 4, 8, 16, 32
 _TID = struct.Struct(">I")
 _COUNT = struct.Struct(">i")
 _LEASE = struct.Struct(">iq")  # pid, until
@@ -151,7 +151,7 @@ def _peer_value(write: PeerWrite, completed: bool, written_seen: int) -> bytes:
 def pack_write(write: PeerWrite) -> bytes:
     base_ip, base_key = write.base or (b"", None)
     flags = ((write.stopped and _W_STOPPED) | (write.key is not None and _W_KEY) | (write.fresh and _W_FRESH)
-             | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY))
+             | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY) | (write.held and _W_HELD))
     key, base_key = write.key or b"", base_key or b""
     return (_WRITE.pack(write.state, flags, write.left, write.uploaded, write.downloaded, write.last_seen,
                         write.stamp, write.port, len(write.ip), len(key), len(base_ip), len(base_key))
@@ -167,7 +167,7 @@ def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
     base_key = bytes(raw[at:at + base_keylen])
     base = (base_ip, base_key if flags & _W_BASE_KEY else None) if flags & _W_BASE else None
     return PeerWrite(peer_id, ip, port, key if flags & _W_KEY else None, _STATES[state], left, up, down, last_seen,
-                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH), stamp)
+                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH), stamp, bool(flags & _W_HELD))
 
 
 class Dirty(NamedTuple):
@@ -353,7 +353,8 @@ class HostState:
                 base, fresh = ((known.ip, known.key) if known is not None else None), False
             stamp = time.time_ns() // 1_000_000 * 65536 + self._host_id
             write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
-                              request.uploaded, request.downloaded, now, update.remove, base, fresh, stamp)
+                              request.uploaded, request.downloaded, now, update.remove, base, fresh, stamp,
+                              held is not None)
             if counts_completion:
                 if downloaded is None:
                     raise Completes(_TID.unpack(tid4)[0], write)

@@ -177,10 +177,11 @@ class PeerWrite(NamedTuple):
     # the write over a row that still says so; over another row, the key rule decides
     # (another host wrote it). None: a peer new to the host.
     base: tuple[bytes, bytes | None] | None = None
-    fresh: bool = False  # (re)joined since its row was written: a new life, whose completion counts anew
+    fresh: bool = False  # rejoined after a stop its row never saw: a new life, whose completion counts anew
     # When the announce was answered: the host's clock in ms x 65536 + the host's id (ties
     # broken by host). The store never lets a write replace a newer one (store/sql.py).
     stamp: int = 0
+    held: bool = False  # the host held the peer, alive, when it answered (over a tombstone: a new life)
 
 
 class SwarmSnapshot(NamedTuple):

@@ -602,7 +602,8 @@ class SqlStore:
           completion is counted then (swarm.finishes), once.
         - The key rule, over a live row other than the one the host's rule passed from
           (PeerWrite.base): another host took the peer_id.
-        - A new life (PeerWrite.fresh, or a write over a tombstone): its completion mark goes.
+        - A new life (PeerWrite.fresh, or a write over a tombstone but a stop of a peer the
+          host did not hold): its completion mark goes.
         - A stop leaves a tombstone (state GONE, kept until peer_timeout); its bytes join the
           departed total. Anything else is upserted.
         - The completions `counted` holds (the host decided them before the answer, against
@@ -632,13 +633,17 @@ class SqlStore:
                 # Someone else's peer_id (another host took it): the answer was sent, the write is not.
                 refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
                 continue
-            if row is not None and (write.fresh or (gone and not write.stopped)):
-                new_lives.append((torrent_id, write))  # rejoined after a stop: its completion counts anew
+            if row is not None and ((write.fresh and not gone) or (gone and (write.held or not write.stopped))):
+                # Rejoined after a stop (the row is its tombstone, or the stop was never
+                # written): a new life, whose completion counts anew. A stop of a peer the
+                # host did not hold, over a tombstone, is the same life's stop again.
+                new_lives.append((torrent_id, write))
             if (torrent_id, write.peer_id) in counted or (
-                    row is not None and not gone and not row[3] and finishes(False, write.left, row[2])):
+                    row is not None and not gone and not write.fresh and not row[3]
+                    and finishes(False, write.left, row[2])):
                 # Decided by the host before the answer; or a leecher's row that this newer
-                # write finishes, where the host that took it had not read the row (the start
-                # at another host, written meanwhile). The row's mark counts it once.
+                # write of the same life finishes, where the host that took it had not read the
+                # row (the start at another host, written meanwhile). The row's mark counts it once.
                 completions.append((torrent_id, write.peer_id))
             if write.stopped and not gone:
                 total = transferred.get(torrent_id, 0) + write.downloaded
