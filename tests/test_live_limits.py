@@ -14,7 +14,7 @@ from test_store_contract import NOW, SYNC, TIMEOUT, ann
 from tracker_wsgi import live as live_module
 from tracker_wsgi.limits import Limits, MemoryGuard, prefixes
 from tracker_wsgi.live import HostSwarms
-from tracker_wsgi.model import ClientError, Event, PeerConflict, Shed, TooManyPeers, Torrent
+from tracker_wsgi.model import ClientError, Event, PeerConflict, Shed, StoreUnavailable, TooManyPeers, Torrent
 from tracker_wsgi.store import open_store
 
 OTHER_V4 = bytes([198, 51, 100, 99])
@@ -122,6 +122,27 @@ def test_completions_per_address_are_rate_limited(store):
     with pytest.raises(Shed):
         swarms.announce(ann(2, left=0, event=Event.COMPLETED), NOW)
     assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 2
+
+
+def test_a_completion_the_database_could_not_write_is_not_counted_against_its_rate(store, monkeypatch):
+    """Only what is counted counts: a client told `retry in` while the database was away
+    comes again, and must not find its address's completions spent by its own retries."""
+    swarms = live(store, completions_per_minute=2)
+    for n in range(2):
+        swarms.announce(ann(n, left=10), NOW)
+    write_through = store.write_through
+
+    def away(*args):
+        raise StoreUnavailable("away")
+
+    monkeypatch.setattr(store, "write_through", away)
+    for _ in range(5):
+        with pytest.raises(StoreUnavailable):  # answered `retry in`
+            swarms.announce(ann(0, left=0, event=Event.COMPLETED), NOW)
+        swarms._gate.works()  # the gate's pause after a failure: ask again at once
+    monkeypatch.setattr(store, "write_through", write_through)
+    for n in range(2):
+        assert swarms.announce(ann(n, left=0, event=Event.COMPLETED), NOW).stats.downloaded == n + 1
 
 
 def test_open_mode_registrations_per_address_are_rate_limited(store_url_open):
