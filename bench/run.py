@@ -639,14 +639,19 @@ def tracker_answers(apache: Apache, args) -> tuple[bytes, bytes]:
     return announce, scrape
 
 
-def tracker_config(root: Path, url: str) -> str:
+def tracker_config(root: Path, url: str, host: str = "") -> str:
+    """The tracker's config on the store at `url`. Each store gets a swarm_dir of its own (one
+    host's LMDB state): trackers sharing one would share swarms whose torrent ids belong to
+    different databases, and one writer lease. `host` names another host on the same store."""
     (root / "torrents").mkdir(exist_ok=True)
     (root / "output").mkdir(exist_ok=True)
     (root / "output").chmod(0o777)
-    (root / "swarms").mkdir(exist_ok=True)
-    (root / "swarms").chmod(0o777)
+    swarms = root / "swarms" / (hashlib.sha1(url.encode()).hexdigest()[:12] + (f"-{host}" if host else ""))
+    swarms.mkdir(parents=True, exist_ok=True)
+    for path in (root / "swarms", swarms):
+        path.chmod(0o777)
     return (f'database = "{url}"\ntorrent_dir = "{root}/torrents"\noutput_dir = "{root}/output"\n'
-            f'swarm_dir = "{root}/swarms"\n'
+            f'swarm_dir = "{swarms}"\n'
             f'base_url = "http://127.0.0.1"\nrefresh_interval = 86400\ntrusted_proxies = ["{BENCH_PROXY}"]\n')
 
 

@@ -402,9 +402,13 @@ class HostState:
             stats = swarm.stats()
             if update.remove or not request.numwant:
                 return AnnounceResult(stats, [])
+        # EXPERIMENT: the sample in a read transaction after the write commits, outside the
+        # process lock and LMDB's writer mutex (readers never block): the host's one writer
+        # slot is held for the update alone.
+        with env.begin() as txn:
             peers = self._sample(txn, dbs, tid4, swarm, rank + peer_id, write.state is LEECHER, request.numwant,
                                  request.compact, broad_prefix(request.ip), now)
-            return AnnounceResult(stats, peers)
+        return AnnounceResult(stats, peers)
 
     def _admit(self, txn: Any, dbs: dict, tid4: bytes, ip: bytes, stored: bool) -> None:
         """A new peer: refused beyond any prefix's share of the swarm, `retry in` past the
