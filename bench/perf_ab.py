@@ -1,4 +1,5 @@
-"""EXPERIMENT (h-perf, issue 18 profiling): variants of tracker_wsgi side by side in one run.
+"""Variants of tracker_wsgi side by side in one run (issue 18: the A/B of a change to the core,
+and two hosts on one MariaDB against one host, which bench/run.py has no option for).
 
     .venv/bin/python bench/perf_ab.py --variants base=/tmp/v/base,fast=/tmp/v/fast [--topology embedded]
     .venv/bin/python bench/perf_ab.py --two-hosts          # one host vs two hosts on one MariaDB

@@ -402,9 +402,9 @@ class HostState:
             stats = swarm.stats()
             if update.remove or not request.numwant:
                 return AnnounceResult(stats, [])
-        # EXPERIMENT: the sample in a read transaction after the write commits, outside the
-        # process lock and LMDB's writer mutex (readers never block): the host's one writer
-        # slot is held for the update alone.
+        # The sample in a read transaction after the write commits, outside the process lock
+        # and LMDB's writer mutex (readers never block): the host's one writer slot is held
+        # for the update alone (1.04-1.22x the announces a second, bench/perf_ab.py).
         with env.begin() as txn:
             peers = self._sample(txn, dbs, tid4, swarm, rank + peer_id, write.state is LEECHER, request.numwant,
                                  request.compact, broad_prefix(request.ip), now)
