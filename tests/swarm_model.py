@@ -1,9 +1,9 @@
 """One swarm as a single-process tracker keeps it: the truth every topology must agree with
 (issue #18, tests/test_one_truth.py). Pure and small on purpose: a dict of peers and a
 completion count, each rule written out once, so that a reader can check it against
-tracker_wsgi/swarm.py and the store's completion mark (store/sql.py) line by line.
+tracker_wsgi/swarm.py and the store's completion mark (store/announce.py) line by line.
 
-Rules (swarm.py, store/sql.py):
+Rules (swarm.py, store/announce.py):
 - The key rule: an announce for a known peer_id from another address is refused unless it
   carries the key the peer registered (a peer that registered none cannot move).
 - The key kept: the announce's, else the one the peer registered.

@@ -33,8 +33,9 @@ from tracker_wsgi.protocol import (
     parse_query,
 )
 from tracker_wsgi.refresh import refresh
-from tracker_wsgi.store import open_store, sql
-from tracker_wsgi.store.sql import BATCH_ROWS, MAX_TOTAL_BYTES
+from tracker_wsgi.store import announce, open_store
+from tracker_wsgi.store.sqlbase import BATCH_ROWS
+from tracker_wsgi.store.statements import MAX_TOTAL_BYTES
 from tracker_wsgi.swarm import plan_announce
 
 NOW = 1_700_000_000
@@ -603,7 +604,7 @@ def open_mode_store(store_url: str, **kwargs):
 
 
 def test_open_mode_registers_up_to_open_max_torrents(store_url, monkeypatch):
-    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 60)
+    monkeypatch.setattr(announce, "TORRENTS_RECOUNT_SECONDS", 60)
     store = open_mode_store(store_url, open_max_torrents=3)
     store.register(Torrent(ih(1), None, "listed", 1, path="one.torrent"), NOW)  # every torrent counts
     swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
@@ -616,7 +617,7 @@ def test_open_mode_registers_up_to_open_max_torrents(store_url, monkeypatch):
     assert store.unregister([ih(1)]) == 1
     with pytest.raises(TrackerFull):  # the count is not read again for TORRENTS_RECOUNT_SECONDS
         store.find_swarm(ih(4), NOW, 10)
-    monkeypatch.setattr(sql, "TORRENTS_RECOUNT_SECONDS", 0)
+    monkeypatch.setattr(announce, "TORRENTS_RECOUNT_SECONDS", 0)
     assert store.find_swarm(ih(4), NOW, 10).name == ""  # counted again: room
     with pytest.raises(TrackerFull):
         store.find_swarm(ih(5), NOW, 10)

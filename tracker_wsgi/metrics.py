@@ -156,7 +156,7 @@ class Metrics:
     `tracker_wsgi_processes` counts every process serving the tracker from the start, not
     only those that have had a request. `serve` then gives it what to fold, once the
     tracker is built: the request counters (`counts`), what the swarms hold (`held`:
-    live.HostSwarms.held) and the stores' `errors` and `reconnects` (store/sql.py)."""
+    live.HostSwarms.held) and the stores' `errors` and `reconnects` (store/sqlbase.py)."""
 
     def __init__(self, directory: str, parent: int, log: Callable[[str], None]):
         # Multiprocess mode is chosen when prometheus_client is imported: set the directory

@@ -179,7 +179,7 @@ class PeerWrite(NamedTuple):
     base: tuple[bytes, bytes | None] | None = None
     fresh: bool = False  # rejoined after a stop its row never saw: a new life, whose completion counts anew
     # When the announce was answered: the host's clock in ms x 65536 + the host's id (ties
-    # broken by host). The store never lets a write replace a newer one (store/sql.py).
+    # broken by host). The store never lets a write replace a newer one (store/announce.py).
     stamp: int = 0
     held: bool = False  # the host held the peer, alive, when it answered (over a tombstone: a new life)
 

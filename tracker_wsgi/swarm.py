@@ -3,7 +3,7 @@ say. Pure: each rule is one function here, and everything that applies it calls 
 
 - The key rule: `conflicts`. hoststate.py applies it (through `plan_announce`) before every
   answer, against the peer the host holds or the stored row; the store applies it again as
-  it writes, over a row another host wrote (store/sql.py).
+  it writes, over a row another host wrote (store/announce.py).
 - The completion rule: `finishes`. The host state applies it before the answer, against
   the peer it holds (a completion is written through); the store applies it to a write
   that finishes a stored leecher another host took, and counts each once per peer life.

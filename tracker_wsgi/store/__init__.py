@@ -1,6 +1,6 @@
 """The store: where swarms and peers live. Two small interfaces, by who uses them
 (AnnounceStore: the announce path; Catalog: the refresh and the CLI), and two
-implementations of both (Store), which share their SQL (sql.py).
+implementations of both (Store), which share their SQL (sql.py and the modules it composes).
 
 `open_store(url)` picks the implementation from the URL scheme, once, at start-up:
   sqlite:///absolute/path.sqlite        embedded default (stdlib sqlite3, WAL)
@@ -33,7 +33,7 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
   counts until `expire_peers` deletes them and recounts every torrent (the refresh does),
   as the original's summary table did.
 - Client-reported numbers never break a write: counters come capped (protocol.COUNTER_CAP)
-  and every sum of them saturates at sql.MAX_TOTAL_BYTES.
+  and every sum of them saturates at statements.MAX_TOTAL_BYTES.
 - A batch writes every write it can: one that fails alone, or that the key rule refuses,
   is set aside and reported; only StoreUnavailable stops a batch.
 - An unknown info hash is a ClientError(UNKNOWN_TORRENT), unless the store was opened with
@@ -52,7 +52,7 @@ from ..config import Config, ConfigError
 from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
 from . import schema
 from .schema import SchemaChange, SchemaError
-from .sql import OPEN_MAX_TORRENTS, POOL_SIZE
+from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
 
 # How long bringing the schema up to date may take (a migration of a large table, or the
 # wait for another process doing one): longer than any request waits for the database.

@@ -24,7 +24,9 @@ from ..model import (
     StoreUnavailable,
 )
 from .mysql_settings import connect_args
-from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
+from .sql import SqlStore
+from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
+from .statements import Dialect
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
 

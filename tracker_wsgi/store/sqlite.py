@@ -13,7 +13,9 @@ from typing import Any
 
 from ..model import StoreUnavailable
 from .schema import SchemaChange, sqlite_statements
-from .sql import OPEN_MAX_TORRENTS, POOL_SIZE, Dialect, SqlStore
+from .sql import SqlStore
+from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
+from .statements import Dialect
 
 # How often a writer waiting for another process's write lock tries again: first soon (a
 # batch holds it for milliseconds), then less often. flock cannot wait with a time limit.

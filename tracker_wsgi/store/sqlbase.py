@@ -1,0 +1,189 @@
+"""What every SQL store stands on: the connection pool's use, the transaction with its one
+retry and its StoreUnavailable (SqlBase._transaction, _read, _fetchall), the sizes shared by
+both interfaces' code (POOL_SIZE, BATCH_ROWS), and the one write both make (_insert_torrent:
+a registration, by the catalog or by an announce in whitelist mode `open`).
+
+A store (sqlite.py, mysql.py) supplies the connection, its Dialect (statements.py) and which
+errors mean "the connection is gone, reconnect and retry". announce.py, catalog.py and
+migration.py build on SqlBase, each a mixin over it; sql.py composes them into SqlStore.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+from ..limits import OPEN_MAX_TORRENTS  # noqa: F401 - the stores import their default from here
+from ..model import ClientError, StoreUnavailable, Torrent
+from .pool import ConnectionPool
+from .statements import Dialect, Statements
+
+T = TypeVar("T")
+
+# Connections a store keeps per process (pool.py), unless its opener says otherwise: enough
+# for a store used by a thread or two (the CLI; a flush thread and a refresh). The requests'
+# store has live.DB_WAITERS (wsgi.py): no more request threads than that call it at once.
+POOL_SIZE = 2
+BATCH_ROWS = 500  # rows per statement in a batch write
+
+
+class Connection(NamedTuple):
+    """A database connection and the one cursor it keeps for its life."""
+
+    conn: Any
+    cursor: Any
+
+
+class SqlBase:
+    """The state and the connection machinery every part of SqlStore uses."""
+
+    dialect = Dialect
+
+    def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int,
+                 pool_size: int):
+        self.peer_timeout = peer_timeout
+        self.register_unknown = register_unknown
+        self.wait_seconds = wait_seconds  # the longest a store call waits for the database
+        self.open_max_torrents = open_max_torrents
+        self.sql = Statements(self.dialect)
+        self._torrents_counted = (0, float("-inf"))  # (count, time.monotonic() then)
+        self._pool: ConnectionPool[Connection] = ConnectionPool(self._open, self._close_quietly, pool_size,
+                                                                wait_seconds)
+        # For the metrics (metrics.py): statements and connections that failed. Counted
+        # under a lock: a rare path.
+        self.errors = 0
+        self._counting = threading.Lock()
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made again after one failed (metrics.py)."""
+        return self._pool.reconnects
+
+    # -- connection handling: subclasses implement these four --------------------------
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        """True when retrying the transaction once on a new connection may succeed."""
+        raise NotImplementedError
+
+    def _is_unavailable(self, exc: BaseException) -> bool:
+        """True when the error says the database cannot be used now (gone, or a wait timed
+        out), not that something in the transaction is wrong."""
+        raise NotImplementedError
+
+    def _begin(self, conn: Any, read_only: bool) -> None:
+        raise NotImplementedError
+
+    def _end(self, conn: Any, read_only: bool) -> None:
+        if not read_only:
+            conn.commit()
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        """True when the error says the connection itself is gone (the pool's idle ones are
+        then closed too). A database with no server to lose (SQLite) keeps this."""
+        return False
+
+    def _open(self) -> Connection:
+        # One cursor for the connection's life: the MySQL connector pings the server (a
+        # round trip) every time a cursor is made.
+        conn = self._connect()
+        return Connection(conn, conn.cursor())
+
+    def _disconnect(self, conn: Any) -> None:
+        conn.close()
+
+    def _close_quietly(self, connection: Connection) -> None:
+        # The cursor first: a statement still open keeps a closed SQLite connection (its
+        # transaction, its WAL) alive until the cursor is collected.
+        for close in (connection.cursor.close, lambda: self._disconnect(connection.conn)):
+            try:
+                close()
+            except Exception:  # closing a dead connection may fail; it is gone either way
+                pass
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def connection_type(self) -> str:
+        connection = self._pool.borrow()
+        self._pool.give_back(connection)
+        return type(connection.conn).__name__
+
+    def _read(self, work: Callable[[Any], T]) -> T:
+        """Reads, each statement on its own (autocommit: no BEGIN or COMMIT round trips,
+        which cost a request more than the one SELECT it needs). Every read the announce
+        path makes is one statement; a large swarm's window takes two or three more, and
+        a sample needs no snapshot. They run beside the writer."""
+        return self._transaction(work, read_only=True)
+
+    def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
+        """Run `work(cursor)` in one transaction, on a connection borrowed from the pool for
+        it; on a dropped connection, a deadlock or a racing insert, start over once on
+        another (a fresh one, if the connection was lost). Every caller's work is idempotent
+        when repeated whole (completions are guarded per peer). `work` never calls the
+        store: a transaction holds one connection, never two.
+
+        Raises StoreUnavailable when the database cannot be used now: no connection can be
+        made (not retried: it would only wait again), every connection stayed lent for
+        wait_seconds, or the error says so, after the retry if there was one. Any other
+        error is raised as it is: something in the work is wrong."""
+        for attempt in (1, 2):
+            try:
+                connection = self._pool.borrow()
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                self._failed()
+                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            conn, cursor = connection
+            try:
+                self._begin(conn, read_only)
+                result = work(cursor)
+                self._end(conn, read_only)
+            except ClientError:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._pool.discard(connection, lost=True)
+                else:
+                    self._pool.give_back(connection)
+                raise
+            except BaseException as exc:  # not only Exception: a connection mid-transaction is never lent again
+                self._pool.discard(connection, self._is_lost(exc))
+                if not isinstance(exc, Exception):
+                    raise
+                self._failed()
+                if attempt == 1 and self._is_transient(exc):
+                    continue
+                if self._is_unavailable(exc):
+                    raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
+                raise
+            self._pool.give_back(connection)
+            return result
+        raise AssertionError("unreachable")
+
+    def _failed(self) -> None:
+        with self._counting:
+            self.errors += 1
+
+
+    def _fetchall(self, statement: str, args: tuple = ()) -> list[tuple]:
+        def work(cur: Any) -> list[tuple]:
+            cur.execute(statement, args)
+            return cur.fetchall()
+
+        return self._read(work)
+
+    def _insert_torrent(self, cur: Any, torrent: Torrent, now: int) -> int:
+        cur.execute(
+            self.sql.INSERT_TORRENT,
+            (torrent.name, torrent.size, torrent.path, now, torrent.file_size, torrent.file_mtime,
+             torrent.info_sha256),
+        )
+        torrent_id = cur.lastrowid
+        for info_hash in torrent.info_hashes:
+            cur.execute(self.sql.INSERT_HASH, (info_hash, torrent_id))
+        return torrent_id
