@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 
 import pytest
 
@@ -559,6 +560,7 @@ def test_a_poisoned_announce_fails_alone_and_a_refused_write_is_set_aside_forgot
     # The host state cannot hold a number no column holds: that announce fails alone.
     with pytest.raises(struct.error):
         swarms.announce(ann(4, uploaded=POISON), NOW)  # the parser never makes one; a bug might
+    time.sleep(0.002)  # a later millisecond: the stamps order the two hosts' writes as they came
     other_host.announce(ann(9, torrent=2), NOW)
     # Peer 1's id from another address, at a host that has not heard of it yet: answered
     # there, refused by the key rule when written after peer 1's own write.
@@ -687,6 +689,9 @@ def test_a_finish_at_a_host_that_has_not_read_the_peer_yet_counts_once(store):
     second.announce(ann(9), NOW)  # the second host holds the swarm already
     first.announce(ann(1, left=7, event=Event.STARTED), NOW)
     first.flush()
+    # Stamps are milliseconds: two announces of one peer within one at two hosts are ordered
+    # by the hosts' ids, not as they came. No client announces twice in a millisecond.
+    time.sleep(0.002)
     second.announce(ann(1, left=0, event=Event.STOPPED), NOW)
     for _ in range(2):
         for host in (second, first):
