@@ -48,6 +48,7 @@ import libtorrent as lt
 import pytest
 
 from conftest import REPO, Apache, announce_query, decode, ih, pid
+from test_libtorrent import LOOPBACK_SESSION
 from tracker_wsgi import apache_conf
 from tracker_wsgi.metainfo import parse_torrent
 from tracker_wsgi.model import Torrent
@@ -273,15 +274,7 @@ class LibtorrentPeer:
         self._sent: dict[str, str] = {}  # the event of the last announce of each hash version
         self.session = lt.session({
             "listen_interfaces": f"127.0.0.1:{client_port()}",
-            "outgoing_interfaces": "127.0.0.1",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "ssrf_mitigation": False,
-            "allow_multiple_connections_per_ip": True,
-            "enable_incoming_utp": False,
-            "enable_outgoing_utp": False,
+            **LOOPBACK_SESSION,
             "user_agent": f"tracker_wsgi-test-{name}",
             # A tracker that does not answer fails the step at once rather than after the
             # default 30 s (completion) and 10 s (receive).

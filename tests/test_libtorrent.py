@@ -38,6 +38,22 @@ DOWNLOAD_TIMEOUT = 90
 ANNOUNCE_TIMEOUT = 30
 
 
+# Session settings of a libtorrent peer on 127.0.0.1 that finds others only through the
+# tracker (no DHT, LSD, UPnP, NAT-PMP or uTP); libtorrent's SSRF guard would refuse a
+# loopback tracker whose path does not start with /announce.
+LOOPBACK_SESSION = {
+    "outgoing_interfaces": "127.0.0.1",
+    "enable_dht": False,
+    "enable_lsd": False,
+    "enable_upnp": False,
+    "enable_natpmp": False,
+    "ssrf_mitigation": False,
+    "allow_multiple_connections_per_ip": True,
+    "enable_incoming_utp": False,
+    "enable_outgoing_utp": False,
+}
+
+
 class Peer:
     """One libtorrent session with one torrent, and every alert it raised (for failures)."""
 
@@ -47,15 +63,7 @@ class Peer:
         self.alerts: list[str] = []
         self.session = lt.session({
             "listen_interfaces": f"127.0.0.1:{self.port}",
-            "outgoing_interfaces": "127.0.0.1",
-            "enable_dht": False,
-            "enable_lsd": False,
-            "enable_upnp": False,
-            "enable_natpmp": False,
-            "ssrf_mitigation": False,
-            "allow_multiple_connections_per_ip": True,
-            "enable_incoming_utp": False,
-            "enable_outgoing_utp": False,
+            **LOOPBACK_SESSION,
             "enable_incoming_tcp": True,
             "enable_outgoing_tcp": True,
             "announce_to_all_trackers": True,
