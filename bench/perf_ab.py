@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import signal
 import statistics
 import sys
@@ -122,6 +123,7 @@ def main() -> None:
                 st.drop()
             except Exception as exc:  # noqa: BLE001
                 print(f"drop {st.url}: {exc}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def two_hosts(args, root: Path, servers: list, stores: list) -> None:
