@@ -655,9 +655,8 @@ class HostState:
                 set_aside: Sequence[tuple[int, bytes]], now: int) -> list[int]:
         """The database committed a batch: clear its dirty marks (unless a newer announce
         replaced one), forget peers whose write was set aside, and move each swarm's version on
-        where the batch wrote over the version the host knew. Returns the swarms another writer
-        changed meanwhile (to read again) and those no longer registered (to drop) - the
-        latter as negative ids."""
+        where the batch wrote over the version the host knew; a swarm no longer registered goes.
+        Returns the swarms another writer changed meanwhile (to read again)."""
         env, lock, (_, _, dbs, salt) = self._env()
         again = []
         with lock, env.begin(write=True) as txn:
@@ -674,8 +673,8 @@ class HostState:
                 if raw is None:
                     continue
                 written = result.get(torrent_id)
-                if written is None:
-                    again.append(-torrent_id)
+                if written is None:  # unregistered meanwhile
+                    self._drop(txn, dbs, tid4)
                     continue
                 swarm = Swarm.unpack(raw)
                 if written.version_before == swarm.version:

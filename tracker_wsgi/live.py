@@ -236,8 +236,8 @@ class HostSwarms:
             versions = self.batch_store.torrent_versions(turn)
             for torrent_id in turn:
                 version = versions.get(torrent_id)
-                if version is None:
-                    changed.append(-torrent_id)
+                if version is None:  # unregistered
+                    self.state.drop(torrent_id)
                 elif version != swarms[torrent_id].version:
                     changed.append(torrent_id)
         self._read_again(changed, now)
@@ -247,11 +247,8 @@ class HostSwarms:
             self.state.drop(torrent_id)
 
     def _read_again(self, torrent_ids: Sequence[int], now: int) -> None:
-        """Swarms another writer changed (negative: no longer registered)."""
+        """Swarms another writer changed."""
         for torrent_id in torrent_ids:
-            if torrent_id < 0:
-                self.state.drop(-torrent_id)
-                continue
             snapshot = self.batch_store.load_swarm(torrent_id, now, HOST_SWARM_PEERS)
             if snapshot is None:
                 self.state.drop(torrent_id)
