@@ -1037,10 +1037,10 @@ class MariadbHang:
         self.server = server
 
     def begin(self) -> None:
-        self.server.process.send_signal(signal.SIGSTOP)
+        self.server.hang()
 
     def end(self) -> None:
-        self.server.process.send_signal(signal.SIGCONT)
+        self.server.resume()
 
     abort = end
 

@@ -164,7 +164,7 @@ def test_mysql_hung_server_is_unavailable_within_the_wait(private_mariadb):
     wait = 2.0
     store = opened(url, wait)
     assert store.write_batch([(1, write(1))]).written[1].leechers == 1  # this thread is connected
-    os.kill(server.process.pid, signal.SIGSTOP)
+    server.hang()
     try:
         # A connected thread: its read times out, and the one retry's connect does too.
         elapsed, error = timed_unavailable(lambda: store.write_batch([(1, write(2))]))
@@ -182,7 +182,7 @@ def test_mysql_hung_server_is_unavailable_within_the_wait(private_mariadb):
         thread.join()
         assert results[0][0] < wait + SLACK, results[0][0]
     finally:
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
     assert store.find_peer(1, pid(1)) is not None  # back by itself
     assert store.write_batch([(1, write(2))]).written[1].leechers == 2
 
@@ -279,11 +279,11 @@ def test_mysql_outages_are_named_by_cause(own_user):
 def test_mysql_hung_server_is_named_a_timeout(private_mariadb):
     server, url = private_mariadb
     store = opened(url, 2.0)
-    os.kill(server.process.pid, signal.SIGSTOP)
+    server.hang()
     try:
         error = cause_of(store)
     finally:
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
     assert error.cause == TIMEOUT_CAUSE and error.explain().startswith("the database did not answer in time (")
 
 
@@ -354,7 +354,7 @@ def test_requests_while_the_tracker_starts_on_a_hung_database_get_retry_in_at_on
     path.write_text(f'database = "{url}"\ntorrent_dir = "{tmp_path}"\noutput_dir = "{tmp_path}/output"\nswarm_dir = "{tmp_path}/output-swarms"\n')
     app = Application()
     environ = {config_module.ENVIRON_KEY: str(path)}
-    os.kill(server.process.pid, signal.SIGSTOP)
+    server.hang()
     first: list = []
     try:
         starting = threading.Thread(target=lambda: first.append(
@@ -368,7 +368,7 @@ def test_requests_while_the_tracker_starts_on_a_hung_database_get_retry_in_at_on
             assert time.monotonic() - began < DB_QUEUE_SECONDS + SLACK
             assert answer.decoded == {b"failure reason": BUSY.encode(), b"retry in": 1}
     finally:
-        os.kill(server.process.pid, signal.SIGCONT)
+        server.resume()
     starting.join()
     # The first request met the database hung, then back (built, or `retry in` if it had
     # waited out its time): answered either way; the tracker builds once it is back.
