@@ -375,7 +375,7 @@ def test_as_root_refresh_and_add_refuse_rather_than_leave_files_www_data_cannot_
 
     # Once www-data has made the database, root may add to it: SQLite gives the files it
     # makes beside it the database's owner, and our lock file is there already.
-    assert run("init-db", "--config", config).stdout == f"{site.url}: schema created at version 4\n"
+    assert run("init-db", "--config", config).stdout == f"{site.url}: schema created at version 5\n"
     done = run("add", str(torrent), "--config", config, user=None)
     assert (done.returncode, done.stderr) == (0, "")
     owners = {p.name: pwd.getpwuid(p.stat().st_uid).pw_name for p in site.root.glob("tracker.sqlite*")}
@@ -488,12 +488,12 @@ def test_a_command_finds_the_installs_config_file_after_the_option_and_the_envir
         others.append(make_site(f"sqlite:///{root}/tracker.sqlite", root))
     named, given = others
     done = run_finding(sqlite_site.config, "init-db")
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{sqlite_site.url}: schema created at version 4\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{sqlite_site.url}: schema created at version 5\n", "")
     done = run_finding(sqlite_site.config, "init-db", TRACKER_WSGI_CONFIG=str(named.config))
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{named.url}: schema created at version 4\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{named.url}: schema created at version 5\n", "")
     done = run_finding(sqlite_site.config, "init-db", "--config", str(given.config),
                        TRACKER_WSGI_CONFIG=str(named.config))
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{given.url}: schema created at version 4\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{given.url}: schema created at version 5\n", "")
 
 
 def test_without_a_config_file_a_command_says_so_and_makes_nothing(shared_dir):

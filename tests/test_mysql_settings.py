@@ -108,7 +108,7 @@ def test_www_data_by_the_socket_needs_no_password_at_all(mysql_url, shared_dir):
         done = subprocess.run(["runuser", "-u", "www-data", "--", CLI, "migrate", "--config", str(config)],
                               capture_output=True, text=True)
         assert (done.returncode, done.stderr) == (0, "")
-        assert done.stdout == f"mysql://www-data@localhost/{db}: schema created at version 4\n"
+        assert done.stdout == f"mysql://www-data@localhost/{db}: schema created at version 5\n"
         done = subprocess.run([CLI, "migrate", "--config", str(config)], capture_output=True, text=True)  # root
         assert done.returncode == 1 and "Access denied for user 'www-data'@'localhost'" in done.stderr
     finally:
@@ -231,7 +231,7 @@ def test_an_option_file_www_data_cannot_read_is_one_line_with_the_fix(mysql_url,
     path.chmod(0o640)
     done = subprocess.run([*www, CLI, "migrate", "--config", str(config)], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == f"{url}: schema created at version 4\n"
+    assert done.stdout == f"{url}: schema created at version 5\n"
 
 
 # -- TLS --------------------------------------------------------------------------------------

@@ -141,11 +141,12 @@ def test_a_database_of_an_earlier_release_migrates_to_what_schema_sql_creates(ki
     assert change == SchemaChange(1, schema.LATEST, (
         "2: torrents.version: swarm views kept by version",
         "3: torrents.info_sha256: the whole SHA-256 of v2 and hybrid torrents, for the feed",
-        "4: peers.stamp: writes ordered by their announce, stops kept as tombstones (state 3)"))
-    assert versions(url) == [1, 2, 3, 4]
+        "4: peers.stamp: writes ordered by their announce, stops kept as tombstones (state 3)",
+        "5: peers.changed and swarm_counts: hosts read each other's changes, no row every writer bumps"))
+    assert versions(url) == [1, 2, 3, 4, 5]
     assert structure(url) == fresh_structure
-    assert store.create_tables() == SchemaChange(4, 4, ())  # done once
-    assert versions(url) == [1, 2, 3, 4]
+    assert store.create_tables() == SchemaChange(5, 5, ())  # done once
+    assert versions(url) == [1, 2, 3, 4, 5]
 
     # The release's data, as the tracker reads it now.
     stats = store.scrape([HASH_V1, HASH_V2], NOW)
@@ -184,10 +185,13 @@ def test_sqlite_tables_are_the_ones_the_sqlite_store_made_before_schema_sql_was_
     open_store(after, TIMEOUT).create_tables()
     made_then = structure(before)
     made_now = structure(after)
-    del made_now["schema_version"]
+    del made_now["schema_version"], made_now["swarm_counts"]  # the tables added since
     columns, indexes, without_rowid = made_now["peers"]
-    assert columns[-1][0] == "stamp"  # migration 4's, the one column added since
-    made_now["peers"] = (columns[:-1], indexes, without_rowid)
+    assert [c[0] for c in columns[-2:]] == ["stamp", "changed"]  # migrations 4 and 5: the columns added since
+    made_now["peers"] = (columns[:-2], [i for i in indexes if i[0] != "peers_by_changed"], without_rowid)
+    columns, indexes, without_rowid = made_then["torrents"]
+    dropped = ("seeders", "leechers", "partial_seeds", "version")  # by migration 5
+    made_then["torrents"] = ([c for c in columns if c[0] not in dropped], indexes, without_rowid)
     assert made_now == made_then
 
 
@@ -216,9 +220,9 @@ def test_processes_starting_at_once_migrate_once(kind, url, release, fresh_struc
     results = [p.communicate(timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0] * 6, [err for _, err in results]
     outcomes = sorted(out.strip() for out, _ in results)
-    did = "1 4 3" if release else "None 4 0"
-    assert outcomes == sorted([did] + ["4 4 0"] * 5), outcomes
-    assert versions(url) == ([1, 2, 3, 4] if release else [4])
+    did = "1 5 4" if release else "None 5 0"
+    assert outcomes == sorted([did] + ["5 5 0"] * 5), outcomes
+    assert versions(url) == ([1, 2, 3, 4, 5] if release else [5])
     assert structure(url) == fresh_structure
 
 
@@ -255,7 +259,7 @@ def test_a_migration_cut_short_is_finished_by_the_next_run(kind, url, fresh_stru
     execute(url, *sqlite_statements("ALTER TABLE torrents ADD COLUMN version BIGINT UNSIGNED NOT NULL DEFAULT 0")
             if kind == "sqlite" else ["ALTER TABLE torrents ADD COLUMN version BIGINT UNSIGNED NOT NULL DEFAULT 0"])
     assert open_store(url, TIMEOUT).create_tables().before == 1
-    assert versions(url) == [1, 2, 3, 4]
+    assert versions(url) == [1, 2, 3, 4, 5]
     assert structure(url) == fresh_structure
 
 
@@ -292,7 +296,7 @@ def test_tables_older_than_the_first_release_are_refused(kind, url):
 def test_a_column_removed_by_hand_is_named(kind, url):
     load(url, kind, "unversioned-3")
     execute(url, "ALTER TABLE skipped_files DROP COLUMN reason")
-    with pytest.raises(SchemaError, match=r"^table skipped_files lacks reason at schema version 4: it was changed "
+    with pytest.raises(SchemaError, match=r"^table skipped_files lacks reason at schema version 5: it was changed "
                                           r"by hand"):
         open_store(url, TIMEOUT).create_tables()
     assert execute(url, "SELECT COUNT(*) FROM torrents") == [(1,)]
@@ -333,23 +337,24 @@ def test_migrate_says_what_it_did_and_init_db_is_the_same(mysql_url, shared_dir)
     shown = mysql_url.replace(":tracker-test-only@", ":***@")
     done = cli("migrate", "--config", str(config))
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == (f"{shown}: schema migrated from version 1 to 4 (2: torrents.version: swarm views kept "
+    assert done.stdout == (f"{shown}: schema migrated from version 1 to 5 (2: torrents.version: swarm views kept "
                            "by version; 3: torrents.info_sha256: the whole SHA-256 of v2 and hybrid torrents, for "
                            "the feed; 4: peers.stamp: writes ordered by their announce, stops kept as tombstones "
-                           "(state 3))\n")
+                           "(state 3); 5: peers.changed and swarm_counts: hosts read each other's changes, no row "
+                           "every writer bumps)\n")
     for command in ("migrate", "init-db"):
         done = cli(command, "--config", str(config))
-        assert (done.returncode, done.stdout, done.stderr) == (0, f"{shown}: schema at version 4: nothing to do\n", "")
+        assert (done.returncode, done.stdout, done.stderr) == (0, f"{shown}: schema at version 5: nothing to do\n", "")
     assert cli("migrate", "--quiet", "--config", str(config)).stdout == ""
     help_text = cli("migrate", "--help").stdout
     assert "Creates the tables in an empty database, or migrates those an earlier release made" in help_text
 
-    execute(mysql_url, "INSERT INTO schema_version (version, applied_at) VALUES (5, 0)")
+    execute(mysql_url, f"INSERT INTO schema_version (version, applied_at) VALUES ({schema.LATEST + 1}, 0)")
     done = cli("migrate", "--config", str(config))
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (
-        f"tracker-wsgi: {config}: database = '{shown}': the database's schema is at version 5, newer than this "
-        "tracker-wsgi (0.1.0, schema version 4) knows: a newer release migrated it; install that release here too\n")
+        f"tracker-wsgi: {config}: database = '{shown}': the database's schema is at version {schema.LATEST + 1}, "
+        f"newer than this tracker-wsgi (0.1.0, schema version {schema.LATEST}) knows: a newer release migrated it; install that release here too\n")
 
 
 @pytest.mark.parametrize("release", RELEASES)
@@ -423,7 +428,7 @@ def test_the_tracker_migrates_an_earlier_releases_database_when_its_daemons_star
         answers = list(pool.map(lambda q: decode(apache.get("/tracker/announce", q)[2]), [known, unknown] * 2))
     assert answers[0][b"complete"] == 1 and answers[0][b"incomplete"] == 2, answers[0]
     assert answers[1] == {b"failure reason": b"Requested torrent not available on this tracker."}
-    assert versions(url) == [1, 2, 3, 4]
+    assert versions(url) == [1, 2, 3, 4, 5]
     log = apache.error_log()
     assert len(re.findall(r"tracker_wsgi: ready:", log)) == 2, log
     assert "Traceback" not in log and "error" not in log.replace("[wsgi:error]", "").lower(), log

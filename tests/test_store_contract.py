@@ -23,6 +23,7 @@ from tracker_wsgi.model import (
     PeerState,
     PeerWrite,
     StoredPeer,
+    SwarmTotals,
     Torrent,
     TrackerFull,
     UnknownTorrent,
@@ -330,7 +331,7 @@ def test_racing_announces_of_one_peer_count_it_once(store, swarms):
     assert store.scrape([v1], NOW)[v1].complete == 0
 
 
-# -- views: read once, kept by the version of each batch -------------------------------------
+# -- the host state: swarms read once, other hosts' writes taken in as changes ---------------
 
 
 class Clock:
@@ -385,19 +386,26 @@ def test_a_busy_swarm_is_not_read_again_while_its_next_batch_is_late(store):
     assert reads == []
 
 
-def test_another_writer_makes_the_batch_read_the_swarm_again(store):
+def test_another_hosts_writes_come_in_as_changes_never_by_reading_the_swarm_again(store):
     clock = Clock(NOW)
     first, second = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock), HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
     first.announce(ann(1), NOW)
     second.announce(ann(2), NOW)
+    second.announce(ann(3), NOW)
     second.flush()
     reads = count_reads(store)
-    assert first.announce(ann(1), NOW).peers == []  # first's view is fresh, without peer 2
-    first.flush()  # the version moved on since first read the swarm: read it again now
-    assert len(reads) == 1
+    assert first.announce(ann(1), NOW).peers == []  # first has not read the changes yet
+    first.sync()
     result = first.announce(ann(1), NOW)
-    assert [p.peer_id for p in result.peers] == [pid(2)] and result.stats.incomplete == 2
-    assert len(reads) == 1  # the announce itself read nothing
+    assert sorted(p.peer_id for p in result.peers) == [pid(2), pid(3)] and result.stats.incomplete == 3
+    second.announce(ann(2, event=Event.STOPPED), NOW)
+    second.announce(ann(3, left=0, event=Event.COMPLETED), NOW)  # written through
+    second.flush()
+    first.sync()
+    result = first.announce(ann(1), NOW)
+    assert [p.peer_id for p in result.peers] == [pid(3)]
+    assert (result.stats.complete, result.stats.incomplete, result.stats.downloaded) == (1, 1, 1)
+    assert reads == []
 
 
 def test_silent_peers_are_never_handed_out_and_a_held_swarm_is_never_read_again(store):
@@ -415,9 +423,9 @@ def test_silent_peers_are_never_handed_out_and_a_held_swarm_is_never_read_again(
     assert result.peers == [] and result.stats.incomplete == 2
     assert store.expire_peers(clock.now) == 1
     swarms.announce(ann(2), clock.now)
-    swarms.sync()  # the refresh moved the version on: the writer reads the swarm again
-    assert len(reads) == 1
+    swarms.sync()  # the host expires its own silent peers, as the refresh did the stored ones
     assert swarms.announce(ann(2), clock.now).stats.incomplete == 1
+    assert reads == []
 
 
 def test_a_completion_written_through_is_counted_once_by_the_batches_after_it(store):
@@ -453,11 +461,19 @@ def test_a_huge_swarm_is_held_in_part_and_counted_whole(store, monkeypatch):
     assert other_host.announce(ann(lacking, numwant=0), NOW).stats.incomplete == 102
 
 
-def test_a_batch_split_over_transactions_reports_the_versions_it_wrote_over(store):
-    first = store.write_batch([(1, write(n)) for n in range(1, 4)]).written[1]
-    split = store.write_batch([(1, write(n)) for n in range(1, BATCH_ROWS + 11)]).written[1]
-    assert (split.version_before, split.version) == (first.version, first.version + 2)
-    assert split.leechers == BATCH_ROWS + 10
+def test_changes_are_read_in_the_order_written_a_page_at_a_time(store):
+    """Every row written says when (peers.changed), a value of its own even within one
+    batch split over transactions, so hosts read each other's changes by it in pages."""
+    assert store.write_batch([(1, write(n)) for n in range(1, BATCH_ROWS + 11)]).written == {1}
+    rows = store.changes(0, 10_000)
+    assert sorted(r.peer_id for r in rows) == sorted(pid(n) for n in range(1, BATCH_ROWS + 11))
+    assert len({r.changed for r in rows}) == len(rows) and [r.changed for r in rows] == sorted(r.changed for r in rows)
+    assert store.changes(rows[99].changed, 50) == rows[100:150]
+    store.write_batch([(1, write(1)._replace(stopped=True, stamp=1))])
+    [gone] = store.changes(rows[-1].changed, 10)  # a stop is a change too: its tombstone
+    assert (gone.peer_id, gone.state, gone.stamp) == (pid(1), 3, 1)
+    assert store.swarm_totals([1, 99]) == {1: SwarmTotals(0, 0, BATCH_ROWS + 9, 0)}
+    assert store.registered([1, 99]) == {1}
 
 
 def write(n: int) -> PeerWrite:
@@ -493,8 +509,9 @@ def test_the_largest_numbers_break_no_write_and_no_sum(store, store_url, shared_
         swarms.announce(parsed(n, event="stopped"), NOW)  # what they downloaded joins the torrent's total
     swarms.flush()
     stopped = store.write_batch([(1, write._replace(stopped=True)) for _, write in old[:3]])
-    assert stopped.set_aside == [] and stopped.written[1].leechers == 2 + 2
-    assert store._fetchall("SELECT transferred FROM torrents WHERE id = 1") == [(MAX_TOTAL_BYTES,)]
+    assert stopped.set_aside == [] and stopped.written == {1}
+    assert store.swarm_totals([1])[1].leechers == 2 + 2
+    assert store._fetchall("SELECT MAX(transferred) FROM swarm_counts WHERE torrent_id = 1") == [(MAX_TOTAL_BYTES,)]
     swarms.announce(parsed(6), NOW)
     assert swarms.flush() == 1  # later batches still write
     stats = store.scrape([ih(1)], NOW)[ih(1)]
@@ -537,7 +554,7 @@ def test_a_poisoned_write_is_set_aside_and_the_rest_written(store):
     assert failed[:2] == (2, batch[poisoned][1].peer_id)
     assert "OverflowError" in failed.reason or "1264" in failed.reason, failed.reason
     per_torrent = BATCH_ROWS // 2 + 58
-    assert (result.written[1].leechers, result.written[2].leechers) == (per_torrent + 1, per_torrent - 1)
+    assert result.written == {1, 2}
     stored = store.scrape([ih(1), ih(2)], NOW)
     assert (stored[ih(1)].incomplete, stored[ih(2)].incomplete) == (per_torrent + 1, per_torrent - 1)
     assert store.find_peer(1, pid(1)) == StoredPeer(V4, b"k1", 100)  # the refused write changed nothing
@@ -571,8 +588,9 @@ def test_a_poisoned_announce_fails_alone_and_a_refused_write_is_set_aside_forgot
     logs = logged()
     assert len(logs) == 1 and logs[0].startswith("1 announces set aside, not written: ")
     assert f"torrent 1 peer {pid(1).hex()}" in logs[0] and "another address" in logs[0]
+    other_host.sync()
     answer = other_host.announce(ann(5, numwant=50), NOW)
-    # Forgotten where it was set aside; the swarm read again holds the real one.
+    # Forgotten where it was set aside; the real one came in with the changes.
     assert {p.ip for p in answer.peers if p.peer_id == pid(1)} == {V4}
     assert ih(2) in other_host.state.stats([ih(2)])  # still held, not dropped as unregistered
     assert other_host.flush() == 1 and len(logged()) == 1  # set aside once, not retried

@@ -23,7 +23,8 @@ Layout (named databases of one environment; integers big-endian, so keys sort by
             answer is a window from a random rank on and no client can choose its place.
 - prefixes: torrent id (4) + prefix (limits.prefixes: 3 to 8 bytes) -> peers of the swarm in it
 - dirty:    torrent id (4) + peer_id (20)        -> the announce's PeerWrite, to write
-- meta:     format, salt, the writer's lease, where expiry goes on
+- meta:     format, salt, host id, the writer's lease, where expiry goes on, how far the
+            host has read the database's changes
 
 Every method takes the process lock and one transaction; none calls the database.
 """
@@ -48,19 +49,20 @@ from .model import (
     STOPPED,
     AnnounceRequest,
     AnnounceResult,
+    PeerChange,
     PeerState,
     PeerWrite,
     Shed,
     StoredPeer,
     SwarmSnapshot,
     SwarmStats,
-    SwarmWritten,
+    SwarmTotals,
     TooManyPeers,
     make_peer,
 )
 from .swarm import plan_announce, swarm_stats
 
-FORMAT = b"tracker_wsgi host state 2"  # a directory of another format is made anew
+FORMAT = b"tracker_wsgi host state 3"  # a directory of another format is made anew
 MAP_SIZE = 1 << 34  # 16 GiB of address space; the file only takes what is written
 MAX_READERS = 4096  # concurrent read transactions: every thread of every process may hold one
 # A peer whose announces change nothing but its time and byte counts is written to the
@@ -69,14 +71,17 @@ REWRITE_SECONDS = 300
 EXPIRE_TURN = 5000  # peers the expiry looks at per transaction: a write transaction is short
 SPREAD_WALK = 4  # entries per wanted peer an answer walks at most where a prefix hogs the swarm
 
-_PEER = struct.Struct(">BqBBBqqqq")  # compact length, last_seen, state, completed, has key, left, up, down, written_seen
+_PEER = struct.Struct(">BqBBBqqqqq")  # compact length, last_seen, state, completed, has key, left, up, down,
+#                                        written_seen, stamp
 _SEEN = struct.Struct(">Bq")  # the first two fields of _PEER: what a sample reads
-_SWARM = struct.Struct(">iiiiiiqqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, version, used_at, loaded_at, hashes
+_SWARM = struct.Struct(">iiiiiiqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, used_at, loaded_at, hashes
 _WRITE = struct.Struct(">BBqqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, stamp, port; lengths: ip, key, base ip, base key
 _W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY, _W_HELD = 1, 2, 4, 8, 16, 32
 _TID = struct.Struct(">I")
 _COUNT = struct.Struct(">i")
 _LEASE = struct.Struct(">iq")  # pid, until
+_CURSOR = struct.Struct(">Q")  # the newest `changed` of the database's rows the host has read
+GONE = 3  # a stop's tombstone row (store/announce.py)
 _STATES = tuple(PeerState)
 _POOL = (b"\0", b"\1", b"\1")  # by PeerState: leechers, seeds, partial seeds
 
@@ -87,23 +92,22 @@ class Swarm(NamedTuple):
     counts: tuple[int, ...]  # held peers by PeerState (three)
     unheld: tuple[int, ...]  # stored peers of a swarm larger than a read, by state
     downloaded: int
-    version: int  # the database's version this state matches
     used_at: int
     loaded_at: int
     info_hashes: tuple[bytes, ...]
     name: str
 
     def pack(self) -> bytes:
-        return (_SWARM.pack(*self.counts, *self.unheld, self.downloaded, self.version, self.used_at,
+        return (_SWARM.pack(*self.counts, *self.unheld, self.downloaded, self.used_at,
                             self.loaded_at, len(self.info_hashes))
                 + b"".join(self.info_hashes) + self.name.encode("utf-8", "replace"))
 
     @classmethod
     def unpack(cls, raw: bytes) -> Swarm:
-        l0, s0, p0, l1, s1, p1, downloaded, version, used_at, loaded_at, n = _SWARM.unpack_from(raw)
+        l0, s0, p0, l1, s1, p1, downloaded, used_at, loaded_at, n = _SWARM.unpack_from(raw)
         start = _SWARM.size
         hashes = tuple(raw[start + 20 * i:start + 20 * (i + 1)] for i in range(n))
-        return cls((l0, s0, p0), (l1, s1, p1), downloaded, version, used_at, loaded_at, hashes,
+        return cls((l0, s0, p0), (l1, s1, p1), downloaded, used_at, loaded_at, hashes,
                    bytes(raw[start + 20 * n:]).decode("utf-8", "replace"))
 
     def stats(self) -> SwarmStats:
@@ -127,6 +131,7 @@ class Held(NamedTuple):
     completed: bool
     last_seen: int
     written_seen: int  # the last_seen the database has (or will have: it is dirty)
+    stamp: int  # its last announce's (PeerWrite.stamp), here or at the host that wrote it
     compact: bytes
 
     @property
@@ -135,17 +140,17 @@ class Held(NamedTuple):
 
 
 def _held(raw: bytes) -> Held:
-    clen, last_seen, state, completed, has_key, left, _up, _down, written_seen = _PEER.unpack_from(raw)
+    clen, last_seen, state, completed, has_key, left, _up, _down, written_seen, stamp = _PEER.unpack_from(raw)
     start = _PEER.size
     compact = bytes(raw[start:start + clen])
     key = bytes(raw[start + clen:]) if has_key else None
-    return Held(compact[:-2], key, left, _STATES[state], bool(completed), last_seen, written_seen, compact)
+    return Held(compact[:-2], key, left, _STATES[state], bool(completed), last_seen, written_seen, stamp, compact)
 
 
 def _peer_value(write: PeerWrite, completed: bool, written_seen: int) -> bytes:
     compact = write.ip + write.port.to_bytes(2, "big")
     return _PEER.pack(len(compact), write.last_seen, write.state, completed, write.key is not None, write.left,
-                      write.uploaded, write.downloaded, written_seen) + compact + (write.key or b"")
+                      write.uploaded, write.downloaded, written_seen, write.stamp) + compact + (write.key or b"")
 
 
 def pack_write(write: PeerWrite) -> bytes:
@@ -512,8 +517,7 @@ class HostState:
             stored = (snapshot.leechers, snapshot.seeders, snapshot.partial_seeds)
             unheld = tuple(max(0, s - c) for s, c in zip(stored, counts)) if len(snapshot.peers) >= HOST_SWARM_PEERS \
                 else (0, 0, 0)
-            swarm = Swarm(counts, unheld, snapshot.downloaded, snapshot.version, now, now, (info_hash,),
-                          snapshot.name)
+            swarm = Swarm(counts, unheld, snapshot.downloaded, now, now, (info_hash,), snapshot.name)
             txn.put(tid4, swarm.pack(), db=dbs["swarms"])
             txn.put(info_hash, tid4, db=dbs["hashes"])
 
@@ -522,14 +526,14 @@ class HostState:
         """Put stored peers the host does not hold (nor holds stopped, unwritten) into a swarm;
         returns the swarm's held counts after."""
         peers_db, dirty_db, prefix_db = dbs["peers"], dbs["dirty"], dbs["prefixes"]
-        for peer_id, ip, port, state, key, left, last_seen in rows:
+        for peer_id, ip, port, state, key, left, last_seen, completed, stamp in rows:
             rank = self._rank(salt, tid4, peer_id)
             if (txn.get(tid4 + b"\0" + rank + peer_id, db=peers_db) is not None
                     or txn.get(tid4 + b"\1" + rank + peer_id, db=peers_db) is not None
                     or txn.get(tid4 + peer_id, db=dirty_db) is not None):
                 continue
-            write = PeerWrite(peer_id, ip, port, key, _STATES[state], left, 0, 0, last_seen, False)
-            txn.put(tid4 + _POOL[state] + rank + peer_id, _peer_value(write, False, last_seen), db=peers_db)
+            write = PeerWrite(peer_id, ip, port, key, _STATES[state], left, 0, 0, last_seen, False, stamp=stamp)
+            txn.put(tid4 + _POOL[state] + rank + peer_id, _peer_value(write, completed, last_seen), db=peers_db)
             _move_prefixes(txn, prefix_db, tid4, ip, 1)
         return self._recount(txn, peers_db, tid4)
 
@@ -544,46 +548,90 @@ class HostState:
                 counts[value[_SEEN.size]] += 1
         return counts[0], counts[1], counts[2]
 
-    def reload(self, snapshot: SwarmSnapshot, now: int) -> None:
-        """Another writer (another host, or a completion written through) changed a swarm:
-        take the database's peers, keeping the host's own unwritten announces (they are
-        newer), and drop held peers the database no longer has."""
+    def take_changes(self, changes: Sequence[PeerChange], now: int) -> set[int]:
+        """Take in peers' rows the database holds (written by any host, this one too) that
+        are newer, by their announce's stamp, than what the host holds: a tombstone or a
+        silent row removes the peer. A peer with an unwritten announce here is left as it
+        is (the database orders the two when it lands; the next read sees the outcome).
+        Returns the held swarms the changes touched."""
         env, lock, (_, _, dbs, salt) = self._env()
-        tid4 = _TID.pack(snapshot.torrent_id)
+        cutoff = now - self.peer_timeout
+        touched: set[int] = set()
         with lock, env.begin(write=True) as txn:
-            raw = txn.get(tid4, db=dbs["swarms"])
-            if raw is None:
-                return
-            swarm = Swarm.unpack(raw)
-            peers_db, dirty_db, prefix_db = dbs["peers"], dbs["dirty"], dbs["prefixes"]
-            stored = {row[0]: row for row in snapshot.peers}
-            cursor = txn.cursor(db=peers_db)
-            gone = []
-            if cursor.set_range(tid4):
-                for key, value in cursor.iternext():
-                    if key[:4] != tid4:
+            swarms_db, peers_db, dirty_db, prefix_db = dbs["swarms"], dbs["peers"], dbs["dirty"], dbs["prefixes"]
+            swarms: dict[bytes, Swarm] = {}
+            room = self.bounds.max_peers - txn.stat(peers_db)["entries"]
+            for change in changes:
+                tid4 = _TID.pack(change.torrent_id)
+                swarm = swarms.get(tid4)
+                if swarm is None:
+                    raw = txn.get(tid4, db=swarms_db)
+                    if raw is None:
+                        continue  # not held: read whole when it is
+                    swarm = swarms[tid4] = Swarm.unpack(raw)
+                touched.add(change.torrent_id)
+                peer_id = change.peer_id
+                if txn.get(tid4 + peer_id, db=dirty_db) is not None:
+                    continue
+                rank = self._rank(salt, tid4, peer_id)
+                held_key, held = None, None
+                for pool in (b"\0", b"\1"):
+                    key = tid4 + pool + rank + peer_id
+                    raw = txn.get(key, db=peers_db)
+                    if raw is not None:
+                        held_key, held = key, _held(raw)
                         break
-                    peer_id = bytes(key[9:])
-                    if txn.get(tid4 + peer_id, db=dirty_db) is not None:
-                        stored.pop(peer_id, None)
-                        continue
-                    row = stored.get(peer_id)
-                    if row is None or (row[1], row[2], row[3], row[4], row[5]) != _row_of(_held(value)):
-                        gone.append((bytes(key), _held(value).ip))
-                    else:
-                        stored.pop(peer_id)
-            partial = len(snapshot.peers) >= HOST_SWARM_PEERS
-            for key, ip in gone:
-                if partial and bytes(key[9:]) not in stored:
-                    continue  # a window of a larger swarm: not read is not gone
-                txn.delete(key, db=peers_db)
-                _move_prefixes(txn, prefix_db, tid4, ip, -1)
-            counts = self._lay_out(txn, dbs, salt, tid4, list(stored.values()))
-            stored_counts = (snapshot.leechers, snapshot.seeders, snapshot.partial_seeds)
-            unheld = tuple(max(0, s - c) for s, c in zip(stored_counts, counts)) if partial else (0, 0, 0)
-            swarm = swarm._replace(counts=counts, unheld=unheld, downloaded=max(swarm.downloaded, snapshot.downloaded),
-                                   version=snapshot.version, loaded_at=now, name=snapshot.name)
-            txn.put(tid4, swarm.pack(), db=dbs["swarms"])
+                if held is not None and held.stamp >= change.stamp:
+                    continue  # what the host holds is as new or newer
+                counts = list(swarm.counts)
+                if held is not None:
+                    txn.delete(held_key, db=peers_db)  # type: ignore[arg-type]  # held: found under held_key
+                    _move_prefixes(txn, prefix_db, tid4, held.ip, -1)
+                    counts[held.state] -= 1
+                    room += 1
+                if (change.state < GONE and change.last_seen >= cutoff and room > 0
+                        and (held is not None or not swarm.partial or sum(counts) < HOST_SWARM_PEERS)):
+                    write = PeerWrite(peer_id, change.ip, change.port, change.key, _STATES[change.state], change.left,
+                                      0, 0, change.last_seen, False, stamp=change.stamp)
+                    txn.put(tid4 + _POOL[change.state] + rank + peer_id,
+                            _peer_value(write, change.completed, change.last_seen), db=peers_db)
+                    _move_prefixes(txn, prefix_db, tid4, change.ip, 1)
+                    counts[change.state] += 1
+                    room -= 1
+                swarms[tid4] = swarm._replace(counts=tuple(counts))
+            for tid4, swarm in swarms.items():
+                txn.put(tid4, swarm.pack(), db=swarms_db)
+        return touched
+
+    def take_totals(self, totals: dict[int, SwarmTotals]) -> None:
+        """The database's totals of held swarms: completions counted anywhere, and (of a
+        swarm held in part) the stored peers the host does not hold."""
+        env, lock, (_, _, dbs, _) = self._env()
+        with lock, env.begin(write=True) as txn:
+            for torrent_id, total in totals.items():
+                tid4 = _TID.pack(torrent_id)
+                raw = txn.get(tid4, db=dbs["swarms"])
+                if raw is None:
+                    continue
+                swarm = Swarm.unpack(raw)
+                unheld = swarm.unheld
+                if swarm.partial:
+                    stored = (total.leechers, total.seeders, total.partial_seeds)
+                    unheld = tuple(max(0, s - c) for s, c in zip(stored, swarm.counts))
+                txn.put(tid4, swarm._replace(downloaded=max(swarm.downloaded, total.downloaded),
+                                             unheld=unheld).pack(), db=dbs["swarms"])
+
+    def changes_read(self) -> int:
+        """How far the host has read the database's changes (PeerChange.changed; 0: never)."""
+        env, _, (_, _, dbs, _) = self._env()
+        with env.begin() as txn:
+            raw = txn.get(b"changes_at", db=dbs["meta"])
+        return _CURSOR.unpack(raw)[0] if raw is not None else 0
+
+    def read_changes_to(self, changed: int) -> None:
+        env, lock, (_, _, dbs, _) = self._env()
+        with lock, env.begin(write=True) as txn:
+            txn.put(b"changes_at", _CURSOR.pack(changed), db=dbs["meta"])
 
     def drop(self, torrent_id: int) -> None:
         """Forget a swarm (unregistered, or idle with nothing unwritten)."""
@@ -651,14 +699,11 @@ class HostState:
                     break
         return result
 
-    def written(self, batch: Sequence[Dirty], result: dict[int, SwarmWritten],
-                set_aside: Sequence[tuple[int, bytes]], now: int) -> list[int]:
+    def written(self, batch: Sequence[Dirty], registered: set[int], set_aside: Sequence[tuple[int, bytes]]) -> None:
         """The database committed a batch: clear its dirty marks (unless a newer announce
-        replaced one), forget peers whose write was set aside, and move each swarm's version on
-        where the batch wrote over the version the host knew; a swarm no longer registered goes.
-        Returns the swarms another writer changed meanwhile (to read again)."""
+        replaced one) and forget peers whose write was set aside; a swarm the batch found
+        no longer registered goes."""
         env, lock, (_, _, dbs, salt) = self._env()
-        again = []
         with lock, env.begin(write=True) as txn:
             dirty_db = dbs["dirty"]
             for entry in batch:
@@ -667,23 +712,8 @@ class HostState:
                     txn.delete(key, db=dirty_db)
             for torrent_id, peer_id in set_aside:
                 self._forget(txn, dbs, salt, _TID.pack(torrent_id), peer_id)
-            for torrent_id in sorted({entry.torrent_id for entry in batch}):
-                tid4 = _TID.pack(torrent_id)
-                raw = txn.get(tid4, db=dbs["swarms"])
-                if raw is None:
-                    continue
-                written = result.get(torrent_id)
-                if written is None:  # unregistered meanwhile
-                    self._drop(txn, dbs, tid4)
-                    continue
-                swarm = Swarm.unpack(raw)
-                if written.version_before == swarm.version:
-                    swarm = swarm._replace(version=written.version,
-                                           downloaded=max(swarm.downloaded, written.downloaded))
-                    txn.put(tid4, swarm.pack(), db=dbs["swarms"])
-                else:
-                    again.append(torrent_id)
-        return again
+            for torrent_id in sorted({entry.torrent_id for entry in batch} - registered):
+                self._drop(txn, dbs, _TID.pack(torrent_id))
 
     def _forget(self, txn: Any, dbs: dict, salt: bytes, tid4: bytes, peer_id: bytes) -> None:
         rank = self._rank(salt, tid4, peer_id)
@@ -757,7 +787,7 @@ class HostState:
         with env.begin() as txn:
             dirty = txn.cursor(db=dbs["dirty"])
             for key, value in txn.cursor(db=dbs["swarms"]):
-                if _SWARM.unpack_from(value)[8] < since:
+                if _SWARM.unpack_from(value)[7] < since:  # used_at
                     if dirty.set_range(key) and dirty.key()[:4] == key:
                         continue
                     idle.append(_TID.unpack(key)[0])
@@ -774,10 +804,6 @@ class HostState:
 # Peers read into the host state per swarm at most: a larger swarm is held as a window of
 # random ranks (the rest counted, not handed out).
 HOST_SWARM_PEERS = 20_000
-
-
-def _row_of(held: Held) -> tuple:
-    return held.ip, held.port, int(held.state), held.key, held.left
 
 
 def _move_prefixes(txn: Any, prefix_db: Any, tid4: bytes, ip: bytes, step: int) -> None:

@@ -16,12 +16,15 @@ is asked, and runs the host's one writer:
   row.
 - One process of the host holds the writer's lease (kept in the host state, renewed every
   `sync_interval`, taken over by another process when its holder dies): it writes the dirty
-  set in batches, reads again the swarms another host (or a completion written through)
-  changed, forgets idle swarms and silent peers. Any process writes the dirty set when it
-  stops, or before a refresh or a full scrape.
-- Hosts meet in the database: every write moves a torrent's `version` on, and the writer
-  reads again every held swarm whose version another writer moved, so a peer announced at
-  one host is handed out by the others within about 2 x sync_interval.
+  set in batches, takes in what other hosts wrote, forgets idle swarms and silent peers.
+  Any process writes the dirty set when it stops, or before a refresh or a full scrape.
+- Hosts meet in the database: every row written says when (peers.changed), and the writer
+  reads the rows written since it last read (an index range, never whole swarms), a little
+  further back each time than where it stopped (CHANGES_OVERLAP_SECONDS: a transaction
+  that committed late, a host whose clock is behind), and takes in the ones newer by their
+  announce than what the host holds, so a peer announced at one host is handed out by the
+  others within about 2 x sync_interval. Counts come from the host state and the
+  database's per-host rows; no host writes a row another writes.
 - While the database is down or hung, every held swarm is answered as ever; a completion,
   a swarm not held yet and a scrape of one get `retry in`. Announces wait in the dirty set,
   up to `max_unwritten`.
@@ -62,7 +65,14 @@ from .store import AnnounceStore
 
 IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the host state
 BATCH_MOST = 20_000  # unwritten announces per batch (one batch runs at a time)
-VERSIONS_TURN = 1000  # held swarms whose version one statement checks
+REGISTERED_TURN = 1000  # held swarms one statement checks are still registered
+CHANGES_PAGE = 2000  # rows of other hosts' changes one read takes
+CHANGES_PAGES = 25  # reads per round at most (the rest the next round): a round stays short
+# How much further back than where it stopped each read of changes starts: a row whose
+# transaction committed after a later-stamped one was read, or written by a host whose clock
+# is behind by up to this, is still read. A row missed anyway (a commit held up longer) is
+# written again by its host within hoststate.REWRITE_SECONDS, if the peer lives on.
+CHANGES_OVERLAP_SECONDS = 15
 ANSWER_TRIES = 4  # a swarm read, a peer read, a completion written through: then answered
 SET_ASIDE_SHOWN = 5  # set-aside writes named in a batch's log line (the count says the rest)
 T = TypeVar("T")
@@ -195,8 +205,7 @@ class HostSwarms:
 
     def flush(self) -> int:
         """Write every unwritten announce of the host; returns how many. On failure they stay
-        unwritten and the error is raised. Then swarms another writer changed meanwhile are
-        read again."""
+        unwritten and the error is raised."""
         written = 0
         # One batch at a time on the host, whichever process writes it (the writer, or one
         # that stops or refreshes): two batches racing could land an older write after a
@@ -215,45 +224,47 @@ class HostSwarms:
                 self._gate.works()
                 if result.set_aside:
                     self._log_set_aside(result.set_aside)
-                now = int(self.clock())
-                again = self.state.written(batch, result.written,
-                                           [(row.torrent_id, row.peer_id) for row in result.set_aside], now)
-                self._read_again(again, now)
+                self.state.written(batch, result.written, [(row.torrent_id, row.peer_id) for row in result.set_aside])
                 written += len(batch)
                 if len(batch) < BATCH_MOST:
                     return written
 
     def sync(self) -> None:
-        """The writer's round: write the host's announces, read again the swarms other hosts
-        wrote, forget silent peers and idle swarms."""
+        """The writer's round: write the host's announces, take in what other hosts wrote,
+        forget swarms no longer registered, silent peers and idle swarms."""
         self.flush()
         now = int(self.clock())
-        swarms = self.state.swarms()
-        changed: list[int] = []
-        ids = sorted(swarms)
-        for start in range(0, len(ids), VERSIONS_TURN):
-            turn = ids[start:start + VERSIONS_TURN]
-            versions = self.batch_store.torrent_versions(turn)
-            for torrent_id in turn:
-                version = versions.get(torrent_id)
-                if version is None:  # unregistered
-                    self.state.drop(torrent_id)
-                elif version != swarms[torrent_id].version:
-                    changed.append(torrent_id)
-        self._read_again(changed, now)
+        self._take_changes(now)
+        ids = sorted(self.state.swarms())
+        for start in range(0, len(ids), REGISTERED_TURN):
+            turn = ids[start:start + REGISTERED_TURN]
+            for torrent_id in set(turn) - self.batch_store.registered(turn):
+                self.state.drop(torrent_id)
         while self.state.expire(now) and not self._closed.is_set():
             pass
         for torrent_id in self.state.idle_swarms(now - IDLE_SECONDS):
             self.state.drop(torrent_id)
 
-    def _read_again(self, torrent_ids: Sequence[int], now: int) -> None:
-        """Swarms another writer changed."""
-        for torrent_id in torrent_ids:
-            snapshot = self.batch_store.load_swarm(torrent_id, now, HOST_SWARM_PEERS)
-            if snapshot is None:
-                self.state.drop(torrent_id)
-            else:
-                self.state.reload(snapshot, now)
+    def _take_changes(self, now: int) -> None:
+        """Read the rows written since the last read (and CHANGES_OVERLAP_SECONDS before),
+        take in those of held swarms, then the totals of the swarms they touched."""
+        overlap = CHANGES_OVERLAP_SECONDS * 1000 << 16
+        read_to = self.state.changes_read() or int(self.clock() * 1000) << 16
+        since, touched = max(0, read_to - overlap), set()
+        for _ in range(CHANGES_PAGES):
+            rows = self.batch_store.changes(since, CHANGES_PAGE)
+            if rows:
+                touched |= self.state.take_changes(rows, now)
+                read_to = max(read_to, rows[-1].changed)
+            if len(rows) < CHANGES_PAGE:
+                break
+            # Rows sharing the page's last value may be cut off by the limit: read it again
+            # (rows taken twice change nothing), unless the page holds nothing else.
+            since = rows[-1].changed - (rows[0].changed != rows[-1].changed)
+        self.state.read_changes_to(read_to)
+        ids = sorted(touched)
+        for start in range(0, len(ids), REGISTERED_TURN):
+            self.state.take_totals(self.batch_store.swarm_totals(ids[start:start + REGISTERED_TURN]))
 
     def _log_set_aside(self, rows: Sequence[Any]) -> None:
         shown = ", ".join(f"torrent {row.torrent_id} peer {row.peer_id.hex()}" for row in rows[:SET_ASIDE_SHOWN])

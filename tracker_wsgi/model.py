@@ -190,23 +190,37 @@ class SwarmSnapshot(NamedTuple):
     torrent_id: int
     name: str
     downloaded: int
-    seeders: int
+    seeders: int  # stored peers by state (of a large swarm: more than `peers` holds)
     leechers: int
     partial_seeds: int
-    version: int  # the torrent row's version: every write of its peers moves it on
-    # peer_id, ip, port, state, key, left, last_seen
-    peers: list[tuple[bytes, bytes, int, int, bytes | None, int, int]]
+    # peer_id, ip, port, state, key, left, last_seen, completed, stamp
+    peers: list[tuple[bytes, bytes, int, int, bytes | None, int, int, bool, int]]
 
 
-class SwarmWritten(NamedTuple):
-    """A swarm as a batch left it: its recounted counters, and its version before and after."""
+class PeerChange(NamedTuple):
+    """A peer's row as a host (this one or another) wrote it: what the other hosts take in
+    when it is newer (by `stamp`) than what they hold. State 3 is a stop's tombstone."""
 
-    version_before: int  # -1: another writer came between the batch's transactions
-    version: int
-    leechers: int
-    seeders: int
-    partial_seeds: int
+    torrent_id: int
+    peer_id: bytes
+    ip: bytes
+    port: int
+    state: int
+    key: bytes | None
+    left: int
+    last_seen: int
+    completed: bool
+    stamp: int
+    changed: int  # when the row was written (the cursor of the reads of changes)
+
+
+class SwarmTotals(NamedTuple):
+    """A swarm's totals in the database: completions, and stored peers by state."""
+
     downloaded: int
+    seeders: int
+    leechers: int
+    partial_seeds: int
 
 
 class SetAside(NamedTuple):
@@ -223,7 +237,7 @@ KEY_RULE_REFUSED = "another address without the peer's key"
 
 
 class BatchResult(NamedTuple):
-    written: dict[int, SwarmWritten]  # each still registered torrent the batch wrote, as it left it
+    written: set[int]  # each still registered torrent the batch wrote
     set_aside: list[SetAside]
 
 

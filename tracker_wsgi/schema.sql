@@ -14,8 +14,9 @@
 --  * peers are keyed by (torrent, peer_id), not by peer_id alone: peer ids are not unique
 --    across torrents, and one client seeds many torrents with one id;
 --  * everything is InnoDB: MEMORY tables lost every peer and counter on a server restart;
---  * swarm counts are kept in the same transaction as the peer rows they count, and every
---    refresh recounts them from the peers, so they cannot drift for long or go negative.
+--  * swarm counts are counted from the peer rows when asked, never kept in one row that every
+--    writer bumps: on a Galera cluster two hosts writing one row fail each other's
+--    transactions. Completions and departed bytes are kept per host (swarm_counts).
 
 -- One row per torrent (swarm).
 CREATE TABLE IF NOT EXISTS torrents (
@@ -26,15 +27,10 @@ CREATE TABLE IF NOT EXISTS torrents (
     added       BIGINT UNSIGNED NOT NULL,             -- unix time of registration
     file_size   BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- the .torrent file's size and mtime (ns) when
     file_mtime  BIGINT UNSIGNED NOT NULL DEFAULT 0,   --   last parsed: unchanged files are not re-read
-    seeders     INT             NOT NULL DEFAULT 0,   -- peers by state, kept by each announce and
-    leechers    INT             NOT NULL DEFAULT 0,   --   recounted by refresh (signed: a race can
-    partial_seeds INT           NOT NULL DEFAULT 0,   --   only leave them off by one until then)
-    downloaded  INT UNSIGNED    NOT NULL DEFAULT 0,   -- completions counted, once per peer
-    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes downloaded by peers that have left
+    downloaded  INT UNSIGNED    NOT NULL DEFAULT 0,   -- completions counted before swarm_counts kept them
+    transferred BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- bytes downloaded by peers the refresh expired
     last_transfer BIGINT UNSIGNED NOT NULL DEFAULT 0, -- total downloaded at the last refresh (for the rate)
     last_done   INT UNSIGNED    NOT NULL DEFAULT 0,   -- downloaded at the last refresh
-    version     BIGINT UNSIGNED NOT NULL DEFAULT 0,   -- +1 by every transaction that writes its peers:
-                                                      --   a process whose view knows it knows the swarm
     info_sha256 BINARY(32)      NULL                  -- v2 and hybrid: the whole SHA-256 of info (BEP 52),
                                                       --   named in the feed as urn:btmh
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
@@ -67,10 +63,23 @@ CREATE TABLE IF NOT EXISTS peers (
     stamp      BIGINT UNSIGNED   NOT NULL DEFAULT 0,  -- when its announce was answered: the host's
                                             -- clock in ms x 65536 + the host's id. A write never
                                             -- replaces a newer one, whenever its batch lands.
+    changed    BIGINT UNSIGNED   NOT NULL DEFAULT 0,  -- when the row was written, in the same form:
+                                            -- hosts read each other's changes by it (by_changed)
     PRIMARY KEY (torrent_id, peer_id),
     KEY by_rank (torrent_id, peer_rank),
     KEY by_state_rank (torrent_id, state, peer_rank),
-    KEY by_last_seen (last_seen)
+    KEY by_last_seen (last_seen),
+    KEY by_changed (changed)
+) ENGINE=InnoDB;
+
+-- What each host counted of a swarm: completions, and bytes downloaded by peers that left
+-- with a stop. A row per host, so hosts never write one row (a swarm's totals add the rows).
+CREATE TABLE IF NOT EXISTS swarm_counts (
+    torrent_id  INT UNSIGNED      NOT NULL,
+    host        SMALLINT UNSIGNED NOT NULL,  -- the host's id (the low 16 bits of its stamps)
+    downloaded  INT UNSIGNED      NOT NULL DEFAULT 0,
+    transferred BIGINT UNSIGNED   NOT NULL DEFAULT 0,
+    PRIMARY KEY (torrent_id, host)
 ) ENGINE=InnoDB;
 
 -- One row: when the last refresh finished, and who holds the refresh lock until when.

@@ -18,20 +18,21 @@ The contract every implementation keeps (tests/test_store_contract.py runs it on
   restart costs only the requests that arrive while it is down.
 - No call waits for the database much longer than the store's `wait_seconds`: one that
   cannot reach it, or times out, raises StoreUnavailable (model.py).
-- Announces are answered from each process's memory (tracker_wsgi/live.py) and reach the
+- Announces are answered from the host's shared state (tracker_wsgi/live.py) and reach the
   store as `write_through` (one announce, committed before its answer: a completion) and
   `write_batch` (many, every sync_interval). Every writer locks the rows of the torrents it
   writes, in id order, so processes and hosts sharing one database take turns per swarm
-  and never deadlock; a batch recounts the swarms it wrote.
-- Every transaction that writes a torrent's peers moves its `version` on by one and says
-  from what: a process that knows the version before its own write knows that nobody
-  else wrote the swarm since it last read it.
+  and never deadlock.
+- No write touches a row that every writer of a swarm would touch: a peer's row is its
+  own, completions and departed bytes go to the writing host's own swarm_counts row, and
+  a swarm's counts are counted from its peers when asked. Each written row carries when it
+  was written (`changed`), and hosts read each other's changes by it (`changes`).
 - A peer is only ever changed by its own address, or by another one with its key
   (swarm.plan_announce's rule, checked again against the stored row).
 - A completion is counted once per peer, whichever process or host sees it.
 - Peers silent longer than `peer_timeout` are never read into a swarm. They stay in the
-  counts until `expire_peers` deletes them and recounts every torrent (the refresh does),
-  as the original's summary table did.
+  counts until `expire_peers` deletes them (the refresh does), as the original's summary
+  table did.
 - Client-reported numbers never break a write: counters come capped (protocol.COUNTER_CAP)
   and every sum of them saturates at statements.MAX_TOTAL_BYTES.
 - A batch writes every write it can: one that fails alone, or that the key rule refuses,
@@ -49,7 +50,17 @@ from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import Config, ConfigError
-from ..model import BatchResult, PeerWrite, StoredPeer, SwarmSnapshot, SwarmStats, Torrent, TorrentReport
+from ..model import (
+    BatchResult,
+    PeerChange,
+    PeerWrite,
+    StoredPeer,
+    SwarmSnapshot,
+    SwarmStats,
+    SwarmTotals,
+    Torrent,
+    TorrentReport,
+)
 from . import schema
 from .schema import SchemaChange, SchemaError
 from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
@@ -60,8 +71,8 @@ MIGRATION_WAIT_SECONDS = 300.0
 
 
 class AnnounceStore(Protocol):
-    """The store as the announce path uses it: live.LiveSwarms (its requests' calls through
-    the StoreGate, its flush thread's batches) and wsgi.py's announce and scrape. Every call
+    """The store as the announce path uses it: live.HostSwarms (its requests' calls through
+    the StoreGate, its sync thread's batches) and wsgi.py's announce and scrape. Every call
     is short, and the answers of most announces never reach it."""
 
     peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
@@ -84,18 +95,23 @@ class AnnounceStore(Protocol):
         """A peer's stored row (expired or not), for the key rule when a view lacks the peer;
         one primary-key read."""
 
-    def torrent_versions(self, torrent_ids: Sequence[int]) -> dict[int, int]:
-        """The `version` of each of these torrents still registered (the host's writer
-        compares them with the versions its swarms were read at)."""
+    def registered(self, torrent_ids: Sequence[int]) -> set[int]:
+        """Which of these torrents are still registered (the host forgets the others)."""
+
+    def changes(self, since: int, limit: int) -> list[PeerChange]:
+        """Up to `limit` peers' rows written after `since` (PeerChange.changed), oldest first."""
+
+    def swarm_totals(self, torrent_ids: Sequence[int]) -> dict[int, SwarmTotals]:
+        """Each registered torrent's completions and stored peers by state."""
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         """Write one announce now, counting its completion once per peer; returns the
         torrent's `downloaded`. Raises ClientError for an unknown torrent or peer conflict."""
 
     def write_batch(self, batch: Sequence[tuple[int, PeerWrite]]) -> BatchResult:
-        """Write many announces, in order, and recount their swarms. Returns each still
-        registered torrent as the batch left it, and the writes set aside: refused by the key
-        rule, or failing alone (the rest is written). Raises only StoreUnavailable."""
+        """Write many announces, in order. Returns the still registered torrents it wrote,
+        and the writes set aside: refused by the key rule, or failing alone (the rest is
+        written). Raises only StoreUnavailable."""
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
         """Stats keyed by each requested hash that names a torrent; unknown ones are left out."""

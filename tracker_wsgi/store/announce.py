@@ -1,6 +1,7 @@
 """The announce path of the SQL stores (AnnounceStore in store/__init__.py): reading swarms
-(find_swarm, load_swarm, find_peer, torrent_versions), writing announces (write_through,
-write_batch: the one place a write meets its stored row, _apply_writes) and scrape.
+(find_swarm, load_swarm, find_peer), writing announces (write_through, write_batch: the one
+place a write meets its stored row, _apply_writes), what hosts read of each other's writes
+(changes, swarm_totals, registered) and scrape.
 
 A mixin over SqlBase, so that everything live.py and wsgi.py lean on per announce reads in
 one module, apart from the catalog's long calls (catalog.py). Its statements are in
@@ -10,6 +11,7 @@ statements.py, with the catalog's that share their lock order.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from ..model import (
     KEY_RULE_REFUSED,
     BatchResult,
+    PeerChange,
     PeerConflict,
     PeerWrite,
     SetAside,
@@ -24,7 +27,7 @@ from ..model import (
     StoreUnavailable,
     SwarmSnapshot,
     SwarmStats,
-    SwarmWritten,
+    SwarmTotals,
     Torrent,
     TrackerFull,
     UnknownTorrent,
@@ -48,6 +51,31 @@ _rng = random.Random()
 # costs one COUNT(*) a second (10 ms at 100,000 torrents on MariaDB, 2 ms on SQLite), not
 # one each; the count may run over by what other processes register meanwhile.
 TORRENTS_RECOUNT_SECONDS = 1.0
+
+
+class WriteClock:
+    """When rows are written (peers.changed): the clock in ms x 65536, one more than the last
+    value at least, so that the rows a process writes never share one (a read of changes
+    pages by it)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> int:
+        """The first of n values for n rows."""
+        with self._lock:
+            first = max(self._last + 1, time.time_ns() // 1_000_000 << 16)
+            self._last = first + n - 1
+            return first
+
+
+_clock = WriteClock()
+
+
+def _host(write: PeerWrite) -> int:
+    """The host that answered the write (the low 16 bits of its stamp): its swarm_counts row."""
+    return write.stamp & 0xFFFF
 
 
 def _conflicts(stored_ip: bytes, stored_key: bytes | None, write: PeerWrite) -> bool:
@@ -119,9 +147,13 @@ class AnnouncePath(SqlBase):
         rows = cur.fetchall()
         if not rows:
             return None
-        torrent_id, name, downloaded, seeders, leechers, partial, version = rows[0][:7]
-        peers = [row[7:] for row in rows if row[7] is not None]
+        torrent_id, name, downloaded = rows[0][:3]
+        peers = [row[3:] for row in rows if row[3] is not None]
+        counts = [0, 0, 0]  # by state
         if len(peers) > limit:
+            cur.execute(self.sql.STATE_COUNTS, (torrent_id,))
+            for state, count in cur.fetchall():
+                counts[state] = count
             # A window of random ranks: a different sample of a large swarm each time.
             head, start = (torrent_id, cutoff), _rng.getrandbits(32)
             cur.execute(self.sql.SWARM_PEERS["from"], (*head, start, limit))
@@ -129,15 +161,33 @@ class AnnouncePath(SqlBase):
             if len(peers) < limit:  # wrap around to the lowest ranks
                 cur.execute(self.sql.SWARM_PEERS["below"], (*head, start, limit - len(peers)))
                 peers += cur.fetchall()
-        return SwarmSnapshot(torrent_id, name, downloaded, seeders, leechers, partial, version, [
-            (bytes(peer_id), bytes(ip), port, state, bytes(peer_key) if peer_key else None, left, last_seen)
-            for peer_id, ip, port, state, peer_key, left, last_seen in peers
+        else:
+            for row in peers:
+                counts[row[3]] += 1
+        return SwarmSnapshot(torrent_id, name, int(downloaded), counts[1], counts[0], counts[2], [
+            (bytes(peer_id), bytes(ip), port, state, bytes(peer_key) if peer_key else None, left, last_seen,
+             bool(completed), stamp)
+            for peer_id, ip, port, state, peer_key, left, last_seen, completed, stamp in peers
         ])
 
-    def torrent_versions(self, torrent_ids: Sequence[int]) -> dict[int, int]:
+    def registered(self, torrent_ids: Sequence[int]) -> set[int]:
+        if not torrent_ids:
+            return set()
+        statement = self.sql.REGISTERED.format(self.dialect.marks(len(torrent_ids)))
+        return {row[0] for row in self._fetchall(statement, tuple(torrent_ids))}
+
+    def changes(self, since: int, limit: int) -> list[PeerChange]:
+        return [PeerChange(torrent_id, bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left,
+                           last_seen, bool(completed), stamp, changed)
+                for torrent_id, peer_id, ip, port, state, key, left, last_seen, completed, stamp, changed
+                in self._fetchall(self.sql.CHANGES, (since, limit))]
+
+    def swarm_totals(self, torrent_ids: Sequence[int]) -> dict[int, SwarmTotals]:
         if not torrent_ids:
             return {}
-        return dict(self._fetchall(self.sql.VERSIONS.format(self.dialect.marks(len(torrent_ids))), tuple(torrent_ids)))
+        statement = self.sql.SWARM_TOTALS.format(self.dialect.marks(len(torrent_ids)))
+        return {torrent_id: SwarmTotals(int(downloaded), seeders, leechers, partial)
+                for torrent_id, downloaded, seeders, leechers, partial in self._fetchall(statement, tuple(torrent_ids))}
 
     def write_through(self, torrent_id: int, write: PeerWrite, completion: bool) -> int:
         """One announce committed before its answer (a completion): the same rules as a batch
@@ -150,11 +200,8 @@ class AnnouncePath(SqlBase):
             counted = {(torrent_id, write.peer_id)} if completion else set()
             if self._apply_writes(cur, [(torrent_id, write)], counted):
                 raise PeerConflict()
-            # The counters move with the row at once, so a swarm read by another thread or
-            # process agrees with its peers.
-            cur.execute(self.sql.RECOUNT + f" WHERE id IN ({self.dialect.marks(1)})", (torrent_id,))
-            cur.execute(self.sql.LOCK_TORRENT, (torrent_id,))
-            return cur.fetchone()[0]
+            cur.execute(self.sql.DOWNLOADED, (torrent_id,))
+            return int(cur.fetchone()[0])
 
         return self._transaction(work)
 
@@ -162,16 +209,13 @@ class AnnouncePath(SqlBase):
         # A transaction per BATCH_ROWS writes, in torrent order: each holds its torrents'
         # rows for milliseconds, so a completion never waits behind a whole batch.
         ordered = sorted(batch, key=lambda item: item[0])
-        result = BatchResult({}, [])
+        result = BatchResult(set(), [])
         for start in range(0, len(ordered), BATCH_ROWS):
             self._write_bisecting(ordered[start:start + BATCH_ROWS], result)
-        # A torrent whose every write was set aside is still registered: say so, as written
-        # by another (version_before -1), so that its view is read again, not dropped.
-        unwritten = sorted({row.torrent_id for row in result.set_aside} - result.written.keys())
-        if unwritten:
-            for torrent_id, *row in self._fetchall(self.sql.WRITTEN.format(self.dialect.marks(len(unwritten))),
-                                                   tuple(unwritten)):
-                result.written[torrent_id] = SwarmWritten(-1, *row)
+        # A torrent whose every write was set aside may still be registered: say so, so that
+        # the host keeps it.
+        unwritten = sorted({row.torrent_id for row in result.set_aside} - result.written)
+        result.written.update(self.registered(unwritten))
         return result
 
     def _write_bisecting(self, chunk: Sequence[tuple[int, PeerWrite]], result: BatchResult) -> None:
@@ -193,31 +237,19 @@ class AnnouncePath(SqlBase):
             self._write_bisecting(chunk[middle:], result)
             return
         result.set_aside.extend(refused)
-        for torrent_id, swarm in written.items():
-            earlier = result.written.get(torrent_id)
-            if earlier is not None:  # a swarm split over two transactions: unbroken
-                # only if nobody wrote it between them
-                before = earlier.version_before if earlier.version == swarm.version_before else -1
-                swarm = swarm._replace(version_before=before)
-            result.written[torrent_id] = swarm
+        result.written.update(written)
 
-    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
+    def _write_chunk(self, batch: Sequence[tuple[int, PeerWrite]]) -> tuple[set[int], list[SetAside]]:
         """One transaction of at most BATCH_ROWS writes, so each list is one statement;
-        returns the swarms it wrote and the writes the key rule refused."""
+        returns the registered torrents it wrote and the writes the key rule refused."""
 
-        def work(cur: Any) -> tuple[dict[int, SwarmWritten], list[SetAside]]:
+        def work(cur: Any) -> tuple[set[int], list[SetAside]]:
             wanted = sorted({torrent_id for torrent_id, _ in batch})
             # In id order, like every writer of several torrents, so writers never deadlock.
             cur.execute(self.sql.LOCK_TORRENTS.format(self.dialect.marks(len(wanted))) + self.dialect.lock_rows, wanted)
-            existing = dict(cur.fetchall())  # torrent id -> version before this transaction
+            existing = {row[0] for row in cur.fetchall()}
             refused = self._apply_writes(cur, [(t, w) for t, w in batch if t in existing], set())
-            if not existing:
-                return {}, refused
-            ids = sorted(existing)
-            cur.execute(self.sql.RECOUNT + f" WHERE id IN ({self.dialect.marks(len(ids))})", ids)
-            cur.execute(self.sql.WRITTEN.format(self.dialect.marks(len(ids))), ids)
-            return {torrent_id: SwarmWritten(existing[torrent_id], *row)
-                    for torrent_id, *row in cur.fetchall()}, refused
+            return existing, refused
 
         return self._transaction(work)
 
@@ -238,8 +270,9 @@ class AnnouncePath(SqlBase):
         - The completions `counted` holds (the host decided them before the answer, against
           the peer it holds or the row it read), and a leecher's row this write finishes
           (swarm.finishes): the row's mark counts each once per life.
-        Returns the writes the key rule refused. The caller holds the torrents' rows
-        (LOCK_TORRENTS order) and recounts them afterwards."""
+        - Completions and a stop's bytes go to the answering host's own swarm_counts row.
+        Every row written says when (`changed`: WriteClock). Returns the writes the key rule
+        refused. The caller holds the torrents' rows (LOCK_TORRENTS order)."""
         if not writes:
             return []
         stored: dict[tuple[int, bytes], tuple] = {}
@@ -248,7 +281,7 @@ class AnnouncePath(SqlBase):
         for torrent_id, peer_id, *row in cur.fetchall():
             stored[torrent_id, bytes(peer_id)] = row  # ip, key, bytes_left, completed, state, stamp
         upserts, completions, refused, new_lives, late_finishes = [], [], [], [], []
-        transferred: dict[int, int] = {}
+        transferred: dict[tuple[int, int], int] = {}  # (torrent, host) -> bytes
         for torrent_id, write in writes:
             row = stored.get((torrent_id, write.peer_id))
             if row is not None and row[5] > write.stamp:
@@ -275,9 +308,10 @@ class AnnouncePath(SqlBase):
                 # row (the start at another host, written meanwhile). The row's mark counts it once.
                 completions.append((torrent_id, write.peer_id))
             if write.stopped and not gone:
-                total = transferred.get(torrent_id, 0) + write.downloaded
-                transferred[torrent_id] = min(total, MAX_TOTAL_BYTES)
+                total = transferred.get((torrent_id, _host(write)), 0) + write.downloaded
+                transferred[torrent_id, _host(write)] = min(total, MAX_TOTAL_BYTES)
             upserts.append((torrent_id, write))
+        hosts = {(torrent_id, write.peer_id): _host(write) for torrent_id, write in writes}
         if new_lives:
             cur.execute(self.sql.NEW_LIVES.format(self.dialect.pairs(len(new_lives))), _pairs(new_lives))
         if upserts:  # first, so that a completion is marked on the row (a tombstone too)
@@ -285,20 +319,21 @@ class AnnouncePath(SqlBase):
         # The row (or its tombstone) holds the mark, so a completion is counted once per
         # peer life, however often it is sent and whichever host sees it.
         for torrent_id, peer_id in completions + late_finishes:
-            cur.execute(self.sql.MARK_COMPLETED, (torrent_id, peer_id))
+            cur.execute(self.sql.MARK_COMPLETED, (_clock.take(1), torrent_id, peer_id))
             if cur.rowcount == 1:
-                cur.execute(self.sql.COUNT_COMPLETION, (1, torrent_id))
-        for torrent_id, amount in transferred.items():
-            cur.execute(self.sql.ADD_TRANSFERRED, (amount, torrent_id))
+                cur.execute(self.dialect.add_counts, (torrent_id, hosts[torrent_id, peer_id], 1, 0))
+        for (torrent_id, host), amount in transferred.items():
+            cur.execute(self.dialect.add_counts, (torrent_id, host, 0, amount))
         return refused
 
     def _upsert(self, cur: Any, writes: Sequence[tuple[int, PeerWrite]]) -> None:
         """Insert or update peers' rows in one statement (a stop: its tombstone). A new row
         gets a random rank."""
         values = []
-        for torrent_id, w in writes:
+        changed = _clock.take(len(writes))
+        for i, (torrent_id, w) in enumerate(writes):
             values += (torrent_id, w.peer_id, w.ip, w.port, w.key, GONE if w.stopped else int(w.state), w.left,
-                       w.uploaded, w.downloaded, w.last_seen, _rng.getrandbits(32), w.stamp)
+                       w.uploaded, w.downloaded, w.last_seen, _rng.getrandbits(32), w.stamp, changed + i)
         cur.execute(self.dialect.upsert_peers(len(writes)), values)
 
     def scrape(self, info_hashes: Sequence[bytes], now: int) -> dict[bytes, SwarmStats]:
@@ -312,5 +347,5 @@ class AnnouncePath(SqlBase):
     def _scrape(self, where: str, args: tuple) -> dict[bytes, SwarmStats]:
         result = {}
         for info_hash, name, downloaded, seeders, leechers, partial in self._fetchall(self.sql.SCRAPE + where, args):
-            result[bytes(info_hash)] = swarm_stats(leechers, seeders, partial, downloaded, name)
+            result[bytes(info_hash)] = swarm_stats(leechers, seeders, partial, int(downloaded), name)
         return result

@@ -61,15 +61,14 @@ class CatalogQueries(SqlBase):
 
         def work(cur: Any) -> int:
             tombstones, add_transferred, delete = self.sql.EXPIRE
-            # Every torrent is recounted, so every torrent row is locked first (see LOCK_TORRENTS).
+            # Writers of peers lock their torrents first (see LOCK_TORRENTS): none adds to an
+            # expired peer's row between its bytes joining the total and its deletion.
             cur.execute(self.sql.LOCK_ALL_TORRENTS + self.dialect.lock_rows)
             cur.fetchall()
             cur.execute(tombstones, (cutoff,))
             cur.execute(add_transferred, (cutoff, cutoff))
             cur.execute(delete, (cutoff,))
-            expired = cur.rowcount
-            cur.execute(self.sql.RECOUNT)  # also corrects anything the batches' recounts missed
-            return expired
+            return cur.rowcount
 
         return self._transaction(work)
 
@@ -165,8 +164,8 @@ class CatalogQueries(SqlBase):
                     info_hash=bytes(info_hash or b""), name=name, path=path, size=size,
                     file_size=file_size, added=added,
                     seeds=seeds[0], leechers=leechers[0], partial_seeds=partial[0],
-                    downloaded=downloaded,
-                    transferred=min(transferred + seeds[2] + leechers[2] + partial[2], MAX_TOTAL_BYTES),
+                    downloaded=int(downloaded),  # MySQL's SUM is a DECIMAL, SQLite's TOTAL a float
+                    transferred=min(int(transferred) + seeds[2] + leechers[2] + partial[2], MAX_TOTAL_BYTES),
                     bytes_left=min(leechers[1] + partial[1], MAX_TOTAL_BYTES),
                     last_transfer=last_transfer, last_done=last_done,
                     info_sha256=bytes(info_sha256) if info_sha256 else None,

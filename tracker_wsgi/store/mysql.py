@@ -26,7 +26,7 @@ from ..model import (
 from .mysql_settings import connect_args
 from .sql import SqlStore
 from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
-from .statements import Dialect
+from .statements import MAX_TOTAL_BYTES, Dialect
 
 CONNECT_TIMEOUT_SECONDS = 5  # a dead server costs a client a quick `retry in`, not a hung thread
 
@@ -103,15 +103,16 @@ def timeouts(wait_seconds: float) -> dict[str, int]:
 
 
 _PEER_COLUMNS = (
-    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp"
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp, "
+    "changed"
 )
-_PEER_ROW = "(" + ", ".join(["%s"] * 12) + ")"
+_PEER_ROW = "(" + ", ".join(["%s"] * 13) + ")"
 # An older announce never overwrites a newer one (hosts' batches may cross): by the stamp.
 # MySQL assigns left to right, so the stamp goes last and the guard reads its old value.
 _NEWER = "VALUES(stamp) >= stamp"
 _UPDATE_PEER = ", ".join(
     [f"{column} = IF({_NEWER}, VALUES({column}), {column})"
-     for column in ("ip", "port", "state", "bytes_left", "uploaded", "downloaded", "last_seen")]
+     for column in ("ip", "port", "state", "bytes_left", "uploaded", "downloaded", "last_seen", "changed")]
     + [f"peer_key = IF({_NEWER}, COALESCE(VALUES(peer_key), peer_key), peer_key)",
        "stamp = GREATEST(stamp, VALUES(stamp))"]
 )
@@ -153,6 +154,12 @@ class MysqlDialect(Dialect):
             f"INSERT INTO peers ({_PEER_COLUMNS}) VALUES {', '.join([_PEER_ROW] * n)} "
             f"ON DUPLICATE KEY UPDATE {_UPDATE_PEER}"
         )
+
+    add_counts = (
+        "INSERT INTO swarm_counts (torrent_id, host, downloaded, transferred) VALUES (%s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE downloaded = downloaded + VALUES(downloaded), "
+        f"transferred = LEAST(transferred + VALUES(transferred), {MAX_TOTAL_BYTES})"
+    )
 
 
 class MysqlStore(SqlStore):

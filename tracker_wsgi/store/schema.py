@@ -79,6 +79,8 @@ _SQLITE_TYPES = (
     (re.compile(r"(?:VAR)?BINARY\(\d+\)"), "BLOB"),
 )
 _AUTO_INCREMENT_KEY = " NOT NULL AUTO_INCREMENT PRIMARY KEY"
+_ADD_KEY = re.compile(r"ALTER TABLE (\w+) ADD KEY (\w+) \(([\w, ]+)\)$")
+DUPLICATE_KEY_NAME = 1061  # MySQL's error: the index is there already (a migration run again)
 
 
 def _items(body: str) -> list[str]:
@@ -128,6 +130,9 @@ def sqlite_statements(statement: str) -> list[str]:
                 columns.append(_sqlite_column(item))
         options = " WITHOUT ROWID" if clustered else ""
         return [f"CREATE TABLE IF NOT EXISTS {table} (\n    " + ",\n    ".join(columns) + f"\n){options}", *indexes]
+    if add_key := _ADD_KEY.fullmatch(statement):
+        table, name, indexed = add_key.groups()
+        return [f"CREATE INDEX IF NOT EXISTS {table}_{name} ON {table} ({indexed})"]
     if add := _ADD_COLUMN.fullmatch(statement):
         table, definition = add.groups()
         return [f"ALTER TABLE {table} ADD COLUMN {_sqlite_column(' '.join(definition.split()))}"]
@@ -196,10 +201,51 @@ class AddColumn:
 
 
 @dataclass(frozen=True)
+class DropColumn:
+    """ALTER TABLE table DROP COLUMN column, if it is there."""
+
+    table: str
+    column: str
+
+    def apply(self, store: Any, cur: Any) -> None:
+        if self.column in store._columns(cur, self.table):
+            cur.execute(f"ALTER TABLE {self.table} DROP COLUMN {self.column}")
+
+
+@dataclass(frozen=True)
+class AddKey:
+    """An index schema.sql declares as `KEY name (columns)` in a table, unless it is there."""
+
+    table: str
+    name: str
+    columns: str
+
+    def apply(self, store: Any, cur: Any) -> None:
+        for statement in store.dialect.ddl(f"ALTER TABLE {self.table} ADD KEY {self.name} ({self.columns})"):
+            try:
+                cur.execute(statement)  # SQLite's form says IF NOT EXISTS
+            except Exception as exc:
+                if getattr(exc, "errno", None) != DUPLICATE_KEY_NAME:
+                    raise
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    """A table as schema.sql creates it (IF NOT EXISTS)."""
+
+    table: str
+
+    def apply(self, store: Any, cur: Any) -> None:
+        statement = next(s for s in schema_statements() if s.startswith(f"CREATE TABLE IF NOT EXISTS {self.table} ("))
+        for ddl in store.dialect.ddl(statement):
+            cur.execute(ddl)
+
+
+@dataclass(frozen=True)
 class Migration:
     version: int  # the version it brings a database to
     description: str  # recorded in schema_version, and printed by tracker-wsgi migrate
-    steps: tuple[AddColumn, ...]
+    steps: tuple[AddColumn | DropColumn | AddKey | CreateTable, ...]
 
 
 MIGRATIONS = (
@@ -211,6 +257,14 @@ MIGRATIONS = (
     # Rows written before carry stamp 0: older than any announce from now on.
     Migration(4, "peers.stamp: writes ordered by their announce, stops kept as tombstones (state 3)",
               (AddColumn("peers", "stamp BIGINT UNSIGNED NOT NULL DEFAULT 0"),)),
+    # Swarm counts are counted from the peers; completions move to per-host rows (the old
+    # torrents.downloaded stays their base). Rows written before carry changed 0: a host
+    # reads a swarm whole when it first holds it, and what changes after, by `changed`.
+    Migration(5, "peers.changed and swarm_counts: hosts read each other's changes, no row every writer bumps",
+              (AddColumn("peers", "changed BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+               AddKey("peers", "by_changed", "changed"),
+               CreateTable("swarm_counts"),
+               *(DropColumn("torrents", column) for column in ("version", "seeders", "leechers", "partial_seeds")))),
 )
 LATEST = MIGRATIONS[-1].version  # the version schema.sql creates
 

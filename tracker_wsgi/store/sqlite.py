@@ -15,7 +15,7 @@ from ..model import StoreUnavailable
 from .schema import SchemaChange, sqlite_statements
 from .sql import SqlStore
 from .sqlbase import OPEN_MAX_TORRENTS, POOL_SIZE
-from .statements import Dialect
+from .statements import MAX_TOTAL_BYTES, Dialect
 
 # How often a writer waiting for another process's write lock tries again: first soon (a
 # batch holds it for milliseconds), then less often. flock cannot wait with a time limit.
@@ -23,9 +23,10 @@ WRITER_POLL_SECONDS = (0.001, 0.016)
 
 
 _PEER_COLUMNS = (
-    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp"
+    "torrent_id, peer_id, ip, port, peer_key, state, bytes_left, uploaded, downloaded, last_seen, peer_rank, stamp, "
+    "changed"
 )
-_PEER_ROW = "(" + ", ".join("?" * 12) + ")"
+_PEER_ROW = "(" + ", ".join("?" * 13) + ")"
 
 
 class SqliteDialect(Dialect):
@@ -47,9 +48,15 @@ class SqliteDialect(Dialect):
             "ON CONFLICT (torrent_id, peer_id) DO UPDATE SET ip = excluded.ip, port = excluded.port, "
             "peer_key = COALESCE(excluded.peer_key, peers.peer_key), state = excluded.state, "
             "bytes_left = excluded.bytes_left, uploaded = excluded.uploaded, "
-            "downloaded = excluded.downloaded, last_seen = excluded.last_seen, stamp = excluded.stamp "
-            "WHERE excluded.stamp >= peers.stamp"
+            "downloaded = excluded.downloaded, last_seen = excluded.last_seen, stamp = excluded.stamp, "
+            "changed = excluded.changed WHERE excluded.stamp >= peers.stamp"
         )
+
+    add_counts = (
+        "INSERT INTO swarm_counts (torrent_id, host, downloaded, transferred) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (torrent_id, host) DO UPDATE SET downloaded = downloaded + excluded.downloaded, "
+        f"transferred = MIN(transferred + excluded.transferred, {MAX_TOTAL_BYTES})"
+    )
 
 
 class SqliteStore(SqlStore):

@@ -3,7 +3,8 @@ differs between SQLite and MySQL (Dialect, which sqlite.py and mysql.py subclass
 every stored sum saturates at ({cap}, MAX_TOTAL_BYTES).
 
 The statements stay together rather than beside their users (announce.py, catalog.py): several
-are both sides' (RECOUNT and the torrent lock order are the batch writer's and expiry's,
+are both sides' (the torrent lock order is the batch writer's and expiry's, the totals
+of swarm_counts are the scrape's and the report's,
 INSERT_TORRENT is `open` registration's and register_all's, SCRAPE both interfaces'), the lock
 order is checked by reading them side by side, and a store renders them all in one pass.
 Written once, with `?` placeholders; each store renders them for its database when it is made.
@@ -62,6 +63,9 @@ class Dialect:
         """Insert n peers or update their rows; an older announce never overwrites a newer."""
         raise NotImplementedError
 
+    # Add (torrent_id, host, completions, bytes) to the host's own swarm_counts row.
+    add_counts = ""
+
     # The names of this database's tables, one a row.
     tables = ""
 
@@ -95,11 +99,20 @@ class Statements:
     made (`Statements(dialect)`); a `{}` is a list filled in per call, with Dialect.marks or
     Dialect.pairs."""
 
-    # A swarm's counters and live peers in one statement (one consistent read), by torrent
-    # id or, for a swarm the process does not hold yet, by info hash.
+    # A swarm's totals: what torrents kept before per-host counts, and each host's row.
+    _DOWNLOADED = "t.downloaded + COALESCE((SELECT SUM(c.downloaded) FROM swarm_counts c WHERE c.torrent_id = t.id), 0)"
+    _TRANSFERRED = (
+        "{least}(t.transferred + COALESCE((SELECT {total}(c.transferred) FROM swarm_counts c "
+        "WHERE c.torrent_id = t.id), 0), {cap})"
+    )
+    # Peers of torrent t by state (index by_state_rank: a range count each).
+    _COUNTS = ", ".join(f"(SELECT COUNT(*) FROM peers p WHERE p.torrent_id = t.id AND p.state = {state})"
+                        for state in (1, 0, 2))  # seeders, leechers, partial seeds
+    # A swarm's completions and live peers in one statement (one consistent read), by
+    # torrent id or, for a swarm the process does not hold yet, by info hash.
     _SWARM = (
-        "SELECT t.id, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds, t.version, "
-        "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left, p.last_seen "
+        "SELECT t.id, t.name, " + _DOWNLOADED + ", "
+        "p.peer_id, p.ip, p.port, p.state, p.peer_key, p.bytes_left, p.last_seen, p.completed, p.stamp "
     )
     _SWARM_PEERS_OF_T = "LEFT JOIN peers p ON p.torrent_id = t.id AND p.last_seen >= ? AND p.state < 3 "
     SWARM = _SWARM + "FROM torrents t " + _SWARM_PEERS_OF_T + "WHERE t.id = ? LIMIT ?"
@@ -111,18 +124,20 @@ class Statements:
     # A large swarm's live peers: a window of random ranks (index by_rank), so a read costs
     # `limit` rows whatever the swarm's size.
     _SWARM_PEERS = (
-        "SELECT peer_id, ip, port, state, peer_key, bytes_left, last_seen FROM peers "
+        "SELECT peer_id, ip, port, state, peer_key, bytes_left, last_seen, completed, stamp FROM peers "
         "WHERE torrent_id = ? AND last_seen >= ? AND state < 3"
     )
     SWARM_PEERS = {
         "from": _SWARM_PEERS + " AND peer_rank >= ? ORDER BY peer_rank LIMIT ?",
         "below": _SWARM_PEERS + " AND peer_rank < ? ORDER BY peer_rank LIMIT ?",
     }
-    # Every transaction that writes peers locks their torrents' rows first, in id order:
-    # writers of one swarm take turns, the recount at the end sees every row, and the
-    # version a batch reads here is the one it moves on by one.
-    LOCK_TORRENT = "SELECT downloaded FROM torrents WHERE id = ?"
-    LOCK_TORRENTS = "SELECT id, version FROM torrents WHERE id IN ({}) ORDER BY id"
+    # A large swarm's stored peers by state: what the host does not hold of it.
+    STATE_COUNTS = "SELECT state, COUNT(*) FROM peers WHERE torrent_id = ? AND state < 3 GROUP BY state"
+    # Every transaction that writes peers locks their torrents' rows first, in id order (a
+    # lock, never a write: the row is no hot spot on a cluster): writers of one swarm on one
+    # database node take turns, and an unregistration waits for them.
+    LOCK_TORRENT = "SELECT id FROM torrents WHERE id = ?"
+    LOCK_TORRENTS = "SELECT id FROM torrents WHERE id IN ({}) ORDER BY id"
     LOCK_ALL_TORRENTS = "SELECT id FROM torrents ORDER BY id"
     FIND_PEER = "SELECT ip, peer_key, bytes_left FROM peers WHERE torrent_id = ? AND peer_id = ? AND state < 3"
     STORED_PEERS = (
@@ -130,20 +145,19 @@ class Statements:
         "WHERE (torrent_id, peer_id) IN ({})"
     )
     NEW_LIVES = "UPDATE peers SET completed = 0 WHERE (torrent_id, peer_id) IN ({})"
-    ADD_TRANSFERRED = "UPDATE torrents SET transferred = {least}(transferred + ?, {cap}) WHERE id = ?"
     # Conditional, so two racing completions of one peer count once.
-    MARK_COMPLETED = "UPDATE peers SET completed = 1 WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
-    COUNT_COMPLETION = "UPDATE torrents SET downloaded = downloaded + ? WHERE id = ?"
-    # Swarm counts are recounted from the peers of every torrent a batch wrote; an index
-    # range count (by_state_rank), once per batch, not once per announce.
-    RECOUNT = (
-        "UPDATE torrents SET version = version + 1, "
-        "seeders = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 1), "
-        "leechers = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 0), "
-        "partial_seeds = (SELECT COUNT(*) FROM peers WHERE peers.torrent_id = torrents.id AND state = 2)"
+    MARK_COMPLETED = (
+        "UPDATE peers SET completed = 1, changed = ? WHERE torrent_id = ? AND peer_id = ? AND completed = 0"
     )
-    VERSIONS = "SELECT id, version FROM torrents WHERE id IN ({})"
-    WRITTEN = "SELECT id, version, leechers, seeders, partial_seeds, downloaded FROM torrents WHERE id IN ({})"
+    DOWNLOADED = "SELECT " + _DOWNLOADED + " FROM torrents t WHERE t.id = ?"
+    REGISTERED = "SELECT id FROM torrents WHERE id IN ({})"
+    # What other hosts (and this one) wrote: rows by when they were written (index by_changed).
+    CHANGES = (
+        "SELECT torrent_id, peer_id, ip, port, state, peer_key, bytes_left, last_seen, completed, stamp, changed "
+        "FROM peers WHERE changed > ? ORDER BY changed LIMIT ?"
+    )
+    # The totals of swarms the changes touched: completions, and peers by state.
+    SWARM_TOTALS = "SELECT t.id, " + _DOWNLOADED + ", " + _COUNTS + " FROM torrents t WHERE t.id IN ({})"
     INSERT_TORRENT = (
         "INSERT INTO torrents (name, size, path, added, file_size, file_mtime, info_sha256) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -151,12 +165,13 @@ class Statements:
     INSERT_HASH = "INSERT INTO info_hashes (info_hash, torrent_id) VALUES (?, ?)"
     COUNT_TORRENTS = "SELECT COUNT(*) FROM torrents"
     SCRAPE = (
-        "SELECT h.info_hash, t.name, t.downloaded, t.seeders, t.leechers, t.partial_seeds "
+        "SELECT h.info_hash, t.name, " + _DOWNLOADED + ", " + _COUNTS + " "
         "FROM info_hashes h JOIN torrents t ON t.id = h.torrent_id"
     )
     TORRENT_IDS = "SELECT DISTINCT torrent_id FROM info_hashes WHERE info_hash IN ({})"
     DELETE_TORRENT = (
         "DELETE FROM peers WHERE torrent_id = ?",
+        "DELETE FROM swarm_counts WHERE torrent_id = ?",
         "DELETE FROM info_hashes WHERE torrent_id = ?",
         "DELETE FROM torrents WHERE id = ?",
     )
@@ -176,6 +191,7 @@ class Statements:
     )
     TORRENTS_WITH_PEERS = "SELECT DISTINCT torrent_id FROM peers WHERE torrent_id IN ({}) AND state < 3"
     DELETE_TORRENTS = (
+        "DELETE FROM swarm_counts WHERE torrent_id IN ({})",
         "DELETE FROM info_hashes WHERE torrent_id IN ({})",
         "DELETE FROM torrents WHERE id IN ({})",
     )
@@ -207,7 +223,7 @@ class Statements:
         "SELECT t.id, COALESCE((SELECT MIN(h.info_hash) FROM info_hashes h WHERE h.torrent_id = t.id "
         "AND (t.info_sha256 IS NULL OR h.info_hash <> SUBSTR(t.info_sha256, 1, 20))), "
         "SUBSTR(t.info_sha256, 1, 20)), t.name, "
-        "t.path, t.size, t.file_size, t.added, t.downloaded, t.transferred, t.last_transfer, "
+        "t.path, t.size, t.file_size, t.added, " + _DOWNLOADED + ", " + _TRANSFERRED + ", t.last_transfer, "
         "t.last_done, t.info_sha256 FROM torrents t"
     )
     REPORT_PEERS = (
@@ -216,8 +232,8 @@ class Statements:
     )
     # The rate snapshot: what the next refresh's "current average rate" is measured from.
     SNAPSHOT_RATES = (
-        "UPDATE torrents SET last_done = downloaded, last_transfer = {least}(transferred + "
-        "(SELECT COALESCE({total}(downloaded), 0) FROM peers WHERE peers.torrent_id = torrents.id "
+        "UPDATE torrents AS t SET last_done = " + _DOWNLOADED + ", last_transfer = {least}(" + _TRANSFERRED + " + "
+        "(SELECT COALESCE({total}(downloaded), 0) FROM peers WHERE peers.torrent_id = t.id "
         "AND peers.last_seen >= ? AND peers.state < 3), {cap})"
     )
     ADD_HISTORY = (
