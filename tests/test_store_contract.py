@@ -428,6 +428,51 @@ def test_silent_peers_are_never_handed_out_and_a_held_swarm_is_never_read_again(
     assert reads == []
 
 
+def test_no_announce_writes_a_row_another_host_writes_too(store):
+    """Galera fails one of two transactions of two nodes that write one row: the torrent's
+    row is never written by an announce, and each host counts its completions and departed
+    bytes in a row of its own."""
+    torrent_row = "SELECT * FROM torrents WHERE id = 1"
+    before = store._fetchall(torrent_row)
+    hosts = [HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW) for _ in range(2)]
+    for host, n in ((hosts[0], 1), (hosts[1], 2)):
+        host.announce(ann(n), NOW)
+        host.flush()
+        host.announce(ann(n, left=0, event=Event.COMPLETED), NOW)  # written through
+        host.announce(ann(n, left=0, event=Event.STOPPED, uploaded=0)._replace(downloaded=1000), NOW)
+        host.flush()
+    assert store._fetchall(torrent_row) == before
+    counts = store._fetchall("SELECT host, downloaded, transferred FROM swarm_counts WHERE torrent_id = 1 ORDER BY host")
+    assert sorted(counts) == sorted([(host.state._host_id, 1, 1000) for host in hosts])
+    assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 2 and store.report(NOW)[0].transferred == 2000
+
+
+def set_changed(store, peer_id: bytes, changed: int) -> None:
+    statement = "UPDATE peers SET changed = ? WHERE peer_id = ?".replace("?", store.dialect.placeholder)
+    store._transaction(lambda cur: cur.execute(statement, (changed, peer_id)))
+
+
+def test_a_row_that_committed_late_is_still_taken_in(store):
+    """A row whose `changed` is before where a host last read (its transaction committed
+    late, or its host's clock is behind) is read by the next round, within
+    CHANGES_OVERLAP_SECONDS; a stop that late too."""
+    clock = Clock(NOW)
+    reader = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)
+    reader.announce(ann(1), NOW)
+    reader.sync()
+    read_to = reader.state.changes_read()
+    late = (live.CHANGES_OVERLAP_SECONDS - 2) * 1000 << 16
+    late_write = write(2)._replace(stamp=1 << 16)
+    store.write_batch([(1, late_write)])
+    set_changed(store, pid(2), read_to - late)
+    reader.sync()
+    assert [p.peer_id for p in reader.announce(ann(1), NOW).peers] == [pid(2)]
+    store.write_batch([(1, late_write._replace(stopped=True, stamp=2 << 16))])
+    set_changed(store, pid(2), reader.state.changes_read() - late)
+    reader.sync()
+    assert reader.announce(ann(1), NOW).peers == []
+
+
 def test_a_completion_written_through_is_counted_once_by_the_batches_after_it(store):
     clock = Clock(NOW)
     swarms = HostSwarms(store, SYNC, new_swarm_dir(), clock=clock)

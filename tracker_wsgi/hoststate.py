@@ -553,7 +553,7 @@ class HostState:
         are newer, by their announce's stamp, than what the host holds: a tombstone or a
         silent row removes the peer. A peer with an unwritten announce here is left as it
         is (the database orders the two when it lands; the next read sees the outcome).
-        Returns the held swarms the changes touched."""
+        Returns the held swarms whose totals the changes may have moved."""
         env, lock, (_, _, dbs, salt) = self._env()
         cutoff = now - self.peer_timeout
         touched: set[int] = set()
@@ -569,7 +569,11 @@ class HostState:
                     if raw is None:
                         continue  # not held: read whole when it is
                     swarm = swarms[tid4] = Swarm.unpack(raw)
-                touched.add(change.torrent_id)
+                if change.completed or change.stamp & 0xFFFF != self._host_id:
+                    # Another host's write, or a completion (the store may have counted a
+                    # finish another host recorded as this host's write landed): the
+                    # totals may have moved. This host's other writes cannot move them.
+                    touched.add(change.torrent_id)
                 peer_id = change.peer_id
                 if txn.get(tid4 + peer_id, db=dirty_db) is not None:
                     continue
