@@ -46,19 +46,21 @@ class Limits:
     """Every bound an admin configures, each declared once: its config key (the field's
     name), default, allowed range and README text. config.py reads and checks them from
     these declarations, and the README's table is checked against them
-    (`reference_rows`). The defaults fit the shipped memory-limit (512 MiB) with room: a
-    view costs ~3 KB, a peer in it ~400 bytes, an unwritten announce ~300 bytes.
+    (`reference_rows`). The host state is a file in `swarm_dir` that the processes map (the
+    page cache's, not the daemons' memory-limit): a swarm's record is ~100 bytes, a peer
+    with its keys and prefix counts at most ~300, an unwritten announce ~150, so the
+    defaults take at most about 0.7 GB of disk, and what is used stays in the cache.
 
-    Per-prefix limits count per process (a swarm lives in one daemon process; each Apache
-    child in embedded mode counts its own) at every level a client's address belongs to:
+    Per-prefix limits count per host (every process of it shares the swarm's counts) at
+    every level a client's address belongs to:
     an IPv4 address and its /24, an IPv6 /64 (one subscriber's usual allocation, RFC
     6177), its /56 (a home line's) and its /48 (a site's). A client must fit every level,
     so rotating addresses inside a prefix buys nothing beyond the prefix's own limit. The
     defaults serve a carrier-grade NAT: thousands of users behind one IPv4 address, or a
     /24 of them, stay well inside them."""
 
-    max_swarms: int = _limit(50_000, 100, 10_000_000, "swarms the host's shared state holds; see Hostile clients")
-    max_peers: int = _limit(300_000, 1000, 100_000_000, "peers the host's shared state holds")
+    max_swarms: int = _limit(500_000, 100, 10_000_000, "swarms the host's shared state holds; see Hostile clients")
+    max_peers: int = _limit(2_000_000, 1000, 100_000_000, "peers the host's shared state holds")
     max_unwritten: int = _limit(100_000, 1000, 100_000_000,
                                 "announces the host keeps waiting for the database")
     peers_per_address: int = _limit(256, 1, 1_000_000,
