@@ -1,9 +1,13 @@
-"""The swarm core (live.py with view.py) on both stores: the key rule for peers a view
-does not hold, a swarm bigger than a view, and many threads against a model."""
+"""The swarm core (live.py with hoststate.py) on both stores: the key rule for peers the host
+does not hold, a swarm bigger than a read, many threads against a model; and the host
+state's own life (the writer's lease, a reboot)."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,12 +15,15 @@ import pytest
 
 from conftest import ih, new_swarm_dir, pid
 from test_store_contract import NOW, SYNC, TIMEOUT, ann
+from tracker_wsgi import hoststate
+from tracker_wsgi.hoststate import Bounds, HostState
 from tracker_wsgi.limits import Limits
 from tracker_wsgi.live import HostSwarms
 from tracker_wsgi.model import Event, PeerConflict, Shed, StoreUnavailable, Torrent
 from tracker_wsgi.store import open_store
 
 OTHER_V4 = bytes([198, 51, 100, 99])
+BOUNDS = Bounds(1000, 10_000, 10_000, Limits().peers_by_prefix, Limits().answer_share_per_prefix)
 
 
 @pytest.fixture(params=["sqlite", "mysql"])
@@ -276,3 +283,39 @@ def test_many_threads_against_a_model(store_url, store):
     assert sum(retried) < THREADS * ANNOUNCES // 20, retried
     for process in processes:
         process.close()
+
+
+# -- the host state's own life: the writer's lease, a reboot ------------------------------------
+
+
+def test_a_dead_writers_lease_is_taken_at_once_a_live_ones_when_it_runs_out(tmp_path):
+    """A host restarted after its processes were killed writes at once, not after the dead
+    writer's lease (4 x sync_interval + 5 s) has run out."""
+    state = HostState(str(tmp_path / "swarms"), TIMEOUT, BOUNDS)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert state.hold_lease(dead.pid, NOW, 60)
+    assert state.hold_lease(os.getpid(), NOW + 1, 60)  # its holder is gone: taken at once
+    alive = os.getppid()  # pytest's parent: alive, and not this process
+    assert state.hold_lease(alive, NOW + 61, 60)
+    assert not state.hold_lease(os.getpid(), NOW + 62, 60)  # alive and running: kept
+    assert state.hold_lease(os.getpid(), NOW + 121, 60)  # run out
+
+
+def test_a_reboot_starts_the_host_state_afresh_a_process_restart_does_not(tmp_path, monkeypatch):
+    """LMDB does not sync its file here: after a crash or a power cut it may be torn, so a
+    new boot (another /proc/sys/kernel/random/boot_id) empties it; a restarted process
+    finds what the host held."""
+    path = str(tmp_path / "swarms")
+    store = open_store(f"sqlite:///{tmp_path}/tracker.sqlite", TIMEOUT)
+    store.create_tables()
+    store.register(Torrent(ih(1), None, "t1", 1000), NOW)
+    swarms = HostSwarms(store, SYNC, path, clock=lambda: NOW)
+    swarms.announce(ann(1), NOW)
+    assert swarms.held()[:3] == (1, 1, 1)
+    hoststate.forget_environments()
+    assert HostSwarms(store, SYNC, path, clock=lambda: NOW).held()[:3] == (1, 1, 1)
+    hoststate.forget_environments()
+    monkeypatch.setattr(hoststate, "_boot_id", lambda: b"another boot")
+    assert HostSwarms(store, SYNC, path, clock=lambda: NOW).held()[:3] == (0, 0, 0)
+    store.close()

@@ -75,8 +75,9 @@ _PEER = struct.Struct(">BqBBBqqqqq")  # compact length, last_seen, state, comple
 #                                        written_seen, stamp
 _SEEN = struct.Struct(">Bq")  # the first two fields of _PEER: what a sample reads
 _SWARM = struct.Struct(">iiiiiiqqqB")  # held leechers, seeds, partials; unheld ones; downloaded, used_at, loaded_at, hashes
-_WRITE = struct.Struct(">BBqqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, stamp, port; lengths: ip, key, base ip, base key
-_W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY, _W_HELD = 1, 2, 4, 8, 16, 32
+_WRITE = struct.Struct(">BBqqqqqqHBBBB")  # state, flags (_W_*), left, up, down, last_seen, stamp, held_stamp, port;
+#                                          lengths: ip, key, base ip, base key
+_W_STOPPED, _W_KEY, _W_FRESH, _W_BASE, _W_BASE_KEY = 1, 2, 4, 8, 16
 _TID = struct.Struct(">I")
 _COUNT = struct.Struct(">i")
 _LEASE = struct.Struct(">iq")  # pid, until
@@ -156,15 +157,16 @@ def _peer_value(write: PeerWrite, completed: bool, written_seen: int) -> bytes:
 def pack_write(write: PeerWrite) -> bytes:
     base_ip, base_key = write.base or (b"", None)
     flags = ((write.stopped and _W_STOPPED) | (write.key is not None and _W_KEY) | (write.fresh and _W_FRESH)
-             | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY) | (write.held and _W_HELD))
+             | (write.base is not None and _W_BASE) | (base_key is not None and _W_BASE_KEY))
     key, base_key = write.key or b"", base_key or b""
     return (_WRITE.pack(write.state, flags, write.left, write.uploaded, write.downloaded, write.last_seen,
-                        write.stamp, write.port, len(write.ip), len(key), len(base_ip), len(base_key))
+                        write.stamp, write.held_stamp, write.port, len(write.ip), len(key), len(base_ip), len(base_key))
             + write.ip + key + base_ip + base_key)
 
 
 def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
-    state, flags, left, up, down, last_seen, stamp, port, iplen, keylen, base_iplen, base_keylen = _WRITE.unpack_from(raw)
+    (state, flags, left, up, down, last_seen, stamp, held_stamp, port, iplen, keylen, base_iplen,
+     base_keylen) = _WRITE.unpack_from(raw)
     at = _WRITE.size
     ip, at = bytes(raw[at:at + iplen]), at + iplen
     key, at = bytes(raw[at:at + keylen]), at + keylen
@@ -172,7 +174,7 @@ def unpack_write(peer_id: bytes, raw: bytes) -> PeerWrite:
     base_key = bytes(raw[at:at + base_keylen])
     base = (base_ip, base_key if flags & _W_BASE_KEY else None) if flags & _W_BASE else None
     return PeerWrite(peer_id, ip, port, key if flags & _W_KEY else None, _STATES[state], left, up, down, last_seen,
-                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH), stamp, bool(flags & _W_HELD))
+                     bool(flags & _W_STOPPED), base, bool(flags & _W_FRESH), stamp, held_stamp)
 
 
 class Dirty(NamedTuple):
@@ -250,6 +252,17 @@ def _open(path: str) -> lmdb.Environment:
                     txn.put(b"host", os.urandom(2), db=meta)  # breaks ties of the stamps of two hosts
                 elif found != FORMAT:
                     raise lmdb.Error(f"{path} holds another format ({found!r})")
+                boot = _boot_id()
+                if txn.get(b"boot", db=meta) != boot:
+                    # LMDB does not sync its file here (sync=False): after a crash or a power
+                    # cut what it held may be torn. Start afresh after every boot, in one
+                    # transaction (another process may be opening it too); a clean stop
+                    # wrote what was unwritten before.
+                    for name in _STATE_DBS:
+                        txn.drop(env.open_db(name.encode(), txn=txn), delete=False)
+                    for key in (b"writer", b"expiry_at", b"changes_at"):
+                        txn.delete(key, db=meta)
+                    txn.put(b"boot", boot, db=meta)
             return env
         except lmdb.Error:
             if attempt == 2:
@@ -257,6 +270,29 @@ def _open(path: str) -> lmdb.Environment:
             # Soft state: what it held is in the database but for its last dirty announces.
             shutil.rmtree(path, ignore_errors=True)
     raise AssertionError("unreachable")
+
+
+_STATE_DBS = ("hashes", "swarms", "peers", "prefixes", "dirty")  # what the host holds (meta aside)
+
+
+def _boot_id() -> bytes:
+    """This boot of the machine (Linux); the same for every process until it reboots."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
+            return file.read().strip()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    """A process of this pid exists (the writer's lease names one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
 
 
 def forget_environments() -> None:
@@ -294,7 +330,7 @@ class HostState:
             env, lock = _environment(self.path)
             with env.begin(write=True) as txn:
                 dbs = {name: env.open_db(name.encode(), txn=txn)
-                       for name in ("hashes", "swarms", "peers", "prefixes", "dirty", "meta")}
+                       for name in (*_STATE_DBS, "meta")}
                 salt = txn.get(b"salt", db=dbs["meta"])
                 self._host_id = int.from_bytes(txn.get(b"host", db=dbs["meta"]) or b"", "big")
             opened = self._opened = (os.getpid(), (env, lock, dbs, salt))
@@ -359,7 +395,7 @@ class HostState:
             stamp = time.time_ns() // 1_000_000 * 65536 + self._host_id
             write = PeerWrite(peer_id, request.ip, request.port, update.key, request.state, request.left,
                               request.uploaded, request.downloaded, now, update.remove, base, fresh, stamp,
-                              held is not None)
+                              held.stamp if held is not None else 0)
             if counts_completion:
                 if downloaded is None:
                     raise Completes(_TID.unpack(tid4)[0], write)
@@ -738,13 +774,14 @@ class HostState:
     # -- the writer's lease, expiry ------------------------------------------------------------------
 
     def hold_lease(self, pid: int, now: int, seconds: int) -> bool:
-        """Take or keep the host's one writer lease: True if this process holds it now."""
+        """Take or keep the host's one writer lease: True if this process holds it now. A
+        lease runs out `seconds` after its holder last renewed it, or when the holder is gone."""
         env, lock, (_, _, dbs, _) = self._env()
         with lock, env.begin(write=True) as txn:
             raw = txn.get(b"writer", db=dbs["meta"])
             holder, until = _LEASE.unpack(raw) if raw is not None else (0, 0)
-            if holder != pid and until > now:
-                return False
+            if holder != pid and until > now and _alive(holder):
+                return False  # a dead holder's lease goes at once: a restarted host writes at once
             txn.put(b"writer", _LEASE.pack(pid, now + seconds), db=dbs["meta"])
             return True
 
@@ -801,7 +838,7 @@ class HostState:
         """Forget every swarm and unwritten announce (tests)."""
         env, lock, (_, _, dbs, _) = self._env()
         with lock, env.begin(write=True) as txn:
-            for name in ("hashes", "swarms", "peers", "prefixes", "dirty"):
+            for name in _STATE_DBS:
                 txn.drop(dbs[name], delete=False)
 
 

@@ -181,7 +181,10 @@ class PeerWrite(NamedTuple):
     # When the announce was answered: the host's clock in ms x 65536 + the host's id (ties
     # broken by host). The store never lets a write replace a newer one (store/announce.py).
     stamp: int = 0
-    held: bool = False  # the host held the peer, alive, when it answered (over a tombstone: a new life)
+    # The stamp of the peer's record the host held, alive, when it answered (0: not held). A
+    # stop over a tombstone newer than that ended the life the host knew: the same life's
+    # stop again (a client's retry at another host), not a new life.
+    held_stamp: int = 0
 
 
 class SwarmSnapshot(NamedTuple):

@@ -295,10 +295,12 @@ class AnnouncePath(SqlBase):
                 # Someone else's peer_id (another host took it): the answer was sent, the write is not.
                 refused.append(SetAside(torrent_id, write.peer_id, KEY_RULE_REFUSED))
                 continue
-            if row is not None and ((write.fresh and not gone) or (gone and (write.held or not write.stopped))):
+            if row is not None and ((write.fresh and not gone)
+                                    or (gone and (write.held_stamp > row[5] or not write.stopped))):
                 # Rejoined after a stop (the row is its tombstone, or the stop was never
-                # written): a new life, whose completion counts anew. A stop of a peer the
-                # host did not hold, over a tombstone, is the same life's stop again.
+                # written): a new life, whose completion counts anew. A stop over a tombstone
+                # newer than what the host held (or of a peer it did not hold) is the same
+                # life's stop again: a client's retry at another host.
                 new_lives.append((torrent_id, write))
             if (torrent_id, write.peer_id) in counted or (
                     row is not None and not gone and not write.fresh and not row[3]
