@@ -4,12 +4,24 @@ failover between nodes, the refresh lease, and reads of another node's writes.""
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
 
+import mysql.connector
+import pytest
+from mysql.connector import errorcode
+
+from conftest import free_port
 from galera import galera  # noqa: F401 (a fixture)
+from test_e2e_apache import wait_until
+from tracker_wsgi.model import TIMEOUT as TIMEOUT_CAUSE
+from tracker_wsgi.model import UNREACHABLE, StoreUnavailable
+from tracker_wsgi.store import mysql as mysql_store
 from tracker_wsgi.store import open_store
+from tracker_wsgi.store.sqlbase import CONFLICT_BACKOFF_MAX_SECONDS, CONFLICT_RETRIES
 
 TIMEOUT = 2700
+NOW = 1_700_000_000
 
 
 def test_the_three_nodes_form_one_cluster_and_replicate(galera):  # noqa: F811
@@ -55,3 +67,222 @@ def test_every_table_the_tracker_creates_has_a_primary_key(galera):  # noqa: F81
 def galera_db(galera):  # noqa: F811
     with galera.database() as db:
         yield db
+
+
+# -- writes that lose certification ---------------------------------------------------------------
+
+HOT_ROUNDS = 200
+
+
+def bump_hot_row(conn, rounds: int, failures: list[int]) -> None:
+    """`rounds` transactions of two statements on one row every writer bumps, without retries."""
+    cur = conn.cursor()
+    for _ in range(rounds):
+        try:
+            cur.execute("START TRANSACTION")
+            cur.execute("UPDATE hot SET n = n + 1 WHERE id = 1")
+            cur.execute("UPDATE hot SET m = m + 1 WHERE id = 1")
+            cur.execute("COMMIT")
+        except mysql.connector.Error as exc:
+            assert exc.errno == errorcode.ER_LOCK_DEADLOCK, exc
+            failures.append(1)
+            conn.rollback()
+
+
+def make_hot_row(galera, db):  # noqa: F811
+    conn = galera.connect(1, db)
+    conn.cursor().execute("CREATE TABLE hot (id INT PRIMARY KEY, n INT NOT NULL, m INT NOT NULL)")
+    conn.cursor().execute("INSERT INTO hot VALUES (1, 0, 0)")
+    conn.close()
+
+
+def test_two_writers_of_one_row_on_two_nodes_lose_certification(galera, galera_db):  # noqa: F811
+    """What the store's retry is for: without it, a good part of the transactions of two
+    writers bumping one row on two nodes fail with 1213 (certification, or a brute-force
+    abort by the other node's replicated write)."""
+    make_hot_row(galera, galera_db)
+    failures: dict[int, list[int]] = {1: [], 2: []}
+    conns = {n: galera.connect(n, galera_db) for n in (1, 2)}
+    threads = [threading.Thread(target=bump_hot_row, args=(conns[n], HOT_ROUNDS, failures[n])) for n in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = len(failures[1]) + len(failures[2])
+    cur = conns[1].cursor()
+    cur.execute("SET SESSION wsrep_sync_wait = 1")
+    cur.execute("SELECT n, m FROM hot")
+    assert cur.fetchall() == [(2 * HOT_ROUNDS - failed, 2 * HOT_ROUNDS - failed)]
+    for conn in conns.values():
+        conn.close()
+    print(f"hot row, 2 nodes x {HOT_ROUNDS} transactions: {failed} failed with 1213 "
+          f"({1000 * failed // (2 * HOT_ROUNDS)} per 1,000)")
+    assert failed > 0
+
+
+def test_the_store_runs_a_transaction_that_lost_certification_again(galera, galera_db):  # noqa: F811
+    """The same two writers through two stores (one per node): every transaction commits
+    exactly once, whole; the conflicts were there, and were retried."""
+    make_hot_row(galera, galera_db)
+    stores = [open_store(galera.url(galera_db, n), TIMEOUT, wait_seconds=10) for n in (1, 2)]
+
+    def bump(cur) -> None:
+        cur.execute("UPDATE hot SET n = n + 1 WHERE id = 1")
+        cur.execute("UPDATE hot SET m = m + 1 WHERE id = 1")
+
+    def writer(store) -> None:
+        for _ in range(HOT_ROUNDS):
+            store._transaction(bump)
+
+    threads = [threading.Thread(target=writer, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    conn = galera.connect(3, galera_db)
+    cur = conn.cursor()
+    cur.execute("SET SESSION wsrep_sync_wait = 1")
+    cur.execute("SELECT n, m FROM hot")
+    assert cur.fetchall() == [(2 * HOT_ROUNDS, 2 * HOT_ROUNDS)]
+    conn.close()
+    conflicts = sum(store.conflicts for store in stores)
+    for store in stores:
+        store.close()
+    print(f"hot row through the store, 2 nodes x {HOT_ROUNDS} transactions: {conflicts} conflicts retried")
+    assert conflicts > 0
+
+
+def test_a_transaction_that_keeps_losing_is_unavailable_after_the_retries(mysql_url):
+    """A batch that loses every time stays pending, as in an outage: StoreUnavailable after
+    CONFLICT_RETRIES waits, not an error of the batch's rows. (The server's own 1213, raised
+    by SIGNAL: no second writer can lose every time on purpose.)"""
+    store = open_store(mysql_url, TIMEOUT)
+    store.create_tables()
+    tries = []
+
+    def lose(cur) -> None:
+        tries.append(1)
+        cur.execute("SIGNAL SQLSTATE '40001' SET MYSQL_ERRNO = 1213, MESSAGE_TEXT = 'Deadlock found'")
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as err:
+        store._transaction(lose)
+    elapsed = time.monotonic() - started
+    assert len(tries) == 1 + CONFLICT_RETRIES
+    assert store.conflicts == CONFLICT_RETRIES
+    assert err.value.cause == TIMEOUT_CAUSE
+    assert elapsed < CONFLICT_RETRIES * CONFLICT_BACKOFF_MAX_SECONDS + 1
+    store.close()
+
+
+# -- failover -------------------------------------------------------------------------------------
+
+
+def server_port(store) -> int:
+    return store._fetchall("SELECT @@port")[0][0]
+
+
+def test_the_store_fails_over_to_the_next_node_and_comes_back(galera, galera_db, monkeypatch):  # noqa: F811
+    """database = three nodes: node 1 killed, the store's next call is answered by node 2
+    (the lost connection's one retry connects there), with no error; node 1 back, the store
+    uses it again once FAILED_HOST_SECONDS have passed, by itself."""
+    monkeypatch.setattr(mysql_store, "FAILED_HOST_SECONDS", 2)
+    store = open_store(galera.url(galera_db, 1, 2, 3), TIMEOUT, wait_seconds=10, pool_size=2)
+    store.create_tables()
+    assert server_port(store) == galera.port(1)
+    with galera.killed(1):
+        started = time.monotonic()
+        assert server_port(store) == galera.port(2)
+        failover = time.monotonic() - started
+        store.take_refresh_lock("host-a", NOW, 60)  # a write, on the two nodes left
+        assert server_port(store) == galera.port(2)
+        print(f"failover to node 2: {failover:.2f} s")
+        assert failover < 5
+    assert wait_until(lambda: server_port(store) == galera.port(1), 10)
+    assert not store.take_refresh_lock("host-b", NOW, 60)  # node 1 has the write made at node 2
+    store.close()
+
+
+def test_a_node_out_of_the_cluster_is_passed_over(galera, galera_db, monkeypatch):  # noqa: F811
+    """A node cut off from the others (gmcast.isolate: as a network partition would) leaves
+    the primary component: it takes connections, but no statements (1047, `WSREP has not yet
+    prepared node`). The store uses node 2 meanwhile, and node 1 again once it is back."""
+    monkeypatch.setattr(mysql_store, "FAILED_HOST_SECONDS", 2)
+    store = open_store(galera.url(galera_db, 1, 2), TIMEOUT, wait_seconds=10)
+    store.create_tables()
+    assert store.last_refresh() == 0 and server_port(store) == galera.port(1)
+    admin = galera.connect(1)
+    admin.cursor().execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+    try:
+        assert wait_until(lambda: galera.status(1, "wsrep_ready") == "OFF", 10)
+        assert store.last_refresh() == 0 and server_port(store) == galera.port(2)
+    finally:
+        admin.cursor().execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+        admin.close()
+    assert wait_until(lambda: galera.status(1, "wsrep_ready") == "ON", 20)
+    assert wait_until(lambda: store.last_refresh() == 0 and server_port(store) == galera.port(1), 10)
+    store.close()
+
+
+def test_a_node_rejecting_queries_is_passed_over(galera, galera_db, monkeypatch):  # noqa: F811
+    """A node whose admin set wsrep_reject_queries (maintenance) answers 1047 to a statement
+    on a table, though it is in the cluster: the store moves to node 2 at once."""
+    monkeypatch.setattr(mysql_store, "FAILED_HOST_SECONDS", 2)
+    store = open_store(galera.url(galera_db, 1, 2), TIMEOUT, wait_seconds=10)
+    store.create_tables()
+    assert store.last_refresh() == 0 and server_port(store) == galera.port(1)
+    admin = galera.connect(1)
+    admin.cursor().execute("SET GLOBAL wsrep_reject_queries = ALL_KILL")
+    try:
+        assert store.last_refresh() == 0 and server_port(store) == galera.port(2)
+    finally:
+        admin.cursor().execute("SET GLOBAL wsrep_reject_queries = NONE")
+        admin.close()
+    assert wait_until(lambda: store.last_refresh() == 0 and server_port(store) == galera.port(1), 10)
+    store.close()
+
+
+def test_when_no_host_answers_the_error_is_one_line_naming_the_setting():
+    ports = [free_port(), free_port()]
+    store = open_store(f"mysql://u:pw@127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/db", TIMEOUT, wait_seconds=2)
+    with pytest.raises(StoreUnavailable) as err:
+        store.last_refresh()
+    assert err.value.cause == UNREACHABLE
+    line = err.value.explain()
+    assert "\n" not in line and "`database`" in line and f"127.0.0.1:{ports[0]}" in line
+
+
+# -- the refresh lease ----------------------------------------------------------------------------
+
+LEASE_ROUNDS = 100
+
+
+def test_two_hosts_refreshing_at_once_on_two_nodes_never_both_take_the_lease(galera, galera_db):  # noqa: F811
+    """take_refresh_lock is one UPDATE ... WHERE lock_until < now of the one lock row: on
+    two nodes at the same moment both may find the row free, but only one commit passes
+    certification; the other is run again and finds the lease taken."""
+    stores = [open_store(galera.url(galera_db, n), TIMEOUT, wait_seconds=10) for n in (1, 2)]
+    stores[0].create_tables()
+    both = none = 0
+    start = threading.Barrier(2)
+
+    def refresh(i: int, now: int, taken: list[bool]) -> None:
+        start.wait()
+        taken[i] = stores[i].take_refresh_lock(f"host-{i}", now, 60)
+
+    for round_ in range(LEASE_ROUNDS):
+        now = NOW + 1000 * round_  # every round's lease is free: the last one ended long ago
+        taken = [False, False]
+        threads = [threading.Thread(target=refresh, args=(i, now, taken)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        both += all(taken)
+        none += not any(taken)
+    conflicts = sum(store.conflicts for store in stores)
+    for store in stores:
+        store.close()
+    print(f"refresh lease, {LEASE_ROUNDS} rounds on 2 nodes: {both} both, {none} neither, "
+          f"{conflicts} conflicts retried")
+    assert (both, none) == (0, 0)

@@ -182,6 +182,7 @@ class MysqlStore(SqlStore):
                  open_max_torrents: int = OPEN_MAX_TORRENTS, pool_size: int = POOL_SIZE):
         super().__init__(peer_timeout, register_unknown, wait_seconds, open_max_torrents, pool_size)
         self.targets = connect_targets(url)  # the servers, in the order the store prefers them
+        self.servers = len(self.targets)
         self.timeouts = timeouts(wait_seconds)
         # When each server last could not be used (time.monotonic()); read and written by
         # every thread of the process without a lock: a lost update only costs a connect.
@@ -216,6 +217,12 @@ class MysqlStore(SqlStore):
             return conn
         assert first_error is not None
         raise first_error
+
+    def _failed_on(self, connection: Any, exc: BaseException) -> None:
+        # A Galera node that answers 1047 takes connections but no statements (it left the
+        # primary component, or its admin set wsrep_reject_queries): pass it over.
+        if getattr(exc, "errno", None) == ER_WSREP_NOT_PREPARED and len(self.targets) > 1:
+            self._failed_at[getattr(connection.conn, "tracker_server", 0)] = time.monotonic()
 
     def _keep(self, connection: Any) -> bool:
         # A connection on a server after one that is no longer passed over is closed: the next

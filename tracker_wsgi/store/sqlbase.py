@@ -32,8 +32,8 @@ BATCH_ROWS = 500  # rows per statement in a batch write
 # node's commit) is run again whole after a jittered wait, at most CONFLICT_RETRIES times:
 # two writers that collide once retry at different moments and rarely collide again. The
 # waits double from CONFLICT_BACKOFF_SECONDS up to CONFLICT_BACKOFF_MAX_SECONDS, each a random
-# part of that ("full jitter"): 0.5 s at the most in all, within a request's wait.
-CONFLICT_RETRIES = 6
+# part of that ("full jitter"): 1.3 s at the most in all.
+CONFLICT_RETRIES = 10
 CONFLICT_BACKOFF_SECONDS = 0.01
 CONFLICT_BACKOFF_MAX_SECONDS = 0.2
 
@@ -49,6 +49,9 @@ class SqlBase:
     """The state and the connection machinery every part of SqlStore uses."""
 
     dialect = Dialect
+    # Transactions run again on a fresh connection after a transient error: one per server
+    # the store may connect to (MysqlStore may have several), so each may be tried.
+    servers = 1
 
     def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int,
                  pool_size: int):
@@ -102,6 +105,10 @@ class SqlBase:
         again whole, after a wait, will likely succeed (CONFLICT_RETRIES)."""
         return False
 
+    def _failed_on(self, connection: Connection, exc: BaseException) -> None:
+        """A transaction failed on this connection with this error (it is closed next): a
+        store with several servers may pass over the connection's server for a while."""
+
     def _keep(self, connection: Connection) -> bool:
         """Whether a connection whose transaction ended is lent again, or closed (a store
         with several servers closes one on a fallback server when the one it prefers may be
@@ -144,7 +151,7 @@ class SqlBase:
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
         """Run `work(cursor)` in one transaction, on a connection borrowed from the pool for
         it. On a dropped connection or a racing insert, start over once on another (a fresh
-        one, if the connection was lost); on a lost conflict, start over after a jittered
+        one, if the connection was lost; once per server, with several); on a lost conflict, start over after a jittered
         wait, up to CONFLICT_RETRIES times. Every caller's work is idempotent when repeated
         whole (completions are guarded per peer). `work` never calls the store: a
         transaction holds one connection, never two.
@@ -153,7 +160,7 @@ class SqlBase:
         made (not retried: it would only wait again), every connection stayed lent for
         wait_seconds, or the error says so, after the retries. Any other error is raised as
         it is: something in the work is wrong."""
-        retried, conflicts = False, 0
+        retries, conflicts = 0, 0
         while True:
             try:
                 connection = self._pool.borrow()
@@ -178,12 +185,13 @@ class SqlBase:
                     time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_SECONDS,
                                                      CONFLICT_BACKOFF_SECONDS * 2 ** (conflicts - 1))))
                     continue
+                self._failed_on(connection, exc)
                 self._pool.discard(connection, self._is_lost(exc))
                 if not isinstance(exc, Exception):
                     raise
                 self._failed()
-                if not retried and self._is_transient(exc):
-                    retried = True
+                if retries < self.servers and self._is_transient(exc):
+                    retries += 1
                     continue
                 if self._is_unavailable(exc):
                     raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
