@@ -4,8 +4,10 @@ failover between nodes, the refresh lease, and reads of another node's writes.""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import mysql.connector
 import pytest
@@ -286,3 +288,81 @@ def test_two_hosts_refreshing_at_once_on_two_nodes_never_both_take_the_lease(gal
     print(f"refresh lease, {LEASE_ROUNDS} rounds on 2 nodes: {both} both, {none} neither, "
           f"{conflicts} conflicts retried")
     assert (both, none) == (0, 0)
+
+
+# -- reads of another node's writes ---------------------------------------------------------------
+
+CAUSAL_ROUNDS = 300
+
+
+@contextlib.contextmanager
+def write_load(galera, db: str) -> Iterator[None]:  # noqa: F811
+    """Transactions of many rows at node 2, which the other nodes apply, for the block."""
+    setup = galera.connect(2, db)
+    setup.cursor().execute("CREATE TABLE IF NOT EXISTS busy (id INT PRIMARY KEY, n INT NOT NULL)")
+    setup.cursor().execute("REPLACE INTO busy VALUES " + ", ".join(f"({i}, 0)" for i in range(1000)))
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            setup.cursor().execute("UPDATE busy SET n = n + 1")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loader.join()
+        setup.close()
+
+
+def test_a_read_right_after_another_nodes_commit_needs_wsrep_sync_wait(galera, galera_db):  # noqa: F811
+    """A commit at node 1 returns once the cluster has certified it, before node 3 has
+    applied it: under write load, a read at node 3 right after may not see it. With
+    wsrep_sync_wait = 1 the read waits until node 3 has applied everything committed before
+    it began, so it always sees it."""
+    setup = galera.connect(1, galera_db)
+    setup.cursor().execute("CREATE TABLE seen (id INT PRIMARY KEY, n INT NOT NULL)")
+    setup.cursor().execute("INSERT INTO seen VALUES (1, 0)")
+    setup.close()
+    writer = galera.connect(1, galera_db)
+    reader = galera.connect(3, galera_db)
+    stale: dict[int, int] = {}
+    slowest: dict[int, float] = {}
+    with write_load(galera, galera_db):
+        for sync_wait in (0, 1):
+            reader.cursor().execute(f"SET SESSION wsrep_sync_wait = {sync_wait}")
+            stale[sync_wait], slowest[sync_wait] = 0, 0.0
+            for i in range(CAUSAL_ROUNDS):
+                value = sync_wait * CAUSAL_ROUNDS + i + 1
+                writer.cursor().execute("UPDATE seen SET n = %s WHERE id = 1", (value,))
+                cur = reader.cursor()
+                started = time.monotonic()
+                cur.execute("SELECT n FROM seen WHERE id = 1")
+                stale[sync_wait] += cur.fetchall() != [(value,)]
+                slowest[sync_wait] = max(slowest[sync_wait], time.monotonic() - started)
+    writer.close()
+    reader.close()
+    print(f"reads at node 3 right after a commit at node 1, under writes at node 2: stale {stale[0]} of "
+          f"{CAUSAL_ROUNDS} (slowest {1000 * slowest[0]:.0f} ms); with wsrep_sync_wait=1 {stale[1]} "
+          f"(slowest {1000 * slowest[1]:.0f} ms)")
+    assert stale[1] == 0
+    assert stale[0] > 0
+
+
+def test_the_store_reads_what_another_node_committed_before(galera, galera_db):  # noqa: F811
+    """The store sets wsrep_sync_wait on its connections to a Galera node: a host's read at
+    node 3 sees what another host committed at node 1 before it, under the same load."""
+    writer = open_store(galera.url(galera_db, 1), TIMEOUT, wait_seconds=10)
+    reader = open_store(galera.url(galera_db, 3), TIMEOUT, wait_seconds=10)
+    writer.create_tables()
+    stale = 0
+    with write_load(galera, galera_db):
+        for i in range(CAUSAL_ROUNDS // 3):
+            assert writer.take_refresh_lock("host-a", NOW + i, 60)
+            writer.release_refresh_lock("host-a", finished_at=NOW + i)
+            stale += reader.last_refresh() != NOW + i
+    writer.close()
+    reader.close()
+    assert stale == 0
