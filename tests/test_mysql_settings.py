@@ -21,7 +21,13 @@ from test_e2e_apache import PrivateMariadb
 from tracker_wsgi.config import ConfigError, load
 from tracker_wsgi.model import StoreUnavailable
 from tracker_wsgi.store import open_store
-from tracker_wsgi.store.mysql_settings import DEFAULT_SOCKET, connect_args, parse_url, read_option_file
+from tracker_wsgi.store.mysql_settings import (
+    DEFAULT_SOCKET,
+    connect_args,
+    connect_targets,
+    parse_url,
+    read_option_file,
+)
 
 CLI = str(Path(sys.executable).parent / "tracker-wsgi")
 TIMEOUT = 2700
@@ -91,6 +97,31 @@ def test_localhost_settings():
         connect_args("mysql://t@localhost:3307/db")
     assert str(err.value) == ("host localhost with port 3307: localhost means the unix socket, as for the mysql "
                               "client; write 127.0.0.1:3307 for TCP, or leave the port out")
+
+
+def test_several_hosts_in_order():
+    """The nodes of a Galera cluster, as libpq's and Connector/J's URLs list hosts."""
+    assert connect_targets("mysql://t:pw@db1:3307,db2,[::1]:3309/db") == [
+        {"user": "t", "password": "pw", "database": "db", "host": "db1", "port": 3307},
+        {"user": "t", "password": "pw", "database": "db", "host": "db2"},
+        {"user": "t", "password": "pw", "database": "db", "host": "::1", "port": 3309},
+    ]
+    assert connect_targets("mysql://t@db1:3307/db") == [{"user": "t", "database": "db", "host": "db1", "port": 3307}]
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("mysql://t@db1,localhost/db", "host 'localhost' in a list of several: each is reached over TCP (localhost "
+                                   "means the unix socket); write HOST:PORT,HOST:PORT, e.g. 127.0.0.1:3307"),
+    ("mysql://t@db1,/db", "host '(none)' in a list of several: each is reached over TCP (localhost means the unix "
+                          "socket); write HOST:PORT,HOST:PORT, e.g. 127.0.0.1:3307"),
+    ("mysql://t@db1,db2:x/db", "the port (x) is not a number from 1 to 65535"),
+    ("mysql://t@db1,db2/db?unix_socket=/run/my.sock",
+     "unix_socket with several hosts: a socket is one server's; list the hosts as HOST:PORT"),
+])
+def test_a_bad_list_of_hosts(url, reason):
+    with pytest.raises(ValueError) as err:
+        connect_targets(url)
+    assert str(err.value) == reason
 
 
 def test_www_data_by_the_socket_needs_no_password_at_all(mysql_url, shared_dir):

@@ -40,7 +40,8 @@ from tracker_wsgi.model import (
 from tracker_wsgi.protocol import BUSY, UNKNOWN_TORRENT
 from tracker_wsgi.refusals import DATABASE_UNAVAILABLE
 from tracker_wsgi.store import open_store
-from tracker_wsgi.store.mysql import connect_args, timeouts
+from tracker_wsgi.store.mysql import timeouts
+from tracker_wsgi.store.mysql_settings import connect_args
 from tracker_wsgi.wsgi import Application, build_tracker
 
 NOW = 1_700_000_000

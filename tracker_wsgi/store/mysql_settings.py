@@ -1,7 +1,7 @@
 """How the tracker reaches MySQL / MariaDB: the `database` URL, an option file, TLS, and
 what `localhost` means. What the mysql client does with the same settings, it does too.
 
-  mysql://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE[?OPTION=VALUE&...]
+  mysql://[USER[:PASSWORD]@]HOST[:PORT][,HOST[:PORT]...]/DATABASE[?OPTION=VALUE&...]
 
 OPTIONs: option_file, unix_socket, ssl_ca, ssl_cert, ssl_key (absolute paths). A password
 in the URL is percent-encoded (`@` as %40, `/` as %2F, `%` as %25); an option file needs
@@ -19,6 +19,10 @@ checks with `mysql --defaults-file=FILE`.
   as MariaDB's accounts see it: 'tracker'@'localhost' is the socket's, TCP from 127.0.0.1
   is 'tracker'@'127.0.0.1'): DEFAULT_SOCKET unless unix_socket/socket names another. A port
   with it would mean nothing there, and is refused; write 127.0.0.1:PORT for TCP.
+- Several hosts, comma-separated (the nodes of a Galera cluster), in the order the store
+  prefers them (store/mysql.py), as libpq's and Connector/J's URLs list them: the same user,
+  database and TLS settings for each; a host without a port has the option file's, else
+  3306. Each is reached over TCP: `localhost` and unix_socket are refused in a list.
 - TLS: with ssl_ca the connection is encrypted and the server's certificate verified,
   both its chain (against ssl_ca) and its name (against HOST); ssl_cert and ssl_key add a
   client certificate. A unix socket carries no TLS, so TLS options with it are refused.
@@ -50,18 +54,26 @@ _LOCAL_HOSTS = ("", "localhost")
 
 def parse_url(url: str) -> dict[str, Any]:
     """The connector arguments a mysql:// URL gives by itself, checked without reading any
-    file. Raises ValueError with a one-line reason and fix."""
+    file; with several hosts, these as "hosts" [(host, port or None), ...] in the URL's order
+    (connect_targets). Raises ValueError with a one-line reason and fix."""
     parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"the port ({parts.netloc.rpartition(':')[2]}) is not a number from 1 to 65535") from None
+    hosts = [_host(item) for item in parts.netloc.rpartition("@")[2].split(",")]
     args: dict[str, Any] = {}
-    for name, value in (("user", parts.username), ("password", parts.password), ("host", parts.hostname)):
+    for name, value in (("user", parts.username), ("password", parts.password)):
         if value is not None:
             args[name] = unquote(value)
-    if port is not None:
-        args["port"] = port
+    if len(hosts) > 1:
+        if local := [host for host, _ in hosts if host in _LOCAL_HOSTS]:
+            raise ValueError(
+                f"host {local[0] or '(none)'!r} in a list of several: each is reached over TCP (localhost means "
+                "the unix socket); write HOST:PORT,HOST:PORT, e.g. 127.0.0.1:3307")
+        args["hosts"] = hosts
+    else:
+        host, port = hosts[0]
+        if host:
+            args["host"] = host
+        if port is not None:
+            args["port"] = port
     if database := unquote(parts.path.lstrip("/")):
         args["database"] = database
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -73,18 +85,49 @@ def parse_url(url: str) -> dict[str, Any]:
             raise ValueError(f"{name} = {args[name]!r} must be an absolute path")
     if "database" not in args and "option_file" not in args:
         raise ValueError("the URL names no database: mysql://USER@HOST/DATABASE")
+    if "hosts" in args and "unix_socket" in args:
+        raise ValueError("unix_socket with several hosts: a socket is one server's; list the hosts as HOST:PORT")
     return args
 
 
+def _host(item: str) -> tuple[str, int | None]:
+    """One HOST[:PORT] of the URL (an IPv6 address in brackets)."""
+    parts = urlsplit(f"mysql://{item}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the port ({item.rpartition(':')[2]}) is not a number from 1 to 65535") from None
+    return unquote(parts.hostname or ""), port
+
+
+def connect_targets(url: str) -> list[dict[str, Any]]:
+    """The connector arguments for each host of a mysql:// URL, in its order, with the
+    option file it names. Raises ValueError with a one-line reason and fix."""
+    args = connect_args(url)
+    hosts = args.pop("hosts", None)
+    if hosts is None:
+        return [args]
+    # A host without a port of its own has the option file's, as the only host would.
+    file_port = args.pop("port", None)
+    return [{**args, "host": host, **({"port": port or file_port} if port or file_port else {})}
+            for host, port in hosts]
+
+
 def connect_args(url: str) -> dict[str, Any]:
-    """Connector arguments from a mysql:// URL and the option file it names. Raises
-    ValueError with a one-line reason and fix."""
+    """Connector arguments from a mysql:// URL and the option file it names (several hosts
+    stay a list, "hosts": connect_targets gives each its own arguments). Raises ValueError
+    with a one-line reason and fix."""
     given = parse_url(url)
     option_file = given.pop("option_file", None)
     args = {**(read_option_file(option_file) if option_file else {}), **given}
     if "database" not in args:
         raise ValueError(f"neither the URL nor {option_file} names a database")
-    if args.get("host", "") in _LOCAL_HOSTS and "unix_socket" not in args:
+    if "hosts" in args:
+        args.pop("host", None)  # the URL's list wins over the option file's host
+        if "unix_socket" in args:
+            raise ValueError(f"socket {args['unix_socket']} (in {option_file}) with the URL's several hosts: a "
+                             "socket is one server's; remove it from the file")
+    elif args.get("host", "") in _LOCAL_HOSTS and "unix_socket" not in args:
         if "port" in args:
             raise ValueError(
                 f"host localhost with port {args['port']}: localhost means the unix socket, as for the mysql "

@@ -34,15 +34,16 @@ C = TypeVar("C")
 
 class ConnectionPool(Generic[C]):
     """Thread-safe. `connect` makes a connection (raising what the driver raises);
-    `disconnect` closes one and never raises."""
+    `disconnect` closes one and never raises; `keep` says whether one given back is lent
+    again, or closed (its slot freed: the next borrower connects anew)."""
 
     def __init__(self, connect: Callable[[], C], disconnect: Callable[[C], None], size: int,
-                 wait_seconds: float):
+                 wait_seconds: float, keep: Callable[[C], bool] = lambda conn: True):
         if size < 1:
             raise ValueError(f"a store's pool needs at least one connection, not {size}")
         self.size = size
         self.wait_seconds = wait_seconds  # the longest a borrower waits for a free slot
-        self._connect, self._disconnect = connect, disconnect
+        self._connect, self._disconnect, self._keep = connect, disconnect, keep
         self._slots = threading.BoundedSemaphore(size)
         self._idle: list[C] = []  # a stack: the most recently returned on top
         self._lock = threading.Lock()  # guards _idle, _lost, reconnects
@@ -74,9 +75,13 @@ class ConnectionPool(Generic[C]):
         return conn
 
     def give_back(self, conn: C) -> None:
-        """A connection whose transaction ended (committed or rolled back): lent again."""
-        with self._lock:
-            self._idle.append(conn)
+        """A connection whose transaction ended (committed or rolled back): lent again,
+        unless `keep` says otherwise."""
+        if self._keep(conn):
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            self._disconnect(conn)
         self._slots.release()
 
     def discard(self, conn: C, lost: bool) -> None:

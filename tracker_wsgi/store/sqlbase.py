@@ -1,5 +1,5 @@
-"""What every SQL store stands on: the connection pool's use, the transaction with its one
-retry and its StoreUnavailable (SqlBase._transaction, _read, _fetchall), the sizes shared by
+"""What every SQL store stands on: the connection pool's use, the transaction with its
+retries and its StoreUnavailable (SqlBase._transaction, _read, _fetchall), the sizes shared by
 both interfaces' code (POOL_SIZE, BATCH_ROWS), and the one write both make (_insert_torrent:
 a registration, by the catalog or by an announce in whitelist mode `open`).
 
@@ -10,7 +10,9 @@ migration.py build on SqlBase, each a mixin over it; sql.py composes them into S
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -26,6 +28,14 @@ T = TypeVar("T")
 # store has live.DB_WAITERS (wsgi.py): no more request threads than that call it at once.
 POOL_SIZE = 2
 BATCH_ROWS = 500  # rows per statement in a batch write
+# A transaction that lost a conflict (a deadlock; on Galera, certification against another
+# node's commit) is run again whole after a jittered wait, at most CONFLICT_RETRIES times:
+# two writers that collide once retry at different moments and rarely collide again. The
+# waits double from CONFLICT_BACKOFF_SECONDS up to CONFLICT_BACKOFF_MAX_SECONDS, each a random
+# part of that ("full jitter"): 1.3 s at the most in all.
+CONFLICT_RETRIES = 10
+CONFLICT_BACKOFF_SECONDS = 0.01
+CONFLICT_BACKOFF_MAX_SECONDS = 0.2
 
 
 class Connection(NamedTuple):
@@ -39,6 +49,9 @@ class SqlBase:
     """The state and the connection machinery every part of SqlStore uses."""
 
     dialect = Dialect
+    # Transactions run again on a fresh connection after a transient error: one per server
+    # the store may connect to (MysqlStore may have several), so each may be tried.
+    servers = 1
 
     def __init__(self, peer_timeout: int, register_unknown: bool, wait_seconds: float, open_max_torrents: int,
                  pool_size: int):
@@ -49,10 +62,11 @@ class SqlBase:
         self.sql = Statements(self.dialect)
         self._torrents_counted = (0, float("-inf"))  # (count, time.monotonic() then)
         self._pool: ConnectionPool[Connection] = ConnectionPool(self._open, self._close_quietly, pool_size,
-                                                                wait_seconds)
-        # For the metrics (metrics.py): statements and connections that failed. Counted
-        # under a lock: a rare path.
+                                                                wait_seconds, self._keep)
+        # For the metrics (metrics.py): statements and connections that failed, and of them
+        # the transactions that lost a conflict (run again). Counted under a lock: a rare path.
         self.errors = 0
+        self.conflicts = 0
         self._counting = threading.Lock()
 
     @property
@@ -85,6 +99,21 @@ class SqlBase:
         """True when the error says the connection itself is gone (the pool's idle ones are
         then closed too). A database with no server to lose (SQLite) keeps this."""
         return False
+
+    def _is_conflict(self, exc: BaseException) -> bool:
+        """True when the transaction lost to another writer and was rolled back: running it
+        again whole, after a wait, will likely succeed (CONFLICT_RETRIES)."""
+        return False
+
+    def _failed_on(self, connection: Connection, exc: BaseException) -> None:
+        """A transaction failed on this connection with this error (it is closed next): a
+        store with several servers may pass over the connection's server for a while."""
+
+    def _keep(self, connection: Connection) -> bool:
+        """Whether a connection whose transaction ended is lent again, or closed (a store
+        with several servers closes one on a fallback server when the one it prefers may be
+        back)."""
+        return True
 
     def _open(self) -> Connection:
         # One cursor for the connection's life: the MySQL connector pings the server (a
@@ -121,16 +150,18 @@ class SqlBase:
 
     def _transaction(self, work: Callable[[Any], T], read_only: bool = False) -> T:
         """Run `work(cursor)` in one transaction, on a connection borrowed from the pool for
-        it; on a dropped connection, a deadlock or a racing insert, start over once on
-        another (a fresh one, if the connection was lost). Every caller's work is idempotent
-        when repeated whole (completions are guarded per peer). `work` never calls the
-        store: a transaction holds one connection, never two.
+        it. On a dropped connection or a racing insert, start over once on another (a fresh
+        one, if the connection was lost; once per server, with several); on a lost conflict, start over after a jittered
+        wait, up to CONFLICT_RETRIES times. Every caller's work is idempotent when repeated
+        whole (completions are guarded per peer). `work` never calls the store: a
+        transaction holds one connection, never two.
 
         Raises StoreUnavailable when the database cannot be used now: no connection can be
         made (not retried: it would only wait again), every connection stayed lent for
-        wait_seconds, or the error says so, after the retry if there was one. Any other
-        error is raised as it is: something in the work is wrong."""
-        for attempt in (1, 2):
+        wait_seconds, or the error says so, after the retries. Any other error is raised as
+        it is: something in the work is wrong."""
+        retries, conflicts = 0, 0
+        while True:
             try:
                 connection = self._pool.borrow()
             except StoreUnavailable:
@@ -144,30 +175,43 @@ class SqlBase:
                 result = work(cursor)
                 self._end(conn, read_only)
             except ClientError:
-                try:
-                    conn.rollback()
-                except Exception:
-                    self._pool.discard(connection, lost=True)
-                else:
-                    self._pool.give_back(connection)
+                self._roll_back(connection)
                 raise
             except BaseException as exc:  # not only Exception: a connection mid-transaction is never lent again
+                if isinstance(exc, Exception) and self._is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                    self._roll_back(connection)  # the server rolled it back; the connection is sound
+                    conflicts += 1
+                    self._failed(conflict=True)
+                    time.sleep(random.uniform(0, min(CONFLICT_BACKOFF_MAX_SECONDS,
+                                                     CONFLICT_BACKOFF_SECONDS * 2 ** (conflicts - 1))))
+                    continue
+                self._failed_on(connection, exc)
                 self._pool.discard(connection, self._is_lost(exc))
                 if not isinstance(exc, Exception):
                     raise
                 self._failed()
-                if attempt == 1 and self._is_transient(exc):
+                if retries < self.servers and self._is_transient(exc):
+                    retries += 1
                     continue
                 if self._is_unavailable(exc):
                     raise StoreUnavailable(f"the database is unavailable: {exc}") from exc
                 raise
             self._pool.give_back(connection)
             return result
-        raise AssertionError("unreachable")
 
-    def _failed(self) -> None:
+    def _roll_back(self, connection: Connection) -> None:
+        """End a failed transaction and lend its connection again (closed if that fails)."""
+        try:
+            connection.conn.rollback()
+        except Exception:
+            self._pool.discard(connection, lost=True)
+        else:
+            self._pool.give_back(connection)
+
+    def _failed(self, conflict: bool = False) -> None:
         with self._counting:
             self.errors += 1
+            self.conflicts += conflict
 
 
     def _fetchall(self, statement: str, args: tuple = ()) -> list[tuple]:
