@@ -251,6 +251,20 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
+def warm(apache: Apache, seconds: float = 30) -> None:
+    """Build the tracker in every daemon process (routed by the first byte of the info hash,
+    up to 4 processes) before a test's clients come: a process builds it on its first
+    request, and a request that meets the build gets `retry in` after DB_QUEUE_SECONDS,
+    which a loaded machine can outlast. For tests of what clients see once it runs."""
+    deadline = time.monotonic() + seconds
+    for byte in range(4):
+        query = "info_hash=" + urllib.parse.quote_from_bytes(bytes([byte]) * 20)
+        while b"retry in" in apache.get("/tracker/scrape", query)[2]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the tracker at {apache.base} still answers `retry in` after {seconds} s")
+            time.sleep(0.2)
+
+
 def own_directories(directory: Path, keys: tuple[str, ...] = ("torrent_dir", "output_dir", "swarm_dir")) -> str:
     """Config lines giving a tracker its torrent_dir (empty), output_dir and swarm_dir (the
     tracker's, www-data's) in `directory`, a test's own, made here; `keys`: only those."""

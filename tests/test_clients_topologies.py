@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import libtorrent as lt
 import pytest
 
-from conftest import REPO, Apache, announce_query, decode, ih, pid
+from conftest import REPO, Apache, announce_query, decode, ih, pid, warm
 from test_libtorrent import LOOPBACK_SESSION
 from tracker_wsgi import apache_conf
 from tracker_wsgi.metainfo import parse_torrent
@@ -161,6 +161,8 @@ def start_topology(name: str, apache_factory, database: str, sync_interval: int)
         hosts = [apache_factory(config, name="daemon", topology="daemon")]
     else:
         hosts = [apache_factory(config, name=host, topology="daemon") for host in ("a", "b")]
+    for host in hosts:
+        warm(host)  # real clients take a `retry in` at start for a failure, and wait minutes
     return Topology(name, hosts, database, sync_interval)
 
 
