@@ -315,7 +315,12 @@ class Peer:
         probe = self.swarm.case.probe
         where = self.host if host is None else host
         url = (probe.ipv6_announce(where) if self.ipv6 else probe.announce_url(where)) if path is None else path
-        return probe.transport.request(f"{url}?{query_of([*query.items(), *extra], style)}", source=self.source)
+        try:
+            return probe.transport.request(f"{url}?{query_of([*query.items(), *extra], style)}", source=self.source)
+        except OSError as exc:
+            if self.ipv6:  # the check needs the tracker over IPv6: say why it could not run
+                raise Skipped(f"the tracker is not reachable over IPv6 at {url}: {exc}") from None
+            raise
 
     def ok(self, event: str | None = None, **kwargs: object) -> dict:
         """An announce that must be answered: HTTP 200, a bencoded dictionary, no failure."""

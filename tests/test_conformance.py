@@ -1,10 +1,11 @@
 """Issue #18's "conformance in every topology": the probe of tests/conformance.py (real HTTP
 to the announce and scrape URLs, every check what a BitTorrent client relies on) run
 whole against a real Apache in each topology: daemon mode with 1 and 2 (routed) processes,
-embedded mode (event MPM, 2 children: both must have answered), and two Apache hosts on one
-MariaDB (each check's announces at one host or both; what crosses hosts may take 2 x
-sync_interval). Each topology is probed twice: a new connection per request, then
-keep-alive. Every check must pass.
+embedded mode (event MPM, 2 children: both must have answered), embedded mode with
+keep-alive allowed, and two Apache hosts on one MariaDB (each check's announces at one host
+or both; what crosses hosts may take 2 x sync_interval). Each topology is probed twice: a
+new connection per request, then keep-alive. Every check must pass; the totals are printed
+(pytest -s).
 
 And the probe can fail: in-process, the tracker itself passes every check, while the bench's
 hello-world app and the tracker behind a few deliberately broken front ends fail the checks
