@@ -215,20 +215,19 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES, site: str = "") -> str:
     one = processes == 1
     if one:
         processes_text = """\
-# One daemon process answers /tracker, started with Apache and kept for its life. It keeps
-# the swarms in memory and answers announces from there (tracker_wsgi/live.py), so every
+# One daemon process answers /tracker, started with Apache and kept for its life. It answers
+# announces from the host's swarm state (tracker_wsgi/hoststate.py, in swarm_dir), so every
 # peer announced to this host is in every answer at once. Python runs one thread at a time
 # in a process, so it uses one core: generate this file with --processes N for more.
 """
     else:
         processes_text = f"""\
-# {processes} daemon processes answer /tracker, started with Apache and kept for its life. Each keeps
-# the swarms it serves in memory and answers announces from there (tracker_wsgi/live.py).
+# {processes} daemon processes answer /tracker, started with Apache and kept for its life. They
+# answer announces from one swarm state they share (tracker_wsgi/hoststate.py, in swarm_dir),
+# so every peer announced to this host is in every answer at once, whichever process answers.
 # Python runs one thread at a time in a process, so {processes} processes use {processes} cores; each
 # announce goes to the process its info hash's first byte names (the byte mod {processes}, below),
-# so each swarm lives in one process and every peer announced to this host is in every
-# answer at once. (Anything else reaches another process's view within 2 x sync_interval,
-# as between hosts: a hybrid torrent's v1 and v2 hashes, say.)
+# which spreads the swarms over them: for the load, not for the answers.
 """
     daemons = "".join(
         f"WSGIDaemonProcess {name} processes=1 threads={DAEMON_THREADS} display-name=%{{GROUP}} \\\n"
@@ -299,7 +298,7 @@ def daemon_conf(processes: int = DEFAULT_PROCESSES, site: str = "") -> str:
 #                        graceful-timeout, writing its announces). mod_wsgi 6 fires when one
 #                        thread has run request-timeout x (1 + ln threads), ~220 s here; 4.x when
 #                        the running requests' average reaches it, i.e. all {DAEMON_THREADS} stuck for 60 s.
-# No maximum-requests: recycling a process would throw its swarms away for nothing.
+# No maximum-requests: recycling a process would cost its start-up (a p99) for nothing.
 {daemons}
 # /tracker/announce and /tracker/scrape (and a bare /tracker) go to tracker.wsgi, in the
 # main interpreter (%{{GLOBAL}}), which C extensions (the MySQL connector, bencoder) need.
@@ -392,9 +391,8 @@ def embedded_server_conf(processes: int = EMBEDDED_PROCESSES, threads: int = EMB
 WSGIPythonHome ${{TRACKER_WSGI_VENV}}
 
 # A fixed pool of Apache children, as mod_wsgi-express --embedded-mode makes: each child loads
-# the tracker when it starts and holds swarms in memory, so a child started under load answers
-# late (the start-up costs a p99) and a child stopped or recycled throws its swarms away. So
-# every child starts with Apache and lives as long as it.
+# the tracker when it starts, so a child started under load answers late (the start-up costs
+# a p99). So every child starts with Apache and lives as long as it.
 #
 # The numbers suit a 2-core box. One child per core: Python runs one thread at a time in a
 # child, so children, not threads, use cores (measured, issue #13: 1 x 64 left a core idle,
