@@ -3,6 +3,9 @@ database gate (live.StoreGate), without Apache or a database."""
 
 from __future__ import annotations
 
+import mmap
+import tempfile
+
 import pytest
 
 from tracker_wsgi import limits
@@ -107,6 +110,17 @@ def test_where_the_process_runs_chooses_what_the_guard_measures(monkeypatch):
     assert embedded.threshold == int((64 << 20) * limits.MEMORY_SHARE)
     assert embedded.data_bytes is limits._resident_bytes
     assert limits._resident_bytes() > 1 << 20  # this test process, measured
+    # A file's pages mapped and read (the host state's LMDB file in every child) are the page
+    # cache's, not the child's: not counted.
+    size = 64 << 20
+    with tempfile.TemporaryFile() as file:
+        file.write(b"\1" * size)
+        file.flush()
+        with mmap.mmap(file.fileno(), size) as mapped:
+            own, resident = limits._resident_bytes(), limits._statm(1)
+            assert sum(mapped[i] for i in range(0, size, mmap.PAGESIZE)) == size // mmap.PAGESIZE
+            assert limits._statm(1) - resident > size // 2  # resident, as statm counts it
+            assert limits._resident_bytes() - own < 8 << 20  # not the process's own
     assert MemoryGuard.for_process_group(limits.apache_process_group(), 64 << 20).data_bytes is limits._data_bytes  # pytest: no mod_wsgi
 
 

@@ -203,13 +203,20 @@ def _data_bytes() -> int:
 
 
 def _resident_bytes() -> int:
-    """The process's resident memory (statm's `resident`)."""
-    return _statm(1)
+    """The process's own resident memory: statm's `resident` less its `shared` (pages of
+    files and shared memory, which the page cache holds for every process: the host
+    state's LMDB file, mapped by every child, is no child's memory)."""
+    fields = _statm_fields()
+    return (fields[1] - fields[2]) * PAGE_BYTES
 
 
 def _statm(field: int) -> int:
+    return _statm_fields()[field] * PAGE_BYTES
+
+
+def _statm_fields() -> list[int]:
     with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[field]) * PAGE_BYTES
+        return [int(value) for value in f.read().split()]
 
 
 def apache_process_group() -> str | None:
@@ -230,7 +237,8 @@ class MemoryGuard:
       data (heap, anonymous mappings, stacks), as the kernel counts it.
     - An Apache child (embedded mode) has no RLIMIT_DATA (it would fail Apache's own
       allocations), and its data segment holds every worker thread's reserved stack: there
-      the config's `memory_limit` is measured against resident memory instead.
+      the config's `memory_limit` is measured against its own resident memory instead (not
+      the mapped host state, which is the page cache's).
     - Outside Apache (the CLI, tests) a guard is never full unless given a limit."""
 
     def __init__(self, limit: int | None = None, clock: Callable[[], float] = time.monotonic,
