@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from bencoder import bdecode
 
-from conftest import APACHE_DIR, announce_query, ih, pid
+from conftest import APACHE_DIR, announce_query, ih, pid, warm
 from test_e2e_apache import _daemon_pids, config_text, register
 from tracker_wsgi import devserver
 
@@ -184,6 +184,7 @@ def test_a_stopped_daemon_is_a_quick_bencoded_503(tracker):
     """With both daemon processes frozen, the requests their sockets cannot queue get a
     bencoded 503 with `retry in` after connect-timeout; the queued ones are answered once
     the daemons run again."""
+    warm(tracker)  # built before they freeze: the thawed queue is answered, not told `retry in`
     deadline = time.monotonic() + 10  # Apache listens before mod_wsgi has forked its daemons
     while len(daemons := _daemon_pids(tracker)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -386,6 +387,7 @@ def test_slow_bodies_are_refused_unread_and_never_hold_the_tracker(topology, sql
     daemon thread until the read timeout; 40 held both daemons' 30 threads.)"""
     register(sqlite_url, 1)
     apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    warm(apache)
     status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(1), 6001), HOST),
                           source=LEGIT_ADDRESS)
     assert status == 200 and b"failure reason" not in bdecode(body), body
@@ -511,6 +513,7 @@ def test_clients_that_never_read_do_not_starve_announces(topology, sqlite_url, s
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 2 * SLOW_READERS + 1000)), hard))
     register(sqlite_url, 1)
     apache = apache_factory(own_dirs_config(sqlite_url, shared_dir), topology=topology)
+    warm(apache)
     status, _, body = raw(apache, request("/tracker/announce?" + announce_query(ih(1), pid(1), 6001), HOST),
                           source=LEGIT_ADDRESS)
     assert status == 200 and b"failure reason" not in bdecode(body), body
