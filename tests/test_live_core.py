@@ -319,3 +319,27 @@ def test_a_reboot_starts_the_host_state_afresh_a_process_restart_does_not(tmp_pa
     monkeypatch.setattr(hoststate, "_boot_id", lambda: b"another boot")
     assert HostSwarms(store, SYNC, path, clock=lambda: NOW).held()[:3] == (0, 0, 0)
     store.close()
+
+
+def test_a_directory_of_another_kind_is_made_anew_keeping_the_admins_files(tmp_path):
+    """A file that is not LMDB's (or a state of another format) is made anew: LMDB's two
+    files only, never the rest of the directory (swarm_dir is the admin's to choose)."""
+    path = tmp_path / "swarms"
+    path.mkdir()
+    (path / "data.mdb").write_bytes(b"not an LMDB file" * 1000)
+    (path / "notes.txt").write_text("the admin's\n")
+    state = HostState(str(path), TIMEOUT, BOUNDS)
+    state.open()
+    assert state.sizes() == (0, 0, 0) and (path / "notes.txt").read_text() == "the admin's\n"
+    hoststate.forget_environments()
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(hoststate, "FORMAT", b"tracker_wsgi host state 0")  # an earlier release's
+    try:
+        HostState(str(path), TIMEOUT, BOUNDS).open()
+        hoststate.forget_environments()
+    finally:
+        monkeypatch.undo()
+    state = HostState(str(path), TIMEOUT, BOUNDS)
+    state.open()  # this release's format again: made anew
+    assert state.sizes() == (0, 0, 0) and (path / "notes.txt").exists()
+    hoststate.forget_environments()

@@ -725,6 +725,7 @@ def test_a_leecher_that_stops_with_nothing_left_has_finished_once(store, swarms)
     other = HostSwarms(store, SYNC, new_swarm_dir(), clock=lambda: NOW)
     swarms.announce(ann(2, left=10, event=Event.STARTED), NOW)
     swarms.flush()
+    time.sleep(0.002)  # a later millisecond: the stamps order the two hosts' writes as they came
     other.announce(ann(2, left=0, event=Event.STOPPED), NOW)
     other.flush()
     assert store.scrape([ih(1)], NOW)[ih(1)].downloaded == 2

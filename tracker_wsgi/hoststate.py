@@ -31,10 +31,10 @@ Every method takes the process lock and one transaction; none calls the database
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
-import shutil
 import struct
 import threading
 import time
@@ -237,6 +237,17 @@ def _environment(path: str) -> tuple[lmdb.Environment, threading.Lock]:
         return env, _PROCESS_LOCKS[key]
 
 
+class _OtherFormat(lmdb.Error):
+    """The directory holds a host state of another format (an earlier release's)."""
+
+
+# What makes a directory anew: not LMDB's, torn, of another LMDB or of another format. Not
+# any other error (a process forked after opening it is told "already open"; a directory it
+# may not write): the directory may be another process's, in use.
+_MADE_ANEW = (_OtherFormat, lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
+              lmdb.VersionMismatchError, lmdb.IncompatibleError, lmdb.PanicError)
+
+
 def _open(path: str) -> lmdb.Environment:
     for attempt in (1, 2):
         try:
@@ -251,7 +262,7 @@ def _open(path: str) -> lmdb.Environment:
                     txn.put(b"salt", os.urandom(16), db=meta)
                     txn.put(b"host", os.urandom(2), db=meta)  # breaks ties of the stamps of two hosts
                 elif found != FORMAT:
-                    raise lmdb.Error(f"{path} holds another format ({found!r})")
+                    raise _OtherFormat(f"{path} holds another format ({found!r})")
                 boot = _boot_id()
                 if txn.get(b"boot", db=meta) != boot:
                     # LMDB does not sync its file here (sync=False): after a crash or a power
@@ -264,11 +275,14 @@ def _open(path: str) -> lmdb.Environment:
                         txn.delete(key, db=meta)
                     txn.put(b"boot", boot, db=meta)
             return env
-        except lmdb.Error:
+        except _MADE_ANEW:
             if attempt == 2:
                 raise
             # Soft state: what it held is in the database but for its last dirty announces.
-            shutil.rmtree(path, ignore_errors=True)
+            # LMDB's two files only: the directory is the admin's, and may hold others.
+            for name in ("data.mdb", "lock.mdb"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
     raise AssertionError("unreachable")
 
 
