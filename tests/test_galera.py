@@ -25,6 +25,8 @@ from tracker_wsgi.store.sqlbase import CONFLICT_BACKOFF_MAX_SECONDS, CONFLICT_RE
 TIMEOUT = 2700
 NOW = 1_700_000_000
 
+REJOIN_SECONDS = 60  # a node isolated and let back in is synced again (a deadline, not a target)
+
 
 def test_the_three_nodes_form_one_cluster_and_replicate(galera):  # noqa: F811
     assert [galera.status(n, "wsrep_cluster_size") for n in (1, 2, 3)] == ["3", "3", "3"]
@@ -227,10 +229,11 @@ def test_a_node_out_of_the_cluster_is_passed_over(galera, galera_db, monkeypatch
     finally:
         admin.cursor().execute("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
         admin.close()
-        if not wait_until(lambda: galera.status(1, "wsrep_ready") == "ON", 20):
+        # A few seconds on a quiet machine; a loaded one (CI beside other work) took longer.
+        if not wait_until(lambda: galera.status(1, "wsrep_ready") == "ON", REJOIN_SECONDS):
             galera.kill(1)  # for the next tests; this one fails below
             galera.restart(1)
-            pytest.fail("node 1 did not rejoin within 20 s of gmcast.isolate=0")
+            pytest.fail(f"node 1 did not rejoin within {REJOIN_SECONDS} s of gmcast.isolate=0")
     assert wait_until(lambda: store.last_refresh() == 0 and server_port(store) == galera.port(1), 10)
     store.close()
 
