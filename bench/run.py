@@ -1528,8 +1528,9 @@ def print_cluster(args, modes: list[str], names: list[str], runs: dict[tuple[str
               + ("; front end 1 answered a completion " + (f"{f['after_rejoin']:.2f} s after that" if
                  f["after_rejoin"] is not None else f"not in the {FAILOVER_GIVE_UP} s after that")))
         if f["quorum_lost"]:
-            print("    the surviving nodes lost the cluster's primary component (no quorum): every node refused "
-                  "transactions until node 1 came back (see their views below)")
+            print("    the surviving nodes left the cluster's primary component (non-Primary: no quorum, every "
+                  "transaction refused) for a while: their views below say when, and whether they formed one again "
+                  "before node 1 came back")
         for first in sorted({e for r in f["runs"] for e in r["first_errors"]}):
             print(f"    first error of a wrk thread: {first}")
         print("    the probes, from the kill (s): " + "; ".join(
