@@ -1,6 +1,6 @@
 -- wrk script: realistic announce/scrape traffic for tracker_wsgi.
 --
---   wrk -t2 -c64 -d10s --latency -s bench/announce.lua http://127.0.0.1:PORT/tracker -- [torrents] [peers_per_thread] [zipf_s]
+--   wrk -t2 -c64 -d10s --latency -s bench/announce.lua http://127.0.0.1:PORT/tracker -- [torrents] [peers_per_thread] [zipf_s] [first_thread]
 --
 -- The URL's path is where the tracker lives: requests go to <path>/announce and <path>/scrape
 -- (/tracker for tracker_wsgi, / for opentracker and the npm bittorrent-tracker).
@@ -19,6 +19,8 @@
 -- Errors: any non-200 answer, and any 200 whose body holds "failure reason" (bencoded error),
 -- are counted per thread and printed by done(), with each thread's first such answer (which
 -- rule refused it).
+-- first_thread (default 1): wrk's threads are numbered from it, so several wrk processes
+-- (bench/run.py --cluster: one per front end) each send peers of their own.
 
 local bit = require("bit")
 local band, bor, bxor, bnot, rol, tobit, tohex = bit.band, bit.bor, bit.bxor, bit.bnot, bit.rol, bit.tobit, bit.tohex
@@ -72,7 +74,7 @@ local function random_bytes(n)
 end
 
 -- Shared config (set in every thread's Lua state by init).
-local torrents, pool_size, zipf_s = 1000, 5000, 1.0
+local torrents, pool_size, zipf_s, first_thread = 1000, 5000, 1.0, 1
 local hashes = {}   -- encoded info hashes, 1-based
 local cdf = {}      -- cumulative popularity
 local slots = {}    -- peer pool of this thread
@@ -138,7 +140,7 @@ local thread_count = 0
 
 function setup(thread)
    thread_count = thread_count + 1
-   thread:set("thread_id", thread_count)
+   thread:set("thread_number", thread_count)
    table.insert(threads, thread)
 end
 
@@ -146,6 +148,8 @@ function init(args)
    torrents = tonumber(args[1]) or torrents
    pool_size = tonumber(args[2]) or pool_size
    zipf_s = tonumber(args[3]) or zipf_s
+   first_thread = tonumber(args[4]) or first_thread
+   thread_id = first_thread + (thread_number or 1) - 1
    base = (wrk.path:gsub("/+$", ""))
    local total = 0
    for i = 1, torrents do
@@ -154,10 +158,10 @@ function init(args)
       cdf[i] = total
    end
    for j = 1, pool_size do
-      slots[j] = slot_peer(thread_id or 1, j)
+      slots[j] = slot_peer(thread_id, j)
    end
-   math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919 + math.floor(os.clock() * 1e6))
-   if args[4] == "selftest" and thread_id == 1 then
+   math.randomseed(os.time() * 1000 + thread_id * 7919 + math.floor(os.clock() * 1e6))
+   if args[5] == "selftest" and thread_number == 1 then
       -- run.py checks this against Python's hashlib and the tracker's view of a request.
       io.write("SELFTEST sha1(bench-torrent-0)=", (sha1("bench-torrent-0"):gsub(".", function(c)
          return string.format("%02x", c:byte()) end)), " hash[1]=", hashes[1],

@@ -1,7 +1,7 @@
 """Throughput benchmark: tracker_wsgi behind the shipped Apache snippet, beside its peers.
 
     .venv/bin/python bench/run.py [--seconds 10] [--stores sqlite,mysql] [--topologies daemon,embedded]
-                                  [--scale] [--metrics] [--candidates | --candidates-only]
+                                  [--scale] [--metrics] [--candidates | --candidates-only | --cluster]
 
 Every system gets the same traffic (bench/announce.lua: the same torrents, the same peers,
 each peer from its own address by X-Forwarded-For) in the same run, one after the other in
@@ -35,6 +35,14 @@ host's processes share (bench/candidates.wsgi: a per-process dict, LMDB, SQLite 
 what a peer announced at one process looks like at another (bench/README.md, "Choosing the
 host's shared swarm state").
 
+With --cluster (alone), issue 20's Galera benchmark: three tracker front ends (Apache, each
+its own port and swarm_dir, front end i listing node i first in `database`) on a 3-node Galera
+cluster (scripts/galera-cluster) and three on one MariaDB server with a node's settings, driven
+in turn in every round by one wrk each (peers of their own): req/s summed, p99, the nodes'
+conflict counters per 1,000 announces; then, --rounds times, node 1 killed with kill -9 under
+load: how long front end 1 refuses completions, and node 1 restarted (bench/README.md,
+"Galera cluster").
+
 Only ratios within one run mean anything: absolute figures drift with the machine.
 """
 
@@ -53,6 +61,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -139,15 +148,23 @@ def mysql_admin():
 
 
 class BenchStore:
-    """One database for one measurement: made, filled, handed to Apache, dropped."""
+    """One database for one measurement: made, filled, handed to Apache, dropped. On `servers`
+    of the run's own (--cluster), the database goes with them; else on the system MariaDB."""
 
-    def __init__(self, kind: str, root: Path, label: str):
+    def __init__(self, kind: str, root: Path, label: str, servers: DatabaseServers | None = None):
         self.kind = kind
+        self.servers = servers
         self.dir = root / f"{kind}-{label}"
         self.dir.mkdir()
         self.dir.chmod(0o777)
         if kind == "sqlite":
             self.url = f"sqlite:///{self.dir}/tracker.sqlite"
+        elif servers:
+            self.db = f"tracker_bench_{secrets.token_hex(4)}"
+            admin = servers.connect(1)
+            admin.cursor().execute(f"CREATE DATABASE {self.db}")
+            admin.close()
+            self.url = servers.url(self.db, 1)
         else:
             self.db = f"tracker_test_bench_{secrets.token_hex(4)}"  # tracker_test may use tracker_test_%
             admin = mysql_admin()
@@ -206,11 +223,12 @@ class BenchStore:
         self.store._transaction(insert)
         self.store.expire_peers(now)  # expires nothing; recounts the torrents' counters
 
-    def slot_peers(self, torrents: int, threads: int, pool: int, zipf_s: float) -> None:
+    def slot_peers(self, torrents: int, threads: int, pool: int, zipf_s: float, first_thread: int = 1) -> None:
+        """The starting peers of announce.lua's wrk threads first_thread.. (threads of them)."""
         cdf = zipf_cdf(torrents, zipf_s)
         ids = self.torrent_ids()
         rows = []
-        for t in range(1, threads + 1):
+        for t in range(first_thread, first_thread + threads):
             for j in range(1, pool + 1):
                 torrent, *peer = slot_peer(t, j, cdf)
                 rows.append((ids[info_hash(torrent)], *peer))
@@ -258,7 +276,7 @@ class BenchStore:
 
     def drop(self) -> None:
         self.store.close()
-        if self.kind == "mysql":
+        if self.kind == "mysql" and not self.servers:
             admin = mysql_admin()
             admin.cursor().execute(f"DROP DATABASE IF EXISTS {self.db}")
             admin.close()
@@ -665,12 +683,14 @@ def parse_size(value: str, unit: str) -> float:
     return float(value) * {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}[unit]
 
 
-def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = None) -> dict:
-    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds or args.seconds}s", "--latency",
-           "-s", str(LUA)]
+def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = None, first_thread: int = 1,
+            connections: int | None = None) -> dict:
+    """wrk with announce.lua; its threads send the peers of slots first_thread.. (announce.lua)."""
+    cmd = ["wrk", f"-t{args.threads}", f"-c{connections or args.connections}", f"-d{seconds or args.seconds}s",
+           "--latency", "-s", str(LUA)]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd += [url, "--", str(torrents), str(args.pool), str(args.zipf)]
+    cmd += [url, "--", str(torrents), str(args.pool), str(args.zipf), str(first_thread)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.communicate()[0]
     if proc.returncode != 0 or "Requests/sec" not in out:
@@ -679,6 +699,8 @@ def run_wrk(args, url: str, close: bool, torrents: int, seconds: int | None = No
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
         result[f"p{pct}"] = parse_duration(*m.groups())
+    m = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s|m)\s", out, re.M)
+    result["max"] = parse_duration(*m.groups())
     m = re.search(r"(\d+) requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB|TB) read", out)
     result["bytes_per_answer"] = parse_size(*m.groups()[1:]) / max(1, int(m.group(1)))
     m = re.search(r"BENCH errors=(\d+) non200=(\d+) failure_reason=(\d+) announces_sent=(\d+) "
@@ -1035,6 +1057,502 @@ def print_candidates(args, modes: list[str], systems: list[tuple[str, System]],
     print("\n".join(out))
 
 
+# -- --cluster: three front ends on a 3-node Galera cluster vs on one MariaDB server (issue 20) --
+
+GALERA_CLUSTER = REPO / "scripts" / "galera-cluster"
+# Tracker front ends (Apache instances, each its own port and swarm_dir) per database; front
+# end i prefers server i: its `database` lists the nodes from i on.
+FRONT_ENDS = 3
+# Galera's counts of a node's own transactions that lost to another node's write of the same
+# row: at commit (certification failed) and while running (aborted by a replicated write,
+# "brute force"). Each is a transaction the tracker ran again. InnoDB's deadlocks are the
+# single server's (and a node's local) kind of lost conflict.
+CONFLICT_COUNTERS = ("wsrep_local_cert_failures", "wsrep_local_bf_aborts", "Innodb_deadlocks")
+# The failover run: node 1 is killed this many seconds into the load, which goes on at least
+# FAILOVER_AFTER seconds more; the probes at front end 1 start FAILOVER_PROBES_BEFORE seconds
+# before the kill, one after the other, FAILOVER_PROBE_PAUSE apart.
+FAILOVER_KILL_AT, FAILOVER_AFTER, FAILOVER_PROBES_BEFORE, FAILOVER_PROBE_PAUSE = 5, 15, 2, 0.05
+# After the load, the probes go on until one is answered, at most this long after the kill.
+FAILOVER_GIVE_UP = 60
+# The issue's targets.
+CLUSTER_RATE_TARGET, CONFLICTS_TARGET, FAILOVER_TARGET = 0.9, 1.0, 5.0
+
+
+def galera_cluster_module():
+    """scripts/galera-cluster as a module (it has no .py name): its node settings and account."""
+    loader = importlib.machinery.SourceFileLoader("galera_cluster", str(GALERA_CLUSTER))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+class DatabaseServers:
+    """MariaDB servers of the run's own, reached over TCP with one account: the nodes of a
+    Galera cluster, or one server."""
+
+    name: str
+    ports: list[int]
+    user: str
+    password: str
+
+    def url(self, db: str, first: int) -> str:
+        """The `database` setting of a front end preferring server `first` (1-based), the
+        others after it in turn."""
+        ports = self.ports[first - 1:] + self.ports[:first - 1]
+        return f"mysql://{self.user}:{self.password}@{','.join(f'127.0.0.1:{p}' for p in ports)}/{db}"
+
+    def connect(self, n: int):
+        import mysql.connector
+
+        return mysql.connector.connect(user=self.user, password=self.password, host="127.0.0.1",
+                                       port=self.ports[n - 1], autocommit=True, connection_timeout=5)
+
+    def counters(self) -> dict[str, int]:
+        """CONFLICT_COUNTERS summed over the servers (a counter a server lacks counts 0)."""
+        total = dict.fromkeys(CONFLICT_COUNTERS, 0)
+        for n in range(1, len(self.ports) + 1):
+            conn = self.connect(n)
+            try:
+                cur = conn.cursor()
+                cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN (%s, %s, %s)", CONFLICT_COUNTERS)
+                for name, value in cur.fetchall():
+                    total[next(c for c in CONFLICT_COUNTERS if c.lower() == name.lower())] += int(value)
+            finally:
+                conn.close()
+        return total
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class GaleraServers(DatabaseServers):
+    """scripts/galera-cluster's three nodes, in `base` (a new directory)."""
+
+    def __init__(self, base: Path):
+        self.name, self.base = "Galera, 3 nodes", base
+        self._script("start")
+        cluster = json.loads((base / "cluster.json").read_text())
+        self.user, self.password, self.nodes = cluster["user"], cluster["password"], cluster["nodes"]
+        self.ports = [node["port"] for node in self.nodes]
+
+    def pid(self, n: int) -> int | None:
+        try:
+            return int(Path(self.nodes[n - 1]["dir"], "mariadbd.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def pids(self) -> list[int]:
+        return [pid for pid in (self.pid(n) for n in range(1, len(self.nodes) + 1)) if pid is not None]
+
+    def kill(self, n: int) -> float:
+        """kill -9 node n, as a crash would; returns the time.monotonic() of the signal."""
+        pid = self.pid(n)
+        if pid is None:
+            raise RuntimeError(f"galera node{n} has no pid file")
+        os.kill(pid, 9)
+        return time.monotonic()
+
+    def restart(self, n: int) -> float:
+        """Start node n again (it rejoins by IST) and wait until it is Synced; returns the seconds."""
+        started = time.monotonic()
+        self._script("restart", str(n))
+        return time.monotonic() - started
+
+    def synced_nodes(self) -> int:
+        synced = 0
+        for n in range(1, len(self.nodes) + 1):
+            try:
+                conn = self.connect(n)
+            except Exception:  # noqa: BLE001 - a node down is not synced
+                continue
+            cur = conn.cursor()
+            cur.execute("SHOW STATUS LIKE 'wsrep_local_state_comment'")
+            synced += cur.fetchone()[1] == "Synced"
+            conn.close()
+        return synced
+
+    def stop(self) -> None:
+        self._script("stop")
+
+    def _script(self, command: str, *args: str) -> None:
+        done = subprocess.run([str(GALERA_CLUSTER), command, str(self.base), *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            if command == "start":  # the nodes that did start
+                subprocess.run([str(GALERA_CLUSTER), "stop", str(self.base)], capture_output=True)
+            raise RuntimeError(f"scripts/galera-cluster {command} {self.base} {' '.join(args)}: {done.stderr.strip()}")
+
+
+class SingleServer(DatabaseServers):
+    """One mariadbd of the run's own with a Galera node's settings (scripts/galera-cluster's
+    my.cnf) but no Galera, and the cluster's account: what the cluster is compared with. (The
+    system's MariaDB has other settings, and other engineers' tests restart it.)"""
+
+    def __init__(self, base: Path):
+        galera = galera_cluster_module()
+        self.name, self.user, self.password = "one server", galera.CLUSTER_USER, galera.CLUSTER_PASSWORD
+        mysql_user = pwd.getpwnam("mysql")
+        base.mkdir()
+        (base / "data").mkdir()
+        for path in (base, base / "data"):
+            os.chown(path, mysql_user.pw_uid, mysql_user.pw_gid)
+        self.socket = base / "mariadbd.sock"
+        self.ports = [free_port()]
+        settings = "\n".join(line for line in galera.MY_CNF.splitlines() if not line.startswith("wsrep"))
+        cnf = base / "my.cnf"
+        cnf.write_text(settings.replace("Node {n} of a test cluster", "One server like a test cluster's node")
+                       .format(node_dir=base, datadir=base / "data", socket=self.socket, port=self.ports[0]) + "\n")
+        subprocess.run(["mariadb-install-db", f"--defaults-file={cnf}", "--user=mysql",
+                        "--auth-root-authentication-method=socket", "--skip-test-db"], check=True, capture_output=True)
+        self.process = subprocess.Popen(["/usr/sbin/mariadbd", f"--defaults-file={cnf}"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready(base)
+            self._sql(f"CREATE USER '{self.user}'@'127.0.0.1' IDENTIFIED BY '{self.password}'; "
+                      f"GRANT ALL ON *.* TO '{self.user}'@'127.0.0.1'")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, base: Path) -> None:
+        deadline = time.monotonic() + START_SECONDS
+        while self._sql("SELECT 1", check=False) != "1":
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the single mariadbd did not start: see {base}/error.log")
+            time.sleep(0.2)
+
+    def _sql(self, statements: str, check: bool = True) -> str:
+        done = subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot", "--batch",
+                               "--skip-column-names", "--connect-timeout=2", "-e", statements],
+                              capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"single mariadbd: {statements}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def pids(self) -> list[int]:
+        return [self.process.pid]
+
+    def stop(self) -> None:
+        devserver.stop(self.process, 60)
+
+
+def front_end_connections(args) -> int:
+    """Each front end's wrk connections: --connections shared among the front ends."""
+    return max(args.threads, args.connections // FRONT_ENDS)
+
+
+def drive(args, front_ends: list[Apache], close: bool, seconds: int | None = None) -> list[dict]:
+    """One wrk per front end, all at once; front end i's threads send the peers of wrk threads
+    i * --threads + 1.. (announce.lua's first_thread), so no peer announces at two front ends."""
+    results: list[dict | BaseException | None] = [None] * len(front_ends)
+
+    def one(i: int) -> None:
+        try:
+            results[i] = run_wrk(args, front_ends[i].url, close, args.torrents, seconds,
+                                 first_thread=1 + i * args.threads, connections=front_end_connections(args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller's thread
+            results[i] = exc
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(len(front_ends))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def measure_front_ends(args, servers: DatabaseServers, front_ends: list[Apache], close: bool) -> dict:
+    """The front ends driven at once: req/s summed, the slowest front end's p50 and p99, the
+    failure answers and socket errors summed, CONFLICT_COUNTERS' increase over the servers, and
+    the CPU each party used (cores busy)."""
+    processes = [apache.processes() for apache in front_ends]
+    daemons, others = sum((d for d, _ in processes), []), sum((o for _, o in processes), [])
+    db = servers.pids()
+    counted = servers.counters()
+    before = (cpu_seconds(daemons), cpu_seconds(others), cpu_seconds(db), os.times())
+    start = time.monotonic()
+    runs = drive(args, front_ends, close)
+    wall = time.monotonic() - start
+    after_t = os.times()
+    counted = {name: value - counted[name] for name, value in servers.counters().items()}
+    return {
+        "rps": sum(r["rps"] for r in runs), "p50": max(r["p50"] for r in runs), "p99": max(r["p99"] for r in runs),
+        "errors": sum(r["errors"] for r in runs), "socket": sum(r["socket"] for r in runs),
+        "announces": sum(r["announces"] for r in runs), "each": [r["rps"] for r in runs],
+        "first_errors": sorted({e for r in runs for e in r["first_errors"]}), "conflicts": counted,
+        "cpu": {"wsgi": cpu_used(before[0], cpu_seconds(daemons)) / wall,
+                "server": cpu_used(before[1], cpu_seconds(others)) / wall,
+                "mariadb": cpu_used(before[2], cpu_seconds(db)) / wall,
+                "wrk": (after_t.children_user + after_t.children_system
+                        - before[3].children_user - before[3].children_system) / wall},
+    }
+
+
+def completion_probe(apache: Apache, n: int) -> tuple[bool, str]:
+    """A completion (event=completed, left=0) of a new peer on the most popular torrent, on a
+    connection of its own: the tracker commits it to the database before it answers, so it
+    is answered only by a node that works. (True, "") for a real answer, else (False, what)."""
+    peer_id = b"-BNFAIL-" + secrets.token_bytes(12)
+    path = announce_path(TRACKER_PATH, 0, peer_id, 6881, 0, b"F00D") + "&event=completed"
+    address = f"10.254.{n // 250 % 250}.{n % 250 + 1}"  # one per probe: the per-address limits stay out of it
+    conn = http.client.HTTPConnection("127.0.0.1", apache.port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"X-Forwarded-For": address, "Connection": "close"})
+        response = conn.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"no answer: {exc}"
+    finally:
+        conn.close()
+    if response.status == 200 and b"failure reason" not in body and b"5:peers" in body:
+        return True, ""
+    return False, f"{response.status} {body[:100]!r}"
+
+
+def measure_failover(args, cluster: GaleraServers, front_ends: list[Apache], close: bool) -> dict:
+    """Every front end under load; FAILOVER_KILL_AT seconds in, kill -9 node 1, the node front
+    end 1 prefers, while completions are probed at front end 1 one after the other (until one
+    is answered after the load, at most FAILOVER_GIVE_UP seconds after the kill) and the other
+    nodes' view of the cluster is watched. The failover time is from the kill to the first
+    real answer to a probe sent after it; the settling time, to the first real answer to a
+    probe sent after the last refused or unanswered one came back. Then node 1 is restarted."""
+    probes: list[tuple[float, float, bool, str]] = []  # (sent, answered, real answer, what else)
+    views: list[tuple[float, int, str]] = []  # (when, node, its view) at each change of a node's view
+    load_done, stop = threading.Event(), threading.Event()
+    killed: dict[str, float] = {}
+
+    def probe() -> None:
+        n = 0
+        while not stop.is_set():
+            sent = time.monotonic()
+            ok, what = completion_probe(front_ends[0], n)
+            probes.append((sent, time.monotonic(), ok, what))
+            n += 1
+            if ok and load_done.is_set() or "at" in killed and sent > killed["at"] + FAILOVER_GIVE_UP:
+                return
+            time.sleep(FAILOVER_PROBE_PAUSE)
+
+    def watch(n: int) -> None:
+        """Node n's view (wsrep_cluster_status, wsrep_cluster_size, wsrep_ready), at each change."""
+        conn, last = None, None
+        while not stop.is_set():
+            try:
+                conn = conn or cluster.connect(n)
+                cur = conn.cursor()
+                cur.execute("SHOW STATUS WHERE Variable_name IN "
+                            "('wsrep_cluster_status', 'wsrep_cluster_size', 'wsrep_ready')")
+                status = dict(cur.fetchall())
+                view = (f"{status['wsrep_cluster_status']} of {status['wsrep_cluster_size']}"
+                        f"{'' if status['wsrep_ready'] == 'ON' else ', not ready'}")
+            except Exception as exc:  # noqa: BLE001 - a node that does not answer is a view too
+                view, conn = f"no answer ({type(exc).__name__})", None
+            if view != last:
+                views.append((time.monotonic(), n, view))
+                last = view
+            time.sleep(0.1)
+
+    def kill() -> None:
+        time.sleep(FAILOVER_KILL_AT - FAILOVER_PROBES_BEFORE)
+        prober.start()
+        time.sleep(FAILOVER_PROBES_BEFORE)
+        killed["at"] = cluster.kill(1)
+
+    prober = threading.Thread(target=probe)
+    killer = threading.Thread(target=kill)
+    watchers = [threading.Thread(target=watch, args=(n,)) for n in (2, 3)]
+    for thread in [killer, *watchers]:
+        thread.start()
+    try:
+        runs = drive(args, front_ends, close, seconds=max(args.seconds, FAILOVER_KILL_AT + FAILOVER_AFTER))
+        load_done.set()
+        killer.join()
+        prober.join()
+    finally:
+        stop.set()
+        for thread in [killer, *watchers] + ([prober] if prober.ident is not None else []):
+            thread.join()
+    if "at" not in killed:
+        raise RuntimeError("node 1 was not killed (see above)")
+    rejoin = cluster.restart(1)
+    synced_at, after_rejoin = time.monotonic(), None  # when front end 1 answers a completion again
+    while time.monotonic() < synced_at + FAILOVER_GIVE_UP:
+        if completion_probe(front_ends[0], len(probes))[0]:
+            after_rejoin = time.monotonic() - synced_at
+            break
+        time.sleep(FAILOVER_PROBE_PAUSE)
+    kill_at = killed["at"]
+    after = [p for p in probes if p[1] > kill_at]
+    failed = [p for p in after if not p[2]]
+    back = next((p for p in after if p[2] and p[0] >= kill_at), None)
+    since = max((p[1] for p in failed), default=kill_at)
+    settled = next((p for p in after if p[2] and p[0] >= since), None)
+    timeline = []  # runs of probes alike: (first sent, last answered, real answers?, how many)
+    for sent, answered, ok, _ in after:
+        if timeline and timeline[-1][2] == ok:
+            timeline[-1] = (timeline[-1][0], answered, ok, timeline[-1][3] + 1)
+        else:
+            timeline.append((sent, answered, ok, 1))
+    return {
+        "failover": back and back[1] - kill_at, "settled": settled and settled[1] - kill_at,
+        "probes": len(after), "failed": len(failed),
+        "failures": sorted({p[3] for p in failed})[:3], "slowest": max((p[1] - p[0] for p in after), default=0.0),
+        "timeline": [(a - kill_at, b - kill_at, ok, n) for a, b, ok, n in timeline],
+        "views": [(t - kill_at, n, view) for t, n, view in views],
+        "rejoin": rejoin, "after_rejoin": after_rejoin, "synced": cluster.synced_nodes(), "runs": runs,
+        "quorum_lost": any(view.startswith("non-Primary") for _, _, view in views),
+    }
+
+
+def run_cluster(args, root: Path, modes: list[str]) -> None:
+    """Issue 20: FRONT_ENDS trackers on a 3-node Galera cluster (front end i preferring node
+    i) and FRONT_ENDS trackers on one server with a node's settings, driven in turn in every
+    round, in an order swapped every round; then the failover run on the cluster."""
+    front_ends: list[Apache] = []
+    servers: list[DatabaseServers] = []
+    try:
+        t0 = time.monotonic()
+        servers.append(GaleraServers(root / "galera"))
+        servers.append(SingleServer(root / "single"))
+        print(f"[cluster] a 3-node Galera cluster (ports {', '.join(map(str, servers[0].ports))}) and one server "
+              f"(port {servers[1].ports[0]}) started in {time.monotonic() - t0:.1f}s", flush=True)
+        setups: list[tuple[DatabaseServers, list[Apache]]] = []
+        for label, db_servers in zip(("galera", "single"), servers):
+            t0 = time.monotonic()
+            store = BenchStore("mysql", root, label, db_servers)
+            store.register(args.torrents)
+            store.slot_peers(args.torrents, FRONT_ENDS * args.threads, args.pool, args.zipf)
+            store.hold_refresh()
+            peers = store.peer_count()
+            store.hand_over()
+            own = [Apache(root / f"{label}-front-end-{i}", APACHE_DIR,
+                          tracker_config(root, db_servers.url(store.db, i), f"{label}-{i}"))
+                   for i in range(1, FRONT_ENDS + 1)]
+            front_ends += own
+            for apache in own:
+                check_announce(apache, args.torrents, args.zipf)
+            drive(args, own, False, seconds=2)  # warm up: every front end holds the popular swarms
+            setups.append((db_servers, own))
+            print(f"[cluster] {db_servers.name}: {args.torrents} torrents, {peers} peers, {FRONT_ENDS} front ends "
+                  f"ready in {time.monotonic() - t0:.1f}s", flush=True)
+        runs: dict[tuple[str, str], list[dict]] = {}  # (mode, servers' name) -> each round's run
+        for mode in modes:
+            for round_ in range(args.rounds):
+                for db_servers, own in (setups if round_ % 2 == 0 else setups[::-1]):
+                    r = measure_front_ends(args, db_servers, own, mode == "close")
+                    runs.setdefault((mode, db_servers.name), []).append(r)
+                    print(f"[cluster {mode} {round_ + 1}/{args.rounds}] {db_servers.name}: {r['rps']:.0f} req/s "
+                          f"({' + '.join(f'{v:.0f}' for v in r['each'])}), p99 {fmt_ms(r['p99'])}, failure answers "
+                          f"{r['errors']}, socket errors {r['socket']}, {r['announces']} announces, conflicts "
+                          + ", ".join(f"{k} {v}" for k, v in r["conflicts"].items()), flush=True)
+                    for first in r["first_errors"]:
+                        print(f"  first error of a wrk thread: {first}", flush=True)
+        failovers = []
+        for round_ in range(args.rounds):
+            f = measure_failover(args, setups[0][0], setups[0][1], modes[0] == "close")  # type: ignore[arg-type]
+            failovers.append(f)
+            print(f"[cluster failover {round_ + 1}/{args.rounds}] kill -9 of node 1 (front end 1's first) "
+                  f"{FAILOVER_KILL_AT} s into the load: front end 1 answered completions again "
+                  + ("never" if f["failover"] is None else f"{f['failover']:.2f} s") + " after; node 1 Synced "
+                  f"again {f['rejoin']:.1f} s after its restart", flush=True)
+        for apache in front_ends:
+            problems = [line for line in apache.error_log().splitlines()
+                        if "Traceback" in line or (":error]" in line and "tracker_wsgi: ready" not in line)]
+            if problems:
+                print(f"[cluster] {apache.run_dir.name} error.log: {len(problems)} problem lines, e.g. {problems[:3]}")
+        print_cluster(args, modes, [s.name for s, _ in setups], runs, failovers)
+    finally:
+        for apache in front_ends:
+            apache.stop()
+        for db_servers in servers:
+            db_servers.stop()
+
+
+def print_cluster(args, modes: list[str], names: list[str], runs: dict[tuple[str, str], list[dict]],
+                  failovers: list[dict]) -> None:
+    cluster, single = names
+    print(f"\nGalera cluster (issue 20): {FRONT_ENDS} tracker front ends (Apache, the shipped daemon snippet, "
+          f"each its own port and swarm_dir; front end i lists node i first in `database`) on a 3-node Galera "
+          f"cluster vs {FRONT_ENDS} front ends on one MariaDB server with a node's settings and no Galera, driven "
+          f"in turn in each of {args.rounds} rounds (order swapped every round); per front end wrk -t{args.threads} "
+          f"-c{front_end_connections(args)} -d{args.seconds}s, announce.lua with peers of its own ({args.torrents} "
+          f"torrents, {FRONT_ENDS * args.threads * args.pool} peers in all, Zipf s={args.zipf}). "
+          f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"All of it -- {FRONT_ENDS} Apaches, 3 + 1 mariadbd, {FRONT_ENDS} wrk -- shares this machine's "
+          f"{os.cpu_count()} cores (and other engineers' work): the cluster's three nodes each apply every write, "
+          "on the same cores as the front ends, which a real cluster's machines would not share.")
+    print("req/s = the sum over the front ends (median round); x one server = the median of each round's ratio; "
+          "p50/p99 = the slowest front end's, median round; conflicts = transactions that lost to another's write "
+          "of the same row, summed over all rounds and nodes: wsrep_local_cert_failures (failed certification) + "
+          "wsrep_local_bf_aborts (aborted by a replicated write) + Innodb_deadlocks, read before and after each run; "
+          "per 1,000 announces sent. CPU: cores busy, median round.")
+    head = ("mode", "database", "req/s", "x one server", "p50", "p99", "failure answers", "socket errors",
+            "cert failures", "BF aborts", "deadlocks", "conflicts / 1,000 announces",
+            "CPU wsgi / apache / mariadbd / wrk")
+    lines = [head]
+    rates = {}
+    conflict_rates = {}
+    for mode in modes:
+        for name in names:
+            own = runs[mode, name]
+            run = median_run(own)
+            total = {c: sum(r["conflicts"][c] for r in own) for c in CONFLICT_COUNTERS}
+            announces = sum(r["announces"] for r in own)
+            conflict_rates[mode, name] = 1000 * sum(total.values()) / max(1, announces)
+            rates[mode, name] = median_ratio(own, runs[mode, single])
+            c = run["cpu"]
+            lines.append((mode, name, f"{run['rps']:.0f}", f"{rates[mode, name]:.2f}", fmt_ms(run["p50"]),
+                          fmt_ms(run["p99"]), str(sum(r["errors"] for r in own)), str(sum(r["socket"] for r in own)),
+                          *(str(total[c]) for c in CONFLICT_COUNTERS), f"{conflict_rates[mode, name]:.2f}",
+                          f"{c['wsgi']:.2f} / {c['server']:.2f} / {c['mariadb']:.2f} / {c['wrk']:.2f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(out))
+    print(f"\nFailover ({modes[0]}), {len(failovers)} runs: node 1 killed (kill -9) {FAILOVER_KILL_AT} s into the load "
+          f"of every front end ({max(args.seconds, FAILOVER_KILL_AT + FAILOVER_AFTER)} s); completions of new peers "
+          "(each committed before its answer) probed at front end 1 one after the other; failover = from the kill "
+          "to front end 1's first real answer to a probe sent after it; settled = to the first real answer to a "
+          "probe sent after the last refused one. Then node 1 restarted.")
+    for i, f in enumerate(failovers):
+        print(f"  run {i + 1}: "
+              + (f"failover {f['failover']:.2f} s, settled {f['settled']:.2f} s" if f["settled"] is not None
+                 else f"front end 1 answered no completion in the {FAILOVER_GIVE_UP} s after the kill")
+              + f"; {f['failed']} of {f['probes']} probes after the kill refused or unanswered"
+              + (f" ({'; '.join(f['failures'])})" if f["failures"] else "")
+              + f", the slowest took {f['slowest']:.2f} s; the load meanwhile, per front end: "
+              + "; ".join(f"{i + 1}: {r['rps']:.0f} req/s, failure answers {r['errors']}, socket errors "
+                          f"{r['socket']}, slowest {fmt_ms(r['max'])}" for i, r in enumerate(f["runs"]))
+              + f"; node 1 Synced again {f['rejoin']:.1f} s after its restart (IST), nodes Synced: {f['synced']} of 3"
+              + ("; front end 1 answered a completion " + (f"{f['after_rejoin']:.2f} s after that" if
+                 f["after_rejoin"] is not None else f"not in the {FAILOVER_GIVE_UP} s after that")))
+        if f["quorum_lost"]:
+            print("    the surviving nodes left the cluster's primary component (non-Primary: no quorum, every "
+                  "transaction refused) for a while: their views below say when, and whether they formed one again "
+                  "before node 1 came back")
+        for first in sorted({e for r in f["runs"] for e in r["first_errors"]}):
+            print(f"    first error of a wrk thread: {first}")
+        print("    the probes, from the kill (s): " + "; ".join(
+            f"{a:.2f}-{b:.2f} {n} {'answered' if ok else 'refused'}" for a, b, ok, n in f["timeline"]))
+        print("    the other nodes' view of the cluster, from the kill (s): " + "; ".join(
+            f"{t:.2f} node{n} {view}" for t, n, view in f["views"]))
+    print("\nTargets (issue 20):")
+    for mode in modes:
+        rate, conflicts = rates[mode, cluster], conflict_rates[mode, cluster]
+        print(f"  {mode}: cluster / one server {rate:.3f} (>= {CLUSTER_RATE_TARGET}) "
+              f"{'PASS' if rate >= CLUSTER_RATE_TARGET else 'FAIL'}; conflicts {conflicts:.2f} per 1,000 announces "
+              f"(< {CONFLICTS_TARGET:g}) {'PASS' if conflicts < CONFLICTS_TARGET else 'FAIL'}")
+    times = [f["failover"] if f["failover"] is not None else float("inf") for f in failovers]
+    print(f"  failover median {sorted(times)[(len(times) - 1) // 2]:.2f} s, each run "
+          f"{' '.join(f'{t:.2f}' for t in times)} s (< {FAILOVER_TARGET:g} s): "
+          f"{sum(t < FAILOVER_TARGET for t in times)} of {len(times)} runs PASS; settled, each run "
+          + " ".join("never" if f["settled"] is None else f"{f['settled']:.2f}" for f in failovers) + " s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -1052,6 +1570,9 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true", help="also measure the candidates for the "
                         "swarm state a host's processes share (bench/candidates.wsgi) beside hello, per topology")
     parser.add_argument("--candidates-only", action="store_true", help="measure only the candidates")
+    parser.add_argument("--cluster", action="store_true", help=f"measure only {FRONT_ENDS} front ends on a 3-node "
+                        f"Galera cluster (scripts/galera-cluster) vs {FRONT_ENDS} on one MariaDB server, and a "
+                        "node's failover (issue 20)")
     parser.add_argument("--metrics", action="store_true", help="also measure the tracker with its metrics "
                         "off, beside it in every round, and print the on/off ratio")
     parser.add_argument("--rounds", type=int, default=3, help="runs of every system per mode, one after "
@@ -1076,6 +1597,9 @@ def main() -> None:
     if not (1 <= args.threads <= MAX_THREADS and 1 <= args.pool <= MAX_POOL):
         sys.exit(f"bench/run.py: --threads {args.threads} --pool {args.pool}: each peer needs its own "
                  f"10.<thread>.x.y address; use --threads 1..{MAX_THREADS} and --pool 1..{MAX_POOL}")
+    if args.cluster and args.threads * FRONT_ENDS > MAX_THREADS:
+        sys.exit(f"bench/run.py --cluster: --threads {args.threads}: each of the {FRONT_ENDS} front ends' wrk "
+                 f"threads sends peers of its own; use --threads 1..{MAX_THREADS // FRONT_ENDS}")
     peers = [p for p in args.peers.split(",") if p]
     if set(peers) - set(PEERS):
         sys.exit(f"bench/run.py: --peers {args.peers}: choose among {','.join(PEERS)}")
@@ -1086,6 +1610,8 @@ def main() -> None:
     if (args.candidates or args.candidates_only) and importlib.util.find_spec("lmdb") is None:
         sys.exit(f"bench/run.py --candidates needs the lmdb package: {sys.executable} -m pip install lmdb")
     cores = os.sched_getaffinity(0)
+    # A kill (a timeout's, a session's end) cleans up as Ctrl-C does: every server this run started stops.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     root = Path(tempfile.mkdtemp(prefix="tracker-wsgi-bench-"))
     root.chmod(0o755)
@@ -1096,6 +1622,9 @@ def main() -> None:
         print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
         if args.candidates_only:
             run_candidates(args, root, topologies, args.modes.split(","))
+            return
+        if args.cluster:
+            run_cluster(args, root, args.modes.split(","))
             return
         whitelist = root / "whitelist.txt"
         whitelist.write_text("".join(f"{info_hash(i).hex()}\n" for i in range(args.torrents)))
