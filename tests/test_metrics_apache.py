@@ -267,7 +267,7 @@ def test_health_is_200_with_the_database_and_503_without(apache_factory):
         while not reachable(tcp):
             assert time.monotonic() < deadline, "private MariaDB did not come back"
             time.sleep(0.1)
-        deadline = time.monotonic() + 30  # the gate leaves the database alone for up to 16 s
+        deadline = time.monotonic() + 30  # the gate leaves the database alone for up to 4 s
         while health(apache)[0] != 200:
             assert time.monotonic() < deadline, health(apache)
             time.sleep(0.5)

@@ -13,8 +13,10 @@ from .model import FAILED, TIMEOUT, StoreUnavailable
 
 DB_WAITERS = 8  # request threads (of mod_wsgi's 15) that may wait for the database at once
 DB_QUEUE_SECONDS = 0.5  # how long a request waits for one of those slots (a busy moment, not a hang)
-DB_AWAY_SECONDS = 2.0  # after the database failed, the request path leaves it alone this long,
-DB_AWAY_MAX_SECONDS = 16.0  # doubled at each failure in a row, up to this
+DB_AWAY_SECONDS = 1.0  # after the database failed, the request path leaves it alone this long,
+# doubled at each failure in a row, up to this: a database back (a restart, a Galera cluster
+# formed again) is used within seconds, a hung one costs a probe's short wait this often.
+DB_AWAY_MAX_SECONDS = 4.0
 T = TypeVar("T")
 
 
