@@ -350,6 +350,12 @@ class HostState:
             opened = self._opened = (os.getpid(), (env, lock, dbs, salt))
         return opened[1][0], opened[1][1], opened[1]
 
+    @property
+    def host_id(self) -> int:
+        """This host's id: the low 16 bits of its stamps."""
+        self._env()
+        return self._host_id
+
     def _rank(self, salt: bytes, tid4: bytes, peer_id: bytes) -> bytes:
         return hashlib.blake2b(tid4 + peer_id, digest_size=4, key=salt).digest()
 

@@ -67,6 +67,7 @@ IDLE_SECONDS = 600  # a swarm nobody announced to for this long leaves the host 
 BATCH_MOST = 20_000  # unwritten announces per batch (one batch runs at a time)
 REGISTERED_TURN = 1000  # held swarms one statement checks are still registered
 CHANGES_PAGE = 2000  # rows of other hosts' changes one read takes
+CHANGES_TURN = 200  # rows taken in per write transaction: announces wait behind it
 CHANGES_PAGES = 25  # reads per round at most (the rest the next round): a round stays short
 # How much further back than where it stopped each read of changes starts: a row whose
 # transaction committed after a later-stamped one was read, or written by a host whose clock
@@ -252,9 +253,10 @@ class HostSwarms:
         read_to = self.state.changes_read() or int(self.clock() * 1000) << 16
         since, touched = max(0, read_to - overlap), set()
         for _ in range(CHANGES_PAGES):
-            rows = self.batch_store.changes(since, CHANGES_PAGE)
+            rows = self.batch_store.changes(since, CHANGES_PAGE, self.state.host_id)
+            for start in range(0, len(rows), CHANGES_TURN):
+                touched |= self.state.take_changes(rows[start:start + CHANGES_TURN], now)
             if rows:
-                touched |= self.state.take_changes(rows, now)
                 read_to = max(read_to, rows[-1].changed)
             if len(rows) < CHANGES_PAGE:
                 break

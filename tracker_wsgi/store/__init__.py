@@ -98,8 +98,9 @@ class AnnounceStore(Protocol):
     def registered(self, torrent_ids: Sequence[int]) -> set[int]:
         """Which of these torrents are still registered (the host forgets the others)."""
 
-    def changes(self, since: int, limit: int) -> list[PeerChange]:
-        """Up to `limit` peers' rows written after `since` (PeerChange.changed), oldest first."""
+    def changes(self, since: int, limit: int, host: int = -1) -> list[PeerChange]:
+        """Up to `limit` peers' rows written after `since` (PeerChange.changed), oldest first;
+        of `host`'s own writes (its stamps' low 16 bits), only those carrying a completion."""
 
     def swarm_totals(self, torrent_ids: Sequence[int]) -> dict[int, SwarmTotals]:
         """Each registered torrent's completions and stored peers by state."""

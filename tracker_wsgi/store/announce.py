@@ -176,11 +176,11 @@ class AnnouncePath(SqlBase):
         statement = self.sql.REGISTERED.format(self.dialect.marks(len(torrent_ids)))
         return {row[0] for row in self._fetchall(statement, tuple(torrent_ids))}
 
-    def changes(self, since: int, limit: int) -> list[PeerChange]:
+    def changes(self, since: int, limit: int, host: int = -1) -> list[PeerChange]:
         return [PeerChange(torrent_id, bytes(peer_id), bytes(ip), port, state, bytes(key) if key else None, left,
                            last_seen, bool(completed), stamp, changed)
                 for torrent_id, peer_id, ip, port, state, key, left, last_seen, completed, stamp, changed
-                in self._fetchall(self.sql.CHANGES, (since, limit))]
+                in self._fetchall(self.sql.CHANGES, (since, host, limit))]
 
     def swarm_totals(self, torrent_ids: Sequence[int]) -> dict[int, SwarmTotals]:
         if not torrent_ids:

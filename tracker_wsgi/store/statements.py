@@ -151,10 +151,11 @@ class Statements:
     )
     DOWNLOADED = "SELECT " + _DOWNLOADED + " FROM torrents t WHERE t.id = ?"
     REGISTERED = "SELECT id FROM torrents WHERE id IN ({})"
-    # What other hosts (and this one) wrote: rows by when they were written (index by_changed).
+    # What other hosts wrote, by when (index by_changed): a host's own rows only where they
+    # carry a completion (the store may have counted one as its batch landed).
     CHANGES = (
         "SELECT torrent_id, peer_id, ip, port, state, peer_key, bytes_left, last_seen, completed, stamp, changed "
-        "FROM peers WHERE changed > ? ORDER BY changed LIMIT ?"
+        "FROM peers WHERE changed > ? AND (stamp % 65536 <> ? OR completed = 1) ORDER BY changed LIMIT ?"
     )
     # The totals of swarms the changes touched: completions, and peers by state.
     SWARM_TOTALS = "SELECT t.id, " + _DOWNLOADED + ", " + _COUNTS + " FROM torrents t WHERE t.id IN ({})"
