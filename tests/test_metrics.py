@@ -114,7 +114,7 @@ from tracker_wsgi import metrics
 from tracker_wsgi.live import Held
 
 class Store:
-    errors, reconnects = 2, 1
+    errors, reconnects, conflicts = 2, 1, 1
 
 directory = metrics.make_directory(os.getppid(), sys.argv[1])
 counts = metrics.Counts()
@@ -168,6 +168,7 @@ def test_fold_gives_each_count_once_and_a_scrape_sums_the_processes(tmp_path):
         "tracker_wsgi_scrapes_total [('outcome', 'unavailable')] 0.0",
         "tracker_wsgi_database_errors_total [] 12.0",
         "tracker_wsgi_database_reconnects_total [] 6.0",
+        "tracker_wsgi_database_conflicts_total [] 6.0",
         # Gauges: this process's only.
         "tracker_wsgi_processes [] 1.0",
         "tracker_wsgi_swarms_held [] 3.0",

@@ -147,6 +147,7 @@ def test_one_scrape_sums_both_daemon_processes(sqlite_url, apache_factory):
         key("tracker_wsgi_flush_backlog"): 0,
         key("tracker_wsgi_flush_failing"): 0,
         key("tracker_wsgi_database_errors_total"): 0,
+        key("tracker_wsgi_database_conflicts_total"): 0,
     })
     assert samples[key("tracker_wsgi_flush_seconds_count")] >= 1  # the host writer's batches
     assert not any(name.endswith("_created") for name, _ in samples)

@@ -156,7 +156,7 @@ class Metrics:
     `tracker_wsgi_processes` counts every process serving the tracker from the start, not
     only those that have had a request. `serve` then gives it what to fold, once the
     tracker is built: the request counters (`counts`), what the swarms hold (`held`:
-    live.HostSwarms.held) and the stores' `errors` and `reconnects` (store/sqlbase.py)."""
+    live.HostSwarms.held) and the stores' `errors`, `reconnects` and `conflicts` (store/sqlbase.py)."""
 
     def __init__(self, directory: str, parent: int, log: Callable[[str], None]):
         # Multiprocess mode is chosen when prometheus_client is imported: set the directory
@@ -187,6 +187,9 @@ class Metrics:
                                  registry=None)
         self.database_reconnects = c("tracker_wsgi_database_reconnects",
                                      "Database connections made again after one failed.", registry=None)
+        self.database_conflicts = c("tracker_wsgi_database_conflicts",
+                                    "Transactions that lost a conflict (a deadlock; on Galera, certification) "
+                                    "and were run again (counted among the errors too).", registry=None)
         self.flush_seconds = h("tracker_wsgi_flush_seconds", "How long each batch write of announces took.",
                                buckets=FLUSH_BUCKETS, registry=None)
         self.flush_failures = c("tracker_wsgi_flush_failures", "Batch writes that failed (kept and retried).",
@@ -252,6 +255,7 @@ class Metrics:
                 self._give(self.requests[kind].labels(label), (kind, label), total)
             self._give(self.database_errors, "errors", sum(store.errors for store in self.stores))
             self._give(self.database_reconnects, "reconnects", sum(store.reconnects for store in self.stores))
+            self._give(self.database_conflicts, "conflicts", sum(store.conflicts for store in self.stores))
             held = self.held()
             self.swarms_held.set(held.swarms)
             self.peers_held.set(held.peers)

@@ -78,6 +78,7 @@ class AnnounceStore(Protocol):
     peer_timeout: int  # seconds after its last announce that a peer is no longer handed out
     register_unknown: bool  # whitelist mode `open`: find_swarm registers an unknown hash
     errors: int  # statements and connections that failed (metrics.py)
+    conflicts: int  # of them, transactions that lost a conflict and ran again (metrics.py)
 
     @property
     def reconnects(self) -> int:
