@@ -40,6 +40,11 @@ class GaleraCluster:
         hosts = ",".join(f"127.0.0.1:{self.port(n)}" for n in nodes or (1, 2, 3))
         return f"mysql://{self.user}:{self.password}@{hosts}/{database}"
 
+    def front_end_urls(self, database: str) -> list[str]:
+        """The `database` setting of front ends 1 to 3: front end i prefers node i, then the
+        others in turn (the README's advice: hosts spread over the nodes)."""
+        return [self.url(database, *(1 + (i + k) % 3 for k in range(3))) for i in range(3)]
+
     def connect(self, n: int, database: str | None = None, **options):
         """A client connection of the test's own to node n, over TCP, autocommit."""
         conn = mysql.connector.connect(user=self.user, password=self.password, host="127.0.0.1",
@@ -122,3 +127,11 @@ def galera() -> Iterator[GaleraCluster]:
     finally:
         subprocess.run([str(SCRIPT), "stop", str(base)], capture_output=True)
         shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def galera_front_ends(galera) -> Iterator[list[str]]:  # noqa: F811
+    """A new database on the cluster, as the `database` setting of front ends 1 to 3 (each
+    on its own node first: GaleraCluster.front_end_urls)."""
+    with galera.database() as db:
+        yield galera.front_end_urls(db)

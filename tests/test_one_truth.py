@@ -39,6 +39,7 @@ import pytest
 from bencoder import bdecode
 
 from conftest import Apache, make_run_dir, start_apache
+from galera import galera, galera_front_ends  # noqa: F401 (fixtures)
 from swarm_model import LEECHER, PARTIAL, SEED, ModelAnswer, SwarmModel
 from test_e2e_apache import BENCODED_TYPES, config_text, register
 from test_topologies import apache_dir_with
@@ -127,25 +128,36 @@ ROUTED = Topology("daemon-routed", "daemon", steered=False)
 DAEMON_2 = Topology("daemon-2", "daemon")
 DAEMON_4 = Topology("daemon-4", "daemon", processes=4)
 TWO_HOSTS = Topology("two-hosts", "daemon", hosts=2)  # each host's announces steered to its processes
+# Three front ends on the 3-node Galera cluster (tests/galera.py), front end i on node i first.
+THREE_HOSTS = Topology("three-hosts", "daemon", hosts=3)
 
 CASES = [(EMBEDDED, "sqlite"), (EMBEDDED, "mysql"), (ROUTED, "sqlite"), (ROUTED, "mysql"), (DAEMON_2, "sqlite"),
-         (DAEMON_2, "mysql"), (DAEMON_4, "mysql"), (TWO_HOSTS, "mysql"), (TWO_HOSTS, "sqlite")]
+         (DAEMON_2, "mysql"), (DAEMON_4, "mysql"), (TWO_HOSTS, "mysql"), (TWO_HOSTS, "sqlite"),
+         (THREE_HOSTS, "galera")]
+
+
+def database_urls(store: str, hosts: int, request) -> list[str]:
+    """Each host's `database` setting: one database for all (sqlite, mysql), or the Galera
+    cluster's nodes in each front end's own order."""
+    if store == "galera":
+        return request.getfixturevalue("galera_front_ends")
+    return [request.getfixturevalue(f"{store}_url")] * hosts
 
 
 @pytest.fixture
 def hosts_of(shared_dir):
-    """start(topology, database_url) -> its Apache hosts, each with the tracker.wsgi that
+    """start(topology, each host's database url) -> its Apache hosts, each with the tracker.wsgi that
     names the answering process; stopped afterwards."""
     started: list[Apache] = []
 
-    def start(topology: Topology, url: str) -> list[Apache]:
+    def start(topology: Topology, urls: list[str]) -> list[Apache]:
         root = shared_dir / "apache-under-test"
         root.mkdir(mode=0o755)
         tracker_conf = apache_conf.daemon_conf(topology.processes) if topology.mode == "daemon" else None
         apache_dir = apache_dir_with(root, tracker_conf, ANSWERED_BY_WSGI)
         site_conf = STEERING if topology.steered and topology.mode == "daemon" else ""
         for host in range(topology.hosts):
-            run_dir, config_path = make_run_dir(shared_dir, f"host-{host}", config_text(url, sync_interval=str(SYNC)))
+            run_dir, config_path = make_run_dir(shared_dir, f"host-{host}", config_text(urls[host], sync_interval=str(SYNC)))
             started.append(start_apache(run_dir, config_path, site_conf, topology.mode, apache_dir=apache_dir))
         return started
 
@@ -503,9 +515,9 @@ def report(run: Run) -> str:
 
 @pytest.mark.parametrize(("topology", "store"), CASES, ids=[f"{t.name}-{s}" for t, s in CASES])
 def test_every_process_and_host_tells_the_models_truth(topology, store, hosts_of, request):
-    url = request.getfixturevalue(f"{store}_url")
-    register_torrents(url)
-    hosts = hosts_of(topology, url)
+    urls = database_urls(store, topology.hosts, request)
+    register_torrents(urls[0])
+    hosts = hosts_of(topology, urls)
     seed = int(os.environ.get("ONE_TRUTH_SEED") or random.SystemRandom().randrange(2**32))
     rng = random.Random(seed)
     clients = [[Client(b"-OT0001-" + bytes([torrent]) + n.to_bytes(11, "big"), 20000 + 100 * torrent + n,
