@@ -37,8 +37,10 @@ pytestmark = pytest.mark.slow
 
 SYNC_INTERVAL = 1  # the shortest config.py allows: the crossings the test waits for are short
 # What a loaded 2-core machine (three Apaches, three mariadbd, the clients) may add to a
-# sync_interval before a writer's batch commits, or the other front end has read it.
-SYNC_SLACK = 3
+# sync_interval before a writer's batch commits, or the other front end has read it: up to
+# 3.5 s measured, 5.2 s while the killed node caught up (flow control) on a machine running
+# another cluster's benchmark beside the test.
+SYNC_SLACK = 4
 CROSSING = 2 * SYNC_INTERVAL + SYNC_SLACK  # the 2 x sync_interval, and slack
 NAMES = ("a", "b", "c")  # front end A on node 1 first, B on node 2, C on node 3
 TARGET_CONFLICTS = 1.0  # the issue's: retried conflicts per 1,000 announces, fewer than this
@@ -484,7 +486,8 @@ def test_a_node_killed_under_load(galera, front_ends, galera_front_ends):  # noq
     retries = Counter((host, phase(at)) for host, _, at in load.refused) + Counter(
         (host, phase(at)) for host, at in tracers.retries)
     summary = (
-        f"node {KILLED} killed after {killed_at - began:.1f} s of load, restarted {DOWN} s later (Synced in "
+        f"node {KILLED} killed at {time.strftime('%H:%M:%S', time.localtime(time.time() - (time.monotonic() - killed_at)))}"
+        f" after {killed_at - began:.1f} s of load, restarted {DOWN} s later (Synced in "
         f"{restart_seconds:.1f} s; evicted by the others after "
         f"{'never' if survivors.evicted_after is None else f'{survivors.evicted_after:.1f} s'}; they said "
         f"{dict(survivors.seen)}), load until {ended - synced_at:.1f} s after; {announces} announces, "
