@@ -120,7 +120,7 @@ def conflict_log(galera, since: dict[int, int]) -> list[str]:  # noqa: F811
     for n in (1, 2, 3):
         text = Path(galera.base, f"node{n}", "error.log").read_bytes()[since[n]:].decode(errors="replace")
         lines += [f"node{n}: {line.strip()}" for line in text.splitlines()
-                  if "conflict" in line.lower() or "SQL:" in line or "Victim thread" in line]
+                  if any(word in line for word in ("cluster conflict", "Victim thread", "THD:", "SQL:"))]
     return lines
 
 
