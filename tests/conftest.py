@@ -251,6 +251,17 @@ def start_apache(run_dir: Path, config_path: Path, site_conf: str = "", topology
             time.sleep(0.1)
 
 
+def wait_until(holds, seconds: float, interval: float = 0.1) -> bool:
+    """Whether holds() comes true within `seconds`. Tests poll for what they wait for: a
+    fixed sleep is too long on a quiet machine and too short on a loaded one."""
+    deadline = time.monotonic() + seconds
+    while not holds():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def warm(apache: Apache, seconds: float = 30) -> None:
     """Build the tracker in every daemon process (routed by the first byte of the info hash,
     up to 4 processes) before a test's clients come: a process builds it on its first

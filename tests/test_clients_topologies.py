@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import libtorrent as lt
 import pytest
 
-from conftest import REPO, Apache, announce_query, decode, ih, pid, warm
+from conftest import REPO, Apache, announce_query, decode, ih, pid, wait_until, warm
 from test_libtorrent import LOOPBACK_SESSION
 from tracker_wsgi import apache_conf
 from tracker_wsgi.metainfo import parse_torrent
@@ -200,15 +200,6 @@ def with_announce(torrent_bytes: bytes, announce: str) -> bytes:
     meta[b"announce"] = announce.encode()
     meta.pop(b"announce-list", None)
     return lt.bencode(meta)
-
-
-def wait_until(done, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def refused(answer: dict) -> bool:

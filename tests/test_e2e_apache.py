@@ -21,7 +21,7 @@ from urllib.parse import quote_plus, urlencode
 import mysql.connector
 import pytest
 
-from conftest import announce_query, decode, free_port, ih, pid
+from conftest import announce_query, decode, free_port, ih, pid, wait_until
 from tracker_wsgi import apache_conf, devserver
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.protocol import (
@@ -117,17 +117,6 @@ def scrape_entry(complete: int, incomplete: int, downloaded: int, downloaders: i
 # in the tracker's config, and Apache's LogLevel letting mod_wsgi's info level through.
 LOG_INFO = {"log_level": '"info"'}
 APACHE_LOG_INFO = "LogLevel warn wsgi:info"
-
-
-def wait_until(holds, seconds: float) -> bool:
-    """Whether holds() comes true within `seconds`. Tests poll for what they wait for: a
-    fixed sleep is too long on a quiet machine and too short on a loaded one."""
-    deadline = time.monotonic() + seconds
-    while not holds():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def wait_for_log(apache, text: str, seconds: float = 5) -> str:

@@ -13,9 +13,8 @@ import mysql.connector
 import pytest
 from mysql.connector import errorcode
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from galera import galera  # noqa: F401 (a fixture)
-from test_e2e_apache import wait_until
 from tracker_wsgi.model import TIMEOUT as TIMEOUT_CAUSE
 from tracker_wsgi.model import UNREACHABLE, StoreUnavailable
 from tracker_wsgi.store import mysql as mysql_store

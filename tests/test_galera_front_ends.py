@@ -26,9 +26,9 @@ import mysql.connector
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import announce_query, decode, make_run_dir, pid
+from conftest import announce_query, decode, make_run_dir, pid, wait_until
 from galera import galera, galera_front_ends  # noqa: F401 (fixtures)
-from test_host_kill import SIZE, TORRENTS, Host, Load, count_problems, downloaded, info_hash, wait_until
+from test_host_kill import SIZE, TORRENTS, Host, Load, count_problems, downloaded, info_hash
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.store import open_store
 

@@ -44,7 +44,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from conftest import APACHE_DIR, announce_query, decode, make_run_dir, pid
+from conftest import APACHE_DIR, announce_query, decode, make_run_dir, pid, wait_until
 from tracker_wsgi import devserver
 from tracker_wsgi.model import Torrent
 from tracker_wsgi.store import open_store
@@ -165,15 +165,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(done, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 @pytest.fixture
