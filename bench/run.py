@@ -1192,7 +1192,7 @@ class SingleServer(DatabaseServers):
 
     def __init__(self, base: Path):
         galera = galera_cluster_module()
-        self.name, self.user, self.password = "one server", galera.CLUSTER_USER, galera.CLUSTER_PASSWORD
+        self.name, self.user, self.password = "one server", galera.CLUSTER_USER, secrets.token_urlsafe(12)
         mysql_user = pwd.getpwnam("mysql")
         base.mkdir()
         (base / "data").mkdir()
